@@ -1,0 +1,685 @@
+//! Configuration: defaults, then one YAML or TOML file, then `FONDO_BRIDGE__SECTION__KEY` variables,
+//! layered by figment. Unknown keys are errors. After parsing, one validation pass reports every
+//! problem with its path (`routes[2].to[0].topic: unknown placeholder {foo}`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml, Yaml};
+use serde::{Deserialize, Serialize};
+
+pub mod kafka;
+pub mod nats;
+pub mod rabbitmq;
+
+pub use kafka::KafkaSinkConfig;
+pub use nats::NatsSinkConfig;
+pub use rabbitmq::RabbitMqSinkConfig;
+
+/// The prefix of environment overrides; sections are separated by a double underscore.
+pub const ENV_PREFIX: &str = "FONDO_BRIDGE__";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub event: EventConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    pub websocket: Option<WebSocketSourceConfig>,
+    pub webhook: Option<WebhookSourceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSourceConfig {
+    /// Base URL; `/v2/partner/client/{client_id}/subscribe` is appended. `ws`, `wss`, `http(s)`.
+    pub url: String,
+    pub client_ids: Vec<String>,
+    /// Bearer token; prefer `token_file` or the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Re-read on every reconnect, so a rotated secret is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    #[serde(default = "default_ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Frames larger than this are refused (and dead-lettered as too large).
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Publish a `bridge.gap` marker event after each reconnect.
+    #[serde(default)]
+    pub gap_marker: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSourceConfig {
+    #[serde(default = "default_webhook_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_webhook_path")]
+    pub path: String,
+    pub signature: SignatureConfig,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Header carrying the event type when the body has no `eventType`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type_header: Option<String>,
+    /// How long a request may take to arrive in full before it is answered 408.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long the webhook waits for delivery before answering 503 (the sender retries).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsServerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "scheme", rename_all = "kebab-case")]
+pub enum SignatureConfig {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    StandardWebhooks {
+        #[serde(default)]
+        secrets: Vec<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secrets_file: Option<PathBuf>,
+        #[serde(default = "default_tolerance_s")]
+        tolerance_s: u64,
+    },
+    /// A plain HMAC in a header.
+    Hmac {
+        header: String,
+        #[serde(default)]
+        algorithm: HmacAlgorithm,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        #[serde(default)]
+        prefix: String,
+        /// `{body}` or `{timestamp}.{body}`.
+        #[serde(default = "default_signed_content")]
+        signed_content: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp_header: Option<String>,
+        #[serde(default)]
+        secrets: Vec<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secrets_file: Option<PathBuf>,
+        #[serde(default = "default_tolerance_s")]
+        tolerance_s: u64,
+    },
+    /// No verification: only with `insecure: true`, and warned about at start.
+    None {
+        #[serde(default)]
+        insecure: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// A secret value: never printed by `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Kafka(KafkaSinkConfig),
+    Rabbitmq(RabbitMqSinkConfig),
+    Nats(NatsSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Kafka(_) => "kafka",
+            Self::Rabbitmq(_) => "rabbitmq",
+            Self::Nats(_) => "nats",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// With `fsync: interval`, how often.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+}
+
+/// When the file sink makes writes durable before confirming them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Group commit: a batch of writes shares one fsync, and each is confirmed after it.
+    #[default]
+    Batch,
+    /// Confirm after the write; fsync on a timer (a crash can lose the last interval).
+    Interval,
+    /// Never fsync (tests, demos).
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Event type globs: `order.*`, `*.delete`, `*` (which never matches `heartbeat`).
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
+    /// JSON pointer → value; every one must be equal for the route to apply.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, serde_json::Value>,
+    /// JSON pointers removed from the body before publishing.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    pub to: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub sink: String,
+    pub topic: String,
+    /// Message key template; default: the object's `ref`/`id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    #[default]
+    DeadLetter,
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// The sink dead letters go to; without one, only the fallback file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
+    #[serde(default = "default_dead_letter_topic")]
+    pub topic: String,
+    #[serde(default = "default_fallback_file")]
+    pub fallback_file: PathBuf,
+    /// Attempts at the dead-letter sink before falling back to the file.
+    #[serde(default = "default_dead_letter_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            sink: None,
+            topic: default_dead_letter_topic(),
+            fallback_file: default_fallback_file(),
+            max_attempts: default_dead_letter_attempts(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Attempts per destination before the event is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Give up (dead-letter) after this long even with attempts left; 0 = no limit.
+    #[serde(default)]
+    pub max_elapsed_ms: u64,
+    /// Events inside the bridge at once; when full, sources are slowed down.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight events before giving up.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            max_elapsed_ms: 0,
+            max_in_flight: default_max_in_flight(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// JSON pointer to an id Fondo provides; without it the id is a content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_pointer: Option<String>,
+    /// Header carrying an id (webhooks); preferred over the pointer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_spool_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max_bytes(),
+            segment_bytes: default_spool_segment_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/metrics`, `/healthz`, `/readyz`; `null` turns the admin server off.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            log_format: LogFormat::default(),
+            log_level: default_log_level(),
+            service_name: default_service_name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// How long a delivered event id is remembered.
+    #[serde(default = "default_dedupe_ttl_s")]
+    pub ttl_s: u64,
+    #[serde(default = "default_dedupe_capacity")]
+    pub capacity: u64,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: default_dedupe_ttl_s(),
+            capacity: default_dedupe_capacity(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_heartbeat_timeout_ms() -> u64 {
+    30_000
+}
+fn default_ping_interval_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_reconnect_initial_ms() -> u64 {
+    250
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+fn default_max_frame_bytes() -> usize {
+    1024 * 1024
+}
+fn default_webhook_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_webhook_path() -> String {
+    "/fondo/webhooks/callback".into()
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_ack_timeout_ms() -> u64 {
+    25_000
+}
+fn default_tolerance_s() -> u64 {
+    300
+}
+fn default_signed_content() -> String {
+    "{body}".into()
+}
+fn default_fsync_interval_ms() -> u64 {
+    100
+}
+fn default_dead_letter_topic() -> String {
+    "fondo.dead-letter".into()
+}
+fn default_fallback_file() -> PathBuf {
+    PathBuf::from("/var/lib/fondo-bridge/dead-letter.jsonl")
+}
+fn default_dead_letter_attempts() -> u32 {
+    3
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_backoff_initial_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_max_in_flight() -> usize {
+    10_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    20_000
+}
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fondo-bridge/spool")
+}
+fn default_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_spool_segment_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 9090)))
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_service_name() -> String {
+    "fondo-bridge".into()
+}
+fn default_dedupe_ttl_s() -> u64 {
+    24 * 3600
+}
+fn default_dedupe_capacity() -> u64 {
+    1_000_000
+}
+
+/// One problem in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config: {0}")]
+    Load(String),
+    #[error("config has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Load(m) => vec![m.clone()],
+            Self::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (YAML or TOML by extension) layered under the environment, then validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+        Self::from_str_with_env(&text, &ext, env)
+    }
+
+    /// Parses config text of the given format (`yaml`, `yml` or `toml`), with environment overrides.
+    pub fn from_str_with_env(
+        text: &str,
+        format: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        fig = match format {
+            "yaml" | "yml" => fig.merge(Yaml::string(text)),
+            "toml" => fig.merge(Toml::string(text)),
+            other => {
+                return Err(ConfigError::Load(format!(
+                    "unsupported config format {other:?}: use .yaml, .yml or .toml"
+                )));
+            }
+        };
+        fig = fig.merge(Serialized::defaults(env_layer(env)));
+        let cfg: Config = fig.extract().map_err(|e| {
+            ConfigError::Invalid(
+                e.into_iter()
+                    .map(|e| Problem {
+                        path: if e.path.is_empty() {
+                            "(root)".into()
+                        } else {
+                            e.path.join(".")
+                        },
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every semantic problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::validate(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// `FONDO_BRIDGE__SINKS__KAFKA__BROKERS=x` becomes `{sinks: {kafka: {brokers: "x"}}}`. Keys are
+/// lowercased; values are parsed like figment's own `Env` provider does (numbers, booleans, arrays).
+fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> figment::value::Dict {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest
+            .split("__")
+            .filter(|p| !p.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let Some((last, parents)) = parts.split_last() else {
+            continue;
+        };
+        let value: Value = v.parse().unwrap_or_else(|_| Value::from(v.clone()));
+        insert_path(&mut root, parents, last, value);
+    }
+    root
+}
+
+fn insert_path(
+    dict: &mut figment::value::Dict,
+    parents: &[String],
+    last: &str,
+    value: figment::value::Value,
+) {
+    use figment::value::{Dict, Value};
+    match parents.split_first() {
+        None => {
+            dict.insert(last.to_owned(), value);
+        }
+        Some((first, rest)) => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, d) = entry {
+                insert_path(d, rest, last, value);
+            }
+        }
+    }
+}
+
+/// Reads a secret from its inline value or its file (trimmed), whichever is set.
+pub fn read_secret(inline: Option<&Secret>, file: Option<&Path>) -> std::io::Result<Option<Secret>> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f)?;
+        return Ok(Some(Secret(s.trim().to_owned())));
+    }
+    Ok(inline.cloned())
+}
+
+mod validate;
+
+#[cfg(test)]
+mod tests;

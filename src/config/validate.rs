@@ -1,0 +1,163 @@
+//! The one validation pass after parsing: every problem, each with its path.
+
+use super::{Config, Problem, SignatureConfig, SinkConfig};
+use crate::router::{Router, Template};
+
+pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let mut add = |path: &str, message: String| {
+        p.push(Problem {
+            path: path.to_owned(),
+            message,
+        })
+    };
+
+    if let Err(errs) = Router::compile(cfg) {
+        for e in errs {
+            add(&e.path, e.message);
+        }
+    }
+
+    for (name, sink) in &cfg.sinks {
+        let at = format!("sinks.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            add(&at, "sink names use letters, digits, `-` and `_`".into());
+        }
+        match sink {
+            SinkConfig::File(f) => {
+                if f.dir.as_os_str().is_empty() {
+                    add(&format!("{at}.dir"), "must not be empty".into());
+                }
+            }
+            SinkConfig::Kafka(k) => {
+                for (sub, msg) in k.validate() {
+                    add(&format!("{at}.{sub}"), msg);
+                }
+                if !cfg!(feature = "kafka") {
+                    add(&at, "this build has no Kafka support (cargo feature `kafka`)".into());
+                }
+                if k.brokers.trim().is_empty() {
+                    add(&format!("{at}.brokers"), "must list at least one host:port".into());
+                }
+            }
+            SinkConfig::Rabbitmq(r) => {
+                for (sub, msg) in r.validate() {
+                    add(&format!("{at}.{sub}"), msg);
+                }
+                if !cfg!(feature = "rabbitmq") {
+                    add(&at, "this build has no RabbitMQ support (cargo feature `rabbitmq`)".into());
+                }
+                if !(r.url.starts_with("amqp://") || r.url.starts_with("amqps://")) {
+                    add(&format!("{at}.url"), "must start with amqp:// or amqps://".into());
+                }
+            }
+            SinkConfig::Nats(n) => {
+                for (sub, msg) in n.validate() {
+                    add(&format!("{at}.{sub}"), msg);
+                }
+                if !cfg!(feature = "nats") {
+                    add(&at, "this build has no NATS support (cargo feature `nats`)".into());
+                }
+                if n.url.trim().is_empty() {
+                    add(&format!("{at}.url"), "must not be empty".into());
+                }
+            }
+        }
+    }
+
+    if let Some(sink) = &cfg.dead_letter.sink {
+        if !cfg.sinks.contains_key(sink) {
+            add("dead_letter.sink", format!("no sink named {sink:?} in `sinks`"));
+        }
+    }
+    if let Err(e) = Template::parse(&cfg.dead_letter.topic) {
+        add("dead_letter.topic", e.to_string());
+    }
+    if cfg.dead_letter.fallback_file.as_os_str().is_empty() {
+        add("dead_letter.fallback_file", "must not be empty".into());
+    }
+
+    let d = &cfg.delivery;
+    if d.max_attempts == 0 {
+        add("delivery.max_attempts", "must be at least 1".into());
+    }
+    if d.backoff_initial_ms == 0 {
+        add("delivery.backoff_initial_ms", "must be at least 1".into());
+    }
+    if d.backoff_max_ms < d.backoff_initial_ms {
+        add("delivery.backoff_max_ms", "must not be below backoff_initial_ms".into());
+    }
+    if d.max_in_flight == 0 {
+        add("delivery.max_in_flight", "must be at least 1".into());
+    }
+
+    if let Some(ws) = &cfg.sources.websocket {
+        let ok_scheme = ["ws://", "wss://", "http://", "https://"]
+            .iter()
+            .any(|s| ws.url.starts_with(s));
+        if !ok_scheme {
+            add("sources.websocket.url", "must start with wss://, ws://, https:// or http://".into());
+        }
+        if ws.client_ids.is_empty() {
+            add("sources.websocket.client_ids", "needs at least one client id".into());
+        }
+        for (i, c) in ws.client_ids.iter().enumerate() {
+            if c.is_empty() || c.contains(['/', '?', '#', ' ']) {
+                add(&format!("sources.websocket.client_ids[{i}]"), "not a valid client id".into());
+            }
+        }
+        if ws.heartbeat_timeout_ms < 1000 {
+            add("sources.websocket.heartbeat_timeout_ms", "must be at least 1000".into());
+        }
+        if cfg.spool.enabled && cfg.spool.max_bytes < cfg.spool.segment_bytes {
+            add("spool.max_bytes", "must be at least spool.segment_bytes".into());
+        }
+    }
+    if let Some(wh) = &cfg.sources.webhook {
+        if !wh.path.starts_with('/') {
+            add("sources.webhook.path", "must start with `/`".into());
+        }
+        match &wh.signature {
+            SignatureConfig::None { insecure } => {
+                if !insecure {
+                    add(
+                        "sources.webhook.signature",
+                        "scheme `none` accepts unsigned webhooks from anyone: set `insecure: true` to allow it".into(),
+                    );
+                }
+            }
+            SignatureConfig::StandardWebhooks { secrets, secrets_file, .. }
+            | SignatureConfig::Hmac { secrets, secrets_file, .. } => {
+                if secrets.is_empty() && secrets_file.is_none() {
+                    add(
+                        "sources.webhook.signature",
+                        "needs `secrets` (from the environment) or `secrets_file`".into(),
+                    );
+                }
+            }
+        }
+        if let SignatureConfig::Hmac { signed_content, timestamp_header, .. } = &wh.signature {
+            match signed_content.as_str() {
+                "{body}" => {}
+                "{timestamp}.{body}" => {
+                    if timestamp_header.is_none() {
+                        add("sources.webhook.signature.timestamp_header", "required when signed_content has {timestamp}".into());
+                    }
+                }
+                other => add(
+                    "sources.webhook.signature.signed_content",
+                    format!("{other:?}: use \"{{body}}\" or \"{{timestamp}}.{{body}}\""),
+                ),
+            }
+        }
+    }
+    if cfg.sources.websocket.is_none() && cfg.sources.webhook.is_none() {
+        add("sources", "configure at least one of `websocket` and `webhook`".into());
+    }
+    if let Some(ptr) = &cfg.event.id_pointer {
+        if !ptr.starts_with('/') {
+            add("event.id_pointer", "must be a JSON pointer starting with `/`".into());
+        }
+    }
+    p
+}

@@ -1,0 +1,22 @@
+//! Stable event ids: the same event gets the same id whatever its key order or whitespace, so the
+//! same event seen on the WebSocket and on a webhook, or redelivered, is recognised.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Canonical JSON: object keys sorted, no whitespace. (`serde_json::Map` is a `BTreeMap` here: the
+/// crate is built without `preserve_order`, which a test guards.)
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    // Serialising a Value cannot fail: every key is a string.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `sha256(event_type "\n" canonical body)`, first 128 bits, hex.
+pub fn content_event_id(event_type: &str, body: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(event_type.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_json(body));
+    let digest = h.finalize();
+    hex::encode(&digest[..16])
+}

@@ -1,0 +1,348 @@
+//! The event model: one Fondo event, parsed once, with its original bytes kept.
+//!
+//! Parsing never rejects an event for an *unknown* type (new Fondo types are kept and routed like any
+//! other); it rejects only what cannot be an event at all: bytes that are not JSON, a body that is not
+//! an object, a body without a determinable type, or a `current`/`previous` that is not an object.
+
+mod ack;
+mod id;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use ack::{AckHandle, AckReceiver, AckStatus};
+pub use id::{canonical_json, content_event_id};
+
+/// Every event type the Fondo Partner API reference lists.
+pub const KNOWN_EVENT_TYPES: &[&str] = &[
+    "heartbeat",
+    "account.create",
+    "account.update",
+    "account.delete",
+    "client.update",
+    "client.delete",
+    "cashTransaction.create",
+    "cashTransaction.update",
+    "cashTransaction.delete",
+    "fundTransaction.create",
+    "fundTransaction.update",
+    "fundTransaction.delete",
+    "order.create",
+    "order.update",
+    "order.delete",
+    "instrument.reloaded",
+    "journey.update",
+    "journey.delete",
+];
+
+/// The longest event type we accept; anything longer is not a Fondo event type.
+const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// An event type such as `order.update`, split into entity (`order`) and action (`update`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventType {
+    full: Arc<str>,
+    dot: Option<usize>,
+}
+
+impl EventType {
+    /// Validates and splits an event type. Unknown types are accepted; only syntactically impossible
+    /// ones (empty, too long, control characters or whitespace) are refused.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() {
+            return Err(ParseError::InvalidEventType("empty".into()));
+        }
+        if s.len() > MAX_EVENT_TYPE_LEN {
+            return Err(ParseError::InvalidEventType(format!(
+                "longer than {MAX_EVENT_TYPE_LEN} bytes"
+            )));
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ParseError::InvalidEventType(
+                "contains whitespace or control characters".into(),
+            ));
+        }
+        Ok(Self {
+            full: Arc::from(s),
+            dot: s.find('.'),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// `order` for `order.update`; the whole type when it has no dot (`heartbeat`).
+    pub fn entity(&self) -> &str {
+        match self.dot {
+            Some(i) => &self.full[..i],
+            None => &self.full,
+        }
+    }
+
+    /// `update` for `order.update`; empty when the type has no dot.
+    pub fn action(&self) -> &str {
+        match self.dot {
+            Some(i) => &self.full[i + 1..],
+            None => "",
+        }
+    }
+
+    pub fn is_heartbeat(&self) -> bool {
+        &*self.full == "heartbeat"
+    }
+
+    pub fn is_known(&self) -> bool {
+        KNOWN_EVENT_TYPES.contains(&self.as_str())
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// Why bytes could not become an [`Event`]. The message never contains payload content.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body is JSON but not an object")]
+    NotAnObject,
+    #[error("no event type: the body has no string `eventType` and no type header was given")]
+    MissingEventType,
+    #[error("invalid event type: {0}")]
+    InvalidEventType(String),
+    #[error("`{field}` must be a JSON object or null")]
+    FieldNotObject { field: &'static str },
+    #[error("event id pointer {pointer} does not point at a string or number")]
+    BadEventId { pointer: String },
+}
+
+impl ParseError {
+    /// A short stable label for metrics and dead-letter reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Malformed(_) => "malformed_json",
+            Self::NotAnObject => "not_an_object",
+            Self::MissingEventType => "missing_event_type",
+            Self::InvalidEventType(_) => "invalid_event_type",
+            Self::FieldNotObject { .. } => "field_not_object",
+            Self::BadEventId { .. } => "bad_event_id",
+        }
+    }
+}
+
+/// How events are parsed: limits and where the id and type come from.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    pub max_bytes: usize,
+    /// JSON pointer to an id Fondo provides (e.g. `/id`); absent or missing: content hash.
+    pub id_pointer: Option<String>,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            id_pointer: None,
+        }
+    }
+}
+
+/// Facts about an event that the transport knows and the body may not.
+#[derive(Debug, Clone, Default)]
+pub struct ParseContext<'a> {
+    /// The client id of the WebSocket stream the event came from.
+    pub client_id: Option<&'a str>,
+    /// The event type from a configured header, used when the body has no `eventType`.
+    pub type_hint: Option<&'a str>,
+    /// An id from a configured header (e.g. `webhook-id`), preferred over the content hash.
+    pub id_hint: Option<&'a str>,
+}
+
+/// One Fondo event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event_type: EventType,
+    pub client_id: Option<Arc<str>>,
+    pub event_id: Arc<str>,
+    /// The original bytes, published verbatim unless a route transforms them.
+    pub raw: Bytes,
+    /// The parsed body; routing reads `current`/`previous` through JSON pointers.
+    pub body: Value,
+}
+
+impl Event {
+    /// Parses a WebSocket frame or webhook body once.
+    pub fn parse(raw: Bytes, opts: &ParseOptions, ctx: &ParseContext<'_>) -> Result<Self, ParseError> {
+        if raw.len() > opts.max_bytes {
+            return Err(ParseError::TooLarge {
+                size: raw.len(),
+                limit: opts.max_bytes,
+            });
+        }
+        // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot overflow the stack.
+        let body: Value =
+            serde_json::from_slice(&raw).map_err(|e| ParseError::Malformed(strip_payload(&e)))?;
+        let obj = body.as_object().ok_or(ParseError::NotAnObject)?;
+        let type_str = match obj.get("eventType") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(ParseError::InvalidEventType(
+                    "`eventType` is not a string".into(),
+                ));
+            }
+            None => ctx.type_hint.ok_or(ParseError::MissingEventType)?,
+        };
+        let event_type = EventType::parse(type_str)?;
+        for field in ["current", "previous"] {
+            match obj.get(field) {
+                None | Some(Value::Null) | Some(Value::Object(_)) => {}
+                Some(_) => {
+                    return Err(ParseError::FieldNotObject { field });
+                }
+            }
+        }
+        let client_id = ctx
+            .client_id
+            .map(Arc::from)
+            .or_else(|| body_client_id(&body).map(Arc::from));
+        let event_id: Arc<str> = match (&opts.id_pointer, ctx.id_hint) {
+            (_, Some(id)) if !id.is_empty() => Arc::from(id),
+            (Some(ptr), _) => match body.pointer(ptr) {
+                Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
+                Some(Value::Number(n)) => Arc::from(n.to_string()),
+                None | Some(Value::Null) => {
+                    Arc::from(content_event_id(event_type.as_str(), &body))
+                }
+                Some(_) => {
+                    return Err(ParseError::BadEventId {
+                        pointer: ptr.clone(),
+                    });
+                }
+            },
+            _ => Arc::from(content_event_id(event_type.as_str(), &body)),
+        };
+        Ok(Self {
+            event_type,
+            client_id,
+            event_id,
+            raw,
+            body,
+        })
+    }
+
+    pub fn current(&self) -> Option<&Value> {
+        self.body.get("current").filter(|v| !v.is_null())
+    }
+
+    pub fn previous(&self) -> Option<&Value> {
+        self.body.get("previous").filter(|v| !v.is_null())
+    }
+
+    /// The id of the object the event is about: `ref` or `id` of `current`, else of `previous`.
+    pub fn object_ref(&self) -> Option<String> {
+        for obj in [self.current(), self.previous()].into_iter().flatten() {
+            for field in ["ref", "id"] {
+                match obj.get(field) {
+                    Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
+                    Some(Value::Number(n)) => return Some(n.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+}
+
+fn body_client_id(body: &Value) -> Option<&str> {
+    ["/clientId", "/current/clientId", "/previous/clientId"]
+        .iter()
+        .find_map(|p| body.pointer(p).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+}
+
+/// serde_json's messages name a position and a category, never content; keep just that.
+fn strip_payload(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "data error",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    let detail = e.to_string();
+    if detail.contains("recursion limit") {
+        format!("nesting too deep at line {} column {}", e.line(), e.column())
+    } else if detail.contains("invalid unicode") || detail.contains("UTF-8") {
+        format!("invalid UTF-8 at line {} column {}", e.line(), e.column())
+    } else {
+        format!("{what} at line {} column {}", e.line(), e.column())
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    WebSocket,
+    Webhook,
+    Replay,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Webhook => "webhook",
+            Self::Replay => "replay",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A W3C trace context carried from the source into every published message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// An event on its way through the bridge, with the handle that acknowledges it to its source.
+#[derive(Debug)]
+pub struct Envelope {
+    pub event: Arc<Event>,
+    pub ack: AckHandle,
+    pub source: SourceKind,
+    pub received_at: Instant,
+    pub received_wall: SystemTime,
+    pub trace: TraceContext,
+}
+
+impl Envelope {
+    pub fn new(event: Event, ack: AckHandle, source: SourceKind) -> Self {
+        Self {
+            event: Arc::new(event),
+            ack,
+            source,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            trace: TraceContext::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use super::*;
+
+fn parse(s: &str) -> Result<Event, ParseError> {
+    Event::parse(
+        Bytes::from(s.to_owned()),
+        &ParseOptions::default(),
+        &ParseContext::default(),
+    )
+}
+
+const ORDER: &str = include_str!("../../tests/fixtures/fondo/order.create.json");
+const ACCOUNT: &str = include_str!("../../tests/fixtures/fondo/account.update.json");
+const CT_DELETE: &str = include_str!("../../tests/fixtures/fondo/cashTransaction.delete.json");
+const HEARTBEAT: &str = include_str!("../../tests/fixtures/fondo/heartbeat.json");
+const NO_TYPE: &str = include_str!("../../tests/fixtures/fondo/webhook-body-without-type.json");
+
+#[test]
+fn samples_parse_with_entity_and_action() {
+    let e = parse(ORDER).unwrap();
+    assert_eq!(e.event_type.as_str(), "order.create");
+    assert_eq!(e.event_type.entity(), "order");
+    assert_eq!(e.event_type.action(), "create");
+    assert_eq!(e.object_ref().as_deref(), Some("ord_01HZX3K9V2Q7"));
+    assert_eq!(
+        e.client_id.as_deref(),
+        Some("49ad7378-121c-4a53-9894-dfd14a7b4877")
+    );
+    assert_eq!(&e.raw[..], ORDER.as_bytes(), "original bytes kept");
+
+    let a = parse(ACCOUNT).unwrap();
+    assert_eq!(a.object_ref().as_deref(), Some("160367146695159"));
+    assert!(a.current().is_some() && a.previous().is_some());
+
+    let d = parse(CT_DELETE).unwrap();
+    assert_eq!(d.event_type.action(), "delete");
+    assert!(d.current().is_none());
+    assert_eq!(d.object_ref().as_deref(), Some("ct_7781"));
+
+    let h = parse(HEARTBEAT).unwrap();
+    assert!(h.event_type.is_heartbeat());
+    assert_eq!(h.event_type.entity(), "heartbeat");
+    assert_eq!(h.event_type.action(), "");
+}
+
+#[test]
+fn every_known_type_parses() {
+    for t in KNOWN_EVENT_TYPES {
+        let e = parse(&format!(r#"{{"eventType":"{t}","current":{{"id":"x"}}}}"#)).unwrap();
+        assert!(e.event_type.is_known(), "{t}");
+        assert_eq!(e.event_type.as_str(), *t);
+    }
+}
+
+#[test]
+fn unknown_type_is_kept() {
+    let e = parse(r#"{"eventType":"portfolio.rebalance","current":{"id":"p1"}}"#).unwrap();
+    assert!(!e.event_type.is_known());
+    assert_eq!(e.event_type.entity(), "portfolio");
+    assert_eq!(e.event_type.action(), "rebalance");
+}
+
+#[test]
+fn event_id_ignores_key_order_and_whitespace() {
+    let a = parse(r#"{"eventType":"order.update","current":{"id":"o1","amount":5,"status":"x"},"previous":{"id":"o1"}}"#).unwrap();
+    let b = parse(
+        "{ \"previous\" : {\"id\":\"o1\"},\n  \"current\": {\"status\":\"x\", \"amount\": 5, \"id\": \"o1\"},\n \"eventType\": \"order.update\" }",
+    )
+    .unwrap();
+    assert_eq!(a.event_id, b.event_id);
+    let c = parse(r#"{"eventType":"order.update","current":{"id":"o1","amount":6,"status":"x"},"previous":{"id":"o1"}}"#).unwrap();
+    assert_ne!(a.event_id, c.event_id, "different content, different id");
+    assert_eq!(a.event_id.len(), 32);
+}
+
+#[test]
+fn event_id_from_pointer_or_header() {
+    let opts = ParseOptions {
+        id_pointer: Some("/eventId".into()),
+        ..ParseOptions::default()
+    };
+    let raw = Bytes::from_static(br#"{"eventType":"order.update","eventId":"evt-1"}"#);
+    let e = Event::parse(raw.clone(), &opts, &ParseContext::default()).unwrap();
+    assert_eq!(&*e.event_id, "evt-1");
+    let ctx = ParseContext {
+        id_hint: Some("msg_2"),
+        ..ParseContext::default()
+    };
+    let e = Event::parse(raw, &opts, &ctx).unwrap();
+    assert_eq!(&*e.event_id, "msg_2", "header wins over pointer");
+    // Pointer configured but absent: content hash.
+    let e = Event::parse(
+        Bytes::from_static(br#"{"eventType":"order.update"}"#),
+        &opts,
+        &ParseContext::default(),
+    )
+    .unwrap();
+    assert_eq!(e.event_id.len(), 32);
+    // Pointer at an object: a clear error.
+    let err = Event::parse(
+        Bytes::from_static(br#"{"eventType":"order.update","eventId":{}}"#),
+        &opts,
+        &ParseContext::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), "bad_event_id");
+}
+
+#[test]
+fn type_from_header_when_body_has_none() {
+    assert_eq!(parse(NO_TYPE).unwrap_err(), ParseError::MissingEventType);
+    let ctx = ParseContext {
+        type_hint: Some("account.update"),
+        ..ParseContext::default()
+    };
+    let e = Event::parse(Bytes::from_static(NO_TYPE.as_bytes()), &ParseOptions::default(), &ctx)
+        .unwrap();
+    assert_eq!(e.event_type.as_str(), "account.update");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    assert_eq!(parse("{not json").unwrap_err().kind(), "malformed_json");
+    assert_eq!(parse("").unwrap_err().kind(), "malformed_json");
+    assert_eq!(parse("[1,2]").unwrap_err(), ParseError::NotAnObject);
+    assert_eq!(parse(r#"{"current":{}}"#).unwrap_err(), ParseError::MissingEventType);
+    assert_eq!(parse(r#"{"eventType":5}"#).unwrap_err().kind(), "invalid_event_type");
+    assert_eq!(parse(r#"{"eventType":""}"#).unwrap_err().kind(), "invalid_event_type");
+    assert_eq!(parse(r#"{"eventType":"a b"}"#).unwrap_err().kind(), "invalid_event_type");
+    assert_eq!(
+        parse(r#"{"eventType":"order.create","current":[1]}"#).unwrap_err(),
+        ParseError::FieldNotObject { field: "current" }
+    );
+    assert_eq!(
+        parse(r#"{"eventType":"order.delete","previous":"x"}"#).unwrap_err(),
+        ParseError::FieldNotObject { field: "previous" }
+    );
+}
+
+#[test]
+fn non_utf8_is_rejected_without_echoing_it() {
+    let raw = Bytes::from_static(b"{\"eventType\":\"order.create\",\"x\":\"\xff\xfe\"}");
+    let err = Event::parse(raw, &ParseOptions::default(), &ParseContext::default()).unwrap_err();
+    assert_eq!(err.kind(), "malformed_json");
+}
+
+#[test]
+fn ten_megabyte_body_is_refused_before_parsing() {
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let err = Event::parse(Bytes::from(big), &ParseOptions::default(), &ParseContext::default())
+        .unwrap_err();
+    assert!(matches!(err, ParseError::TooLarge { size, .. } if size == 10 * 1024 * 1024));
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let depth = 10_000;
+    let s = format!(
+        r#"{{"eventType":"order.create","current":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    assert_eq!(parse(&s).unwrap_err().kind(), "malformed_json");
+}
+
+#[test]
+fn error_messages_never_contain_payload() {
+    let err = parse(r#"{"eventType":"order.create","ssn":"197001010003" oops}"#).unwrap_err();
+    assert!(!err.to_string().contains("197001010003"), "{err}");
+}
+
+#[test]
+fn canonical_json_sorts_keys() {
+    let v: Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
+    assert_eq!(canonical_json(&v), br#"{"a":{"c":3,"d":2},"b":1}"#.to_vec());
+}

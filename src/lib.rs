@@ -1,0 +1,14 @@
+//! fondo-bridge: carries Fondo Partner API events from its WebSocket stream and signed webhooks into
+//! Kafka, RabbitMQ or NATS, at least once, in order per object, with dead letters and traces.
+//!
+//! The data flow is `sources → Envelope → router → dispatch → sinks`, with acknowledgements flowing
+//! back to the source only once every destination delivered or dead-lettered the event. See
+//! `ARCHITECTURE` in the README for the guarantees.
+
+pub mod config;
+pub mod dispatch;
+pub mod dlq;
+pub mod event;
+pub mod metrics;
+pub mod router;
+pub mod sinks;

@@ -1,0 +1,164 @@
+//! The bridge's Prometheus metrics, one registry per running bridge.
+//!
+//! Names follow Prometheus conventions (`fondo_bridge_*_total`, `*_seconds`). Labels are low
+//! cardinality: source, sink, route, reason kinds; never event ids or client data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReasonLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkRouteLabels {
+    pub sink: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client_id: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~100 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+/// Every metric the bridge exports. Cheap to clone handles out of; shared as `Arc<Metrics>`.
+pub struct Metrics {
+    pub registry: Registry,
+    pub received: Family<SourceLabels, Counter>,
+    pub rejected: Family<SourceReasonLabels, Counter>,
+    pub published: Family<SinkRouteLabels, Counter>,
+    pub retried: Family<SinkLabels, Counter>,
+    pub dead_lettered: Family<ReasonLabels, Counter>,
+    pub dead_letter_writes: Family<DestinationLabels, Counter>,
+    pub dead_letter_failures: Counter,
+    pub deduplicated: Family<SourceLabels, Counter>,
+    pub unmatched: Counter,
+    pub dropped_unmatched: Counter,
+    pub filtered: Counter,
+    pub acked: Family<SourceReasonLabels, Counter>,
+    pub in_flight: Gauge,
+    pub spool_events: Gauge,
+    pub spool_bytes: Gauge,
+    pub ws_connected: Family<ClientLabels, Gauge>,
+    pub ws_gap_seconds: Family<ClientLabels, Counter<f64, AtomicU64>>,
+    pub ws_gaps: Family<ClientLabels, Counter>,
+    pub reload_failures: Counter,
+    pub reloads: Counter,
+    pub publish_latency: Family<SinkLabels, Histogram>,
+    pub receive_to_ack: Family<SourceLabels, Histogram>,
+    delivered_total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fondo_bridge");
+        let m = Self {
+            received: Family::default(),
+            rejected: Family::default(),
+            published: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            dead_letter_writes: Family::default(),
+            dead_letter_failures: Counter::default(),
+            deduplicated: Family::default(),
+            unmatched: Counter::default(),
+            dropped_unmatched: Counter::default(),
+            filtered: Counter::default(),
+            acked: Family::default(),
+            in_flight: Gauge::default(),
+            spool_events: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            ws_connected: Family::default(),
+            ws_gap_seconds: Family::default(),
+            ws_gaps: Family::default(),
+            reload_failures: Counter::default(),
+            reloads: Counter::default(),
+            publish_latency: Family::new_with_constructor(latency_histogram),
+            receive_to_ack: Family::new_with_constructor(latency_histogram),
+            delivered_total: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register("received", "Events received from a source", m.received.clone());
+        registry.register("rejected", "Inputs refused before routing (bad signature, malformed, too large)", m.rejected.clone());
+        registry.register("published", "Messages confirmed by a sink", m.published.clone());
+        registry.register("retried", "Publish attempts that failed retriably and were retried", m.retried.clone());
+        registry.register("dead_lettered", "Events (per destination) sent to the dead-letter path", m.dead_lettered.clone());
+        registry.register("dead_letter_writes", "Dead letters written, by where they were written", m.dead_letter_writes.clone());
+        registry.register("dead_letter_failures", "Dead letters that could be written nowhere (the source was not acknowledged)", m.dead_letter_failures.clone());
+        registry.register("deduplicated", "Events recognised as already delivered and not published again", m.deduplicated.clone());
+        registry.register("unmatched", "Events no route matched", m.unmatched.clone());
+        registry.register("dropped_unmatched", "Unmatched events dropped by `unmatched: drop`", m.dropped_unmatched.clone());
+        registry.register("filtered", "Route matches excluded by a route's `where` filter", m.filtered.clone());
+        registry.register("acked", "Events acknowledged to their source, by outcome", m.acked.clone());
+        registry.register("in_flight", "Events inside the bridge now", m.in_flight.clone());
+        registry.register("spool_events", "Events in the WebSocket spool not yet released", m.spool_events.clone());
+        registry.register("spool_bytes", "Bytes of WebSocket spool segments on disk", m.spool_bytes.clone());
+        registry.register("websocket_connected", "1 while the WebSocket stream of a client id is connected", m.ws_connected.clone());
+        registry.register("websocket_gap_seconds", "Seconds the WebSocket stream was disconnected (events in gaps are not replayed by Fondo)", m.ws_gap_seconds.clone());
+        registry.register("websocket_gaps", "Disconnections of a WebSocket stream", m.ws_gaps.clone());
+        registry.register("routing_reloads", "Routing tables loaded and swapped in", m.reloads.clone());
+        registry.register("routing_reload_failures", "Routing reloads rejected as invalid", m.reload_failures.clone());
+        registry.register("publish_latency_seconds", "Time from a publish call to the broker's confirmation", m.publish_latency.clone());
+        registry.register("receive_to_ack_seconds", "Time from receiving an event to acknowledging it to its source", m.receive_to_ack.clone());
+        Self { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn source(&self, s: &str) -> SourceLabels {
+        SourceLabels { source: s.into() }
+    }
+
+    pub(crate) fn count_delivered(&self) {
+        self.delivered_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Destination deliveries confirmed since start (all sinks).
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered_total.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,514 @@
+//! The routing table: pure and synchronous, compiled once from validated config.
+//!
+//! `route(&Event)` answers which destinations an event goes to, with topic, key, headers and body
+//! rendered. A template that cannot be rendered for an event does not stop the other destinations:
+//! it comes back as a [`RenderFailure`] so the dispatcher dead-letters that one destination.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::{Config, DestinationConfig, RouteConfig, Unmatched};
+use crate::event::Event;
+
+/// A piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Entity,
+    Action,
+    EventType,
+    ClientId,
+    Pointer(String),
+}
+
+/// A compiled `{placeholder}` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unknown placeholder {{{0}}}: use {{entity}}, {{action}}, {{event_type}}, {{client_id}} or a JSON pointer like {{/current/ref}}")]
+    UnknownPlaceholder(String),
+    #[error("unclosed `{{` at byte {0}")]
+    Unclosed(usize),
+    #[error("stray `}}` at byte {0}")]
+    StrayClose(usize),
+    #[error("template is empty")]
+    Empty,
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Self, TemplateError> {
+        if s.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut segments = Vec::new();
+        let mut lit = String::new();
+        let mut rest = s;
+        let mut offset = 0;
+        while let Some(i) = rest.find(['{', '}']) {
+            if rest.as_bytes()[i] == b'}' {
+                return Err(TemplateError::StrayClose(offset + i));
+            }
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let end = after.find('}').ok_or(TemplateError::Unclosed(offset + i))?;
+            let name = &after[..end];
+            let seg = match name {
+                "entity" => Segment::Entity,
+                "action" => Segment::Action,
+                "event_type" => Segment::EventType,
+                "client_id" => Segment::ClientId,
+                p if p.starts_with('/') => Segment::Pointer(p.to_owned()),
+                other => return Err(TemplateError::UnknownPlaceholder(other.to_owned())),
+            };
+            if !lit.is_empty() {
+                segments.push(Segment::Literal(std::mem::take(&mut lit)));
+            }
+            segments.push(seg);
+            let consumed = i + 1 + end + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            segments.push(Segment::Literal(lit));
+        }
+        Ok(Self {
+            source: s.to_owned(),
+            segments,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders for an event, or says which placeholder had no usable value.
+    pub fn render(&self, event: &Event) -> Result<String, String> {
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Entity => out.push_str(event.event_type.entity()),
+                Segment::Action => out.push_str(event.event_type.action()),
+                Segment::EventType => out.push_str(event.event_type.as_str()),
+                Segment::ClientId => match &event.client_id {
+                    Some(c) => out.push_str(c),
+                    None => return Err("{client_id}: the event has no client id".into()),
+                },
+                Segment::Pointer(p) => match event.body.pointer(p) {
+                    Some(Value::String(s)) if !s.is_empty() => out.push_str(s),
+                    Some(Value::Number(n)) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Some(Value::Bool(b)) => {
+                        let _ = write!(out, "{b}");
+                    }
+                    Some(Value::Null) | None => {
+                        return Err(format!("{{{p}}}: no value at this pointer"));
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "{{{p}}}: the value is an object, array or empty string"
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An event type glob: `*` matches any run of characters; `*` alone never matches `heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    pattern: String,
+}
+
+impl Glob {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty pattern".into());
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("pattern contains whitespace".into());
+        }
+        Ok(Self {
+            pattern: s.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        if event_type == "heartbeat" && self.pattern != "heartbeat" {
+            return false;
+        }
+        glob_match(self.pattern.as_bytes(), event_type.as_bytes())
+    }
+}
+
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    // Iterative wildcard matching with single-star backtracking: linear in practice.
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[derive(Debug)]
+struct CompiledDestination {
+    sink: Arc<str>,
+    topic: Template,
+    key: Option<Template>,
+    headers: Vec<(String, Template)>,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    name: Arc<str>,
+    globs: Vec<Glob>,
+    filter: Vec<(String, Value)>,
+    redact: Vec<String>,
+    to: Vec<CompiledDestination>,
+}
+
+impl CompiledRoute {
+    fn matches_type(&self, t: &str) -> bool {
+        self.globs.iter().any(|g| g.matches(t))
+    }
+
+    fn passes_filter(&self, event: &Event) -> bool {
+        self.filter
+            .iter()
+            .all(|(ptr, want)| event.body.pointer(ptr) == Some(want))
+    }
+}
+
+/// A message ready for a sink, before the dispatcher adds the `fondo-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub route: Arc<str>,
+    pub sink: Arc<str>,
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A destination that could not be rendered for this event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderFailure {
+    pub route: Arc<str>,
+    pub sink: Arc<str>,
+    pub reason: String,
+}
+
+/// Where one event goes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    pub destinations: Vec<Destination>,
+    pub failures: Vec<RenderFailure>,
+    /// Routes whose type matched but whose `where` filter excluded the event.
+    pub filtered_by: Vec<Arc<str>>,
+}
+
+impl Routed {
+    /// No route took the event (neither a destination nor a render failure).
+    pub fn is_unmatched(&self) -> bool {
+        self.destinations.is_empty() && self.failures.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CompileError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The compiled routing table.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<CompiledRoute>,
+    /// For every known event type, the indices of the routes whose globs match it: matching costs
+    /// one hash look-up however many routes there are.
+    by_type: HashMap<String, Vec<usize>>,
+    unmatched: Unmatched,
+}
+
+impl Router {
+    /// Compiles the routes of a config. Collects every problem rather than stopping at the first.
+    pub fn compile(cfg: &Config) -> Result<Self, Vec<CompileError>> {
+        Self::compile_routes(&cfg.routes, cfg.unmatched, |name| {
+            cfg.sinks.contains_key(name)
+        })
+    }
+
+    pub fn compile_routes(
+        routes: &[RouteConfig],
+        unmatched: Unmatched,
+        sink_exists: impl Fn(&str) -> bool,
+    ) -> Result<Self, Vec<CompileError>> {
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(routes.len());
+        let mut names = BTreeMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let mut err = |path: String, message: String| errors.push(CompileError { path, message });
+            if r.name.trim().is_empty() {
+                err(format!("{at}.name"), "must not be empty".into());
+            } else if let Some(prev) = names.insert(r.name.clone(), i) {
+                err(
+                    format!("{at}.name"),
+                    format!("duplicate route name {:?} (also routes[{prev}])", r.name),
+                );
+            }
+            if r.matches.is_empty() {
+                err(format!("{at}.match"), "needs at least one pattern".into());
+            }
+            let mut globs = Vec::new();
+            for (j, m) in r.matches.iter().enumerate() {
+                match Glob::parse(m) {
+                    Ok(g) => globs.push(g),
+                    Err(e) => err(format!("{at}.match[{j}]"), e),
+                }
+            }
+            let mut filter = Vec::new();
+            for (ptr, v) in &r.filter {
+                if !ptr.starts_with('/') {
+                    err(
+                        format!("{at}.where.{ptr:?}"),
+                        "must be a JSON pointer starting with `/`".into(),
+                    );
+                }
+                filter.push((ptr.clone(), v.clone()));
+            }
+            for (j, ptr) in r.redact.iter().enumerate() {
+                if !ptr.starts_with('/') || ptr.len() < 2 {
+                    err(
+                        format!("{at}.redact[{j}]"),
+                        "must be a JSON pointer like /current/owner/ssn".into(),
+                    );
+                }
+            }
+            if r.to.is_empty() {
+                err(format!("{at}.to"), "needs at least one destination".into());
+            }
+            let mut to = Vec::new();
+            for (j, d) in r.to.iter().enumerate() {
+                if let Some(dest) = compile_destination(d, &format!("{at}.to[{j}]"), &sink_exists, &mut err) {
+                    to.push(dest);
+                }
+            }
+            compiled.push(CompiledRoute {
+                name: Arc::from(r.name.as_str()),
+                globs,
+                filter,
+                redact: r.redact.clone(),
+                to,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut by_type = HashMap::new();
+        for t in crate::event::KNOWN_EVENT_TYPES {
+            let idx: Vec<usize> = compiled
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matches_type(t))
+                .map(|(i, _)| i)
+                .collect();
+            by_type.insert((*t).to_owned(), idx);
+        }
+        Ok(Self {
+            routes: compiled,
+            by_type,
+            unmatched,
+        })
+    }
+
+    pub fn unmatched_policy(&self) -> Unmatched {
+        self.unmatched
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Where an event goes. Pure: no I/O, no clock.
+    pub fn route(&self, event: &Event) -> Routed {
+        let t = event.event_type.as_str();
+        let mut out = Routed::default();
+        let mut visit = |r: &CompiledRoute| {
+            if !r.passes_filter(event) {
+                out.filtered_by.push(Arc::clone(&r.name));
+                return;
+            }
+            let body = if r.redact.is_empty() {
+                event.raw.clone()
+            } else {
+                redact(&event.body, &r.redact)
+            };
+            for d in &r.to {
+                match render_destination(d, event) {
+                    Ok((topic, key, headers)) => out.destinations.push(Destination {
+                        route: Arc::clone(&r.name),
+                        sink: Arc::clone(&d.sink),
+                        topic,
+                        key,
+                        headers,
+                        body: body.clone(),
+                    }),
+                    Err(reason) => out.failures.push(RenderFailure {
+                        route: Arc::clone(&r.name),
+                        sink: Arc::clone(&d.sink),
+                        reason,
+                    }),
+                }
+            }
+        };
+        match self.by_type.get(t) {
+            Some(idx) => idx.iter().for_each(|&i| visit(&self.routes[i])),
+            None => self
+                .routes
+                .iter()
+                .filter(|r| r.matches_type(t))
+                .for_each(&mut visit),
+        }
+        out
+    }
+}
+
+fn compile_destination(
+    d: &DestinationConfig,
+    at: &str,
+    sink_exists: &impl Fn(&str) -> bool,
+    err: &mut impl FnMut(String, String),
+) -> Option<CompiledDestination> {
+    let mut ok = true;
+    if !sink_exists(&d.sink) {
+        err(format!("{at}.sink"), format!("no sink named {:?} in `sinks`", d.sink));
+        ok = false;
+    }
+    let topic = Template::parse(&d.topic)
+        .map_err(|e| {
+            err(format!("{at}.topic"), e.to_string());
+            ok = false;
+        })
+        .ok();
+    let key = match &d.key {
+        None => None,
+        Some(k) => match Template::parse(k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                err(format!("{at}.key"), e.to_string());
+                ok = false;
+                None
+            }
+        },
+    };
+    let mut headers = Vec::new();
+    for (name, v) in &d.headers {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            err(format!("{at}.headers.{name:?}"), "invalid header name".into());
+            ok = false;
+        }
+        match Template::parse(v) {
+            Ok(t) => headers.push((name.clone(), t)),
+            Err(e) => {
+                err(format!("{at}.headers.{name}"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    match (ok, topic) {
+        (true, Some(topic)) => Some(CompiledDestination {
+            sink: Arc::from(d.sink.as_str()),
+            topic,
+            key,
+            headers,
+        }),
+        _ => None,
+    }
+}
+
+type Rendered = (String, Option<String>, Vec<(String, String)>);
+
+fn render_destination(d: &CompiledDestination, event: &Event) -> Result<Rendered, String> {
+    let topic = d.topic.render(event).map_err(|e| format!("topic: {e}"))?;
+    let key = match &d.key {
+        Some(k) => Some(k.render(event).map_err(|e| format!("key: {e}"))?),
+        None => event.object_ref(),
+    };
+    let mut headers = Vec::with_capacity(d.headers.len());
+    for (name, t) in &d.headers {
+        headers.push((
+            name.clone(),
+            t.render(event).map_err(|e| format!("header {name}: {e}"))?,
+        ));
+    }
+    Ok((topic, key, headers))
+}
+
+/// The body with the given JSON pointers removed, re-serialised.
+fn redact(body: &Value, pointers: &[String]) -> Bytes {
+    let mut v = body.clone();
+    for p in pointers {
+        remove_pointer(&mut v, p);
+    }
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+fn remove_pointer(v: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    let target = if parent.is_empty() {
+        Some(v)
+    } else {
+        v.pointer_mut(parent)
+    };
+    match target {
+        Some(Value::Object(m)) => {
+            m.remove(&last);
+        }
+        Some(Value::Array(a)) => {
+            if let Ok(i) = last.parse::<usize>() {
+                if i < a.len() {
+                    a.remove(i);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! The `file` sink: JSON lines, one file per topic under a directory. The embedded default, so the
+//! bridge runs with no broker at all.
+//!
+//! One writer thread owns the files. Publishes queue to it; it writes everything queued, then makes
+//! the batch durable with one `fsync` per touched file (group commit), then confirms each publish.
+//! A line is `{"topic","key","event_id","headers":{..},"payload":"<original text>"}`; `payload`
+//! holds the original bytes exactly (as `payload_base64` when they are not UTF-8).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Message, Sink, SinkError};
+use crate::config::{FileSinkConfig, FsyncPolicy};
+
+/// One line of a file sink's output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub event_id: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl FileRecord {
+    /// The original payload bytes.
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        match (&self.payload, &self.payload_base64) {
+            (Some(p), _) => p.as_bytes().to_vec(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// The file a topic is written to: characters outside `[A-Za-z0-9._-]` become `_`.
+pub fn topic_file(dir: &Path, topic: &str) -> PathBuf {
+    let safe: String = topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let safe = if safe.starts_with('.') || safe.is_empty() {
+        format!("_{safe}")
+    } else {
+        safe
+    };
+    dir.join(format!("{safe}.jsonl"))
+}
+
+type Request = (Message, oneshot::Sender<Result<(), SinkError>>);
+
+pub struct FileSink {
+    name: String,
+    dir: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl FileSink {
+    pub fn new(name: &str, cfg: &FileSinkConfig) -> Result<Self, SinkError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+            SinkError::Fatal(format!("cannot create directory {}: {e}", cfg.dir.display()))
+        })?;
+        let (tx, rx) = mpsc::channel::<Request>(4096);
+        let dir = cfg.dir.clone();
+        let policy = cfg.fsync;
+        let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
+        let writer = std::thread::Builder::new()
+            .name(format!("file-sink-{name}"))
+            .spawn(move || writer_loop(rx, dir, policy, interval))
+            .map_err(|e| SinkError::Fatal(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            name: name.to_owned(),
+            dir: cfg.dir.clone(),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.tx.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+struct Writer {
+    file: BufWriter<File>,
+    dirty: bool,
+}
+
+fn writer_loop(
+    mut rx: mpsc::Receiver<Request>,
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    interval: Duration,
+) {
+    let mut files: HashMap<String, Writer> = HashMap::new();
+    let mut last_sync = Instant::now();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
+        for (msg, _) in &batch {
+            results.push(write_one(&mut files, &dir, msg));
+        }
+        // Flush every touched file, and fsync as the policy says; a failure fails the whole batch
+        // of that file, so nothing is confirmed that may not be on disk.
+        let sync_now = match policy {
+            FsyncPolicy::Batch => true,
+            FsyncPolicy::Interval => last_sync.elapsed() >= interval,
+            FsyncPolicy::Never => false,
+        };
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for (topic, w) in files.iter_mut().filter(|(_, w)| w.dirty) {
+            let r = w.file.flush().and_then(|()| {
+                if sync_now {
+                    w.file.get_ref().sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Ok(()) => w.dirty = false,
+                Err(e) => {
+                    failed.insert(topic.clone(), e.to_string());
+                }
+            }
+        }
+        if sync_now {
+            last_sync = Instant::now();
+        }
+        for topic in failed.keys() {
+            // Reopen on the next write: the buffered state is unknown.
+            files.remove(topic);
+        }
+        for ((msg, reply), mut result) in batch.into_iter().zip(results) {
+            if let Some(e) = failed.get(&msg.topic) {
+                if result.is_ok() {
+                    result = Err(SinkError::Retriable(format!("flush failed: {e}")));
+                }
+            }
+            let _ = reply.send(result);
+        }
+    }
+    for w in files.values_mut() {
+        let _ = w.file.flush();
+        if policy != FsyncPolicy::Never {
+            let _ = w.file.get_ref().sync_data();
+        }
+    }
+}
+
+fn write_one(
+    files: &mut HashMap<String, Writer>,
+    dir: &Path,
+    msg: &Message,
+) -> Result<(), SinkError> {
+    let w = match files.get_mut(&msg.topic) {
+        Some(w) => w,
+        None => {
+            let path = topic_file(dir, &msg.topic);
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| SinkError::Retriable(format!("cannot open {}: {e}", path.display())))?;
+            files.entry(msg.topic.clone()).or_insert(Writer {
+                file: BufWriter::with_capacity(256 * 1024, f),
+                dirty: false,
+            })
+        }
+    };
+    let (payload, payload_base64) = match std::str::from_utf8(&msg.payload) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
+        ),
+    };
+    let rec = FileRecord {
+        topic: msg.topic.clone(),
+        key: msg.key.clone(),
+        event_id: msg.event_id.to_string(),
+        headers: msg.headers.iter().cloned().collect(),
+        payload,
+        payload_base64,
+    };
+    let mut line = serde_json::to_vec(&rec)
+        .map_err(|e| SinkError::Fatal(format!("cannot encode record: {e}")))?;
+    line.push(b'\n');
+    w.file
+        .write_all(&line)
+        .map_err(|e| SinkError::Retriable(format!("write failed: {e}")))?;
+    w.dirty = true;
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn system(&self) -> &'static str {
+        "file"
+    }
+
+    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+        let tx = self
+            .sender()
+            .ok_or_else(|| SinkError::Retriable("file sink is closed".into()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send((msg, reply))
+            .await
+            .map_err(|_| SinkError::Retriable("file sink writer stopped".into()))?;
+        rx.await
+            .map_err(|_| SinkError::Retriable("file sink writer stopped".into()))?
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        if self.sender().is_none() {
+            return Err(SinkError::Retriable("file sink is closed".into()));
+        }
+        let meta = tokio::fs::metadata(&self.dir)
+            .await
+            .map_err(|e| SinkError::Retriable(format!("{}: {e}", self.dir.display())))?;
+        if meta.permissions().readonly() {
+            return Err(SinkError::Retriable(format!("{} is read-only", self.dir.display())));
+        }
+        Ok(())
+    }
+
+    async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
+        // Dropping the sender ends the writer loop once the queue is drained.
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = handle {
+            let wait = tokio::task::spawn_blocking(move || h.join());
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, wait).await {
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(SinkError::Retriable(
+                        "file sink did not finish writing before the deadline".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn msg(topic: &str, id: &str, payload: &[u8]) -> Message {
+        Message {
+            topic: topic.into(),
+            key: Some("k1".into()),
+            headers: vec![("fondo-event-id".into(), id.into())],
+            payload: bytes::Bytes::copy_from_slice(payload),
+            event_id: Arc::from(id),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_one_file_per_topic_with_exact_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(
+            "files",
+            &FileSinkConfig {
+                dir: dir.path().to_path_buf(),
+                fsync: FsyncPolicy::Batch,
+                fsync_interval_ms: 100,
+            },
+        )
+        .unwrap();
+        let pretty = b"{\n  \"eventType\": \"order.create\"\n}";
+        sink.publish(msg("fondo.order", "e1", pretty)).await.unwrap();
+        sink.publish(msg("fondo.order", "e2", b"{}")).await.unwrap();
+        sink.publish(msg("fondo/acc ount", "e3", b"\xff\x00")).await.unwrap();
+        sink.close(Instant::now() + Duration::from_secs(5)).await.unwrap();
+
+        let text = std::fs::read_to_string(dir.path().join("fondo.order.jsonl")).unwrap();
+        let recs: Vec<FileRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].payload_bytes(), pretty.to_vec());
+        assert_eq!(recs[0].key.as_deref(), Some("k1"));
+        assert_eq!(recs[1].event_id, "e2");
+        let odd = std::fs::read_to_string(dir.path().join("fondo_acc_ount.jsonl")).unwrap();
+        let rec: FileRecord = serde_json::from_str(odd.trim()).unwrap();
+        assert_eq!(rec.payload_bytes(), b"\xff\x00".to_vec());
+        assert!(sink.publish(msg("x", "e4", b"{}")).await.is_err(), "closed sink refuses");
+    }
+
+    #[tokio::test]
+    async fn unwritable_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = FileSink::new(
+            "files",
+            &FileSinkConfig {
+                dir: file.join("sub"),
+                fsync: FsyncPolicy::Never,
+                fsync_interval_ms: 100,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(err.reason().contains("cannot create directory"), "{err}");
+    }
+}

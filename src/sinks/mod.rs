@@ -1,0 +1,100 @@
+//! Where events go. One file per broker, each behind its cargo feature, all behind one trait.
+//!
+//! A sink decides from its broker's own error codes whether a failure is worth retrying
+//! ([`SinkError::Retriable`]) or never will succeed ([`SinkError::Fatal`], which dead-letters the
+//! event with the reason). A sink pipelines: `publish` is called concurrently for many messages and
+//! must not serialise them behind one another.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+
+pub mod testing;
+
+/// Header names every published message carries.
+pub mod headers {
+    pub const EVENT_ID: &str = "fondo-event-id";
+    pub const EVENT_TYPE: &str = "fondo-event-type";
+    pub const CLIENT_ID: &str = "fondo-client-id";
+    pub const SOURCE: &str = "fondo-source";
+    pub const REPLAYED_AT: &str = "fondo-replayed-at";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+/// One message for one destination, rendered by the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Kafka topic, AMQP routing key, NATS subject, or file name stem.
+    pub topic: String,
+    /// Kafka message key; carried as a header elsewhere.
+    pub key: Option<String>,
+    /// `fondo-*` headers, `traceparent`, then the route's own headers.
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+    /// The stable event id: AMQP `message_id`, `Nats-Msg-Id`, `fondo-event-id`.
+    pub event_id: Arc<str>,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a publish failed. The message is safe to log: no payload content.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SinkError {
+    /// Worth trying again: broker down, timeout, queue full, leader moving, nack.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// Will never succeed as configured: unknown topic, unroutable, unauthorised, too large.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl SinkError {
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Retriable(_))
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Retriable(r) | Self::Fatal(r) => r,
+        }
+    }
+}
+
+/// A destination broker.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// The sink's configured name (`sinks.<name>`).
+    fn name(&self) -> &str;
+
+    /// The broker family, for telemetry (`kafka`, `rabbitmq`, `nats`, `file`).
+    fn system(&self) -> &'static str;
+
+    /// Publishes one message and resolves when the broker has confirmed it durably.
+    async fn publish(&self, msg: Message) -> Result<(), SinkError>;
+
+    /// Whether the broker is reachable and accepting; `Err` explains why not.
+    async fn healthcheck(&self) -> Result<(), SinkError>;
+
+    /// Flushes what is in flight and closes, giving up at `deadline`.
+    async fn close(&self, deadline: Instant) -> Result<(), SinkError>;
+}
+
+pub type DynSink = Arc<dyn Sink>;

@@ -1,0 +1,1 @@
+//! The rabbitmq sink (in progress).

@@ -1,0 +1,37 @@
+//! Shared by the black-box tests: where the real brokers are.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+/// The address of a real broker for tests, from `FONDO_BRIDGE_TEST_<NAME>` (`KAFKA`, `AMQP`, `NATS`).
+///
+/// Unset: under `CI=true` this panics (CI must never be green without testing); elsewhere it prints
+/// a loud message and returns `None`, and the test returns early.
+pub fn broker(name: &str) -> Option<String> {
+    let var = format!("FONDO_BRIDGE_TEST_{name}");
+    match std::env::var(&var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+            assert!(
+                !ci,
+                "{var} is not set and CI=true: the README's test command starts the brokers and sets it"
+            );
+            eprintln!(
+                "\n!!! SKIPPING: {var} is not set, so this test has no real broker to run against.\n!!! Run the tests with scripts/test.sh (see README) to start the brokers.\n"
+            );
+            None
+        }
+    }
+}
+
+/// A name unique to this test run, for topics, queues, streams.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
