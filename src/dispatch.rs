@@ -1,1 +1,747 @@
-pub struct Dispatcher;
+//! Dispatch: from an [`Envelope`] to every destination, at least once, in order per key.
+//!
+//! - A global semaphore bounds the events inside the bridge (`delivery.max_in_flight`); a source
+//!   that submits while it is full waits (`submit`) or is told to come back later (`try_submit`).
+//! - Each sink has one worker task. Events with the same key go to a sink one after another; events
+//!   with different keys (or none) are published concurrently, so the sink pipelines.
+//! - A retriable failure is retried with exponential backoff and jitter, holding back only the
+//!   events of its own key; a fatal failure, or running out of attempts, writes a dead letter.
+//! - The source's ack resolves when every destination delivered or durably dead-lettered the event;
+//!   a dead letter that could be written nowhere leaves the event unacknowledged (`Retry`).
+//! - The same event id, seen twice (webhook retries, both sources), is published once: ids are
+//!   remembered only after their delivery was confirmed, and a duplicate that arrives while the
+//!   first is still in flight waits for the first's outcome.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use backon::BackoffBuilder as _;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Unmatched};
+use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
+use crate::event::{AckHandle, AckStatus, Envelope, Event, SourceKind, TraceContext};
+use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceReasonLabels};
+use crate::router::{Destination, Router};
+use crate::sinks::{DynSink, Message, SinkError, headers};
+
+/// How failed publishes are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+    /// Dead-letter after this long even with attempts left.
+    pub max_elapsed: Option<Duration>,
+}
+
+impl RetryPolicy {
+    pub fn from_config(cfg: &Config) -> Self {
+        let d = &cfg.delivery;
+        Self {
+            max_attempts: d.max_attempts.max(1),
+            initial: Duration::from_millis(d.backoff_initial_ms.max(1)),
+            max: Duration::from_millis(d.backoff_max_ms.max(d.backoff_initial_ms.max(1))),
+            max_elapsed: (d.max_elapsed_ms > 0).then(|| Duration::from_millis(d.max_elapsed_ms)),
+        }
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Why a submit did not happen; the envelope comes back so the source still owns it.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// `max_in_flight` events are inside the bridge (only from `try_submit`).
+    Full(Envelope),
+    /// The bridge is shutting down and takes no new events.
+    Closed(Envelope),
+}
+
+/// What a dispatcher is built from.
+pub struct DispatcherParts {
+    pub router: Router,
+    pub sinks: HashMap<String, DynSink>,
+    pub dead_letters: Arc<DeadLetterWriter>,
+    pub policy: RetryPolicy,
+    pub max_in_flight: usize,
+    pub dedupe_ttl: Duration,
+    pub dedupe_capacity: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The dispatcher: cheap to clone, shared by every source.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    router: ArcSwap<Router>,
+    workers: ArcSwap<HashMap<Arc<str>, mpsc::UnboundedSender<Job>>>,
+    sinks: HashMap<Arc<str>, DynSink>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    closed: AtomicBool,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    delivered_ids: moka::sync::Cache<Arc<str>, ()>,
+    pending_ids: std::sync::Mutex<HashMap<Arc<str>, watch::Receiver<Option<AckStatus>>>>,
+}
+
+/// What every delivery needs, shared by the workers.
+struct Shared {
+    policy: RetryPolicy,
+    dead_letters: Arc<DeadLetterWriter>,
+    metrics: Arc<Metrics>,
+}
+
+/// Held while an event is inside the bridge: releases its in-flight slot and records its latency.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+    received_at: Instant,
+    source: SourceKind,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics
+            .receive_to_ack
+            .get_or_create(&self.metrics.source(self.source.as_str()))
+            .observe(self.received_at.elapsed().as_secs_f64());
+    }
+}
+
+/// The parts of an envelope every destination's dead letter needs.
+struct EventCtx {
+    event: Arc<Event>,
+    source: SourceKind,
+    received_wall: SystemTime,
+    trace: TraceContext,
+    _in_flight: InFlight,
+}
+
+impl EventCtx {
+    fn dead_letter(
+        &self,
+        destination: IntendedDestination,
+        kind: ReasonKind,
+        reason: String,
+        failures: &Failures,
+    ) -> DeadLetter {
+        DeadLetter::for_event(
+            &self.event,
+            self.source,
+            self.received_wall,
+            &self.trace,
+            destination,
+            kind,
+            reason,
+            failures,
+        )
+    }
+}
+
+struct Job {
+    msg: Message,
+    route: Arc<str>,
+    ack: AckHandle,
+    ctx: Arc<EventCtx>,
+}
+
+type Delivery = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+impl Dispatcher {
+    /// Starts one worker per sink. Must be called inside a Tokio runtime.
+    pub fn start(parts: DispatcherParts) -> Self {
+        let shared = Arc::new(Shared {
+            policy: parts.policy,
+            dead_letters: parts.dead_letters,
+            metrics: parts.metrics,
+        });
+        let tasks = TaskTracker::new();
+        let mut workers = HashMap::new();
+        let mut sinks = HashMap::new();
+        for (name, sink) in parts.sinks {
+            let name: Arc<str> = Arc::from(name);
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(run_worker(Arc::clone(&sink), rx, Arc::clone(&shared)));
+            workers.insert(Arc::clone(&name), tx);
+            sinks.insert(name, sink);
+        }
+        let max = parts.max_in_flight.max(1);
+        Self {
+            inner: Arc::new(Inner {
+                router: ArcSwap::from_pointee(parts.router),
+                workers: ArcSwap::from_pointee(workers),
+                sinks,
+                permits: Arc::new(Semaphore::new(max)),
+                max_in_flight: max,
+                closed: AtomicBool::new(false),
+                shared,
+                tasks,
+                delivered_ids: moka::sync::Cache::builder()
+                    .max_capacity(parts.dedupe_capacity)
+                    .time_to_live(parts.dedupe_ttl)
+                    .build(),
+                pending_ids: std::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.shared.metrics
+    }
+
+    pub fn dead_letters(&self) -> &Arc<DeadLetterWriter> {
+        &self.inner.shared.dead_letters
+    }
+
+    pub fn sinks(&self) -> impl Iterator<Item = &DynSink> {
+        self.inner.sinks.values()
+    }
+
+    /// The routing table in use now.
+    pub fn router(&self) -> Arc<Router> {
+        self.inner.router.load_full()
+    }
+
+    /// Swaps the routing table atomically: events already routed finish on the old one.
+    pub fn swap_router(&self, router: Router) {
+        self.inner.router.store(Arc::new(router));
+    }
+
+    /// Events inside the bridge now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.max_in_flight - self.inner.permits.available_permits()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Hands an event to the bridge, waiting while `max_in_flight` events are inside (backpressure).
+    pub async fn submit(&self, env: Envelope) -> Result<(), SubmitError> {
+        if self.is_closed() {
+            return Err(SubmitError::Closed(env));
+        }
+        let Ok(permit) = Arc::clone(&self.inner.permits).acquire_owned().await else {
+            return Err(SubmitError::Closed(env));
+        };
+        self.admit(env, permit);
+        Ok(())
+    }
+
+    /// Like [`Dispatcher::submit`] but never waits: `Full` when the bridge is at capacity.
+    pub fn try_submit(&self, env: Envelope) -> Result<(), SubmitError> {
+        if self.is_closed() {
+            return Err(SubmitError::Closed(env));
+        }
+        match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(permit) => {
+                self.admit(env, permit);
+                Ok(())
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(SubmitError::Full(env)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(SubmitError::Closed(env)),
+        }
+    }
+
+    /// Dead-letters bytes that never became an event, and tells the source what to answer:
+    /// `Delivered` once the dead letter is durable, `Retry` when it could be written nowhere.
+    pub async fn dead_letter_unparseable(&self, dl: DeadLetter) -> AckStatus {
+        self.inner
+            .shared
+            .metrics
+            .rejected
+            .get_or_create(&SourceReasonLabels {
+                source: dl.source.clone(),
+                reason: "unparseable".into(),
+            })
+            .inc();
+        match self.inner.shared.dead_letters.write(&dl).await {
+            Ok(_) => AckStatus::Delivered,
+            Err(_) => AckStatus::Retry,
+        }
+    }
+
+    fn admit(&self, env: Envelope, permit: OwnedSemaphorePermit) {
+        let m = &self.inner.shared.metrics;
+        m.received
+            .get_or_create(&m.source(env.source.as_str()))
+            .inc();
+        m.in_flight.inc();
+        let in_flight = InFlight {
+            _permit: permit,
+            metrics: Arc::clone(m),
+            received_at: env.received_at,
+            source: env.source,
+        };
+        let id = Arc::clone(&env.event.event_id);
+        if self.inner.delivered_ids.contains_key(&id) {
+            self.deduplicated(env, in_flight);
+            return;
+        }
+        // Is the same id in flight? Then wait for its outcome before doing anything.
+        let waiting = {
+            let Ok(mut pending) = self.inner.pending_ids.lock() else {
+                // A poisoned map only loses deduplication, never events.
+                self.route(env, in_flight);
+                return;
+            };
+            match pending.get(&id) {
+                Some(rx) => Some(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    pending.insert(Arc::clone(&id), rx);
+                    let (inner_ack, inner_rx) = AckHandle::new();
+                    let Envelope {
+                        event,
+                        ack,
+                        source,
+                        received_at,
+                        received_wall,
+                        trace,
+                    } = env;
+                    let this = self.clone();
+                    let id2 = Arc::clone(&id);
+                    self.inner.tasks.spawn(async move {
+                        let status = inner_rx.wait().await;
+                        if status == AckStatus::Delivered {
+                            this.inner.delivered_ids.insert(Arc::clone(&id2), ());
+                        }
+                        if let Ok(mut p) = this.inner.pending_ids.lock() {
+                            p.remove(&id2);
+                        }
+                        let _ = tx.send(Some(status));
+                        this.count_ack(source, status);
+                        ack.finish(status);
+                    });
+                    self.route(
+                        Envelope {
+                            event,
+                            ack: inner_ack,
+                            source,
+                            received_at,
+                            received_wall,
+                            trace,
+                        },
+                        in_flight,
+                    );
+                    return;
+                }
+            }
+        };
+        if let Some(mut rx) = waiting {
+            let this = self.clone();
+            self.inner.tasks.spawn(async move {
+                let outcome = loop {
+                    if let Some(s) = *rx.borrow_and_update() {
+                        break Some(s);
+                    }
+                    if rx.changed().await.is_err() {
+                        break None;
+                    }
+                };
+                match outcome {
+                    Some(AckStatus::Delivered) => this.deduplicated(env, in_flight),
+                    // The first failed or vanished: this copy is a genuine retry.
+                    _ => this.admit_again(env, in_flight),
+                }
+            });
+        }
+    }
+
+    /// Routes a copy whose twin was in flight and did not get delivered.
+    fn admit_again(&self, env: Envelope, in_flight: InFlight) {
+        let source = env.source;
+        let Envelope {
+            event,
+            ack,
+            received_at,
+            received_wall,
+            trace,
+            ..
+        } = env;
+        let (inner_ack, inner_rx) = AckHandle::new();
+        let this = self.clone();
+        let id = Arc::clone(&event.event_id);
+        self.inner.tasks.spawn(async move {
+            let status = inner_rx.wait().await;
+            if status == AckStatus::Delivered {
+                this.inner.delivered_ids.insert(id, ());
+            }
+            this.count_ack(source, status);
+            ack.finish(status);
+        });
+        self.route(
+            Envelope {
+                event,
+                ack: inner_ack,
+                source,
+                received_at,
+                received_wall,
+                trace,
+            },
+            in_flight,
+        );
+    }
+
+    fn deduplicated(&self, env: Envelope, in_flight: InFlight) {
+        let m = &self.inner.shared.metrics;
+        m.deduplicated
+            .get_or_create(&m.source(env.source.as_str()))
+            .inc();
+        tracing::debug!(event_id = %env.event.event_id, source = %env.source, "duplicate event: already delivered, not published again");
+        self.count_ack(env.source, AckStatus::Delivered);
+        env.ack.finish(AckStatus::Delivered);
+        drop(in_flight);
+    }
+
+    fn count_ack(&self, source: SourceKind, status: AckStatus) {
+        let reason = match status {
+            AckStatus::Delivered => "delivered",
+            AckStatus::Rejected => "rejected",
+            AckStatus::Retry => "retry",
+        };
+        self.inner
+            .shared
+            .metrics
+            .acked
+            .get_or_create(&SourceReasonLabels {
+                source: source.as_str().into(),
+                reason: reason.into(),
+            })
+            .inc();
+        if status == AckStatus::Delivered {
+            self.inner.shared.metrics.count_delivered();
+        }
+    }
+
+    fn route(&self, env: Envelope, in_flight: InFlight) {
+        let router = self.inner.router.load();
+        let routed = router.route(&env.event);
+        let m = &self.inner.shared.metrics;
+        if !routed.filtered_by.is_empty() {
+            m.filtered.inc_by(routed.filtered_by.len() as u64);
+        }
+        let ctx = Arc::new(EventCtx {
+            event: Arc::clone(&env.event),
+            source: env.source,
+            received_wall: env.received_wall,
+            trace: env.trace.clone(),
+            _in_flight: in_flight,
+        });
+        if routed.is_unmatched() {
+            if env.event.event_type.is_heartbeat() {
+                env.ack.finish(AckStatus::Delivered);
+                return;
+            }
+            m.unmatched.inc();
+            match router.unmatched_policy() {
+                Unmatched::Drop => {
+                    m.dropped_unmatched.inc();
+                    env.ack.finish(AckStatus::Delivered);
+                }
+                Unmatched::DeadLetter => {
+                    let reason = if routed.filtered_by.is_empty() {
+                        format!("no route matches event type {}", env.event.event_type)
+                    } else {
+                        format!(
+                            "every route matching {} filtered it out ({})",
+                            env.event.event_type,
+                            routed.filtered_by.join(", ")
+                        )
+                    };
+                    self.spawn_dead_letter(
+                        env.ack,
+                        ctx,
+                        IntendedDestination::default(),
+                        ReasonKind::Unmatched,
+                        reason,
+                        Failures::default(),
+                    );
+                }
+            }
+            return;
+        }
+        let mut acks = env
+            .ack
+            .split(routed.destinations.len() + routed.failures.len());
+        for f in routed.failures {
+            let Some(ack) = acks.pop() else { break };
+            self.spawn_dead_letter(
+                ack,
+                Arc::clone(&ctx),
+                IntendedDestination {
+                    route: Some(f.route.to_string()),
+                    sink: Some(f.sink.to_string()),
+                    topic: None,
+                    key: None,
+                },
+                ReasonKind::Render,
+                f.reason,
+                Failures::default(),
+            );
+        }
+        let workers = self.inner.workers.load();
+        for d in routed.destinations {
+            let Some(ack) = acks.pop() else { break };
+            let route = Arc::clone(&d.route);
+            let msg = build_message(d, &ctx);
+            let sink_name = Arc::clone(&msg.1);
+            let job = Job {
+                msg: msg.0,
+                route,
+                ack,
+                ctx: Arc::clone(&ctx),
+            };
+            match workers.get(&sink_name) {
+                Some(tx) => {
+                    if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+                        // Workers are gone (shutdown): the source must keep the event.
+                        job.ack.finish(AckStatus::Retry);
+                    }
+                }
+                None => {
+                    let dest = IntendedDestination {
+                        route: Some(job.route.to_string()),
+                        sink: Some(sink_name.to_string()),
+                        topic: Some(job.msg.topic.clone()),
+                        key: job.msg.key.clone(),
+                    };
+                    self.spawn_dead_letter(
+                        job.ack,
+                        job.ctx,
+                        dest,
+                        ReasonKind::NoSink,
+                        format!("sink {sink_name} is not running"),
+                        Failures::default(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn spawn_dead_letter(
+        &self,
+        ack: AckHandle,
+        ctx: Arc<EventCtx>,
+        dest: IntendedDestination,
+        kind: ReasonKind,
+        reason: String,
+        failures: Failures,
+    ) {
+        let shared = Arc::clone(&self.inner.shared);
+        self.inner.tasks.spawn(async move {
+            let dl = ctx.dead_letter(dest, kind, reason, &failures);
+            let status = match shared.dead_letters.write(&dl).await {
+                Ok(_) => AckStatus::Delivered,
+                Err(_) => AckStatus::Retry,
+            };
+            ack.finish(status);
+        });
+    }
+
+    /// Stops intake and waits until every event inside the bridge is acknowledged, or `deadline`.
+    /// Returns how many events were still in flight (0 when drained).
+    pub async fn drain(&self, deadline: Instant) -> usize {
+        self.inner.closed.store(true, Ordering::Release);
+        loop {
+            let left = self.in_flight();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// After [`Dispatcher::drain`]: ends the workers and waits for them, then closes every sink.
+    pub async fn shutdown(&self, deadline: Instant) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.workers.store(Arc::new(HashMap::new()));
+        self.inner.tasks.close();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("dispatch workers still busy at the shutdown deadline");
+        }
+        for sink in self.inner.sinks.values() {
+            if let Err(e) = sink.close(deadline).await {
+                tracing::warn!(sink = sink.name(), error = %e, "sink did not close cleanly");
+            }
+        }
+    }
+}
+
+fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
+    let e = &ctx.event;
+    let mut h = Vec::with_capacity(6 + d.headers.len());
+    h.push((headers::EVENT_ID.to_owned(), e.event_id.to_string()));
+    h.push((headers::EVENT_TYPE.to_owned(), e.event_type.to_string()));
+    if let Some(c) = &e.client_id {
+        h.push((headers::CLIENT_ID.to_owned(), c.to_string()));
+    }
+    h.push((headers::SOURCE.to_owned(), ctx.source.as_str().to_owned()));
+    if let Some(tp) = &ctx.trace.traceparent {
+        h.push((headers::TRACEPARENT.to_owned(), tp.clone()));
+    }
+    if let Some(ts) = &ctx.trace.tracestate {
+        h.push((headers::TRACESTATE.to_owned(), ts.clone()));
+    }
+    h.extend(d.headers);
+    (
+        Message {
+            topic: d.topic,
+            key: d.key,
+            headers: h,
+            payload: d.body,
+            event_id: Arc::clone(&e.event_id),
+        },
+        d.sink,
+    )
+}
+
+async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+    let mut waiting: HashMap<String, VecDeque<Job>> = HashMap::new();
+    let mut running: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(done_key) = running.next(), if !running.is_empty() => {
+                if let Some(key) = done_key {
+                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(job) => running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared)))),
+                        None => { waiting.remove(&key); }
+                    }
+                }
+            }
+            job = rx.recv(), if open => match job {
+                Some(job) => match &job.msg.key {
+                    Some(k) => match waiting.get_mut(k) {
+                        Some(q) => q.push_back(job),
+                        None => {
+                            waiting.insert(k.clone(), VecDeque::new());
+                            running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared))));
+                        }
+                    },
+                    None => running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared)))),
+                },
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+}
+
+/// Publishes one job with retries; returns its key so the worker can start the key's next job.
+async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String> {
+    let Job {
+        msg,
+        route,
+        ack,
+        ctx,
+    } = job;
+    let key = msg.key.clone();
+    let policy = &shared.policy;
+    let m = &shared.metrics;
+    let started = Instant::now();
+    let mut backoff = policy.backoff();
+    let mut failures = Failures::default();
+    let (kind, reason) = loop {
+        failures.attempts += 1;
+        let t0 = Instant::now();
+        match sink.publish(msg.clone()).await {
+            Ok(()) => {
+                m.publish_latency
+                    .get_or_create(&SinkLabels {
+                        sink: sink.name().into(),
+                    })
+                    .observe(t0.elapsed().as_secs_f64());
+                m.published
+                    .get_or_create(&SinkRouteLabels {
+                        sink: sink.name().into(),
+                        route: route.to_string(),
+                    })
+                    .inc();
+                ack.finish(AckStatus::Delivered);
+                return key;
+            }
+            Err(SinkError::Fatal(r)) => {
+                failures.record(&r);
+                tracing::warn!(
+                    sink = sink.name(), route = %route, topic = %msg.topic,
+                    event_id = %msg.event_id, error = %r,
+                    "publish refused permanently; dead-lettering"
+                );
+                break (ReasonKind::Fatal, r);
+            }
+            Err(SinkError::Retriable(r)) => {
+                failures.record(&r);
+                let out_of_time = policy
+                    .max_elapsed
+                    .is_some_and(|max| started.elapsed() >= max);
+                if failures.attempts >= policy.max_attempts || out_of_time {
+                    tracing::warn!(
+                        sink = sink.name(), route = %route, topic = %msg.topic,
+                        event_id = %msg.event_id, attempts = failures.attempts, error = %r,
+                        "publish still failing after the last attempt; dead-lettering"
+                    );
+                    break (
+                        ReasonKind::Exhausted,
+                        format!("gave up after {} attempts: {r}", failures.attempts),
+                    );
+                }
+                m.retried
+                    .get_or_create(&SinkLabels {
+                        sink: sink.name().into(),
+                    })
+                    .inc();
+                tracing::debug!(
+                    sink = sink.name(), topic = %msg.topic, event_id = %msg.event_id,
+                    attempt = failures.attempts, error = %r, "publish failed; retrying"
+                );
+                let delay = backoff.next().unwrap_or(policy.max);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let dest = IntendedDestination {
+        route: Some(route.to_string()),
+        sink: Some(sink.name().to_owned()),
+        topic: Some(msg.topic.clone()),
+        key: msg.key.clone(),
+    };
+    let dl = ctx.dead_letter(dest, kind, reason, &failures);
+    let status = match shared.dead_letters.write(&dl).await {
+        Ok(_) => AckStatus::Delivered,
+        Err(_) => AckStatus::Retry,
+    };
+    ack.finish(status);
+    key
+}
+
+#[cfg(test)]
+mod tests;

@@ -117,28 +117,108 @@ impl Metrics {
             delivered_total: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        registry.register("received", "Events received from a source", m.received.clone());
-        registry.register("rejected", "Inputs refused before routing (bad signature, malformed, too large)", m.rejected.clone());
-        registry.register("published", "Messages confirmed by a sink", m.published.clone());
-        registry.register("retried", "Publish attempts that failed retriably and were retried", m.retried.clone());
-        registry.register("dead_lettered", "Events (per destination) sent to the dead-letter path", m.dead_lettered.clone());
-        registry.register("dead_letter_writes", "Dead letters written, by where they were written", m.dead_letter_writes.clone());
-        registry.register("dead_letter_failures", "Dead letters that could be written nowhere (the source was not acknowledged)", m.dead_letter_failures.clone());
-        registry.register("deduplicated", "Events recognised as already delivered and not published again", m.deduplicated.clone());
+        registry.register(
+            "received",
+            "Events received from a source",
+            m.received.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Inputs refused before routing (bad signature, malformed, too large)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "published",
+            "Messages confirmed by a sink",
+            m.published.clone(),
+        );
+        registry.register(
+            "retried",
+            "Publish attempts that failed retriably and were retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Events (per destination) sent to the dead-letter path",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_letter_writes",
+            "Dead letters written, by where they were written",
+            m.dead_letter_writes.clone(),
+        );
+        registry.register(
+            "dead_letter_failures",
+            "Dead letters that could be written nowhere (the source was not acknowledged)",
+            m.dead_letter_failures.clone(),
+        );
+        registry.register(
+            "deduplicated",
+            "Events recognised as already delivered and not published again",
+            m.deduplicated.clone(),
+        );
         registry.register("unmatched", "Events no route matched", m.unmatched.clone());
-        registry.register("dropped_unmatched", "Unmatched events dropped by `unmatched: drop`", m.dropped_unmatched.clone());
-        registry.register("filtered", "Route matches excluded by a route's `where` filter", m.filtered.clone());
-        registry.register("acked", "Events acknowledged to their source, by outcome", m.acked.clone());
-        registry.register("in_flight", "Events inside the bridge now", m.in_flight.clone());
-        registry.register("spool_events", "Events in the WebSocket spool not yet released", m.spool_events.clone());
-        registry.register("spool_bytes", "Bytes of WebSocket spool segments on disk", m.spool_bytes.clone());
-        registry.register("websocket_connected", "1 while the WebSocket stream of a client id is connected", m.ws_connected.clone());
+        registry.register(
+            "dropped_unmatched",
+            "Unmatched events dropped by `unmatched: drop`",
+            m.dropped_unmatched.clone(),
+        );
+        registry.register(
+            "filtered",
+            "Route matches excluded by a route's `where` filter",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "acked",
+            "Events acknowledged to their source, by outcome",
+            m.acked.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Events inside the bridge now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "spool_events",
+            "Events in the WebSocket spool not yet released",
+            m.spool_events.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of WebSocket spool segments on disk",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "websocket_connected",
+            "1 while the WebSocket stream of a client id is connected",
+            m.ws_connected.clone(),
+        );
         registry.register("websocket_gap_seconds", "Seconds the WebSocket stream was disconnected (events in gaps are not replayed by Fondo)", m.ws_gap_seconds.clone());
-        registry.register("websocket_gaps", "Disconnections of a WebSocket stream", m.ws_gaps.clone());
-        registry.register("routing_reloads", "Routing tables loaded and swapped in", m.reloads.clone());
-        registry.register("routing_reload_failures", "Routing reloads rejected as invalid", m.reload_failures.clone());
-        registry.register("publish_latency_seconds", "Time from a publish call to the broker's confirmation", m.publish_latency.clone());
-        registry.register("receive_to_ack_seconds", "Time from receiving an event to acknowledging it to its source", m.receive_to_ack.clone());
+        registry.register(
+            "websocket_gaps",
+            "Disconnections of a WebSocket stream",
+            m.ws_gaps.clone(),
+        );
+        registry.register(
+            "routing_reloads",
+            "Routing tables loaded and swapped in",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "routing_reload_failures",
+            "Routing reloads rejected as invalid",
+            m.reload_failures.clone(),
+        );
+        registry.register(
+            "publish_latency_seconds",
+            "Time from a publish call to the broker's confirmation",
+            m.publish_latency.clone(),
+        );
+        registry.register(
+            "receive_to_ack_seconds",
+            "Time from receiving an event to acknowledging it to its source",
+            m.receive_to_ack.clone(),
+        );
         Self { registry, ..m }
     }
 

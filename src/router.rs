@@ -34,7 +34,9 @@ pub struct Template {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error("unknown placeholder {{{0}}}: use {{entity}}, {{action}}, {{event_type}}, {{client_id}} or a JSON pointer like {{/current/ref}}")]
+    #[error(
+        "unknown placeholder {{{0}}}: use {{entity}}, {{action}}, {{event_type}}, {{client_id}} or a JSON pointer like {{/current/ref}}"
+    )]
     UnknownPlaceholder(String),
     #[error("unclosed `{{` at byte {0}")]
     Unclosed(usize),
@@ -279,7 +281,8 @@ impl Router {
         let mut names = BTreeMap::new();
         for (i, r) in routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let mut err = |path: String, message: String| errors.push(CompileError { path, message });
+            let mut err =
+                |path: String, message: String| errors.push(CompileError { path, message });
             if r.name.trim().is_empty() {
                 err(format!("{at}.name"), "must not be empty".into());
             } else if let Some(prev) = names.insert(r.name.clone(), i) {
@@ -321,7 +324,9 @@ impl Router {
             }
             let mut to = Vec::new();
             for (j, d) in r.to.iter().enumerate() {
-                if let Some(dest) = compile_destination(d, &format!("{at}.to[{j}]"), &sink_exists, &mut err) {
+                if let Some(dest) =
+                    compile_destination(d, &format!("{at}.to[{j}]"), &sink_exists, &mut err)
+                {
                     to.push(dest);
                 }
             }
@@ -413,7 +418,10 @@ fn compile_destination(
 ) -> Option<CompiledDestination> {
     let mut ok = true;
     if !sink_exists(&d.sink) {
-        err(format!("{at}.sink"), format!("no sink named {:?} in `sinks`", d.sink));
+        err(
+            format!("{at}.sink"),
+            format!("no sink named {:?} in `sinks`", d.sink),
+        );
         ok = false;
     }
     let topic = Template::parse(&d.topic)
@@ -436,7 +444,10 @@ fn compile_destination(
     let mut headers = Vec::new();
     for (name, v) in &d.headers {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            err(format!("{at}.headers.{name:?}"), "invalid header name".into());
+            err(
+                format!("{at}.headers.{name:?}"),
+                "invalid header name".into(),
+            );
             ok = false;
         }
         match Template::parse(v) {

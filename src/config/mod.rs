@@ -671,7 +671,10 @@ fn insert_path(
 }
 
 /// Reads a secret from its inline value or its file (trimmed), whichever is set.
-pub fn read_secret(inline: Option<&Secret>, file: Option<&Path>) -> std::io::Result<Option<Secret>> {
+pub fn read_secret(
+    inline: Option<&Secret>,
+    file: Option<&Path>,
+) -> std::io::Result<Option<Secret>> {
     if let Some(f) = file {
         let s = std::fs::read_to_string(f)?;
         return Ok(Some(Secret(s.trim().to_owned())));

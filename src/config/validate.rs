@@ -20,7 +20,11 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
 
     for (name, sink) in &cfg.sinks {
         let at = format!("sinks.{name}");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             add(&at, "sink names use letters, digits, `-` and `_`".into());
         }
         match sink {
@@ -34,10 +38,16 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                     add(&format!("{at}.{sub}"), msg);
                 }
                 if !cfg!(feature = "kafka") {
-                    add(&at, "this build has no Kafka support (cargo feature `kafka`)".into());
+                    add(
+                        &at,
+                        "this build has no Kafka support (cargo feature `kafka`)".into(),
+                    );
                 }
                 if k.brokers.trim().is_empty() {
-                    add(&format!("{at}.brokers"), "must list at least one host:port".into());
+                    add(
+                        &format!("{at}.brokers"),
+                        "must list at least one host:port".into(),
+                    );
                 }
             }
             SinkConfig::Rabbitmq(r) => {
@@ -45,10 +55,16 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                     add(&format!("{at}.{sub}"), msg);
                 }
                 if !cfg!(feature = "rabbitmq") {
-                    add(&at, "this build has no RabbitMQ support (cargo feature `rabbitmq`)".into());
+                    add(
+                        &at,
+                        "this build has no RabbitMQ support (cargo feature `rabbitmq`)".into(),
+                    );
                 }
                 if !(r.url.starts_with("amqp://") || r.url.starts_with("amqps://")) {
-                    add(&format!("{at}.url"), "must start with amqp:// or amqps://".into());
+                    add(
+                        &format!("{at}.url"),
+                        "must start with amqp:// or amqps://".into(),
+                    );
                 }
             }
             SinkConfig::Nats(n) => {
@@ -56,7 +72,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                     add(&format!("{at}.{sub}"), msg);
                 }
                 if !cfg!(feature = "nats") {
-                    add(&at, "this build has no NATS support (cargo feature `nats`)".into());
+                    add(
+                        &at,
+                        "this build has no NATS support (cargo feature `nats`)".into(),
+                    );
                 }
                 if n.url.trim().is_empty() {
                     add(&format!("{at}.url"), "must not be empty".into());
@@ -67,7 +86,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
 
     if let Some(sink) = &cfg.dead_letter.sink {
         if !cfg.sinks.contains_key(sink) {
-            add("dead_letter.sink", format!("no sink named {sink:?} in `sinks`"));
+            add(
+                "dead_letter.sink",
+                format!("no sink named {sink:?} in `sinks`"),
+            );
         }
     }
     if let Err(e) = Template::parse(&cfg.dead_letter.topic) {
@@ -85,7 +107,10 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         add("delivery.backoff_initial_ms", "must be at least 1".into());
     }
     if d.backoff_max_ms < d.backoff_initial_ms {
-        add("delivery.backoff_max_ms", "must not be below backoff_initial_ms".into());
+        add(
+            "delivery.backoff_max_ms",
+            "must not be below backoff_initial_ms".into(),
+        );
     }
     if d.max_in_flight == 0 {
         add("delivery.max_in_flight", "must be at least 1".into());
@@ -96,21 +121,36 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             .iter()
             .any(|s| ws.url.starts_with(s));
         if !ok_scheme {
-            add("sources.websocket.url", "must start with wss://, ws://, https:// or http://".into());
+            add(
+                "sources.websocket.url",
+                "must start with wss://, ws://, https:// or http://".into(),
+            );
         }
         if ws.client_ids.is_empty() {
-            add("sources.websocket.client_ids", "needs at least one client id".into());
+            add(
+                "sources.websocket.client_ids",
+                "needs at least one client id".into(),
+            );
         }
         for (i, c) in ws.client_ids.iter().enumerate() {
             if c.is_empty() || c.contains(['/', '?', '#', ' ']) {
-                add(&format!("sources.websocket.client_ids[{i}]"), "not a valid client id".into());
+                add(
+                    &format!("sources.websocket.client_ids[{i}]"),
+                    "not a valid client id".into(),
+                );
             }
         }
         if ws.heartbeat_timeout_ms < 1000 {
-            add("sources.websocket.heartbeat_timeout_ms", "must be at least 1000".into());
+            add(
+                "sources.websocket.heartbeat_timeout_ms",
+                "must be at least 1000".into(),
+            );
         }
         if cfg.spool.enabled && cfg.spool.max_bytes < cfg.spool.segment_bytes {
-            add("spool.max_bytes", "must be at least spool.segment_bytes".into());
+            add(
+                "spool.max_bytes",
+                "must be at least spool.segment_bytes".into(),
+            );
         }
     }
     if let Some(wh) = &cfg.sources.webhook {
@@ -126,8 +166,16 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                     );
                 }
             }
-            SignatureConfig::StandardWebhooks { secrets, secrets_file, .. }
-            | SignatureConfig::Hmac { secrets, secrets_file, .. } => {
+            SignatureConfig::StandardWebhooks {
+                secrets,
+                secrets_file,
+                ..
+            }
+            | SignatureConfig::Hmac {
+                secrets,
+                secrets_file,
+                ..
+            } => {
                 if secrets.is_empty() && secrets_file.is_none() {
                     add(
                         "sources.webhook.signature",
@@ -136,12 +184,20 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                 }
             }
         }
-        if let SignatureConfig::Hmac { signed_content, timestamp_header, .. } = &wh.signature {
+        if let SignatureConfig::Hmac {
+            signed_content,
+            timestamp_header,
+            ..
+        } = &wh.signature
+        {
             match signed_content.as_str() {
                 "{body}" => {}
                 "{timestamp}.{body}" => {
                     if timestamp_header.is_none() {
-                        add("sources.webhook.signature.timestamp_header", "required when signed_content has {timestamp}".into());
+                        add(
+                            "sources.webhook.signature.timestamp_header",
+                            "required when signed_content has {timestamp}".into(),
+                        );
                     }
                 }
                 other => add(
@@ -152,11 +208,17 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         }
     }
     if cfg.sources.websocket.is_none() && cfg.sources.webhook.is_none() {
-        add("sources", "configure at least one of `websocket` and `webhook`".into());
+        add(
+            "sources",
+            "configure at least one of `websocket` and `webhook`".into(),
+        );
     }
     if let Some(ptr) = &cfg.event.id_pointer {
         if !ptr.starts_with('/') {
-            add("event.id_pointer", "must be a JSON pointer starting with `/`".into());
+            add(
+                "event.id_pointer",
+                "must be a JSON pointer starting with `/`".into(),
+            );
         }
     }
     p

@@ -148,9 +148,7 @@ impl Drop for AckHandle {
             return;
         }
         let status = self.status.unwrap_or(AckStatus::Retry);
-        self.shared
-            .merged
-            .fetch_max(status as u8, Ordering::AcqRel);
+        self.shared.merged.fetch_max(status as u8, Ordering::AcqRel);
     }
 }
 
@@ -180,9 +178,17 @@ mod tests {
         let b = parts.pop().unwrap();
         let a = parts.pop().unwrap();
         a.finish(AckStatus::Delivered);
-        assert_eq!(rx.try_status(), None, "resolved before all destinations ended");
+        assert_eq!(
+            rx.try_status(),
+            None,
+            "resolved before all destinations ended"
+        );
         b.finish(AckStatus::Rejected);
-        assert_eq!(rx.try_status(), None, "resolved before all destinations ended");
+        assert_eq!(
+            rx.try_status(),
+            None,
+            "resolved before all destinations ended"
+        );
         c.finish(AckStatus::Delivered);
         assert_eq!(rx.wait().await, AckStatus::Rejected);
     }

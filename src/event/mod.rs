@@ -183,7 +183,11 @@ pub struct Event {
 
 impl Event {
     /// Parses a WebSocket frame or webhook body once.
-    pub fn parse(raw: Bytes, opts: &ParseOptions, ctx: &ParseContext<'_>) -> Result<Self, ParseError> {
+    pub fn parse(
+        raw: Bytes,
+        opts: &ParseOptions,
+        ctx: &ParseContext<'_>,
+    ) -> Result<Self, ParseError> {
         if raw.len() > opts.max_bytes {
             return Err(ParseError::TooLarge {
                 size: raw.len(),
@@ -221,9 +225,7 @@ impl Event {
             (Some(ptr), _) => match body.pointer(ptr) {
                 Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
                 Some(Value::Number(n)) => Arc::from(n.to_string()),
-                None | Some(Value::Null) => {
-                    Arc::from(content_event_id(event_type.as_str(), &body))
-                }
+                None | Some(Value::Null) => Arc::from(content_event_id(event_type.as_str(), &body)),
                 Some(_) => {
                     return Err(ParseError::BadEventId {
                         pointer: ptr.clone(),
@@ -281,7 +283,11 @@ fn strip_payload(e: &serde_json::Error) -> String {
     };
     let detail = e.to_string();
     if detail.contains("recursion limit") {
-        format!("nesting too deep at line {} column {}", e.line(), e.column())
+        format!(
+            "nesting too deep at line {} column {}",
+            e.line(),
+            e.column()
+        )
     } else if detail.contains("invalid unicode") || detail.contains("UTF-8") {
         format!("invalid UTF-8 at line {} column {}", e.line(), e.column())
     } else {

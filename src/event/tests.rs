@@ -112,8 +112,12 @@ fn type_from_header_when_body_has_none() {
         type_hint: Some("account.update"),
         ..ParseContext::default()
     };
-    let e = Event::parse(Bytes::from_static(NO_TYPE.as_bytes()), &ParseOptions::default(), &ctx)
-        .unwrap();
+    let e = Event::parse(
+        Bytes::from_static(NO_TYPE.as_bytes()),
+        &ParseOptions::default(),
+        &ctx,
+    )
+    .unwrap();
     assert_eq!(e.event_type.as_str(), "account.update");
 }
 
@@ -122,10 +126,22 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(parse("{not json").unwrap_err().kind(), "malformed_json");
     assert_eq!(parse("").unwrap_err().kind(), "malformed_json");
     assert_eq!(parse("[1,2]").unwrap_err(), ParseError::NotAnObject);
-    assert_eq!(parse(r#"{"current":{}}"#).unwrap_err(), ParseError::MissingEventType);
-    assert_eq!(parse(r#"{"eventType":5}"#).unwrap_err().kind(), "invalid_event_type");
-    assert_eq!(parse(r#"{"eventType":""}"#).unwrap_err().kind(), "invalid_event_type");
-    assert_eq!(parse(r#"{"eventType":"a b"}"#).unwrap_err().kind(), "invalid_event_type");
+    assert_eq!(
+        parse(r#"{"current":{}}"#).unwrap_err(),
+        ParseError::MissingEventType
+    );
+    assert_eq!(
+        parse(r#"{"eventType":5}"#).unwrap_err().kind(),
+        "invalid_event_type"
+    );
+    assert_eq!(
+        parse(r#"{"eventType":""}"#).unwrap_err().kind(),
+        "invalid_event_type"
+    );
+    assert_eq!(
+        parse(r#"{"eventType":"a b"}"#).unwrap_err().kind(),
+        "invalid_event_type"
+    );
     assert_eq!(
         parse(r#"{"eventType":"order.create","current":[1]}"#).unwrap_err(),
         ParseError::FieldNotObject { field: "current" }
@@ -146,8 +162,12 @@ fn non_utf8_is_rejected_without_echoing_it() {
 #[test]
 fn ten_megabyte_body_is_refused_before_parsing() {
     let big = vec![b' '; 10 * 1024 * 1024];
-    let err = Event::parse(Bytes::from(big), &ParseOptions::default(), &ParseContext::default())
-        .unwrap_err();
+    let err = Event::parse(
+        Bytes::from(big),
+        &ParseOptions::default(),
+        &ParseContext::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ParseError::TooLarge { size, .. } if size == 10 * 1024 * 1024));
 }
 

@@ -81,7 +81,10 @@ pub struct FileSink {
 impl FileSink {
     pub fn new(name: &str, cfg: &FileSinkConfig) -> Result<Self, SinkError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| {
-            SinkError::Fatal(format!("cannot create directory {}: {e}", cfg.dir.display()))
+            SinkError::Fatal(format!(
+                "cannot create directory {}: {e}",
+                cfg.dir.display()
+            ))
         })?;
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let dir = cfg.dir.clone();
@@ -193,7 +196,9 @@ fn write_one(
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|e| SinkError::Retriable(format!("cannot open {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
+                })?;
             files.entry(msg.topic.clone()).or_insert(Writer {
                 file: BufWriter::with_capacity(256 * 1024, f),
                 dirty: false,
@@ -255,7 +260,10 @@ impl Sink for FileSink {
             .await
             .map_err(|e| SinkError::Retriable(format!("{}: {e}", self.dir.display())))?;
         if meta.permissions().readonly() {
-            return Err(SinkError::Retriable(format!("{} is read-only", self.dir.display())));
+            return Err(SinkError::Retriable(format!(
+                "{} is read-only",
+                self.dir.display()
+            )));
         }
         Ok(())
     }
@@ -310,10 +318,16 @@ mod tests {
         )
         .unwrap();
         let pretty = b"{\n  \"eventType\": \"order.create\"\n}";
-        sink.publish(msg("fondo.order", "e1", pretty)).await.unwrap();
+        sink.publish(msg("fondo.order", "e1", pretty))
+            .await
+            .unwrap();
         sink.publish(msg("fondo.order", "e2", b"{}")).await.unwrap();
-        sink.publish(msg("fondo/acc ount", "e3", b"\xff\x00")).await.unwrap();
-        sink.close(Instant::now() + Duration::from_secs(5)).await.unwrap();
+        sink.publish(msg("fondo/acc ount", "e3", b"\xff\x00"))
+            .await
+            .unwrap();
+        sink.close(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
 
         let text = std::fs::read_to_string(dir.path().join("fondo.order.jsonl")).unwrap();
         let recs: Vec<FileRecord> = text
@@ -327,7 +341,10 @@ mod tests {
         let odd = std::fs::read_to_string(dir.path().join("fondo_acc_ount.jsonl")).unwrap();
         let rec: FileRecord = serde_json::from_str(odd.trim()).unwrap();
         assert_eq!(rec.payload_bytes(), b"\xff\x00".to_vec());
-        assert!(sink.publish(msg("x", "e4", b"{}")).await.is_err(), "closed sink refuses");
+        assert!(
+            sink.publish(msg("x", "e4", b"{}")).await.is_err(),
+            "closed sink refuses"
+        );
     }
 
     #[tokio::test]

@@ -122,7 +122,10 @@ impl Sink for TestSink {
             return Err(SinkError::Retriable("test sink is down".into()));
         }
         if f.fatal_topics.contains(&msg.topic) {
-            return Err(SinkError::Fatal(format!("topic {} does not exist", msg.topic)));
+            return Err(SinkError::Fatal(format!(
+                "topic {} does not exist",
+                msg.topic
+            )));
         }
         if f.fail_first > 0 {
             let mut a = self

@@ -1,0 +1,526 @@
+use super::*;
+use crate::config::{Config, DestinationConfig, RouteConfig};
+use crate::event::{ParseContext, ParseOptions};
+use crate::sinks::testing::{Faults, TestSink};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+struct Rig {
+    d: Dispatcher,
+    dl_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn route(name: &str, matches: &[&str], sink: &str, topic: &str) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        matches: matches.iter().map(|s| s.to_string()).collect(),
+        filter: BTreeMap::new(),
+        redact: vec![],
+        to: vec![DestinationConfig {
+            sink: sink.into(),
+            topic: topic.into(),
+            key: None,
+            headers: BTreeMap::new(),
+        }],
+    }
+}
+
+fn rig(
+    routes: Vec<RouteConfig>,
+    sinks: Vec<(&str, Arc<TestSink>)>,
+    dl_sink: Option<Arc<TestSink>>,
+    max_attempts: u32,
+    max_in_flight: usize,
+) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let dl_file = dir.path().join("dead-letter.jsonl");
+    let names: Vec<String> = sinks.iter().map(|(n, _)| n.to_string()).collect();
+    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| {
+        names.iter().any(|n| n == s)
+    })
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dls = Arc::new(DeadLetterWriter::new(
+        dl_sink.map(|s| s as DynSink),
+        "fondo.dead-letter".into(),
+        1,
+        dl_file.clone(),
+        metrics.clone(),
+    ));
+    let mut cfg = Config::default();
+    cfg.delivery.max_attempts = max_attempts;
+    cfg.delivery.backoff_initial_ms = 1;
+    cfg.delivery.backoff_max_ms = 5;
+    let d = Dispatcher::start(DispatcherParts {
+        router,
+        sinks: sinks
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s as DynSink))
+            .collect(),
+        dead_letters: dls,
+        policy: RetryPolicy::from_config(&cfg),
+        max_in_flight,
+        dedupe_ttl: Duration::from_secs(60),
+        dedupe_capacity: 10_000,
+        metrics,
+    });
+    Rig {
+        d,
+        dl_file,
+        _dir: dir,
+    }
+}
+
+fn event(t: &str, id: &str, seq: u32) -> Event {
+    let raw = format!(r#"{{"eventType":"{t}","current":{{"id":"{id}","seq":{seq}}}}}"#);
+    Event::parse(
+        Bytes::from(raw),
+        &ParseOptions::default(),
+        &ParseContext {
+            client_id: Some("c1"),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn send(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
+    let (ack, rx) = AckHandle::new();
+    d.submit(Envelope::new(e, ack, SourceKind::WebSocket))
+        .await
+        .map_err(|_| "submit failed")
+        .unwrap();
+    rx
+}
+
+fn seq_of(m: &Message) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    v.pointer("/current/seq").unwrap().as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn delivers_to_every_destination_with_headers() {
+    let a = Arc::new(TestSink::new("a", Faults::default()));
+    let b = Arc::new(TestSink::new("b", Faults::default()));
+    let mut r = route("orders", &["order.*"], "a", "fondo.{entity}");
+    r.to.push(DestinationConfig {
+        sink: "b".into(),
+        topic: "x.{action}".into(),
+        key: Some("{client_id}".into()),
+        headers: BTreeMap::from([("x-team".into(), "ledger".into())]),
+    });
+    let rig = rig(
+        vec![r],
+        vec![("a", a.clone()), ("b", b.clone())],
+        None,
+        3,
+        100,
+    );
+    let e = event("order.update", "o1", 1);
+    let id = e.event_id.clone();
+    let rx = send(&rig.d, e).await;
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    let ma = &a.delivered()[0];
+    assert_eq!(ma.topic, "fondo.order");
+    assert_eq!(
+        ma.key.as_deref(),
+        Some("o1"),
+        "default key is the object id"
+    );
+    assert_eq!(ma.header("fondo-event-id"), Some(&*id));
+    assert_eq!(ma.header("fondo-event-type"), Some("order.update"));
+    assert_eq!(ma.header("fondo-client-id"), Some("c1"));
+    assert_eq!(ma.header("fondo-source"), Some("websocket"));
+    let mb = &b.delivered()[0];
+    assert_eq!(mb.topic, "x.update");
+    assert_eq!(mb.key.as_deref(), Some("c1"));
+    assert_eq!(mb.header("x-team"), Some("ledger"));
+    assert_eq!(rig.d.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn order_per_key_is_kept_though_the_first_failed_twice() {
+    let s = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            fail_first: 2,
+            latency: Duration::from_millis(1),
+            ..Faults::default()
+        },
+    ));
+    let rig = rig(
+        vec![route("all", &["*"], "s", "t")],
+        vec![("s", s.clone())],
+        None,
+        5,
+        1000,
+    );
+    let mut rxs = Vec::new();
+    for seq in 0..20u32 {
+        for key in ["k1", "k2", "k3"] {
+            rxs.push(send(&rig.d, event("order.update", key, seq)).await);
+        }
+    }
+    for rx in rxs {
+        assert_eq!(rx.wait().await, AckStatus::Delivered);
+    }
+    let got = s.delivered();
+    assert_eq!(got.len(), 60);
+    for key in ["k1", "k2", "k3"] {
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter(|m| m.key.as_deref() == Some(key))
+            .map(seq_of)
+            .collect();
+        assert_eq!(seqs, (0..20).collect::<Vec<u64>>(), "order of {key}");
+    }
+    assert_eq!(s.calls(), 180, "each message failed twice then succeeded");
+    assert!(
+        s.max_concurrent() > 1,
+        "different keys publish concurrently"
+    );
+}
+
+#[tokio::test]
+async fn fatal_and_exhausted_failures_are_dead_lettered_and_acknowledged() {
+    let s = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            fatal_topics: vec!["missing".into()],
+            ..Faults::default()
+        },
+    ));
+    let down = Arc::new(TestSink::new(
+        "down",
+        Faults {
+            down: true,
+            ..Faults::default()
+        },
+    ));
+    let dl = Arc::new(TestSink::new("dl", Faults::default()));
+    let routes = vec![
+        route("to-missing", &["order.*"], "s", "missing"),
+        route("to-down", &["account.*"], "down", "acc"),
+    ];
+    let rig = rig(
+        routes,
+        vec![("s", s.clone()), ("down", down.clone()), ("dl", dl.clone())],
+        Some(dl.clone()),
+        3,
+        100,
+    );
+    assert_eq!(
+        send(&rig.d, event("order.create", "o1", 1))
+            .await
+            .wait()
+            .await,
+        AckStatus::Delivered
+    );
+    assert_eq!(
+        send(&rig.d, event("account.update", "a1", 1))
+            .await
+            .wait()
+            .await,
+        AckStatus::Delivered
+    );
+    assert_eq!(down.calls(), 3, "max_attempts respected");
+    let dls: Vec<DeadLetter> = dl
+        .delivered()
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(dls.len(), 2);
+    let fatal = dls
+        .iter()
+        .find(|d| d.reason_kind == ReasonKind::Fatal)
+        .unwrap();
+    assert!(fatal.reason.contains("missing"));
+    assert_eq!(fatal.destination.topic.as_deref(), Some("missing"));
+    assert_eq!(fatal.attempts, 1);
+    let ex = dls
+        .iter()
+        .find(|d| d.reason_kind == ReasonKind::Exhausted)
+        .unwrap();
+    assert_eq!(ex.attempts, 3);
+    assert!(ex.first_error.is_some() && ex.last_error.is_some());
+    assert_eq!(ex.event_type.as_deref(), Some("account.update"));
+    assert!(
+        ex.body.as_deref().unwrap().contains("\"a1\""),
+        "original body kept"
+    );
+}
+
+#[tokio::test]
+async fn unmatched_events_are_dead_lettered_and_heartbeats_ignored() {
+    let s = Arc::new(TestSink::new("s", Faults::default()));
+    let rig = rig(
+        vec![route("orders", &["order.*"], "s", "t")],
+        vec![("s", s.clone())],
+        None,
+        2,
+        10,
+    );
+    assert_eq!(
+        send(&rig.d, event("journey.update", "j1", 1))
+            .await
+            .wait()
+            .await,
+        AckStatus::Delivered
+    );
+    assert_eq!(
+        send(&rig.d, event("heartbeat", "h", 1)).await.wait().await,
+        AckStatus::Delivered
+    );
+    let (dls, bad) = crate::dlq::read_fallback_file(&rig.dl_file).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(dls.len(), 1, "only the journey event, not the heartbeat");
+    assert_eq!(dls[0].reason_kind, ReasonKind::Unmatched);
+    assert_eq!(rig.d.metrics().unmatched.get(), 1);
+    assert!(s.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn failed_dead_letter_leaves_the_event_unacknowledged() {
+    let down = Arc::new(TestSink::new(
+        "down",
+        Faults {
+            down: true,
+            ..Faults::default()
+        },
+    ));
+    let mut rig = rig(
+        vec![route("r", &["*"], "down", "t")],
+        vec![("down", down.clone())],
+        Some(down.clone()),
+        2,
+        10,
+    );
+    // Make the fallback file impossible: its parent is a regular file.
+    let blocker = rig._dir.path().join("blocker");
+    std::fs::write(&blocker, b"x").unwrap();
+    rig.dl_file = blocker.join("dl.jsonl");
+    let metrics = rig.d.metrics().clone();
+    let dls = Arc::new(DeadLetterWriter::new(
+        Some(down.clone() as DynSink),
+        "dl".into(),
+        1,
+        rig.dl_file.clone(),
+        metrics.clone(),
+    ));
+    let router = Router::compile_routes(
+        &[route("r", &["*"], "down", "t")],
+        Unmatched::DeadLetter,
+        |_| true,
+    )
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.delivery.max_attempts = 2;
+    cfg.delivery.backoff_initial_ms = 1;
+    let d = Dispatcher::start(DispatcherParts {
+        router,
+        sinks: HashMap::from([("down".to_string(), down.clone() as DynSink)]),
+        dead_letters: dls,
+        policy: RetryPolicy::from_config(&cfg),
+        max_in_flight: 10,
+        dedupe_ttl: Duration::from_secs(60),
+        dedupe_capacity: 100,
+        metrics,
+    });
+    assert_eq!(
+        send(&d, event("order.create", "o1", 1)).await.wait().await,
+        AckStatus::Retry
+    );
+}
+
+#[tokio::test]
+async fn ack_waits_for_every_destination() {
+    let fast = Arc::new(TestSink::new("fast", Faults::default()));
+    let hung = Arc::new(TestSink::new(
+        "hung",
+        Faults {
+            hang: true,
+            ..Faults::default()
+        },
+    ));
+    let mut r = route("r", &["*"], "fast", "t");
+    r.to.push(DestinationConfig {
+        sink: "hung".into(),
+        topic: "t".into(),
+        key: None,
+        headers: BTreeMap::new(),
+    });
+    let rig = rig(
+        vec![r],
+        vec![("fast", fast.clone()), ("hung", hung.clone())],
+        None,
+        2,
+        10,
+    );
+    let mut rx = send(&rig.d, event("order.create", "o1", 1)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fast.delivered().len(), 1);
+    assert_eq!(
+        rx.try_status(),
+        None,
+        "acknowledged before the hung destination ended"
+    );
+    hung.recover();
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    assert_eq!(hung.delivered().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_sink_blocks_the_producer_at_max_in_flight() {
+    let hung = Arc::new(TestSink::new(
+        "hung",
+        Faults {
+            hang: true,
+            ..Faults::default()
+        },
+    ));
+    let rig = rig(
+        vec![route("r", &["*"], "hung", "t")],
+        vec![("hung", hung.clone())],
+        None,
+        2,
+        16,
+    );
+    let mut rxs = Vec::new();
+    for i in 0..16 {
+        rxs.push(send(&rig.d, event("order.create", &format!("o{i}"), 1)).await);
+    }
+    assert_eq!(rig.d.in_flight(), 16);
+    // The 17th neither fits with try_submit nor completes a blocking submit.
+    let (ack, _rx) = AckHandle::new();
+    assert!(matches!(
+        rig.d.try_submit(Envelope::new(
+            event("order.create", "x", 1),
+            ack,
+            SourceKind::Webhook
+        )),
+        Err(SubmitError::Full(_))
+    ));
+    let d2 = rig.d.clone();
+    let blocked = tokio::spawn(async move { send(&d2, event("order.create", "y", 1)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !blocked.is_finished(),
+        "producer must block while the bridge is full"
+    );
+    hung.recover();
+    let rx = blocked.await.unwrap();
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    for rx in rxs {
+        assert_eq!(rx.wait().await, AckStatus::Delivered);
+    }
+    assert_eq!(hung.delivered().len(), 17);
+}
+
+#[tokio::test]
+async fn the_same_event_twice_is_published_once() {
+    let slow = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            latency: Duration::from_millis(50),
+            ..Faults::default()
+        },
+    ));
+    let rig = rig(
+        vec![route("r", &["*"], "s", "t")],
+        vec![("s", slow.clone())],
+        None,
+        2,
+        100,
+    );
+    // Concurrently: the second waits for the first's outcome.
+    let a = send(&rig.d, event("order.create", "o1", 1)).await;
+    let b = send(&rig.d, event("order.create", "o1", 1)).await;
+    assert_eq!(a.wait().await, AckStatus::Delivered);
+    assert_eq!(b.wait().await, AckStatus::Delivered);
+    // Sequentially, after delivery.
+    assert_eq!(
+        send(&rig.d, event("order.create", "o1", 1))
+            .await
+            .wait()
+            .await,
+        AckStatus::Delivered
+    );
+    assert_eq!(slow.delivered().len(), 1);
+    assert_eq!(
+        rig.d
+            .metrics()
+            .deduplicated
+            .get_or_create(&rig.d.metrics().source("websocket"))
+            .get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_failed_first_copy_lets_the_duplicate_through() {
+    let s = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            down: true,
+            latency: Duration::from_millis(30),
+            ..Faults::default()
+        },
+    ));
+    // No dead-letter file possible: the first copy ends as Retry.
+    let rig = rig(
+        vec![route("r", &["*"], "s", "t")],
+        vec![("s", s.clone())],
+        Some(s.clone()),
+        1,
+        100,
+    );
+    let blocker = rig._dir.path().join("dead-letter.jsonl");
+    std::fs::create_dir_all(&blocker).unwrap(); // a directory where the file should be
+    let a = send(&rig.d, event("order.create", "o1", 1)).await;
+    let b = send(&rig.d, event("order.create", "o1", 1)).await;
+    assert_eq!(a.wait().await, AckStatus::Retry);
+    s.recover();
+    assert_eq!(
+        b.wait().await,
+        AckStatus::Delivered,
+        "the duplicate is a genuine retry"
+    );
+    assert_eq!(s.delivered().len(), 1);
+}
+
+#[tokio::test]
+async fn drain_waits_for_in_flight_and_closes_intake() {
+    let slow = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            latency: Duration::from_millis(100),
+            ..Faults::default()
+        },
+    ));
+    let rig = rig(
+        vec![route("r", &["*"], "s", "t")],
+        vec![("s", slow.clone())],
+        None,
+        2,
+        100,
+    );
+    let rx = send(&rig.d, event("order.create", "o1", 1)).await;
+    let left = rig.d.drain(Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(left, 0);
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    let (ack, _rx) = AckHandle::new();
+    assert!(matches!(
+        rig.d
+            .submit(Envelope::new(
+                event("order.create", "o2", 1),
+                ack,
+                SourceKind::WebSocket
+            ))
+            .await,
+        Err(SubmitError::Closed(_))
+    ));
+    rig.d
+        .shutdown(Instant::now() + Duration::from_secs(5))
+        .await;
+}
