@@ -12,3 +12,6 @@ pub mod event;
 pub mod metrics;
 pub mod router;
 pub mod sinks;
+pub mod simulator;
+pub mod sources;
+pub mod spool;

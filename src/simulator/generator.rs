@@ -1,0 +1,1 @@
+//! Realistic Fondo events (in progress).

@@ -1,0 +1,1 @@
+//! The simulated WebSocket stream (in progress).

@@ -1,0 +1,1 @@
+//! The simulated webhook sender (in progress).

@@ -1,0 +1,1 @@
+//! The webhook source (in progress).

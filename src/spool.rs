@@ -1,0 +1,1 @@
+//! The durable spool for the WebSocket source (in progress).
