@@ -1,1 +1,698 @@
-//! The kafka sink (in progress).
+//! The `kafka` sink: an idempotent rdkafka [`FutureProducer`], every publish confirmed by the
+//! broker (`acks=all`) before it resolves.
+//!
+//! - **Pipelined**: `publish` enqueues the record on librdkafka's producer queue and awaits its
+//!   delivery report; many publishes are in flight at once and librdkafka batches them.
+//! - **Backpressure**: when the (bounded) producer queue is full, `publish` waits and enqueues
+//!   again; it does not fail.
+//! - **Classification**: librdkafka's error codes decide [`SinkError::Retriable`] (broker down,
+//!   timeouts, leader moving, ...) or [`SinkError::Fatal`] (message too large, unknown topic or
+//!   partition, authorization, ...). Every reason names the topic and never contains payload bytes.
+//! - **Start-up check**: [`KafkaSink::connect`] fails clearly on an unknown or invalid librdkafka
+//!   option, on a cluster that does not answer within `connect_timeout_ms`, and on security settings
+//!   the cluster refuses; it creates the configured topics when asked to.
+//! - **Recovery**: when the idempotent producer hits a fatal error (e.g. after broker data loss), the
+//!   publishes it failed are retriable and a new producer replaces it.
+//!
+//! Message mapping: `msg.topic` is the Kafka topic, `msg.key` the key, `msg.headers` (all of them,
+//! in order) the record headers, `msg.payload` the value, verbatim.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
+
+use super::{Message, Sink, SinkError};
+use crate::config::KafkaSinkConfig;
+use crate::config::kafka::{is_secret_option, valid_topic_name};
+
+/// librdkafka options the sink sets unless `options` sets them (validated there).
+const DEFAULT_OPTIONS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+];
+
+/// The first and longest pause of a publish waiting for room in a full producer queue.
+const QUEUE_FULL_WAIT_MIN: Duration = Duration::from_millis(2);
+const QUEUE_FULL_WAIT_MAX: Duration = Duration::from_millis(100);
+
+/// How long a health check waits for the cluster's metadata.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the librdkafka callbacks saw, shared by every producer this sink creates.
+#[derive(Default)]
+struct Shared {
+    /// The last client-level error (connection refused, SSL handshake, SASL authentication, ...).
+    last_error: Mutex<Option<String>>,
+    /// The last statistics (only with `statistics.interval.ms` > 0).
+    statistics: Mutex<Option<Statistics>>,
+}
+
+impl Shared {
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// Routes librdkafka's logs and errors to `tracing` and remembers the last error.
+struct Context {
+    sink: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let sink = &*self.sink;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", sink, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", sink, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", sink, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", sink, facility = fac, "{log_message}")
+            }
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Ok(mut g) = self.shared.statistics.lock() {
+            *g = Some(statistics);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", sink = &*self.sink, %error, "{reason}");
+        if let Ok(mut g) = self.shared.last_error.lock() {
+            *g = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
+type Producer_ = FutureProducer<Context>;
+
+/// A Kafka destination. Cheap to share (`Arc`); `publish` may be called concurrently.
+pub struct KafkaSink {
+    name: Arc<str>,
+    brokers: String,
+    client_config: ClientConfig,
+    shared: Arc<Shared>,
+    producer: ArcSwap<Producer_>,
+    /// Serialises replacing a producer that hit a fatal error.
+    recreate: Mutex<()>,
+    closed: AtomicBool,
+}
+
+/// What an rdkafka error means for the message that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Retriable,
+    Fatal,
+}
+
+/// Whether an error code can ever succeed for this message as configured.
+fn classify(code: RDKafkaErrorCode) -> Class {
+    use RDKafkaErrorCode as E;
+    match code {
+        E::MessageSizeTooLarge
+        | E::InvalidMessageSize
+        | E::MessageBatchTooLarge
+        | E::UnknownTopicOrPartition
+        | E::UnknownTopic
+        | E::UnknownPartition
+        | E::InvalidTopic
+        | E::TopicAuthorizationFailed
+        | E::ClusterAuthorizationFailed
+        | E::TransactionalIdAuthorizationFailed
+        | E::InvalidRequiredAcks
+        | E::InvalidRecord
+        | E::InvalidTimestamp
+        | E::UnsupportedForMessageFormat
+        | E::UnsupportedCompressionType
+        | E::PolicyViolation
+        | E::InvalidArgument => Class::Fatal,
+        _ => Class::Retriable,
+    }
+}
+
+/// A reason for `code` on `topic`, with a hint where one helps.
+fn describe(code: RDKafkaErrorCode, topic: &str) -> String {
+    use RDKafkaErrorCode as E;
+    let hint = match code {
+        E::UnknownTopicOrPartition | E::UnknownTopic | E::UnknownPartition => {
+            "; the topic or partition does not exist (create it, or list it in `create_topics`)"
+        }
+        E::TopicAuthorizationFailed | E::ClusterAuthorizationFailed => {
+            "; the configured principal may not write there (check the ACLs)"
+        }
+        E::MessageSizeTooLarge | E::InvalidMessageSize | E::MessageBatchTooLarge => {
+            "; the message exceeds `message.max.bytes` or the topic's `max.message.bytes`"
+        }
+        E::MessageTimedOut => "; not confirmed within `message.timeout.ms`",
+        _ => "",
+    };
+    format!("kafka topic {topic:?}: {code:?} ({code}){hint}")
+}
+
+/// An rdkafka error as a [`SinkError`] for a message to `topic`.
+fn to_sink_error(err: &KafkaError, topic: &str) -> SinkError {
+    match err.rdkafka_error_code() {
+        Some(code) => {
+            let reason = describe(code, topic);
+            match classify(code) {
+                Class::Fatal => SinkError::Fatal(reason),
+                Class::Retriable => SinkError::Retriable(reason),
+            }
+        }
+        None => SinkError::Retriable(format!("kafka topic {topic:?}: {err}")),
+    }
+}
+
+/// An rdkafka configuration or client-creation error, without secret option values.
+fn config_error(err: KafkaError, client_config: &ClientConfig) -> String {
+    match err {
+        KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, _, key, _) => {
+            format!("unknown librdkafka option {key:?}")
+        }
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            format!(
+                "invalid librdkafka option {key:?}: {}",
+                redact(&desc, client_config)
+            )
+        }
+        other => redact(&other.to_string(), client_config),
+    }
+}
+
+/// `text` with every secret option's value replaced by `***`.
+fn redact(text: &str, client_config: &ClientConfig) -> String {
+    let mut out = text.to_owned();
+    // `config_map` masks rdkafka's own list of sensitive keys; `get` gives the values to mask.
+    for k in client_config.config_map().keys() {
+        if let Some(v) = client_config
+            .get(k)
+            .filter(|v| is_secret_option(k) && !v.is_empty())
+        {
+            out = out.replace(v, "***");
+        }
+    }
+    out
+}
+
+/// `a, b and c` from a list of problems.
+fn join_problems(problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(p, m)| format!("{p}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl KafkaSink {
+    /// Builds the producer from `cfg`, checks that the cluster answers within
+    /// `cfg.connect_timeout_ms` and creates `cfg.create_topics`. Fails with
+    /// [`SinkError::Fatal`] and a reason naming the problem: invalid config, unknown or invalid
+    /// librdkafka option, unreadable password file, unreachable bootstrap servers (with the last
+    /// client error seen, e.g. connection refused or an SSL or SASL failure), a topic that cannot
+    /// be created.
+    pub async fn connect(name: &str, cfg: &KafkaSinkConfig) -> Result<KafkaSink, SinkError> {
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(SinkError::Fatal(format!(
+                "kafka sink {name:?}: invalid config: {}",
+                join_problems(&problems)
+            )));
+        }
+        if cfg.brokers.trim().is_empty() {
+            return Err(SinkError::Fatal(format!(
+                "kafka sink {name:?}: `brokers` must list at least one host:port"
+            )));
+        }
+        let client_config = client_config(name, cfg)?;
+        let name: Arc<str> = Arc::from(name);
+        let shared = Arc::new(Shared::default());
+        let producer = create_producer(&name, &client_config, &shared)?;
+        let sink = KafkaSink {
+            name: name.clone(),
+            brokers: cfg.brokers.clone(),
+            client_config,
+            shared,
+            producer: ArcSwap::from_pointee(producer),
+            recreate: Mutex::new(()),
+            closed: AtomicBool::new(false),
+        };
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+        let brokers = sink.metadata_check(timeout).await.map_err(|e| {
+            SinkError::Fatal(format!(
+                "kafka sink {name:?}: cannot reach the cluster at {:?} within {timeout:?}: {}",
+                cfg.brokers,
+                e.reason()
+            ))
+        })?;
+        tracing::info!(sink = &*name, brokers = %cfg.brokers, cluster_brokers = brokers, "kafka sink connected");
+        if cfg.accept_at_most_once {
+            tracing::warn!(
+                sink = &*name,
+                "accept_at_most_once is set: messages may be lost, duplicated or reordered"
+            );
+        }
+        if !cfg.create_topics.is_empty() {
+            sink.create_topics(cfg, timeout).await?;
+        }
+        Ok(sink)
+    }
+
+    /// The sink's configured bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Messages enqueued on the producer and not yet confirmed or failed.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.producer.load().in_flight_count()).unwrap_or(0)
+    }
+
+    /// The last librdkafka statistics, when `options` sets `statistics.interval.ms` above 0.
+    pub fn statistics(&self) -> Option<Statistics> {
+        self.shared.statistics.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Fetches the cluster's metadata; the number of brokers on success.
+    async fn metadata_check(&self, timeout: Duration) -> Result<usize, SinkError> {
+        let producer = self.producer.load_full();
+        let fetched = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| SinkError::Retriable(format!("metadata fetch task failed: {e}")))?;
+        match fetched {
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(SinkError::Retriable("the cluster lists no brokers".into())),
+            Err(e) => {
+                let last = self
+                    .shared
+                    .last_error()
+                    .map(|l| format!("; last client error: {l}"))
+                    .unwrap_or_default();
+                Err(SinkError::Retriable(format!(
+                    "{}{last}",
+                    redact(&e.to_string(), &self.client_config)
+                )))
+            }
+        }
+    }
+
+    async fn create_topics(
+        &self,
+        cfg: &KafkaSinkConfig,
+        timeout: Duration,
+    ) -> Result<(), SinkError> {
+        let name = &*self.name;
+        let admin: AdminClient<Context> = self
+            .client_config
+            .create_with_context(Context {
+                sink: self.name.clone(),
+                shared: self.shared.clone(),
+            })
+            .map_err(|e| {
+                SinkError::Fatal(format!(
+                    "kafka sink {name:?}: cannot create the admin client: {}",
+                    config_error(e, &self.client_config)
+                ))
+            })?;
+        let retention: Vec<Option<String>> = cfg
+            .create_topics
+            .iter()
+            .map(|t| t.retention_ms.map(|r| r.to_string()))
+            .collect();
+        let new_topics: Vec<NewTopic<'_>> = cfg
+            .create_topics
+            .iter()
+            .zip(&retention)
+            .map(|(t, r)| {
+                let mut nt = NewTopic::new(
+                    &t.name,
+                    t.partitions.unwrap_or(-1),
+                    TopicReplication::Fixed(t.replication.unwrap_or(-1)),
+                );
+                if let Some(r) = r {
+                    nt = nt.set("retention.ms", r);
+                }
+                for (k, v) in &t.config {
+                    nt = nt.set(k, v);
+                }
+                nt
+            })
+            .collect();
+        let opts = AdminOptions::new()
+            .request_timeout(Some(timeout))
+            .operation_timeout(Some(timeout));
+        let results = admin.create_topics(&new_topics, &opts).await.map_err(|e| {
+            SinkError::Fatal(format!(
+                "kafka sink {name:?}: creating topics failed: {}",
+                redact(&e.to_string(), &self.client_config)
+            ))
+        })?;
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                Ok(topic) => tracing::info!(sink = name, topic, "kafka topic created"),
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(sink = name, topic, "kafka topic already exists")
+                }
+                Err((topic, code)) => failed.push(format!("{topic:?}: {code:?} ({code})")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Fatal(format!(
+                "kafka sink {name:?}: cannot create topics: {}",
+                failed.join("; ")
+            )))
+        }
+    }
+
+    /// After a fatal producer error: replaces `failed` with a new producer, once.
+    fn recover_from_fatal(&self, failed: &Arc<Producer_>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let Ok(_guard) = self.recreate.lock() else {
+            return;
+        };
+        if !Arc::ptr_eq(&self.producer.load(), failed) {
+            return; // another publish replaced it already
+        }
+        tracing::error!(
+            sink = &*self.name,
+            ?code,
+            reason,
+            "kafka producer hit a fatal error; replacing it"
+        );
+        match create_producer(&self.name, &self.client_config, &self.shared) {
+            Ok(p) => self.producer.store(Arc::new(p)),
+            Err(e) => {
+                tracing::error!(sink = &*self.name, error = %e, "cannot create a new kafka producer")
+            }
+        }
+    }
+}
+
+/// The librdkafka configuration for `cfg`: defaults, then `options`, then servers and password.
+fn client_config(name: &str, cfg: &KafkaSinkConfig) -> Result<ClientConfig, SinkError> {
+    let mut cc = ClientConfig::new();
+    cc.set("client.id", format!("fondo-bridge-{name}"));
+    for (k, v) in DEFAULT_OPTIONS {
+        cc.set(*k, *v);
+    }
+    for (k, v) in &cfg.options {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", cfg.brokers.trim());
+    let password = crate::config::read_secret(
+        cfg.sasl_password.as_ref(),
+        cfg.sasl_password_file.as_deref(),
+    )
+    .map_err(|e| {
+        let file = cfg
+            .sasl_password_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        SinkError::Fatal(format!(
+            "kafka sink {name:?}: cannot read sasl_password_file {file}: {e}"
+        ))
+    })?;
+    if let Some(p) = password {
+        cc.set("sasl.password", p.expose());
+    }
+    cc.set_log_level(RDKafkaLogLevel::Info);
+    Ok(cc)
+}
+
+fn create_producer(
+    name: &Arc<str>,
+    client_config: &ClientConfig,
+    shared: &Arc<Shared>,
+) -> Result<Producer_, SinkError> {
+    client_config
+        .create_with_context(Context {
+            sink: name.clone(),
+            shared: shared.clone(),
+        })
+        .map_err(|e| {
+            SinkError::Fatal(format!(
+                "kafka sink {name:?}: cannot create the producer: {}",
+                config_error(e, client_config)
+            ))
+        })
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+        let topic = msg.topic.as_str();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SinkError::Retriable(format!(
+                "kafka topic {topic:?}: the sink is closed"
+            )));
+        }
+        if !valid_topic_name(topic) {
+            return Err(SinkError::Fatal(format!(
+                "kafka topic {topic:?} is not a legal topic name (letters, digits, `.`, `_`, `-`, at most 249)"
+            )));
+        }
+        let headers = msg.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(msg.headers.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k.as_str(),
+                    value: Some(v.as_str()),
+                })
+            },
+        );
+        let mut record = FutureRecord::<str, [u8]>::to(topic)
+            .payload(msg.payload.as_ref())
+            .headers(headers);
+        if let Some(key) = &msg.key {
+            record = record.key(key.as_str());
+        }
+
+        let producer = self.producer.load_full();
+        let mut wait = QUEUE_FULL_WAIT_MIN;
+        let mut waited_since: Option<Instant> = None;
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if self.closed.load(Ordering::Acquire) {
+                        return Err(SinkError::Retriable(format!(
+                            "kafka topic {topic:?}: the sink closed while the producer queue was full"
+                        )));
+                    }
+                    if waited_since.is_none() {
+                        waited_since = Some(Instant::now());
+                        tracing::trace!(
+                            sink = &*self.name,
+                            topic,
+                            "kafka producer queue full; waiting"
+                        );
+                    }
+                    record = r;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(QUEUE_FULL_WAIT_MAX);
+                }
+                Err((e, _)) => {
+                    let err = to_sink_error(&e, topic);
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        self.recover_from_fatal(&producer);
+                    }
+                    tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka enqueue failed");
+                    return Err(err);
+                }
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => {
+                let mut err = to_sink_error(&e, topic);
+                if producer.client().fatal_error().is_some() {
+                    // The idempotent producer is unusable; a new one will take the retry.
+                    self.recover_from_fatal(&producer);
+                    err = SinkError::Retriable(err.reason().to_owned());
+                }
+                tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka delivery failed");
+                Err(err)
+            }
+            Err(_canceled) => Err(SinkError::Retriable(format!(
+                "kafka topic {topic:?}: the producer went away before confirming the message"
+            ))),
+        }
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+            return Err(SinkError::Retriable(format!(
+                "kafka producer in a fatal state: {code:?}: {reason}"
+            )));
+        }
+        self.metadata_check(HEALTHCHECK_TIMEOUT).await.map(|_| ())
+    }
+
+    async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
+        self.closed.store(true, Ordering::Release);
+        let producer = self.producer.load_full();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let flushed = tokio::task::spawn_blocking(move || {
+            let r = producer.flush(timeout);
+            (r, producer.in_flight_count())
+        })
+        .await
+        .map_err(|e| SinkError::Retriable(format!("kafka flush task failed: {e}")))?;
+        match flushed {
+            (Ok(()), _) => {
+                tracing::info!(sink = &*self.name, "kafka sink flushed");
+                Ok(())
+            }
+            (Err(e), left) => Err(SinkError::Retriable(format!(
+                "kafka sink {:?}: {left} messages unconfirmed at the close deadline: {e}",
+                &*self.name
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use RDKafkaErrorCode as E;
+        for c in [
+            E::MessageSizeTooLarge,
+            E::UnknownTopicOrPartition,
+            E::UnknownTopic,
+            E::UnknownPartition,
+            E::TopicAuthorizationFailed,
+            E::ClusterAuthorizationFailed,
+        ] {
+            assert_eq!(classify(c), Class::Fatal, "{c:?}");
+        }
+        for c in [
+            E::MessageTimedOut,
+            E::NotLeaderForPartition,
+            E::RequestTimedOut,
+            E::NotEnoughReplicas,
+            E::AllBrokersDown,
+            E::BrokerTransportFailure,
+            E::QueueFull,
+            E::Fatal,
+        ] {
+            assert_eq!(classify(c), Class::Retriable, "{c:?}");
+        }
+        let e = to_sink_error(&KafkaError::MessageProduction(E::UnknownTopic), "fondo.x");
+        assert!(!e.is_retriable());
+        assert!(e.reason().contains("\"fondo.x\""), "{}", e.reason());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut cc = ClientConfig::new();
+        cc.set("sasl.password", "hunter2");
+        assert_eq!(redact("bad hunter2 value", &cc), "bad *** value");
+    }
+
+    fn cfg(brokers: &str, options: &[(&str, &str)]) -> KafkaSinkConfig {
+        KafkaSinkConfig {
+            brokers: brokers.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            connect_timeout_ms: 1500,
+            ..KafkaSinkConfig::default()
+        }
+    }
+
+    async fn connect_err(c: &KafkaSinkConfig) -> SinkError {
+        match KafkaSink::connect("t", c).await {
+            Ok(_) => panic!("connect succeeded"),
+            Err(e) => {
+                eprintln!("connect error: {e}");
+                e
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_option_fails_at_connect() {
+        let e = connect_err(&cfg("127.0.0.1:1", &[("no.such.option", "x")])).await;
+        assert!(!e.is_retriable());
+        assert!(e.reason().contains("no.such.option"), "{}", e.reason());
+    }
+
+    #[tokio::test]
+    async fn at_most_once_fails_at_connect() {
+        let e = connect_err(&cfg("127.0.0.1:1", &[("acks", "0")])).await;
+        assert!(e.reason().contains("acks=0"), "{}", e.reason());
+        assert!(e.reason().contains("accept_at_most_once"), "{}", e.reason());
+    }
+
+    #[tokio::test]
+    async fn conflicting_security_settings_fail_at_connect() {
+        // SASL without a mechanism librdkafka knows.
+        let e = connect_err(&cfg(
+            "127.0.0.1:1",
+            &[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "NOPE"),
+                ("sasl.password", "hunter2"),
+            ],
+        ))
+        .await;
+        assert!(!e.is_retriable());
+        assert!(!e.reason().contains("hunter2"), "{}", e.reason());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_bootstrap_fails_at_connect() {
+        let started = Instant::now();
+        let e = connect_err(&cfg("127.0.0.1:1", &[])).await;
+        assert!(!e.is_retriable());
+        assert!(e.reason().contains("cannot reach"), "{}", e.reason());
+        assert!(e.reason().contains("127.0.0.1:1"), "{}", e.reason());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
