@@ -1,1 +1,162 @@
+use super::*;
 
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    Config::from_str_with_env(yaml, "yaml", Vec::new())
+}
+
+#[test]
+fn every_example_config_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !matches!(ext, "yaml" | "yml" | "toml") {
+            continue;
+        }
+        let has_webhook = std::fs::read_to_string(&path).unwrap().contains("webhook:");
+        let env: Vec<(String, String)> = if !has_webhook {
+            Vec::new()
+        } else {
+            vec![(
+                "FONDO_BRIDGE__SOURCES__WEBHOOK__SIGNATURE__SECRETS".to_string(),
+                "[\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]".to_string(),
+            )]
+        };
+        Config::load_with_env(&path, env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 5, "expected the example configs, found {n}");
+}
+
+#[test]
+fn production_example_documents_the_architecture_shape() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
+    let c = Config::load_with_env(&path, Vec::new()).unwrap();
+    assert_eq!(c.sinks.len(), 4);
+    assert_eq!(c.routes.len(), 3);
+    assert_eq!(c.delivery.max_attempts, 12);
+    assert_eq!(c.unmatched, Unmatched::DeadLetter);
+}
+
+#[test]
+fn toml_works_too() {
+    let c = Config::from_str_with_env(
+        r#"
+[sources.webhook.signature]
+scheme = "none"
+insecure = true
+[sinks.files]
+type = "file"
+dir = "/tmp/x"
+[[routes]]
+name = "all"
+match = ["*"]
+to = [{ sink = "files", topic = "fondo.{entity}" }]
+"#,
+        "toml",
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].to[0].topic, "fondo.{entity}");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let err = parse(
+        "sources: { webhook: { signature: { scheme: none, insecure: true } } }\ndelivery: { max_atempts: 3 }\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("max_atempts"), "{text}");
+    assert!(text.contains("delivery"), "{text}");
+}
+
+#[test]
+fn five_mistakes_are_all_reported() {
+    let err = parse(
+        r#"
+sources:
+  webhook: { path: no-slash, signature: { scheme: none } }
+sinks:
+  files: { type: file, dir: /tmp/x }
+routes:
+  - name: r
+    match: ["order.*"]
+    to: [{ sink: nowhere, topic: "x.{foo}" }]
+dead_letter: { sink: missing }
+delivery: { max_attempts: 0 }
+"#,
+    )
+    .unwrap_err();
+    let problems = err.problems();
+    let want = [
+        "routes[0].to[0].sink",
+        "routes[0].to[0].topic: unknown placeholder {foo}",
+        "dead_letter.sink",
+        "delivery.max_attempts",
+        "sources.webhook.path",
+        "sources.webhook.signature",
+    ];
+    for w in want {
+        assert!(
+            problems.iter().any(|p| p.contains(w)),
+            "missing {w:?} in {problems:#?}"
+        );
+    }
+    assert!(problems.len() >= 6);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let yaml = "sources: { webhook: { signature: { scheme: none, insecure: true } } }\ndelivery: { max_attempts: 3 }\n";
+    let env = vec![
+        (
+            "FONDO_BRIDGE__DELIVERY__MAX_ATTEMPTS".to_string(),
+            "7".to_string(),
+        ),
+        (
+            "FONDO_BRIDGE__ADMIN__LISTEN".to_string(),
+            "127.0.0.1:9999".to_string(),
+        ),
+        (
+            "FONDO_BRIDGE_PORT".to_string(),
+            "tcp://10.0.0.1:80".to_string(),
+        ),
+        ("OTHER".to_string(), "x".to_string()),
+    ];
+    let c = Config::from_str_with_env(yaml, "yaml", env).unwrap();
+    assert_eq!(c.delivery.max_attempts, 7);
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9999".parse().unwrap()));
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Secret("whsec_abc".into());
+    assert!(!format!("{s:?}").contains("abc"));
+    let yaml = "sources: { websocket: { url: 'ws://x', client_ids: [c], token: sekrit } }\n";
+    let c = parse(yaml).unwrap();
+    assert!(!format!("{c:?}").contains("sekrit"));
+}
+
+#[test]
+fn secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("token");
+    std::fs::write(&f, "tok-123\n").unwrap();
+    let s = read_secret(None, Some(&f)).unwrap().unwrap();
+    assert_eq!(s.expose(), "tok-123");
+    assert!(read_secret(None, Some(&dir.path().join("missing"))).is_err());
+}
+
+#[test]
+fn none_scheme_needs_insecure() {
+    let err = parse("sources: { webhook: { signature: { scheme: none } } }\n").unwrap_err();
+    assert!(err.to_string().contains("insecure: true"));
+}
+
+#[test]
+fn no_source_is_an_error() {
+    let err = parse("sinks: {}\n").unwrap_err();
+    assert!(err.to_string().contains("sources"), "{err}");
+}
