@@ -5,13 +5,16 @@
 //! back to the source only once every destination delivered or dead-lettered the event. See
 //! `ARCHITECTURE` in the README for the guarantees.
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod metrics;
 pub mod router;
-pub mod sinks;
 pub mod simulator;
+pub mod sinks;
 pub mod sources;
 pub mod spool;
+pub mod telemetry;

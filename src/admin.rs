@@ -1,0 +1,77 @@
+//! The admin server: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (sources connected and
+//! sinks healthy; the body says what is not).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::sources::Readiness;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub dispatcher: Dispatcher,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let mut lines = Vec::new();
+    let mut ready = !s.dispatcher.is_closed();
+    if !ready {
+        lines.push("bridge: shutting down".to_owned());
+    }
+    for (part, state) in s.readiness.snapshot() {
+        match state {
+            Ok(()) => lines.push(format!("{part}: ok")),
+            Err(e) => {
+                ready = false;
+                lines.push(format!("{part}: {e}"));
+            }
+        }
+    }
+    for sink in s.dispatcher.sinks() {
+        let check = tokio::time::timeout(Duration::from_secs(2), sink.healthcheck()).await;
+        match check {
+            Ok(Ok(())) => lines.push(format!("sink:{}: ok", sink.name())),
+            Ok(Err(e)) => {
+                ready = false;
+                lines.push(format!("sink:{}: {}", sink.name(), e.reason()));
+            }
+            Err(_) => {
+                ready = false;
+                lines.push(format!("sink:{}: health check timed out", sink.name()));
+            }
+        }
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, lines.join("\n") + "\n")
+}
