@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets a fresh Debian/Ubuntu machine up for fondo-bridge's tests and demo: the brokers the tests run
+# against (RabbitMQ, NATS with JetStream, and tansu as the Kafka-protocol broker) and the release build.
+# Idempotent: what is already there is skipped. Run as root or with sudo available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "setup: $*" >&2; }
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+need_apt=()
+command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
+command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || need_apt+=(nats-server)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v cmake >/dev/null 2>&1 || true
+if ((${#need_apt[@]})); then
+    say "installing ${need_apt[*]} from Debian's packages"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+scripts/kafka-broker.sh install
+say "building fondo-bridge (release)"
+cargo build --release
+say "done: 'cargo run --release -- demo' runs the demo, 'scripts/test.sh' runs the tests"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: starts the brokers (scripts/brokers.sh), then runs every test against them.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test sink_kafka`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/brokers.sh up)"
+trap 'scripts/brokers.sh down >/dev/null 2>&1 || true' EXIT
+echo "test brokers: kafka=$FONDO_BRIDGE_TEST_KAFKA amqp=127.0.0.1:5672 nats=$FONDO_BRIDGE_TEST_NATS" >&2
+cargo test --all-targets "$@"
