@@ -1,1 +1,713 @@
-//! The webhook source (in progress).
+//! The webhook source: Fondo POSTs signed JSON events; we answer 2xx only once every destination
+//! delivered or dead-lettered the event (at-least-once, guarantee 1 of the architecture).
+//!
+//! Per request, in order, cheapest refusal first:
+//! 1. shutting down → `503` with `Retry-After` (and `Connection: close` on HTTP/1.1);
+//! 2. content type not JSON → `415`;
+//! 3. `Content-Length` over `max_body_bytes` → `413` before a byte of the body is read;
+//! 4. signature headers missing, repeated, malformed, or timestamp outside the tolerance → `401`
+//!    (also before the body is read);
+//! 5. the body is read as a stream with a running size limit (`413`, memory stays bounded by
+//!    `max_body_bytes` whatever the sender claims) and a deadline (`408` when it has not arrived
+//!    within `request_timeout_ms` of the request's start: slow senders cannot hold a handler);
+//! 6. the signature is verified over the body → `401` on mismatch (the fact is logged, never the
+//!    body); only a [`signature::Payload<signature::Verified>`] goes further;
+//! 7. the body is parsed into an [`Event`]; a body that cannot be parsed (not JSON, no event type,
+//!    too deep…) is authentic, so it is dead-lettered raw and answered `200` (`503` when the dead
+//!    letter could be written nowhere), so a poison message is not retried forever;
+//! 8. the event is submitted without waiting (`503` + `Retry-After` when the bridge is full or
+//!    closed) and the answer waits for its acknowledgement for up to `ack_timeout_ms`: `200` when
+//!    delivered or dead-lettered, `503` when not (yet); the sender's retry of the same event is
+//!    deduplicated by the dispatcher, and waits for the first copy's outcome if that is still in
+//!    flight.
+//!
+//! Answers are short JSON (`{"error":"invalid signature"}`), never internals.
+//!
+//! HTTP/1.1 with keep-alive is served; HTTP/2 without TLS (h2c, prior knowledge) is served when
+//! axum is built with its `http2` feature. TLS is not built in: terminate it in front of the bridge
+//! (a `tls` section is refused at start rather than silently ignored).
+
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EventConfig, SignatureConfig, WebhookSourceConfig};
+use crate::dispatch::{Dispatcher, SubmitError};
+use crate::dlq::DeadLetter;
+use crate::event::{
+    AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
+};
+use crate::metrics::SourceReasonLabels;
+use crate::sources::Readiness;
+
+use signature::{Payload, SecretError, SignatureError, Verified, Verifier, unix_now};
+
+/// The readiness key of this source.
+pub const READINESS_KEY: &str = "webhook";
+
+/// `Retry-After` when the bridge is at capacity: room frees up quickly.
+const RETRY_AFTER_FULL_S: u64 = 1;
+/// `Retry-After` when delivery is slow or failing, or the bridge is stopping.
+const RETRY_AFTER_S: u64 = 5;
+/// How often `secrets_file` is checked for a rotated secret.
+const SECRETS_POLL: Duration = Duration::from_secs(10);
+/// The longest `traceparent` / `tracestate` we carry along.
+const MAX_TRACEPARENT_LEN: usize = 128;
+const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Why the webhook source could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The signature secrets could not be loaded.
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    /// The configuration cannot be served as it is.
+    #[error("sources.webhook: {0}")]
+    Config(String),
+    /// The listener failed.
+    #[error("webhook server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The webhook source. Build it with [`WebhookSource::new`], serve it with [`WebhookSource::run`]
+/// (or mount [`WebhookSource::router`] yourself).
+pub struct WebhookSource {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WebhookSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSource")
+            .field("path", &self.shared.cfg.path)
+            .field("verifier", &*self.shared.verifier.load())
+            .finish()
+    }
+}
+
+struct Shared {
+    cfg: WebhookSourceConfig,
+    verifier: ArcSwap<Verifier>,
+    dispatcher: Dispatcher,
+    readiness: Arc<Readiness>,
+    parse: ParseOptions,
+    id_header: Option<HeaderName>,
+    type_header: Option<HeaderName>,
+    /// Cancelled when shutdown starts: new requests are answered 503.
+    closing: CancellationToken,
+    request_timeout: Duration,
+    ack_timeout: Duration,
+}
+
+impl WebhookSource {
+    /// Loads the secrets and checks what config validation cannot (header names, path, TLS).
+    pub fn new(
+        cfg: WebhookSourceConfig,
+        event: EventConfig,
+        dispatcher: Dispatcher,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, WebhookError> {
+        if let SignatureConfig::None { insecure: false } = cfg.signature {
+            return Err(WebhookError::Config(
+                "signature scheme `none` needs `insecure: true`".into(),
+            ));
+        }
+        if cfg.tls.is_some() {
+            return Err(WebhookError::Config(
+                "TLS is not built into this version: terminate TLS in front of the bridge and remove `tls`".into(),
+            ));
+        }
+        check_path(&cfg.path)?;
+        if cfg.max_body_bytes == 0 {
+            return Err(WebhookError::Config(
+                "max_body_bytes must be at least 1".into(),
+            ));
+        }
+        let verifier = Verifier::from_config(&cfg.signature)?;
+        if verifier.is_insecure() {
+            tracing::warn!(
+                "webhook signature scheme is `none` (insecure: true): anyone who can reach {} can inject events; never run this in production",
+                cfg.listen
+            );
+        }
+        let id_header = optional_header(event.id_header.as_deref(), "event.id_header")?;
+        let type_header = optional_header(cfg.event_type_header.as_deref(), "event_type_header")?;
+        let parse = ParseOptions {
+            max_bytes: cfg.max_body_bytes,
+            id_pointer: event.id_pointer.clone(),
+        };
+        let request_timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
+        let ack_timeout = Duration::from_millis(cfg.ack_timeout_ms.max(1));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg,
+                verifier: ArcSwap::from_pointee(verifier),
+                dispatcher,
+                readiness,
+                parse,
+                id_header,
+                type_header,
+                closing: CancellationToken::new(),
+                request_timeout,
+                ack_timeout,
+            }),
+        })
+    }
+
+    /// The HTTP routes: `POST <path>`; other methods get 405, other paths 404.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                &self.shared.cfg.path,
+                post(receive).fallback(|| async {
+                    reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        r#"{"error":"method not allowed"}"#,
+                    )
+                }),
+            )
+            .fallback(|| async { reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#) })
+            .with_state(Arc::clone(&self.shared))
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then stops accepting, answers 503 to
+    /// requests that still arrive on open connections, and lets in-flight requests finish (for up
+    /// to `request_timeout_ms + ack_timeout_ms` and a second). Readiness `webhook` is `Ok` while
+    /// listening.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), WebhookError> {
+        let shared = Arc::clone(&self.shared);
+        let addr = listener.local_addr()?;
+        let router = self.router();
+        if let Some(file) = secrets_file(&shared.cfg.signature) {
+            tokio::spawn(reload_secrets(
+                Arc::clone(&shared),
+                file.to_path_buf(),
+                shared.closing.clone(),
+            ));
+        }
+        shared.readiness.set(READINESS_KEY, Ok(()));
+        tracing::info!(
+            %addr,
+            path = %shared.cfg.path,
+            scheme = shared.verifier.load().scheme_name(),
+            secrets = shared.verifier.load().secret_count(),
+            "webhook source listening"
+        );
+        let signal = {
+            let shutdown = shutdown.clone();
+            let shared = Arc::clone(&shared);
+            async move {
+                shutdown.cancelled().await;
+                shared.closing.cancel();
+                shared
+                    .readiness
+                    .set(READINESS_KEY, Err("shutting down".into()));
+                tracing::info!("webhook source: shutdown started, no new requests");
+            }
+        };
+        let grace = shared.request_timeout + shared.ack_timeout + Duration::from_secs(1);
+        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let result = tokio::select! {
+            r = serve.into_future() => r,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("webhook source: connections still open at the shutdown deadline; closing them");
+                Ok(())
+            }
+        };
+        shared.closing.cancel();
+        match &result {
+            Ok(()) => {
+                shared.readiness.set(READINESS_KEY, Err("stopped".into()));
+                tracing::info!("webhook source stopped");
+            }
+            Err(e) => {
+                shared
+                    .readiness
+                    .set(READINESS_KEY, Err(format!("server failed: {e}")));
+            }
+        }
+        result.map_err(WebhookError::Io)
+    }
+}
+
+fn check_path(path: &str) -> Result<(), WebhookError> {
+    if !path.starts_with('/') {
+        return Err(WebhookError::Config("path must start with `/`".into()));
+    }
+    let bad_segment = path
+        .split('/')
+        .any(|seg| seg.starts_with(':') || seg.starts_with('*'));
+    if bad_segment || path.contains(['{', '}']) || path.chars().any(char::is_whitespace) {
+        return Err(WebhookError::Config(format!(
+            "path {path:?} must be a literal path (no `{{…}}`, `:x` or `*x` segments, no spaces)"
+        )));
+    }
+    Ok(())
+}
+
+fn optional_header(name: Option<&str>, what: &str) -> Result<Option<HeaderName>, WebhookError> {
+    name.map(|n| {
+        HeaderName::from_bytes(n.trim().as_bytes())
+            .map_err(|_| WebhookError::Config(format!("{what}: {n:?} is not a header name")))
+    })
+    .transpose()
+}
+
+fn secrets_file(sig: &SignatureConfig) -> Option<&std::path::Path> {
+    match sig {
+        SignatureConfig::StandardWebhooks { secrets_file, .. }
+        | SignatureConfig::Hmac { secrets_file, .. } => secrets_file.as_deref(),
+        SignatureConfig::None { .. } => None,
+    }
+}
+
+/// Picks up a rotated `secrets_file` (Kubernetes updates mounted secrets in place). A file that
+/// cannot be read or holds no valid secret keeps the secrets in use, with a warning.
+async fn reload_secrets(shared: Arc<Shared>, file: std::path::PathBuf, stop: CancellationToken) {
+    let stamp = |f: &std::path::Path| {
+        std::fs::metadata(f)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&file);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SECRETS_POLL) => {}
+        }
+        let now = stamp(&file);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match Verifier::from_config(&shared.cfg.signature) {
+            Ok(v) => {
+                tracing::info!(
+                    secrets = v.secret_count(),
+                    "webhook secrets file changed; secrets reloaded"
+                );
+                shared.verifier.store(Arc::new(v));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook secrets file changed but cannot be used; keeping the secrets in use");
+            }
+        }
+    }
+}
+
+/// A short JSON answer.
+fn reply(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A 503 telling the sender when to come back.
+fn unavailable(body: &'static str, retry_after_s: u64, close: bool) -> Response {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, body);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+impl Shared {
+    fn count_rejected(&self, reason: &str) {
+        self.dispatcher
+            .metrics()
+            .rejected
+            .get_or_create(&SourceReasonLabels {
+                source: SourceKind::Webhook.as_str().into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    fn unauthorized(&self, e: SignatureError) -> Response {
+        self.count_rejected(e.kind());
+        tracing::warn!(reason = %e, "webhook refused: invalid signature");
+        reply(StatusCode::UNAUTHORIZED, r#"{"error":"invalid signature"}"#)
+    }
+}
+
+async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let started = Instant::now();
+    let received_wall = SystemTime::now();
+    let (parts, body) = req.into_parts();
+    let http1 = parts.version <= Version::HTTP_11;
+    if s.closing.is_cancelled() {
+        s.count_rejected("shutting_down");
+        return unavailable(r#"{"error":"shutting down"}"#, RETRY_AFTER_S, http1);
+    }
+    if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        s.count_rejected("content_type");
+        return reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            r#"{"error":"content type must be application/json"}"#,
+        );
+    }
+    let max = s.cfg.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        s.count_rejected("too_large");
+        return too_large();
+    }
+    let verifier = s.verifier.load_full();
+    if let Err(e) = verifier.check_headers(&parts.headers, unix_now()) {
+        return s.unauthorized(e);
+    }
+    let id_hint = match &s.id_header {
+        Some(h) => match single_value(&parts.headers, h) {
+            Ok(v) => v,
+            Err(()) => {
+                return s.unauthorized(SignatureError::DuplicateHeader("id"));
+            }
+        },
+        None => None,
+    };
+    let left = s.request_timeout.saturating_sub(started.elapsed());
+    let capacity = declared.map_or(0, |d| usize::try_from(d).unwrap_or(max).min(max));
+    let body = match tokio::time::timeout(left, read_body(body, max, capacity)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => {
+            s.count_rejected("too_large");
+            return too_large();
+        }
+        Ok(Err(BodyError::Aborted)) => {
+            s.count_rejected("body_aborted");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"body could not be read"}"#,
+            );
+        }
+        Err(_) => {
+            s.count_rejected("timeout");
+            tracing::debug!("webhook body did not arrive in time");
+            let mut r = reply(
+                StatusCode::REQUEST_TIMEOUT,
+                r#"{"error":"request body did not arrive in time"}"#,
+            );
+            if http1 {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return r;
+        }
+    };
+    let verified = match verifier.verify(&parts.headers, Payload::new(body), unix_now()) {
+        Ok(v) => v,
+        Err(e) => return s.unauthorized(e),
+    };
+    let type_hint = s
+        .type_header
+        .as_ref()
+        .and_then(|h| single_value(&parts.headers, h).ok().flatten());
+    let trace = trace_context(&parts.headers);
+    let hints = Hints {
+        id: id_hint,
+        event_type: type_hint,
+        trace,
+        started,
+        received_wall,
+    };
+    deliver(&s, verified, hints).await
+}
+
+/// What the transport tells about an event.
+struct Hints<'h> {
+    id: Option<&'h str>,
+    event_type: Option<&'h str>,
+    trace: TraceContext,
+    started: Instant,
+    received_wall: SystemTime,
+}
+
+async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Response {
+    let raw = payload.into_body();
+    let ctx = ParseContext {
+        client_id: None,
+        type_hint: hints.event_type,
+        id_hint: hints.id,
+    };
+    let event = match Event::parse(raw.clone(), &s.parse, &ctx) {
+        Ok(e) => e,
+        Err(e) => {
+            let id = hints
+                .id
+                .filter(|i| !i.is_empty())
+                .map_or_else(|| raw_id(&raw), str::to_owned);
+            tracing::warn!(event_id = %id, reason = e.kind(), "authentic webhook body cannot be parsed; dead-lettering it raw");
+            let dl = DeadLetter::unparseable(
+                &raw,
+                id,
+                None,
+                SourceKind::Webhook,
+                hints.received_wall,
+                &hints.trace,
+                e.to_string(),
+            );
+            let written =
+                tokio::time::timeout(s.ack_timeout, s.dispatcher.dead_letter_unparseable(dl)).await;
+            return match written {
+                Ok(AckStatus::Delivered) => reply(StatusCode::OK, r#"{"status":"dead_lettered"}"#),
+                _ => unavailable(
+                    r#"{"error":"temporarily unavailable"}"#,
+                    RETRY_AFTER_S,
+                    false,
+                ),
+            };
+        }
+    };
+    let (ack, rx) = AckHandle::new();
+    let mut env = Envelope::new(event, ack, SourceKind::Webhook);
+    env.received_at = hints.started;
+    env.received_wall = hints.received_wall;
+    env.trace = hints.trace;
+    match s.dispatcher.try_submit(env) {
+        Ok(()) => {}
+        Err(SubmitError::Full(_)) => {
+            s.count_rejected("overloaded");
+            return unavailable(r#"{"error":"overloaded"}"#, RETRY_AFTER_FULL_S, false);
+        }
+        Err(SubmitError::Closed(_)) => {
+            s.count_rejected("shutting_down");
+            return unavailable(r#"{"error":"shutting down"}"#, RETRY_AFTER_S, false);
+        }
+    }
+    let left = s.ack_timeout.saturating_sub(hints.started.elapsed());
+    match tokio::time::timeout(left, rx.wait()).await {
+        Ok(AckStatus::Delivered) => reply(StatusCode::OK, r#"{"status":"delivered"}"#),
+        Ok(AckStatus::Rejected) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"{"error":"event refused"}"#,
+        ),
+        Ok(AckStatus::Retry) => {
+            unavailable(r#"{"error":"not delivered yet"}"#, RETRY_AFTER_S, false)
+        }
+        Err(_) => {
+            s.count_rejected("ack_timeout");
+            unavailable(r#"{"error":"not delivered yet"}"#, RETRY_AFTER_S, false)
+        }
+    }
+}
+
+fn too_large() -> Response {
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        r#"{"error":"body too large"}"#,
+    )
+}
+
+/// An id for a body that never became an event: a hash of its bytes, so redeliveries match.
+fn raw_id(raw: &[u8]) -> String {
+    let digest = Sha256::digest(raw);
+    format!("raw-{}", hex::encode(&digest[..16]))
+}
+
+/// `application/json`, or any `…/…+json`, with or without parameters.
+fn is_json(ct: Option<&HeaderValue>) -> bool {
+    let Some(ct) = ct.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.contains('/')
+            && essence.len() > 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|s| s.eq_ignore_ascii_case("+json")))
+}
+
+/// The header's value when it appears once; `None` when absent; `Err` when repeated.
+fn single_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ()> {
+    let mut it = headers.get_all(name).iter();
+    let Some(first) = it.next() else {
+        return Ok(None);
+    };
+    if it.next().is_some() {
+        return Err(());
+    }
+    Ok(first.to_str().ok().map(str::trim).filter(|v| !v.is_empty()))
+}
+
+/// W3C trace context from the request; malformed or oversized values are dropped.
+fn trace_context(headers: &HeaderMap) -> TraceContext {
+    let traceparent = single_value(headers, &HeaderName::from_static("traceparent"))
+        .ok()
+        .flatten()
+        .filter(|v| v.len() <= MAX_TRACEPARENT_LEN && is_traceparent(v))
+        .map(str::to_owned);
+    let states: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let tracestate = Some(states.join(","))
+        .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN && traceparent.is_some());
+    TraceContext {
+        traceparent,
+        tracestate,
+    }
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex fields of 2, 32, 16 and 2 characters.
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() >= 4
+        && [2usize, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts[0] != "ff"
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+enum BodyError {
+    TooLarge,
+    Aborted,
+}
+
+/// Reads a body as it arrives, refusing it as soon as it passes `limit`: memory never exceeds
+/// `limit` (plus one frame) whatever the sender sends.
+async fn read_body(body: Body, limit: usize, capacity: usize) -> Result<Bytes, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Aborted)?;
+        len = len.saturating_add(chunk.len());
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(capacity.max(len));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                buf = Some(b);
+                first = None;
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let ok = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/cloudevents+json",
+        ];
+        for ct in ok {
+            assert!(is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        let bad = ["text/plain", "application/xml", "json", "+json", ""];
+        for ct in bad {
+            assert!(!is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn paths() {
+        assert!(check_path("/fondo/webhooks/callback").is_ok());
+        for p in ["fondo", "/a/{id}", "/a/:id", "/a/*rest", "/a b"] {
+            assert!(check_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn trace_headers() {
+        let mut h = HeaderMap::new();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(tp));
+        h.append(
+            "tracestate",
+            HeaderValue::from_static("rojo=00f067aa0ba902b7"),
+        );
+        h.append("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let t = trace_context(&h);
+        assert_eq!(t.traceparent.as_deref(), Some(tp));
+        assert_eq!(
+            t.tracestate.as_deref(),
+            Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
+        );
+        h.insert("traceparent", HeaderValue::from_static("garbage"));
+        assert_eq!(trace_context(&h), TraceContext::default());
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(trace_context(&h).traceparent, None);
+    }
+
+    #[test]
+    fn raw_ids_are_stable() {
+        assert_eq!(raw_id(b"abc"), raw_id(b"abc"));
+        assert_ne!(raw_id(b"abc"), raw_id(b"abd"));
+        assert!(raw_id(b"abc").starts_with("raw-"));
+    }
+
+    #[tokio::test]
+    async fn body_limit_streams() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            (0..10).map(|_| Ok(Bytes::from(vec![b'a'; 100]))).collect();
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        assert!(matches!(
+            read_body(body, 999, 0).await,
+            Err(BodyError::TooLarge)
+        ));
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            (0..10).map(|_| Ok(Bytes::from(vec![b'a'; 100]))).collect();
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let b = read_body(body, 1000, 0).await.ok().unwrap();
+        assert_eq!(b.len(), 1000);
+    }
+}
