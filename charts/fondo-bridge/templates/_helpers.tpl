@@ -1,0 +1,207 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "fondo-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fondo-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fondo-bridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fondo-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fondo-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "fondo-bridge.labels" -}}
+helm.sh/chart: {{ include "fondo-bridge.chart" . }}
+{{ include "fondo-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fondo-bridge
+{{- end }}
+
+{{- define "fondo-bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fondo-bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "fondo-bridge.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{- define "fondo-bridge.secretName" -}}
+{{- default (include "fondo-bridge.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+Fixed paths shared by the chart and the config it renders.
+*/}}
+{{- define "fondo-bridge.dataDir" -}}/var/lib/fondo-bridge{{- end }}
+{{- define "fondo-bridge.configDir" -}}/etc/fondo-bridge{{- end }}
+{{- define "fondo-bridge.secretDir" -}}/var/run/secrets/fondo{{- end }}
+{{- define "fondo-bridge.tokenFile" -}}/var/run/secrets/fondo/token{{- end }}
+{{- define "fondo-bridge.webhookSecretsFile" -}}/var/run/secrets/fondo/webhook-secrets{{- end }}
+
+{{/*
+The effective bridge config, as YAML: `config`, or `defaultConfig` when `config` is empty, with the
+secret file paths added where the config names no secret of its own. Templates read it back with
+`include "fondo-bridge.config" . | fromYaml`.
+*/}}
+{{- define "fondo-bridge.config" -}}
+{{- $src := .Values.config | default dict }}
+{{- if empty $src }}
+{{- $src = .Values.defaultConfig | default dict }}
+{{- end }}
+{{- $cfg := deepCopy $src }}
+{{- $sources := $cfg.sources | default dict }}
+{{- with $sources.websocket }}
+{{- if not (or .token .token_file) }}
+{{- $_ := set . "token_file" (include "fondo-bridge.tokenFile" $) }}
+{{- end }}
+{{- end }}
+{{- with $sources.webhook }}
+{{- with .signature }}
+{{- if and (has (toString .scheme) (list "standard-webhooks" "hmac")) (not (or .secrets .secrets_file)) }}
+{{- $_ := set . "secrets_file" (include "fondo-bridge.webhookSecretsFile" $) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+"true" when the pods need the Fondo token file from the Secret, else "".
+*/}}
+{{- define "fondo-bridge.needsToken" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $ws := ($cfg.sources | default dict).websocket }}
+{{- if and $ws (eq (toString $ws.token_file) (include "fondo-bridge.tokenFile" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the pods need the webhook secrets file from the Secret, else "".
+*/}}
+{{- define "fondo-bridge.needsWebhookSecrets" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $wh := ($cfg.sources | default dict).webhook }}
+{{- if and $wh $wh.signature (eq (toString $wh.signature.secrets_file) (include "fondo-bridge.webhookSecretsFile" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+"StatefulSet" with a WebSocket source (a spool that outlives the pod, one consumer per stream),
+"Deployment" otherwise.
+*/}}
+{{- define "fondo-bridge.kind" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- if ($cfg.sources | default dict).websocket }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+The port of a `host:port` listen address ("0.0.0.0:8080", "[::]:8080"). Args: (list $ address what).
+*/}}
+{{- define "fondo-bridge.listenPort" -}}
+{{- $addr := toString (index . 1) }}
+{{- $port := splitList ":" $addr | last }}
+{{- if not (regexMatch "^[0-9]{1,5}$" $port) }}
+{{- fail (printf "fondo-bridge: %s %q is not host:port" (index . 2) $addr) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{- define "fondo-bridge.webhookPort" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $wh := ($cfg.sources | default dict).webhook }}
+{{- if $wh }}
+{{- include "fondo-bridge.listenPort" (list . ($wh.listen | default "0.0.0.0:8080") "config.sources.webhook.listen") }}
+{{- end }}
+{{- end }}
+
+{{- define "fondo-bridge.webhookPath" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $wh := ($cfg.sources | default dict).webhook | default dict }}
+{{- $wh.path | default "/fondo/webhooks/callback" }}
+{{- end }}
+
+{{- define "fondo-bridge.adminPort" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $admin := $cfg.admin | default dict }}
+{{- if and (hasKey $admin "listen") (not $admin.listen) }}
+{{- fail "fondo-bridge: config.admin.listen is null, but the probes, the Service and the ServiceMonitor need the admin server: set it (e.g. 0.0.0.0:9090)" }}
+{{- end }}
+{{- include "fondo-bridge.listenPort" (list . ($admin.listen | default "0.0.0.0:9090") "config.admin.listen") }}
+{{- end }}
+
+{{/*
+A path the bridge writes must be on the data volume (the root filesystem is read-only). Relative
+paths resolve against the working directory, which is the data volume. Args: (list $ path what).
+*/}}
+{{- define "fondo-bridge.checkWritable" -}}
+{{- $path := toString (index . 1) }}
+{{- $dir := include "fondo-bridge.dataDir" (index . 0) }}
+{{- if and (hasPrefix "/" $path) (ne $path $dir) (not (hasPrefix (printf "%s/" $dir) $path)) }}
+{{- fail (printf "fondo-bridge: %s is %q, but the only writable volume is %s (the root filesystem is read-only): put it under %s/" (index . 2) $path $dir $dir) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every check that makes the chart refuse to render. Included by the workload template.
+*/}}
+{{- define "fondo-bridge.validate" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- $sources := $cfg.sources | default dict }}
+{{- if not (or $sources.websocket $sources.webhook) }}
+{{- fail "fondo-bridge: the config has no source: set config.sources.websocket and/or config.sources.webhook" }}
+{{- end }}
+{{- /* Grace period: SIGKILL comes at its end, so the drain must be over before. */}}
+{{- $drainMs := 20000 }}
+{{- $delivery := $cfg.delivery | default dict }}
+{{- if hasKey $delivery "drain_timeout_ms" }}
+{{- $drainMs = int64 $delivery.drain_timeout_ms }}
+{{- end }}
+{{- $graceMs := mul (int64 .Values.terminationGracePeriodSeconds) 1000 }}
+{{- $neededMs := add $drainMs (mul (int64 .Values.preStopSleepSeconds) 1000) }}
+{{- if le $graceMs $neededMs }}
+{{- fail (printf "fondo-bridge: terminationGracePeriodSeconds (%d s) must be above preStopSleepSeconds (%d s) + config.delivery.drain_timeout_ms (%d ms): Kubernetes sends SIGKILL when the grace period ends, which would cut the drain short. Raise terminationGracePeriodSeconds above %d or lower drain_timeout_ms." (int64 .Values.terminationGracePeriodSeconds) (int64 .Values.preStopSleepSeconds) $drainMs (div $neededMs 1000)) }}
+{{- end }}
+{{- /* Writable paths. */}}
+{{- $spool := $cfg.spool | default dict }}
+{{- if and $sources.websocket (ne (toString $spool.enabled) "false") }}
+{{- include "fondo-bridge.checkWritable" (list . ($spool.dir | default "/var/lib/fondo-bridge/spool") "config.spool.dir") }}
+{{- end }}
+{{- with ($cfg.dead_letter | default dict).fallback_file }}
+{{- include "fondo-bridge.checkWritable" (list $ . "config.dead_letter.fallback_file") }}
+{{- end }}
+{{- range $name, $sink := ($cfg.sinks | default dict) }}
+{{- if and (kindIs "map" $sink) (eq (toString $sink.type) "file") }}
+{{- include "fondo-bridge.checkWritable" (list $ $sink.dir (printf "config.sinks.%s.dir" $name)) }}
+{{- end }}
+{{- end }}
+{{- /* Ports must parse. */}}
+{{- $_ := include "fondo-bridge.adminPort" . }}
+{{- $_ = include "fondo-bridge.webhookPort" . }}
+{{- if and .Values.ingress.enabled (not $sources.webhook) }}
+{{- fail "fondo-bridge: ingress.enabled needs config.sources.webhook: without it there is nothing to route to" }}
+{{- end }}
+{{- end }}

