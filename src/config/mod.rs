@@ -84,6 +84,13 @@ pub struct WebSocketSourceConfig {
     /// Publish a `bridge.gap` marker event after each reconnect.
     #[serde(default)]
     pub gap_marker: bool,
+    /// Wait this long before retrying after Fondo refused the token (HTTP 401/403): a wrong token
+    /// must never cause a tight reconnect loop.
+    #[serde(default = "default_auth_retry_ms")]
+    pub auth_retry_ms: u64,
+    /// A connection that stayed up this long resets the reconnect backoff to its initial delay.
+    #[serde(default = "default_stable_after_ms")]
+    pub stable_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -451,6 +458,12 @@ fn default_reconnect_max_ms() -> u64 {
 }
 fn default_max_frame_bytes() -> usize {
     1024 * 1024
+}
+fn default_auth_retry_ms() -> u64 {
+    30_000
+}
+fn default_stable_after_ms() -> u64 {
+    60_000
 }
 fn default_webhook_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
