@@ -61,7 +61,12 @@ pub async fn build_sinks(cfg: &Config) -> Result<HashMap<String, DynSink>, AppEr
                     .await
                     .map_err(err)?,
             ),
-            // RABBITMQ-WIRING
+            #[cfg(feature = "rabbitmq")]
+            SinkConfig::Rabbitmq(r) => Arc::new(
+                crate::sinks::rabbitmq::RabbitMqSink::connect(name, r)
+                    .await
+                    .map_err(err)?,
+            ),
             #[cfg(feature = "nats")]
             SinkConfig::Nats(n) => Arc::new(
                 crate::sinks::nats::NatsSink::connect(name, n)
@@ -220,8 +225,31 @@ impl Bridge {
 /// Starting the sources lives apart so each source's wiring stays in one place.
 mod sources {
     use super::*;
+    use crate::sources::webhook::WebhookSource;
 
-    pub(super) async fn start(_bridge: &mut Bridge, _parse: ParseOptions) -> Result<(), AppError> {
+    pub(super) async fn start(bridge: &mut Bridge, _parse: ParseOptions) -> Result<(), AppError> {
+        if let Some(wh) = bridge.cfg.sources.webhook.clone() {
+            let source = WebhookSource::new(
+                wh.clone(),
+                bridge.cfg.event.clone(),
+                bridge.dispatcher.clone(),
+                Arc::clone(&bridge.readiness),
+            )
+            .map_err(|e| AppError::Source("webhook", e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(wh.listen)
+                .await
+                .map_err(|error| AppError::Listen {
+                    addr: wh.listen,
+                    error,
+                })?;
+            bridge.webhook_addr = listener.local_addr().ok();
+            let stop = bridge.intake.clone();
+            bridge.tasks.spawn(async move {
+                if let Err(e) = source.run(listener, stop).await {
+                    tracing::error!(error = %e, "webhook source failed");
+                }
+            });
+        }
         Ok(())
     }
 }
