@@ -162,8 +162,8 @@ impl KafkaSinkConfig {
     /// Broker-specific checks, as `(path below this sink, message)`; empty when valid.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = Vec::new();
-        let at_most_once_hint = "messages can be lost; remove it (the default is at-least-once) \
-             or set `accept_at_most_once: true` to accept that";
+        let hint = "remove it (the default is at-least-once, in order per key) or set \
+             `accept_at_most_once: true` to accept that";
         for (key, value) in &self.options {
             let path = format!("options.{key}");
             match key.as_str() {
@@ -174,7 +174,7 @@ impl KafkaSinkConfig {
                             path,
                             format!(
                                 "{key}={value} does not wait for every in-sync replica, so \
-                                 {at_most_once_hint}"
+                                 confirmed messages can be lost; {hint}"
                             ),
                         ));
                     }
@@ -186,21 +186,17 @@ impl KafkaSinkConfig {
                         path,
                         format!(
                             "enable.idempotence=false lets retries duplicate and reorder \
-                             messages within a partition, so {at_most_once_hint}"
+                             messages within a partition; {hint}"
                         ),
                     )),
                     None => p.push((path, format!("not a boolean: {value:?}"))),
                 },
-                "delivery.report.only.error" => {
-                    if truthy(value) != Some(false) {
-                        p.push((
-                            path,
-                            "the sink needs a delivery report for every message to confirm it; \
-                             remove this option"
-                                .into(),
-                        ));
-                    }
-                }
+                "delivery.report.only.error" if truthy(value) != Some(false) => p.push((
+                    path,
+                    "the sink needs a delivery report for every message to confirm it; \
+                     remove this option"
+                        .into(),
+                )),
                 "bootstrap.servers" | "metadata.broker.list" => p.push((
                     path,
                     "set the bootstrap servers with `brokers`, not in `options`".into(),

@@ -54,16 +54,46 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the librdkafka callbacks saw, shared by every producer this sink creates.
 #[derive(Default)]
 struct Shared {
-    /// The last client-level error (connection refused, SSL handshake, SASL authentication, ...).
-    last_error: Mutex<Option<String>>,
+    /// The last client-level error (connection refused, SSL handshake, SASL authentication, ...)
+    /// and when it happened. "All brokers down" does not replace a more specific cause.
+    last_error: Mutex<ErrorState>,
     /// The last statistics (only with `statistics.interval.ms` > 0).
     statistics: Mutex<Option<Statistics>>,
 }
 
 impl Shared {
     fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        let g = self.last_error.lock().ok()?;
+        let (at, _, text) = g.kept.as_ref()?;
+        Some(format!("{text} ({:.1}s ago)", at.elapsed().as_secs_f64()))
     }
+
+    /// Records `text`; false when it repeats the previous error (librdkafka may report twice).
+    fn record_error(&self, code: RDKafkaErrorCode, text: String) -> bool {
+        let Ok(mut g) = self.last_error.lock() else {
+            return true;
+        };
+        if g.seen == text {
+            return false;
+        }
+        g.seen.clone_from(&text);
+        match &g.kept {
+            Some((at, prev_code, _))
+                if code == RDKafkaErrorCode::AllBrokersDown
+                    && *prev_code != RDKafkaErrorCode::AllBrokersDown
+                    && at.elapsed() < Duration::from_secs(60) => {}
+            _ => g.kept = Some((Instant::now(), code, text)),
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+struct ErrorState {
+    /// The error reported last, to log a repeated report once.
+    seen: String,
+    /// The error kept for start-up and health reasons.
+    kept: Option<(Instant, RDKafkaErrorCode, String)>,
 }
 
 /// Routes librdkafka's logs and errors to `tracing` and remembers the last error.
@@ -101,9 +131,9 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", sink = &*self.sink, %error, "{reason}");
-        if let Ok(mut g) = self.shared.last_error.lock() {
-            *g = Some(format!("{error}: {reason}"));
+        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+        if self.shared.record_error(code, format!("{error}: {reason}")) {
+            tracing::warn!(target: "librdkafka", sink = &*self.sink, %error, "{reason}");
         }
     }
 }
@@ -170,7 +200,7 @@ fn describe(code: RDKafkaErrorCode, topic: &str) -> String {
         E::MessageTimedOut => "; not confirmed within `message.timeout.ms`",
         _ => "",
     };
-    format!("kafka topic {topic:?}: {code:?} ({code}){hint}")
+    format!("kafka topic {topic:?}: {code}{hint}")
 }
 
 /// An rdkafka error as a [`SinkError`] for a message to `topic`.
@@ -311,11 +341,18 @@ impl KafkaSink {
             Ok(n) if n > 0 => Ok(n),
             Ok(_) => Err(SinkError::Retriable("the cluster lists no brokers".into())),
             Err(e) => {
-                let last = self
-                    .shared
-                    .last_error()
-                    .map(|l| format!("; last client error: {l}"))
-                    .unwrap_or_default();
+                let protocol = self
+                    .client_config
+                    .get("security.protocol")
+                    .unwrap_or("plaintext");
+                let last = match self.shared.last_error() {
+                    Some(l) => format!("; last client error: {l}"),
+                    None => format!(
+                        "; no client error was reported, so the connection may hang in a \
+                         handshake the listener does not speak: check that \
+                         security.protocol={protocol} matches it"
+                    ),
+                };
                 Err(SinkError::Retriable(format!(
                     "{}{last}",
                     redact(&e.to_string(), &self.client_config)
@@ -382,7 +419,7 @@ impl KafkaSink {
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     tracing::info!(sink = name, topic, "kafka topic already exists")
                 }
-                Err((topic, code)) => failed.push(format!("{topic:?}: {code:?} ({code})")),
+                Err((topic, code)) => failed.push(format!("{topic:?}: {code}")),
             }
         }
         if failed.is_empty() {

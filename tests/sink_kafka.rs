@@ -1,0 +1,557 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu, started by
+//! `scripts/kafka-broker.sh start 19092`, address in `FONDO_BRIDGE_TEST_KAFKA`), and against
+//! rdkafka's in-process `MockCluster` for error injection.
+//!
+//! `FONDO_BRIDGE_TEST_KAFKA=127.0.0.1:19092 cargo test --test sink_kafka`
+#![cfg(feature = "kafka")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fondo_bridge::config::KafkaSinkConfig;
+use fondo_bridge::config::kafka::KafkaTopicConfig;
+use fondo_bridge::sinks::kafka::KafkaSink;
+use fondo_bridge::sinks::{Message, Sink, SinkError, headers};
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+fn config(brokers: &str, options: &[(&str, &str)]) -> KafkaSinkConfig {
+    KafkaSinkConfig {
+        brokers: brokers.to_owned(),
+        options: options
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        connect_timeout_ms: 5_000,
+        ..KafkaSinkConfig::default()
+    }
+}
+
+/// A message like the dispatcher renders it: the `fondo-*` headers, `traceparent`, a route header.
+fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
+    let event_id: Arc<str> = Arc::from(format!("evt-{}-{seq}", key.unwrap_or("none")));
+    // Not UTF-8, with NUL bytes: the value must come back byte for byte.
+    let mut payload = format!("{{\"key\":{key:?},\"seq\":{seq}}}").into_bytes();
+    payload.extend_from_slice(&[0, 0xff, 0xfe, (seq % 256) as u8]);
+    Message {
+        topic: topic.to_owned(),
+        key: key.map(str::to_owned),
+        headers: vec![
+            (headers::EVENT_ID.into(), event_id.to_string()),
+            (headers::EVENT_TYPE.into(), "order.update".into()),
+            (
+                headers::CLIENT_ID.into(),
+                "49ad7378-121c-4a53-9894-dfd14a7b4877".into(),
+            ),
+            (headers::SOURCE.into(), "webhook".into()),
+            (
+                headers::TRACEPARENT.into(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            ),
+            ("x-seq".into(), seq.to_string()),
+        ],
+        payload: Bytes::from(payload),
+        event_id,
+    }
+}
+
+async fn connect(cfg: &KafkaSinkConfig) -> KafkaSink {
+    match KafkaSink::connect("kafka", cfg).await {
+        Ok(s) => s,
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// Publishes `per_key` messages for each key: keys concurrently, each key's next publish only
+/// after the previous one resolved (as the dispatcher does). Returns the messages in order per key.
+async fn publish_per_key(
+    sink: &Arc<KafkaSink>,
+    topic: &str,
+    keys: usize,
+    per_key: usize,
+) -> Vec<Message> {
+    let mut tasks = Vec::new();
+    for k in 0..keys {
+        let sink = sink.clone();
+        let topic = topic.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("order-{k}");
+            let mut sent = Vec::new();
+            for seq in 0..per_key {
+                let m = message(&topic, Some(&key), seq);
+                sink.publish(m.clone())
+                    .await
+                    .map_err(|e| format!("{key}/{seq}: {e}"))?;
+                sent.push(m);
+            }
+            Ok::<_, String>(sent)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap().unwrap());
+    }
+    all
+}
+
+/// Consumes `n` records from `topic` with an independent consumer group.
+async fn consume(brokers: &str, topic: &str, n: usize) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", common::unique("sink-kafka-test"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => panic!("consume: {e}"),
+            Err(_) => panic!("only {} of {n} messages arrived within 40s", got.len()),
+        };
+        let mut hs = Vec::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                hs.push((
+                    h.key.to_owned(),
+                    String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap(),
+                ));
+            }
+        }
+        got.push(Received {
+            key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: hs,
+            partition: m.partition(),
+        });
+    }
+    got
+}
+
+#[derive(Debug)]
+struct Received {
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+    partition: i32,
+}
+
+/// 300 messages, 20 keys published concurrently: all arrive, with key, every header and the
+/// payload bytes intact, in order per key; the topic is created by the sink's `create_topics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_everything_in_order_per_key_with_headers() {
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let topic = common::unique("fondo.sink-kafka");
+    let mut cfg = config(&brokers, &[]);
+    cfg.create_topics = vec![KafkaTopicConfig {
+        name: topic.clone(),
+        partitions: Some(3),
+        replication: Some(1),
+        retention_ms: Some(3_600_000),
+        config: BTreeMap::new(),
+    }];
+    let sink = Arc::new(connect(&cfg).await);
+    sink.healthcheck().await.expect("healthy");
+    // Creating it again is fine: the topic exists.
+    drop(connect(&cfg).await);
+
+    let (keys, per_key) = (20, 15);
+    let started = Instant::now();
+    let mut sent = publish_per_key(&sink, &topic, keys, per_key).await;
+    let took = started.elapsed();
+    // One message without a key.
+    let unkeyed = message(&topic, None, 0);
+    sink.publish(unkeyed.clone())
+        .await
+        .expect("unkeyed publish");
+    sent.push(unkeyed);
+    eprintln!(
+        "published {} messages ({keys} keys, one publish in flight per key) in {took:?}",
+        sent.len() - 1
+    );
+    sink.close(Instant::now() + Duration::from_secs(5))
+        .await
+        .expect("close");
+
+    let got = consume(&brokers, &topic, sent.len()).await;
+    assert_eq!(got.len(), sent.len());
+
+    // Every message present, byte for byte.
+    let by_id: HashMap<&str, &Message> = sent.iter().map(|m| (&*m.event_id, m)).collect();
+    let mut seen = HashMap::new();
+    for r in &got {
+        let id = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == headers::EVENT_ID)
+            .map(|(_, v)| v.as_str())
+            .expect("fondo-event-id header");
+        let m = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("unexpected message {id}"));
+        assert_eq!(r.key, m.key, "{id}");
+        assert_eq!(r.payload, m.payload.to_vec(), "{id}");
+        assert_eq!(r.headers, m.headers, "{id}");
+        assert!(seen.insert(id, r.partition).is_none(), "{id} twice");
+    }
+    assert_eq!(seen.len(), sent.len());
+
+    // Order per key, and each key on one partition.
+    let mut last: HashMap<&str, (usize, i32)> = HashMap::new();
+    for r in got.iter().filter(|r| r.key.is_some()) {
+        let key = r.key.as_deref().unwrap();
+        let seq: usize = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-seq")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap();
+        match last.get(key) {
+            None => assert_eq!(seq, 0, "{key} starts at {seq}"),
+            Some((prev, p)) => {
+                assert_eq!(seq, prev + 1, "{key}: {seq} after {prev}");
+                assert_eq!(r.partition, *p, "{key} changed partition");
+            }
+        }
+        last.insert(key, (seq, r.partition));
+    }
+    assert_eq!(last.len(), keys);
+    let partitions: std::collections::BTreeSet<i32> = got.iter().map(|r| r.partition).collect();
+    assert!(
+        partitions.len() > 1,
+        "all keys on one partition: {partitions:?}"
+    );
+}
+
+/// A topic that does not exist (tansu creates none automatically) is a fatal error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_fatal_and_named() {
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let topic = common::unique("fondo.no-such-topic");
+    // librdkafka waits this long for a new topic to appear before failing its messages.
+    let sink = connect(&config(
+        &brokers,
+        &[("topic.metadata.propagation.max.ms", "1000")],
+    ))
+    .await;
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.publish(message(&topic, Some("k"), 0)),
+    )
+    .await
+    .expect("publish resolves")
+    .expect_err("no such topic");
+    eprintln!("{err} (after {:?})", started.elapsed());
+    assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+    assert!(err.reason().contains(&topic), "{err}");
+    assert!(!err.reason().contains("seq"), "payload leaked: {err}");
+}
+
+/// Security settings the broker does not speak fail at start, naming the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_security_settings_fail_at_start() {
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+    for options in [
+        &[("security.protocol", "SSL")][..],
+        &[
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanisms", "SCRAM-SHA-256"),
+            ("sasl.username", "bridge"),
+            ("sasl.password", "hunter2"),
+        ][..],
+    ] {
+        let mut cfg = config(&brokers, options);
+        cfg.connect_timeout_ms = 2_000;
+        let err = match KafkaSink::connect("kafka", &cfg).await {
+            Ok(_) => panic!("connected with {options:?} to a plaintext listener"),
+            Err(e) => e,
+        };
+        eprintln!("{err}");
+        assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+        assert!(err.reason().contains("cannot reach the cluster"), "{err}");
+        assert!(!err.reason().contains("hunter2"), "{err}");
+    }
+}
+
+/// Many publishes at once through a tiny producer queue: they wait for room, none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_backpressure_not_failure() {
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let topic = common::unique("fondo.sink-kafka-q");
+    let mut cfg = config(&brokers, &[("queue.buffering.max.messages", "4")]);
+    cfg.create_topics = vec![KafkaTopicConfig {
+        name: topic.clone(),
+        partitions: Some(1),
+        replication: Some(1),
+        retention_ms: None,
+        config: BTreeMap::new(),
+    }];
+    let sink = Arc::new(connect(&cfg).await);
+    let sent = publish_per_key(&sink, &topic, 50, 2).await;
+    assert_eq!(sent.len(), 100);
+}
+
+/// Throughput of 1 KiB messages through the sink (run by hand: `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn throughput() {
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let topic = common::unique("fondo.sink-kafka-bench");
+    let mut cfg = config(&brokers, &[]);
+    cfg.create_topics = vec![KafkaTopicConfig {
+        name: topic.clone(),
+        partitions: Some(3),
+        replication: Some(1),
+        retention_ms: None,
+        config: BTreeMap::new(),
+    }];
+    let sink = Arc::new(connect(&cfg).await);
+    let (keys, per_key) = (1000, 20);
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..keys {
+        let sink = sink.clone();
+        let topic = topic.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..per_key {
+                let mut m = message(&topic, Some(&format!("k{k}")), seq);
+                m.payload = payload.clone();
+                sink.publish(m).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let n = keys * per_key;
+    eprintln!(
+        "{n} x 1 KiB in {took:?}: {:.0} msg/s ({keys} keys, one in flight per key)",
+        n as f64 / took.as_secs_f64()
+    );
+}
+
+// ---- error injection with rdkafka's in-process mock cluster (no broker needed) ----
+
+fn mock_sink_config(mock: &MockCluster<'_, impl rdkafka::ClientContext>) -> KafkaSinkConfig {
+    config(
+        &mock.bootstrap_servers(),
+        &[("retry.backoff.ms", "10"), ("retry.backoff.max.ms", "50")],
+    )
+}
+
+/// Transient produce errors are retried (inside librdkafka) and the message is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_transient_errors_are_retried_and_delivered() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let sink = connect(&mock_sink_config(&mock)).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.publish(message("t", Some("k"), 0)),
+    )
+    .await
+    .expect("in time")
+    .expect("delivered after transient errors");
+}
+
+/// A broker that goes down and comes back: the publish waits and is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_broker_down_then_up_is_delivered() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let sink = Arc::new(connect(&mock_sink_config(&mock)).await);
+    sink.publish(message("t", Some("k"), 0))
+        .await
+        .expect("first");
+    mock.broker_down(1).unwrap();
+    let pending = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.publish(message("t", Some("k"), 1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !pending.is_finished(),
+        "published while the broker was down"
+    );
+    mock.broker_up(1).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("in time")
+        .unwrap()
+        .expect("delivered after the broker came back");
+}
+
+/// A broker that stays down past `message.timeout.ms`: retriable, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_timeout_is_retriable() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.options
+        .insert("message.timeout.ms".into(), "500".into());
+    let sink = connect(&cfg).await;
+    mock.broker_down(1).unwrap();
+    let err = sink
+        .publish(message("t", Some("k"), 0))
+        .await
+        .expect_err("times out");
+    eprintln!("{err}");
+    assert!(err.is_retriable(), "{err}");
+    assert!(err.reason().contains("\"t\""), "{err}");
+}
+
+/// Authorization and size errors from the broker are fatal, with the reason and the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_fatal_broker_errors_are_fatal() {
+    for (code, what) in [
+        (
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            "TopicAuthorizationFailed",
+        ),
+        (
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+            "MessageSizeTooLarge",
+        ),
+    ] {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("fondo.t", 1, 1).unwrap();
+        mock.create_topic("fondo.u", 1, 1).unwrap();
+        let sink = connect(&mock_sink_config(&mock)).await;
+        mock.request_errors(RDKafkaApiKey::Produce, &[code]);
+        let err = tokio::time::timeout(
+            Duration::from_secs(20),
+            sink.publish(message("fondo.t", Some("k"), 0)),
+        )
+        .await
+        .expect("in time")
+        .expect_err("fails");
+        eprintln!("{err}");
+        assert!(matches!(err, SinkError::Fatal(_)), "{what}: {err}");
+        assert!(err.reason().contains(what), "{err}");
+        assert!(err.reason().contains("\"fondo.t\""), "{err}");
+        // The producer still works (librdkafka keeps a topic's authorization error until its
+        // metadata is refreshed, so use another topic).
+        sink.publish(message("fondo.u", Some("k"), 1))
+            .await
+            .expect("next message delivered");
+    }
+}
+
+/// A message over `message.max.bytes` is refused at once, fatally, without its bytes in the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_too_large_locally_is_fatal() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.options
+        .insert("message.max.bytes".into(), "2000".into());
+    let sink = connect(&cfg).await;
+    let mut m = message("t", Some("k"), 0);
+    m.payload = Bytes::from(vec![b'Z'; 10_000]);
+    let err = sink.publish(m).await.expect_err("too large");
+    eprintln!("{err}");
+    assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+    assert!(!err.reason().contains("ZZZ"), "payload leaked: {err}");
+}
+
+/// `close` flushes what is in flight; publishing after close is refused (retriable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_close_flushes() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.options.insert("linger.ms".into(), "200".into());
+    let sink = Arc::new(connect(&cfg).await);
+    let pending: Vec<_> = (0..50)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.publish(message("t", Some(&format!("k{i}")), 0)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sink.close(Instant::now() + Duration::from_secs(5))
+        .await
+        .expect("flushed");
+    assert_eq!(sink.in_flight(), 0);
+    for p in pending {
+        p.await.unwrap().expect("delivered");
+    }
+    let err = sink
+        .publish(message("t", Some("k"), 1))
+        .await
+        .expect_err("closed");
+    assert!(err.is_retriable());
+}
+
+/// Bad settings fail at start with a clear reason, no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_fails_clearly() {
+    let cases: Vec<(KafkaSinkConfig, &str)> = vec![
+        (
+            config("127.0.0.1:1", &[("no.such.option", "1")]),
+            "unknown librdkafka option",
+        ),
+        (
+            config("127.0.0.1:1", &[("acks", "0")]),
+            "accept_at_most_once",
+        ),
+        (
+            config("127.0.0.1:1", &[("enable.idempotence", "false")]),
+            "enable.idempotence",
+        ),
+        (
+            KafkaSinkConfig {
+                connect_timeout_ms: 1_000,
+                ..config("127.0.0.1:1", &[])
+            },
+            "cannot reach the cluster",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let err = match KafkaSink::connect("kafka", &cfg).await {
+            Ok(_) => panic!("connected with {cfg:?}"),
+            Err(e) => e,
+        };
+        eprintln!("{err}");
+        assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+        assert!(err.reason().contains(want), "{err}");
+    }
+}
