@@ -30,6 +30,7 @@ use async_nats::{
     ServerAddr,
 };
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
@@ -225,32 +226,58 @@ impl NatsSink {
         &self.client
     }
 
+    /// Asks the JetStream API for the account info (raw, so that any server version's answer
+    /// parses): no responders means JetStream is off; an API error in the answer is reported.
     async fn check_jetstream(&self) -> Result<(), SinkError> {
-        use async_nats::jetstream::context::AccountErrorKind;
-        match tokio::time::timeout(self.ack_timeout, self.js.query_account()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => match e.kind() {
-                AccountErrorKind::JetStreamUnavailable => Err(SinkError::Fatal(format!(
+        use async_nats::client::RequestErrorKind;
+        let request = self.client.request("$JS.API.INFO".to_owned(), Bytes::new());
+        let reply = match tokio::time::timeout(self.ack_timeout, request).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                return Err(SinkError::Fatal(format!(
                     "JetStream is not enabled on NATS {} (no responders to the JetStream API); \
                      enable it, or use `mode: core` if at-most-once is acceptable",
                     self.servers
-                ))),
-                AccountErrorKind::JetStream(api) if api.code() < 500 => {
-                    Err(SinkError::Fatal(format!(
-                        "JetStream refused this account on NATS {}: {api}",
-                        self.servers
-                    )))
-                }
-                _ => Err(SinkError::Retriable(format!(
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(SinkError::Retriable(format!(
                     "JetStream on NATS {} did not answer: {e}",
                     self.servers
-                ))),
-            },
-            Err(_) => Err(SinkError::Retriable(format!(
-                "JetStream on NATS {} did not answer within {} ms",
-                self.servers,
-                self.ack_timeout.as_millis()
-            ))),
+                )));
+            }
+            Err(_) => {
+                return Err(SinkError::Retriable(format!(
+                    "JetStream on NATS {} did not answer within {} ms",
+                    self.servers,
+                    self.ack_timeout.as_millis()
+                )));
+            }
+        };
+        let body: serde_json::Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| SinkError::Retriable(format!("unreadable JetStream account info: {e}")))?;
+        match body.get("error") {
+            None => Ok(()),
+            Some(err) => {
+                let code = err
+                    .get("code")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let description = err
+                    .get("description")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("unknown error");
+                let reason = format!(
+                    "JetStream on NATS {} refused this account: {description} (code {code})",
+                    self.servers
+                );
+                // "JetStream not enabled for account" comes as 503 but is configuration.
+                if description.contains("not enabled") || (400..500).contains(&code) {
+                    Err(SinkError::Fatal(reason))
+                } else {
+                    Err(SinkError::Retriable(reason))
+                }
+            }
         }
     }
 
@@ -739,7 +766,6 @@ fn classify_other(subject: &str, e: &async_nats::jetstream::context::PublishErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn msg(headers: Vec<(&str, &str)>, key: Option<&str>) -> Message {
         Message {
