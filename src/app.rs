@@ -192,6 +192,20 @@ impl Bridge {
         sources::start(self, parse).await
     }
 
+    /// Reloads the routing table from `path` on SIGHUP and whenever the file's content changes
+    /// (polled, so Kubernetes ConfigMap symlink swaps are seen). A new table is validated in full
+    /// and swapped atomically; an invalid one is rejected with a log line and a metric, and the old
+    /// one keeps running. Changes outside `routes`/`unmatched` are reported as needing a restart.
+    pub fn watch_config(&self, path: std::path::PathBuf, poll: Duration) {
+        let dispatcher = self.dispatcher.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let stop = self.intake.clone();
+        let running = self.cfg.clone();
+        self.tasks.spawn(async move {
+            reload::watch(path, poll, running, dispatcher, metrics, stop).await;
+        });
+    }
+
     /// The config the bridge runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -219,6 +233,124 @@ impl Bridge {
         }
         tracing::info!("drained; all sinks closed");
         Ok(())
+    }
+}
+
+mod reload {
+    use super::*;
+    use sha2::Digest as _;
+
+    fn digest(path: &std::path::Path) -> Option<Vec<u8>> {
+        std::fs::read(path)
+            .ok()
+            .map(|b| sha2::Sha256::digest(&b).to_vec())
+    }
+
+    pub(super) async fn watch(
+        path: std::path::PathBuf,
+        poll: Duration,
+        running: Config,
+        dispatcher: Dispatcher,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut last = digest(&path);
+        let mut tick = tokio::time::interval(poll.max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup_recv = std::future::pending::<()>();
+            let forced = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => false,
+                _ = hup_recv => true,
+            };
+            let now = digest(&path);
+            if !forced && now == last {
+                continue;
+            }
+            last = now;
+            reload_once(&path, &running, &dispatcher, &metrics, forced);
+        }
+    }
+
+    /// One reload attempt; returns whether a new table was swapped in.
+    pub(crate) fn reload_once(
+        path: &std::path::Path,
+        running: &Config,
+        dispatcher: &Dispatcher,
+        metrics: &Metrics,
+        forced: bool,
+    ) -> bool {
+        let trigger = if forced { "SIGHUP" } else { "file change" };
+        let cfg = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.reload_failures.inc();
+                tracing::error!(
+                    %trigger,
+                    path = %path.display(),
+                    problems = %e.problems().join("; "),
+                    "routing reload rejected: the new config is invalid; the previous routes keep running"
+                );
+                return false;
+            }
+        };
+        let router = match Router::compile_routes(&cfg.routes, cfg.unmatched, |s| {
+            running.sinks.contains_key(s)
+        }) {
+            Ok(r) => r,
+            Err(errs) => {
+                metrics.reload_failures.inc();
+                tracing::error!(
+                    %trigger,
+                    problems = %errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    "routing reload rejected (routes may only use sinks that are running); the previous routes keep running"
+                );
+                return false;
+            }
+        };
+        let mut restart = Vec::new();
+        if cfg.sources != running.sources {
+            restart.push("sources");
+        }
+        if cfg.sinks != running.sinks {
+            restart.push("sinks");
+        }
+        if cfg.dead_letter != running.dead_letter {
+            restart.push("dead_letter");
+        }
+        if cfg.delivery != running.delivery {
+            restart.push("delivery");
+        }
+        if cfg.spool != running.spool
+            || cfg.admin != running.admin
+            || cfg.telemetry != running.telemetry
+        {
+            restart.push("spool/admin/telemetry");
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                sections = %restart.join(", "),
+                "config changes outside the routing table need a restart to take effect"
+            );
+        }
+        let n = router.route_count();
+        dispatcher.swap_router(router);
+        metrics.reloads.inc();
+        tracing::info!(%trigger, routes = n, "routing table reloaded");
+        true
     }
 }
 

@@ -211,10 +211,11 @@ async fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    fondo_bridge::telemetry::init_logging(&cfg.telemetry);
+    let _telemetry = fondo_bridge::telemetry::init(&cfg.telemetry); // flushes spans when dropped
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
     let bridge = Bridge::start(cfg).await.context("starting the bridge")?;
+    bridge.watch_config(config.clone(), std::time::Duration::from_secs(2));
     tracing::info!("fondo-bridge running");
     stop.cancelled().await;
     match bridge.shutdown().await {

@@ -32,11 +32,14 @@ impl Drop for Running {
     }
 }
 
-fn start(latency_free: bool) -> Running {
-    let out = tempfile::tempdir().unwrap();
-    let webhook = free_port();
-    let admin = free_port();
-    let cfg = format!(
+fn config_text(
+    webhook: u16,
+    admin: u16,
+    dir: &std::path::Path,
+    fsync: &str,
+    topic: &str,
+) -> String {
+    format!(
         r#"
 sources:
   webhook:
@@ -45,14 +48,26 @@ sources:
 sinks:
   files: {{ type: file, dir: {dir}/out, fsync: {fsync} }}
 routes:
-  - {{ name: all, match: ["*"], to: [{{ sink: files, topic: "fondo.{{entity}}" }}] }}
+  - {{ name: all, match: ["*"], to: [{{ sink: files, topic: "{topic}" }}] }}
 event: {{ id_header: webhook-id }}
 dead_letter: {{ fallback_file: {dir}/dead-letter.jsonl }}
 admin: {{ listen: 127.0.0.1:{admin} }}
 delivery: {{ drain_timeout_ms: 10000 }}
 "#,
-        dir = out.path().display(),
-        fsync = if latency_free { "never" } else { "batch" },
+        dir = dir.display(),
+    )
+}
+
+fn start(latency_free: bool) -> Running {
+    let out = tempfile::tempdir().unwrap();
+    let webhook = free_port();
+    let admin = free_port();
+    let cfg = config_text(
+        webhook,
+        admin,
+        out.path(),
+        if latency_free { "never" } else { "batch" },
+        "fondo.{entity}",
     );
     let path = out.path().join("bridge.yaml");
     std::fs::write(&path, cfg).unwrap();
@@ -231,4 +246,111 @@ async fn webhooks_arrive_once_with_original_bytes_and_metrics_match() {
     assert_eq!(value("fondo_bridge_published_total"), 200.0);
     assert_eq!(value("fondo_bridge_deduplicated_total"), 200.0);
     assert_eq!(value("fondo_bridge_in_flight"), 0.0);
+}
+
+async fn metric(admin: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_metric(admin: u16, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(admin, name).await != want {
+        assert!(Instant::now() < deadline, "{name} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sighup(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_reloads_on_sighup_and_rejects_an_invalid_file() {
+    let bridge = start(true);
+    let cfg_path = bridge.out.path().join("bridge.yaml");
+    let events = outgoing(300);
+    let s = sender(bridge.webhook, 5);
+    // Phase 1 on the original table, with events still flowing while the file is swapped.
+    let first: Vec<_> = events[..100].to_vec();
+    let r = s.send_all(first, None).await;
+    assert_eq!(r.acknowledged, 100);
+    std::fs::write(
+        &cfg_path,
+        config_text(
+            bridge.webhook,
+            bridge.admin,
+            bridge.out.path(),
+            "never",
+            "v2.{entity}",
+        ),
+    )
+    .unwrap();
+    let flowing = {
+        let s = sender(bridge.webhook, 5);
+        let ev: Vec<_> = events[100..200].to_vec();
+        tokio::spawn(async move { s.send_all(ev, Some(2000.0)).await })
+    };
+    sighup(&bridge.child);
+    wait_metric(bridge.admin, "fondo_bridge_routing_reloads_total", 1.0).await;
+    assert_eq!(flowing.await.unwrap().acknowledged, 100);
+    // An invalid file: rejected, the v2 table keeps running.
+    std::fs::write(
+        &cfg_path,
+        config_text(
+            bridge.webhook,
+            bridge.admin,
+            bridge.out.path(),
+            "never",
+            "v3.{nope}",
+        ),
+    )
+    .unwrap();
+    sighup(&bridge.child);
+    wait_metric(
+        bridge.admin,
+        "fondo_bridge_routing_reload_failures_total",
+        1.0,
+    )
+    .await;
+    let r = s.send_all(events[200..].to_vec(), None).await;
+    assert_eq!(r.acknowledged, 100);
+
+    let recs = records(&bridge.out.path().join("out"));
+    assert_eq!(recs.len(), 300, "no event lost or duplicated by the swaps");
+    let ids: HashSet<&str> = recs.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 300);
+    for r in &recs {
+        let n: usize = r.event_id[4..].parse().unwrap();
+        if n < 100 {
+            assert!(
+                r.topic.starts_with("fondo."),
+                "{} went to {}",
+                r.event_id,
+                r.topic
+            );
+        } else if n >= 200 {
+            assert!(
+                r.topic.starts_with("v2."),
+                "{} went to {}",
+                r.event_id,
+                r.topic
+            );
+        } else {
+            assert!(r.topic.starts_with("fondo.") || r.topic.starts_with("v2."));
+        }
+        assert!(!r.topic.starts_with("v3."));
+    }
 }
