@@ -687,6 +687,34 @@ async fn bad_config_unreachable_server_and_wrong_credentials_are_clear_errors() 
     let sink = NatsSink::connect("nats", &right).await.unwrap();
     sink.healthcheck().await.unwrap();
 
+    // Token authentication.
+    let token_server = OwnServer::start(&["-js", "--auth", "s3cret-token"]);
+    let mut wrong = sink_config(&token_server.url());
+    wrong.token = Some(fondo_bridge::config::Secret("wrong-token".into()));
+    match NatsSink::connect("nats", &wrong).await {
+        Err(SinkError::Fatal(r)) => {
+            assert!(r.contains("refused the credentials"), "{r}");
+            assert!(!r.contains("wrong-token"), "the token must not appear: {r}");
+        }
+        other => panic!("expected Fatal, got {other:?}"),
+    }
+    let token_file = token_server.dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let mut right = sink_config(&token_server.url());
+    right.token_file = Some(token_file);
+    NatsSink::connect("nats", &right)
+        .await
+        .unwrap()
+        .healthcheck()
+        .await
+        .unwrap();
+    let mut missing = sink_config(&token_server.url());
+    missing.token_file = Some(token_server.dir.path().join("no-such-file"));
+    match NatsSink::connect("nats", &missing).await {
+        Err(SinkError::Fatal(r)) => assert!(r.contains("cannot read NATS token file"), "{r}"),
+        other => panic!("expected Fatal, got {other:?}"),
+    }
+
     // A server without JetStream: fatal at start in JetStream mode, not per message later.
     let plain = OwnServer::start(&[]);
     match NatsSink::connect("nats", &sink_config(&plain.url())).await {

@@ -119,12 +119,14 @@ pub struct NatsTlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsStreamConfig {
+    /// The stream name (no spaces, `.`, `*`, `>`, `/`, backslash).
     pub name: String,
     /// Subjects (wildcards allowed) the stream captures, e.g. `fondo.>`.
     pub subjects: Vec<String>,
     /// `file` (default, survives restarts) or `memory`.
     #[serde(default)]
     pub storage: NatsStorage,
+    /// Copies in a JetStream cluster (1 to 5; a single server only takes 1).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
     /// How long messages are kept; 0 = unlimited.
@@ -139,8 +141,10 @@ pub struct NatsStreamConfig {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NatsStorage {
+    /// On disk: survives a server restart.
     #[default]
     File,
+    /// In memory: lost when the server stops.
     Memory,
 }
 
