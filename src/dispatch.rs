@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -25,6 +25,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, Span};
 
 use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
@@ -135,7 +136,9 @@ struct EventCtx {
     event: Arc<Event>,
     source: SourceKind,
     received_wall: SystemTime,
+    /// The event span's W3C context when traces are exported, else the incoming one unchanged.
     trace: TraceContext,
+    span: Arc<EventSpan>,
     _in_flight: InFlight,
 }
 
@@ -284,6 +287,7 @@ impl Dispatcher {
     }
 
     fn admit(&self, env: Envelope, permit: OwnedSemaphorePermit) {
+        let span = Arc::new(EventSpan::start(&env));
         let m = &self.inner.shared.metrics;
         m.received
             .get_or_create(&m.source(env.source.as_str()))
@@ -297,14 +301,14 @@ impl Dispatcher {
         };
         let id = Arc::clone(&env.event.event_id);
         if self.inner.delivered_ids.contains_key(&id) {
-            self.deduplicated(env, in_flight);
+            self.deduplicated(env, in_flight, &span);
             return;
         }
         // Is the same id in flight? Then wait for its outcome before doing anything.
         let waiting = {
             let Ok(mut pending) = self.inner.pending_ids.lock() else {
                 // A poisoned map only loses deduplication, never events.
-                self.route(env, in_flight);
+                self.route(env, in_flight, span);
                 return;
             };
             match pending.get(&id) {
@@ -323,6 +327,7 @@ impl Dispatcher {
                     } = env;
                     let this = self.clone();
                     let id2 = Arc::clone(&id);
+                    let span2 = Arc::clone(&span);
                     self.inner.tasks.spawn(async move {
                         let status = inner_rx.wait().await;
                         if status == AckStatus::Delivered {
@@ -333,6 +338,7 @@ impl Dispatcher {
                         }
                         let _ = tx.send(Some(status));
                         this.count_ack(source, status);
+                        span2.finish(status);
                         ack.finish(status);
                     });
                     self.route(
@@ -345,6 +351,7 @@ impl Dispatcher {
                             trace,
                         },
                         in_flight,
+                        span,
                     );
                     return;
                 }
@@ -362,16 +369,16 @@ impl Dispatcher {
                     }
                 };
                 match outcome {
-                    Some(AckStatus::Delivered) => this.deduplicated(env, in_flight),
+                    Some(AckStatus::Delivered) => this.deduplicated(env, in_flight, &span),
                     // The first failed or vanished: this copy is a genuine retry.
-                    _ => this.admit_again(env, in_flight),
+                    _ => this.admit_again(env, in_flight, span),
                 }
             });
         }
     }
 
     /// Routes a copy whose twin was in flight and did not get delivered.
-    fn admit_again(&self, env: Envelope, in_flight: InFlight) {
+    fn admit_again(&self, env: Envelope, in_flight: InFlight, span: Arc<EventSpan>) {
         let source = env.source;
         let Envelope {
             event,
@@ -384,12 +391,14 @@ impl Dispatcher {
         let (inner_ack, inner_rx) = AckHandle::new();
         let this = self.clone();
         let id = Arc::clone(&event.event_id);
+        let span2 = Arc::clone(&span);
         self.inner.tasks.spawn(async move {
             let status = inner_rx.wait().await;
             if status == AckStatus::Delivered {
                 this.inner.delivered_ids.insert(id, ());
             }
             this.count_ack(source, status);
+            span2.finish(status);
             ack.finish(status);
         });
         self.route(
@@ -402,15 +411,18 @@ impl Dispatcher {
                 trace,
             },
             in_flight,
+            span,
         );
     }
 
-    fn deduplicated(&self, env: Envelope, in_flight: InFlight) {
+    fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
         let m = &self.inner.shared.metrics;
         m.deduplicated
             .get_or_create(&m.source(env.source.as_str()))
             .inc();
         tracing::debug!(event_id = %env.event.event_id, source = %env.source, "duplicate event: already delivered, not published again");
+        span.mark(Outcome::Duplicate);
+        span.finish(AckStatus::Delivered);
         self.count_ack(env.source, AckStatus::Delivered);
         env.ack.finish(AckStatus::Delivered);
         drop(in_flight);
@@ -436,7 +448,7 @@ impl Dispatcher {
         }
     }
 
-    fn route(&self, env: Envelope, in_flight: InFlight) {
+    fn route(&self, env: Envelope, in_flight: InFlight, span: Arc<EventSpan>) {
         let router = self.inner.router.load();
         let routed = router.route(&env.event);
         let m = &self.inner.shared.metrics;
@@ -447,7 +459,8 @@ impl Dispatcher {
             event: Arc::clone(&env.event),
             source: env.source,
             received_wall: env.received_wall,
-            trace: env.trace.clone(),
+            trace: span.trace_context(&env.trace),
+            span,
             _in_flight: in_flight,
         });
         if routed.is_unmatched() {
@@ -459,6 +472,7 @@ impl Dispatcher {
             match router.unmatched_policy() {
                 Unmatched::Drop => {
                     m.dropped_unmatched.inc();
+                    ctx.span.mark(Outcome::Dropped);
                     env.ack.finish(AckStatus::Delivered);
                 }
                 Unmatched::DeadLetter => {
@@ -552,11 +566,7 @@ impl Dispatcher {
     ) {
         let shared = Arc::clone(&self.inner.shared);
         self.inner.tasks.spawn(async move {
-            let dl = ctx.dead_letter(dest, kind, reason, &failures);
-            let status = match shared.dead_letters.write(&dl).await {
-                Ok(_) => AckStatus::Delivered,
-                Err(_) => AckStatus::Retry,
-            };
+            let status = write_dead_letter(&shared, &ctx, dest, kind, reason, &failures).await;
             ack.finish(status);
         });
     }
@@ -673,7 +683,31 @@ async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String>
     let (kind, reason) = loop {
         failures.attempts += 1;
         let t0 = Instant::now();
-        match sink.publish(msg.clone()).await {
+        let span = publish_span(
+            &ctx,
+            sink.system(),
+            sink.name(),
+            &route,
+            &msg,
+            failures.attempts,
+        );
+        let mut attempt = msg.clone();
+        inject_trace(&span, &mut attempt.headers);
+        let result = sink.publish(attempt).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "error");
+            span.record(
+                "error.type",
+                if e.is_retriable() {
+                    "retriable"
+                } else {
+                    "fatal"
+                },
+            );
+            span.record("otel.status_description", e.reason());
+        }
+        drop(span);
+        match result {
             Ok(()) => {
                 m.publish_latency
                     .get_or_create(&SinkLabels {
@@ -724,7 +758,18 @@ async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String>
                     attempt = failures.attempts, error = %r, "publish failed; retrying"
                 );
                 let delay = backoff.next().unwrap_or(policy.max);
-                tokio::time::sleep(delay).await;
+                let retry = tracing::info_span!(
+                    target: "fondo_bridge::dispatch",
+                    parent: ctx.span.span(),
+                    "retry",
+                    fondo.sink = sink.name(),
+                    fondo.route = %route,
+                    fondo.attempt = failures.attempts,
+                    fondo.delay_ms = delay.as_millis() as u64,
+                    "error.type" = "retriable",
+                    fondo.error = %r,
+                );
+                tokio::time::sleep(delay).instrument(retry).await;
             }
         }
     };
@@ -734,13 +779,219 @@ async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String>
         topic: Some(msg.topic.clone()),
         key: msg.key.clone(),
     };
-    let dl = ctx.dead_letter(dest, kind, reason, &failures);
-    let status = match shared.dead_letters.write(&dl).await {
-        Ok(_) => AckStatus::Delivered,
-        Err(_) => AckStatus::Retry,
-    };
+    let status = write_dead_letter(&shared, &ctx, dest, kind, reason, &failures).await;
     ack.finish(status);
     key
+}
+
+/// Writes one dead letter inside a `dead_letter` span; `Retry` when it could be written nowhere.
+async fn write_dead_letter(
+    shared: &Shared,
+    ctx: &EventCtx,
+    dest: IntendedDestination,
+    kind: ReasonKind,
+    reason: String,
+    failures: &Failures,
+) -> AckStatus {
+    let span = tracing::info_span!(
+        target: "fondo_bridge::dispatch",
+        parent: ctx.span.span(),
+        "dead_letter",
+        fondo.reason_kind = kind.as_str(),
+        fondo.reason = %reason,
+        fondo.route = dest.route.as_deref(),
+        fondo.sink = dest.sink.as_deref(),
+        fondo.topic = dest.topic.as_deref(),
+        fondo.attempts = failures.attempts,
+        fondo.written = tracing::field::Empty,
+        otel.status_code = "error",
+    );
+    ctx.span.mark(Outcome::DeadLettered);
+    let dl = ctx.dead_letter(dest, kind, reason, failures);
+    let written = shared
+        .dead_letters
+        .write(&dl)
+        .instrument(span.clone())
+        .await
+        .is_ok();
+    span.record("fondo.written", written);
+    if written {
+        AckStatus::Delivered
+    } else {
+        AckStatus::Retry
+    }
+}
+
+/// What happened to an event besides its acknowledgement status (recorded as `fondo.outcome`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Outcome {
+    Plain = 0,
+    Dropped = 1,
+    Duplicate = 2,
+    DeadLettered = 3,
+}
+
+/// The span of one event from admission to its final acknowledgement. It ends when the last
+/// holder drops it: the acknowledgement waiter and every destination's delivery.
+struct EventSpan {
+    span: Span,
+    outcome: AtomicU8,
+}
+
+impl EventSpan {
+    /// Opens the event span, continuing an incoming W3C `traceparent` when there is one.
+    /// Heartbeats get no span.
+    fn start(env: &Envelope) -> Self {
+        let span = if env.event.event_type.is_heartbeat() {
+            Span::none()
+        } else {
+            let span = tracing::info_span!(
+                target: "fondo_bridge::dispatch",
+                "event",
+                otel.name = %format_args!("process {}", env.event.event_type),
+                otel.kind = "consumer",
+                fondo.source = env.source.as_str(),
+                fondo.client_id = env.event.client_id.as_deref(),
+                fondo.event_type = %env.event.event_type,
+                fondo.event_id = %env.event.event_id,
+                fondo.outcome = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                if let Some(parent) = propagation::extract(&env.trace) {
+                    // Fails only when no OpenTelemetry layer is installed: nothing to continue.
+                    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+                }
+            }
+            span
+        };
+        Self {
+            span,
+            outcome: AtomicU8::new(Outcome::Plain as u8),
+        }
+    }
+
+    fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Notes something worth reporting in `fondo.outcome`; the most notable wins.
+    fn mark(&self, o: Outcome) {
+        self.outcome.fetch_max(o as u8, Ordering::AcqRel);
+    }
+
+    /// Records the final outcome once the event is acknowledged (or handed back to the source).
+    fn finish(&self, status: AckStatus) {
+        let outcome = match (status, self.outcome.load(Ordering::Acquire)) {
+            (AckStatus::Retry, _) => "retry",
+            (AckStatus::Rejected, _) => "rejected",
+            (AckStatus::Delivered, 3) => "dead_lettered",
+            (AckStatus::Delivered, 2) => "duplicate",
+            (AckStatus::Delivered, 1) => "dropped",
+            (AckStatus::Delivered, _) => "delivered",
+        };
+        self.span.record("fondo.outcome", outcome);
+    }
+
+    /// The W3C context to hand on: this span's when it is exported, else `incoming` unchanged.
+    fn trace_context(&self, incoming: &TraceContext) -> TraceContext {
+        propagation::current(&self.span).unwrap_or_else(|| incoming.clone())
+    }
+}
+
+/// One span per publish attempt, child of the event span, with the OpenTelemetry messaging
+/// attributes.
+fn publish_span(
+    ctx: &EventCtx,
+    system: &'static str,
+    sink: &str,
+    route: &str,
+    msg: &Message,
+    attempt: u32,
+) -> Span {
+    tracing::info_span!(
+        target: "fondo_bridge::dispatch",
+        parent: ctx.span.span(),
+        "publish",
+        otel.name = %format_args!("send {}", msg.topic),
+        otel.kind = "producer",
+        messaging.system = system,
+        messaging.destination.name = %msg.topic,
+        "messaging.operation.type" = "send",
+        messaging.operation.name = "publish",
+        messaging.message.id = %msg.event_id,
+        messaging.kafka.message.key = msg.key.as_deref().filter(|_| system == "kafka"),
+        fondo.sink = sink,
+        fondo.route = route,
+        fondo.attempt = attempt,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    )
+}
+
+/// Replaces the message's `traceparent`/`tracestate` with the publish span's context, so a
+/// consumer continues this trace. Without trace export the headers stay as they are (the
+/// incoming context, passed through).
+fn inject_trace(span: &Span, headers: &mut Vec<(String, String)>) {
+    let Some(tc) = propagation::current(span) else {
+        return;
+    };
+    headers.retain(|(k, _)| {
+        !k.eq_ignore_ascii_case(headers::TRACEPARENT)
+            && !k.eq_ignore_ascii_case(headers::TRACESTATE)
+    });
+    if let Some(tp) = tc.traceparent {
+        headers.push((headers::TRACEPARENT.to_owned(), tp));
+    }
+    if let Some(ts) = tc.tracestate {
+        headers.push((headers::TRACESTATE.to_owned(), ts));
+    }
+}
+
+/// W3C Trace Context in and out of [`TraceContext`].
+mod propagation {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use crate::event::TraceContext;
+    use crate::sinks::headers;
+
+    /// The remote parent an incoming `traceparent` describes; `None` when absent or invalid.
+    pub(super) fn extract(trace: &TraceContext) -> Option<opentelemetry::Context> {
+        let tp = trace.traceparent.as_deref()?;
+        let mut carrier = HashMap::with_capacity(2);
+        carrier.insert(headers::TRACEPARENT.to_owned(), tp.to_owned());
+        if let Some(ts) = &trace.tracestate {
+            carrier.insert(headers::TRACESTATE.to_owned(), ts.clone());
+        }
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        cx.span().span_context().is_valid().then_some(cx)
+    }
+
+    /// The span's own context as W3C headers; `None` when it is not exported (no OpenTelemetry
+    /// layer, or the span is disabled).
+    pub(super) fn current(span: &tracing::Span) -> Option<TraceContext> {
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        Some(TraceContext {
+            traceparent: carrier.remove(headers::TRACEPARENT),
+            tracestate: carrier
+                .remove(headers::TRACESTATE)
+                .filter(|s| !s.is_empty()),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -390,12 +390,28 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// OTLP endpoint for traces (`http://collector:4317` for gRPC, `http://collector:4318` for
+    /// HTTP, where `/v1/traces` is appended). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; none of them set means no trace export at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http` (protobuf). Unset: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` /
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Extra headers (or gRPC metadata) on every export, e.g. an API key. Never logged.
+    /// `OTEL_EXPORTER_OTLP_HEADERS` adds to them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// Fraction of new traces sampled (0.0..=1.0); an incoming `traceparent`'s decision is kept.
+    /// Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else every trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_ratio: Option<f64>,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `service.name` of exported spans; `OTEL_SERVICE_NAME` wins when set.
     #[serde(default = "default_service_name")]
     pub service_name: String,
 }
@@ -404,11 +420,25 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            sampling_ratio: None,
             log_format: LogFormat::default(),
             log_level: default_log_level(),
             service_name: default_service_name(),
         }
     }
+}
+
+/// How spans are exported over OTLP.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(alias = "http/protobuf")]
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
