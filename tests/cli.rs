@@ -19,7 +19,11 @@ fn check_accepts_every_example_config() {
             .arg(root().join(format!("config/{f}.yaml")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
     }
 }
@@ -84,7 +88,10 @@ fn route_prints_destinations_and_redacts() {
     assert!(text.contains("topic:   analytics.account.update"), "{text}");
     assert!(text.contains("key:     160367146695159"), "{text}");
     let analytics = text.split("analytics.account.update").nth(1).unwrap();
-    assert!(!analytics.contains("197001010003"), "ssn redacted on the analytics route");
+    assert!(
+        !analytics.contains("197001010003"),
+        "ssn redacted on the analytics route"
+    );
 }
 
 #[test]
