@@ -133,6 +133,7 @@ impl Failures {
 
 impl DeadLetter {
     /// A parsed event that failed for one destination (or for all, when unmatched).
+    #[allow(clippy::too_many_arguments)] // one per field group of the record; a builder adds nothing
     pub fn for_event(
         event: &Event,
         source: SourceKind,
@@ -394,9 +395,12 @@ fn dead_letter_headers(dl: &DeadLetter) -> Vec<(String, String)> {
     h
 }
 
+/// A line of a dead-letter file that is not a dead letter: its number and the parse error.
+pub type BadLine = (usize, String);
+
 /// Reads the dead letters of a JSON-lines fallback file. Lines that are not dead letters are
 /// reported by line number, not skipped silently.
-pub fn read_fallback_file(path: &Path) -> std::io::Result<(Vec<DeadLetter>, Vec<(usize, String)>)> {
+pub fn read_fallback_file(path: &Path) -> std::io::Result<(Vec<DeadLetter>, Vec<BadLine>)> {
     let text = std::fs::read_to_string(path)?;
     let mut ok = Vec::new();
     let mut bad = Vec::new();

@@ -371,6 +371,7 @@ async fn ack_waits_for_every_destination() {
 }
 
 #[tokio::test]
+#[allow(clippy::async_yields_async)] // the task returns the ack receiver to wait on later
 async fn a_stalled_sink_blocks_the_producer_at_max_in_flight() {
     let hung = Arc::new(TestSink::new(
         "hung",
