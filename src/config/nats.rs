@@ -213,6 +213,10 @@ impl NatsSinkConfig {
         let mut p: Vec<(String, String)> = Vec::new();
         let mut add = |path: &str, msg: String| p.push((path.to_owned(), msg));
 
+        // An empty `url` is reported by the common sink checks; here: only commas.
+        if self.urls().is_empty() && !self.url.trim().is_empty() {
+            add("url", "must list at least one server".into());
+        }
         for (i, u) in self.urls().iter().enumerate() {
             if let Err(e) = check_server_url(u) {
                 add("url", format!("server {} ({}): {e}", i + 1, redact_url(u)));

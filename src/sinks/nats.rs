@@ -99,6 +99,11 @@ impl NatsSink {
             )));
         }
         let urls = cfg.urls();
+        if urls.is_empty() {
+            return Err(SinkError::Fatal(
+                "invalid NATS sink config: url: must list at least one server".into(),
+            ));
+        }
         let servers = urls
             .iter()
             .map(|u| redact_url(u))
