@@ -406,6 +406,93 @@ async fn declares_topology_with_quorum_queue_and_dead_letter_exchange() {
     cleanup(&ch, &[&exchange, &dlx], &[&queue, &dead]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_when_the_exchange_is_deleted_and_recreated() {
+    let Some(url) = common::broker("AMQP") else {
+        return;
+    };
+    let (_conn, ch) = admin(&url).await;
+    let (exchange, queue) = exchange_and_queue(&ch, "fb-vanish", "fondo.#").await;
+    let mut cfg = sink_config(&url, &exchange);
+    cfg.reconnect_wait_ms = 500;
+    cfg.reconnect_delay_max_ms = 300;
+    let sink = RabbitMqSink::connect("rabbit", &cfg).await.unwrap();
+    sink.publish(message("fondo.a", "k", 0, "vanish-0"))
+        .await
+        .unwrap();
+
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    // The broker closes the channel (NOT_FOUND): the publish fails retriable, not fatal, and
+    // nothing hangs.
+    let e = sink
+        .publish(message("fondo.a", "k", 1, "vanish-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SinkError::Retriable(_)), "{e:?}");
+    // The supervisor keeps reconnecting; the health check names the cause.
+    let t = Instant::now();
+    loop {
+        match sink.healthcheck().await {
+            Err(e) if e.reason().contains("does not exist") => break,
+            other => {
+                assert!(t.elapsed() < Duration::from_secs(5), "health: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Publishing meanwhile waits at most `reconnect_wait_ms`, then fails retriable with the cause.
+    let t = Instant::now();
+    let e = sink
+        .publish(message("fondo.a", "k", 1, "vanish-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SinkError::Retriable(_)), "{e:?}");
+    assert!(e.reason().contains("does not exist"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // Recreated: the sink comes back by itself.
+    let (_, _) = (
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap(),
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "fondo.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let t = Instant::now();
+    loop {
+        match sink.publish(message("fondo.a", "k", 1, "vanish-1")).await {
+            Ok(()) => break,
+            Err(SinkError::Retriable(e)) => {
+                assert!(t.elapsed() < Duration::from_secs(5), "not back: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sink.healthcheck().await.unwrap();
+    let got = drain(&ch, &queue, 2, Duration::from_secs(3)).await;
+    let ids: Vec<String> = got.iter().map(message_id).collect();
+    assert_eq!(ids, ["vanish-0", "vanish-1"]);
+    sink.close(Instant::now() + Duration::from_secs(2))
+        .await
+        .unwrap();
+    cleanup(&ch, &[&exchange], &[&queue]).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // start-up errors
 
@@ -498,18 +585,23 @@ impl Node {
     }
 
     fn run(&self, args: &[&str]) {
-        let out = Command::new("bash")
-            .arg(Self::script())
-            .args(args)
-            .env("FONDO_RABBITMQ_BASE", &self.base)
-            .output()
-            .expect("run scripts/rabbitmq-node.sh");
+        let t = Instant::now();
+        // The publishers keep running on the other worker meanwhile.
+        let out = tokio::task::block_in_place(|| {
+            Command::new("bash")
+                .arg(Self::script())
+                .args(args)
+                .env("FONDO_RABBITMQ_BASE", &self.base)
+                .output()
+        })
+        .expect("run scripts/rabbitmq-node.sh");
         assert!(
             out.status.success(),
             "rabbitmq-node.sh {args:?} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("rabbitmq-node.sh {} took {:?}", args[0], t.elapsed());
     }
 
     fn start(&self) {
@@ -625,7 +717,9 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     }
 
     let count = || confirmed.lock().unwrap().len();
+    let t0 = Instant::now();
     wait_for_progress(&confirmed, 0, "at start").await;
+    eprintln!("{:?}: 200 confirmed", t0.elapsed());
 
     // 1. A graceful broker stop (CONNECTION_FORCED to clients), then start.
     let before = count();
@@ -642,6 +736,7 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     assert!(saw_unhealthy, "health check reports the broker down");
     node.start();
     wait_for_progress(&confirmed, before, "after the graceful restart").await;
+    eprintln!("{:?}: progress after graceful restart", t0.elapsed());
     sink.healthcheck().await.unwrap();
 
     // 2. SIGKILL, then start.
@@ -651,6 +746,7 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     assert!(sink.healthcheck().await.is_err(), "unhealthy after kill -9");
     node.start();
     wait_for_progress(&confirmed, before, "after kill -9").await;
+    eprintln!("{:?}: progress after kill -9", t0.elapsed());
 
     stop.store(true, Ordering::Relaxed);
     for t in tasks {

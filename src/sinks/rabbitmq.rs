@@ -248,6 +248,27 @@ impl RabbitMqSink {
         }
     }
 
+    /// While the broker blocks the connection (memory or disk alarm) it reads nothing more, so
+    /// messages handed over would only pile up in the client: wait (at most `reconnect_wait_ms`)
+    /// for the alarm to clear instead.
+    async fn wait_unblocked(&self, link: &Link) -> Result<(), SinkError> {
+        let s = &self.shared;
+        let deadline = Instant::now() + s.reconnect_wait;
+        loop {
+            let reason = match lock(&link.blocked).as_deref() {
+                None => return Ok(()),
+                Some(r) => r.to_owned(),
+            };
+            if link.dead.is_cancelled() || Instant::now() >= deadline {
+                return Err(SinkError::Retriable(format!(
+                    "RabbitMQ at {} blocks publishing: {reason}",
+                    s.target
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn closed_error(&self) -> SinkError {
         SinkError::Retriable(format!("RabbitMQ sink {} is closed", self.shared.name))
     }
@@ -338,6 +359,7 @@ impl Sink for RabbitMqSink {
             return Err(self.closed_error());
         }
         let link = self.live_link().await?;
+        self.wait_unblocked(&link).await?;
 
         let (reply, confirmed) = oneshot::channel();
         let job = Job {
