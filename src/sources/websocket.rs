@@ -1,1 +1,946 @@
-//! The WebSocket source (in progress).
+//! The WebSocket source: one connection per configured client id to
+//! `{url}/v2/partner/client/{client_id}/subscribe`, with every event spooled durably before it
+//! counts as received.
+//!
+//! - **Connecting**: `http(s)://` base URLs become `ws(s)://`; `wss` uses rustls with the system's
+//!   root certificates. The Bearer token comes from `token_file` (re-read on every reconnect, so a
+//!   rotated secret is picked up) or `token`.
+//! - **Reconnecting**: exponential backoff with full jitter between `reconnect_initial_ms` and
+//!   `reconnect_max_ms`, reset once a connection stayed up `stable_after_ms`. A refused token (HTTP
+//!   401/403) is logged as such and retried only every `auth_retry_ms` (30 s by default), never in a
+//!   tight loop.
+//! - **Watchdog**: when neither an event nor a heartbeat arrived within `heartbeat_timeout_ms` the
+//!   connection is presumed dead and replaced. WebSocket pings go out every `ping_interval_ms`.
+//! - **Gaps**: Fondo does not replay what it sent while we were disconnected. Every gap (from, to,
+//!   seconds) is logged and counted (`websocket_gaps`, `websocket_gap_seconds`), `websocket_connected`
+//!   tracks the state, readiness `websocket:<client_id>` says since when it is disconnected, and with
+//!   `gap_marker` a `bridge.gap` event is published after each reconnect.
+//! - **Frames**: text frames are parsed once; heartbeats only feed the watchdog (never spooled or
+//!   published). Frames that are not events (not JSON, no type, binary frames, larger than
+//!   `max_frame_bytes`) are dead-lettered raw with the reason, and the connection keeps going.
+//!   Frames beyond twice `max_frame_bytes` are refused by the WebSocket layer before they are read
+//!   into memory; that ends the connection (logged and counted as `rejected{reason=frame_too_large}`)
+//!   and the source reconnects.
+//! - **Durability**: each event is appended to the [`Spool`] (group-committed fsync) before it is
+//!   submitted; its record is released when the dispatcher acknowledges it `Delivered` or
+//!   `Rejected`, and resubmitted after a backoff on `Retry`. On start, before connecting, every
+//!   unreleased record is replayed. When the spool is full the source stops reading the socket until
+//!   space frees (TCP backpressure reaches Fondo); nothing is dropped.
+//! - **Spool disabled** (`spool.enabled: false`): events go straight to the dispatcher. **A crash
+//!   or `kill -9` then loses every event that was read but not yet delivered**, because Fondo's
+//!   stream has no acknowledgements and does not redeliver.
+//! - **Shutdown**: a close frame is sent and reading stops; events already read are submitted if the
+//!   dispatcher still takes them, and otherwise stay in the spool for the next start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Readiness;
+use crate::config::{SpoolConfig, WebSocketSourceConfig};
+use crate::dispatch::{Dispatcher, SubmitError};
+use crate::dlq::{DeadLetter, rfc3339};
+use crate::event::{
+    AckHandle, AckReceiver, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind,
+    TraceContext,
+};
+use crate::metrics::{ClientLabels, SourceReasonLabels};
+use crate::spool::{PendingAppend, Spool, SpoolError};
+
+/// Why the WebSocket source could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum WebSocketError {
+    /// The base URL is not a usable `ws`, `wss`, `http` or `https` URL.
+    #[error("sources.websocket.url {url:?}: {why}")]
+    BadUrl {
+        /// The configured URL.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No client id configured.
+    #[error("sources.websocket.client_ids is empty")]
+    NoClientIds,
+    /// A client id that cannot be a URL path segment.
+    #[error(
+        "sources.websocket.client_ids: {0:?} is not a valid client id (empty, or contains '/', '?', '#', '%' or whitespace)"
+    )]
+    BadClientId(String),
+    /// Neither `token` nor `token_file` is set.
+    #[error("sources.websocket: neither token nor token_file is set")]
+    NoToken,
+    /// The spool could not be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// Counters of what the source did, for tests and diagnostics. Shared: keep the `Arc` from
+/// [`WebSocketSource::stats`] to watch a running source.
+#[derive(Debug, Default)]
+pub struct WebSocketStats {
+    /// Connection attempts (handshakes started).
+    pub connect_attempts: AtomicU64,
+    /// Connections established.
+    pub connections: AtomicU64,
+    /// Handshakes refused with 401/403.
+    pub auth_failures: AtomicU64,
+    /// Connections replaced because no event or heartbeat arrived in time.
+    pub watchdog_timeouts: AtomicU64,
+    /// Gaps: reconnects after a connection was lost.
+    pub gaps: AtomicU64,
+    /// Frames read from sockets (all kinds).
+    pub frames: AtomicU64,
+    /// Events received: spooled (or, with the spool off, handed on).
+    pub events: AtomicU64,
+    /// Heartbeats received.
+    pub heartbeats: AtomicU64,
+    /// Frames dead-lettered as not being events.
+    pub dead_lettered: AtomicU64,
+    /// Frames refused by the WebSocket layer for exceeding the hard size limit.
+    pub refused_too_large: AtomicU64,
+    /// Spool records replayed on start.
+    pub replayed: AtomicU64,
+    /// Events acknowledged (delivered, dead-lettered or rejected) and released.
+    pub acknowledged: AtomicU64,
+    /// Events resubmitted after a `Retry` acknowledgement.
+    pub resubmitted: AtomicU64,
+}
+
+impl WebSocketStats {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The WebSocket source. Build with [`WebSocketSource::new`], run with [`WebSocketSource::run`].
+pub struct WebSocketSource {
+    cfg: WebSocketSourceConfig,
+    base: String,
+    parse: ParseOptions,
+    dispatcher: Dispatcher,
+    readiness: Arc<Readiness>,
+    spool: Option<Spool>,
+    stats: Arc<WebSocketStats>,
+}
+
+impl std::fmt::Debug for WebSocketSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketSource")
+            .field("base", &self.base)
+            .field("client_ids", &self.cfg.client_ids)
+            .field("spool", &self.spool)
+            .finish()
+    }
+}
+
+/// `http(s)`→`ws(s)`, no trailing slash.
+fn ws_base(url: &str) -> Result<String, WebSocketError> {
+    let bad = |why| WebSocketError::BadUrl {
+        url: url.to_owned(),
+        why,
+    };
+    let trimmed = url.trim().trim_end_matches('/');
+    let (scheme, rest) = trimmed
+        .split_once("://")
+        .ok_or_else(|| bad("no scheme (expected ws://, wss://, http:// or https://)"))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        _ => return Err(bad("unsupported scheme (expected ws, wss, http or https)")),
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("no host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+fn valid_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '?' | '#' | '%') || c.is_whitespace() || c.is_control())
+}
+
+impl WebSocketSource {
+    /// Validates the config and opens the spool (when enabled). Nothing connects until [`run`].
+    ///
+    /// [`run`]: WebSocketSource::run
+    pub fn new(
+        cfg: WebSocketSourceConfig,
+        spool: SpoolConfig,
+        parse: ParseOptions,
+        dispatcher: Dispatcher,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, WebSocketError> {
+        let base = ws_base(&cfg.url)?;
+        if cfg.client_ids.is_empty() {
+            return Err(WebSocketError::NoClientIds);
+        }
+        if let Some(bad) = cfg.client_ids.iter().find(|c| !valid_client_id(c)) {
+            return Err(WebSocketError::BadClientId(bad.clone()));
+        }
+        if cfg.token.is_none() && cfg.token_file.is_none() {
+            return Err(WebSocketError::NoToken);
+        }
+        let spool = if spool.enabled {
+            let (s, _report) = Spool::open(&spool, Arc::clone(dispatcher.metrics()))?;
+            Some(s)
+        } else {
+            tracing::warn!(
+                "spool disabled: a crash or kill -9 loses WebSocket events that were read but not yet delivered"
+            );
+            None
+        };
+        for id in &cfg.client_ids {
+            readiness.set(
+                format!("websocket:{id}"),
+                Err(format!(
+                    "disconnected since {} (not connected yet)",
+                    rfc3339(SystemTime::now())
+                )),
+            );
+        }
+        Ok(Self {
+            cfg,
+            base,
+            parse,
+            dispatcher,
+            readiness,
+            spool,
+            stats: Arc::new(WebSocketStats::default()),
+        })
+    }
+
+    /// The source's counters; stays valid after [`WebSocketSource::run`] took the source.
+    pub fn stats(&self) -> Arc<WebSocketStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The URL the stream of `client_id` is read from.
+    pub fn stream_url(&self, client_id: &str) -> String {
+        format!("{}/v2/partner/client/{client_id}/subscribe", self.base)
+    }
+
+    /// Replays the spool, then reads every client id's stream until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WebSocketError> {
+        let max = self.cfg.max_frame_bytes.max(1);
+        let parse = ParseOptions {
+            max_bytes: max,
+            ..self.parse.clone()
+        };
+        let ctx = Arc::new(Ctx {
+            cfg: self.cfg,
+            base: self.base,
+            parse,
+            dispatcher: self.dispatcher,
+            readiness: self.readiness,
+            spool: self.spool,
+            stats: self.stats,
+            acks: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+        });
+        ctx.replay().await;
+        let streams = TaskTracker::new();
+        for client_id in ctx.cfg.client_ids.clone() {
+            let (tx, rx) = mpsc::channel(PIPELINE);
+            let submitter = tokio::spawn(Arc::clone(&ctx).submitter(rx));
+            let c = Arc::clone(&ctx);
+            streams.spawn(async move {
+                c.stream(&client_id, tx).await;
+                // The reader is done (its sender dropped): let the submitter finish what was read.
+                let _ = submitter.await;
+                c.readiness.set(
+                    format!("websocket:{client_id}"),
+                    Err("stopped (shutting down)".into()),
+                );
+            });
+        }
+        streams.close();
+        streams.wait().await;
+        ctx.acks.close();
+        Ok(())
+    }
+}
+
+/// Events read but not yet submitted, per stream (beyond this the reader waits).
+const PIPELINE: usize = 1024;
+/// First delay before resubmitting an event acknowledged `Retry`.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// Longest delay between resubmissions.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long shutdown waits to hand events already read to the dispatcher.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Processing a frame that took longer than this was our own backpressure (spool or dispatcher
+/// full), not the server's silence: the watchdog restarts its clock.
+const BLOCKED: Duration = Duration::from_millis(50);
+
+/// An event read from the socket, on its way to the dispatcher.
+struct Item {
+    event: Event,
+    pending: Option<PendingAppend>,
+}
+
+struct Ctx {
+    cfg: WebSocketSourceConfig,
+    base: String,
+    parse: ParseOptions,
+    dispatcher: Dispatcher,
+    readiness: Arc<Readiness>,
+    spool: Option<Spool>,
+    stats: Arc<WebSocketStats>,
+    acks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// How a connection attempt ended.
+enum ConnectError {
+    /// 401/403: the token was refused.
+    Auth(u16),
+    /// No token could be read.
+    Token(String),
+    /// Anything else: DNS, TCP, TLS, HTTP status, timeout.
+    Other(String),
+}
+
+/// How a connected session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    Closed,
+    Error,
+    Watchdog,
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Ctx {
+    fn metrics_labels(client_id: &str) -> ClientLabels {
+        ClientLabels {
+            client_id: client_id.to_owned(),
+        }
+    }
+
+    /// Submits every unreleased spool record, oldest first, before any connection is made.
+    async fn replay(self: &Arc<Self>) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let mut n = 0u64;
+        let started = Instant::now();
+        for rec in spool.replay() {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the spool for replay failed; skipping the rest of that segment");
+                    continue;
+                }
+            };
+            let ctx = ParseContext {
+                client_id: Some(&rec.client_id),
+                ..Default::default()
+            };
+            match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
+                Ok(event) => {
+                    if self.submit(event, Some(rec.id)).await.is_err() {
+                        tracing::warn!(
+                            "dispatcher closed during spool replay; the rest stays spooled"
+                        );
+                        return;
+                    }
+                    n += 1;
+                    WebSocketStats::inc(&self.stats.replayed);
+                }
+                Err(e) => {
+                    // It parsed when it was spooled; a changed parse config could refuse it now.
+                    self.dead_letter(
+                        &rec.client_id,
+                        &rec.payload,
+                        format!("spooled frame no longer parses: {e}"),
+                    )
+                    .await;
+                    spool.release(rec.id);
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                events = n,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed unreleased events from the spool"
+            );
+        }
+    }
+
+    /// Hands an event to the dispatcher and tracks its acknowledgement.
+    async fn submit(self: &Arc<Self>, event: Event, id: Option<u64>) -> Result<(), ()> {
+        let event = Arc::new(event);
+        let (rx, env) = envelope(&event);
+        match self.dispatcher.submit(env).await {
+            Ok(()) => {
+                self.track(event, id, rx);
+                Ok(())
+            }
+            Err(SubmitError::Closed(_) | SubmitError::Full(_)) => Err(()),
+        }
+    }
+
+    /// Waits for an event's acknowledgement: releases its spool record on `Delivered`/`Rejected`,
+    /// resubmits it after a backoff on `Retry`.
+    fn track(self: &Arc<Self>, event: Arc<Event>, id: Option<u64>, rx: AckReceiver) {
+        let this = Arc::clone(self);
+        self.acks.spawn(async move {
+            let mut rx = rx;
+            let mut delay = RETRY_INITIAL;
+            loop {
+                match rx.wait().await {
+                    AckStatus::Delivered | AckStatus::Rejected => {
+                        if let (Some(spool), Some(id)) = (&this.spool, id) {
+                            spool.release(id);
+                        }
+                        WebSocketStats::inc(&this.stats.acknowledged);
+                        return;
+                    }
+                    AckStatus::Retry => {
+                        if this.dispatcher.is_closed() {
+                            // Stays in the spool (if any) for the next start.
+                            return;
+                        }
+                        tracing::debug!(event_id = %event.event_id, delay_ms = delay.as_millis() as u64,
+                            "event not delivered yet; resubmitting after a delay");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_MAX);
+                        let (new_rx, env) = envelope(&event);
+                        if this.dispatcher.submit(env).await.is_err() {
+                            return;
+                        }
+                        WebSocketStats::inc(&this.stats.resubmitted);
+                        rx = new_rx;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Awaits each read event's spool append in order, then submits it.
+    async fn submitter(self: Arc<Self>, mut rx: mpsc::Receiver<Item>) {
+        let mut abandoned = 0u64;
+        let mut grace: Option<tokio::time::Instant> = None;
+        while let Some(item) = rx.recv().await {
+            let id = match item.pending {
+                Some(p) => match p.wait().await {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        // Not durable, but already read from the socket: deliver it anyway.
+                        tracing::error!(error = %e, event_id = %item.event.event_id,
+                            "spool append failed; the event is delivered without crash protection");
+                        None
+                    }
+                },
+                None => None,
+            };
+            WebSocketStats::inc(&self.stats.events);
+            if self.shutdown.is_cancelled() {
+                let deadline =
+                    *grace.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                match tokio::time::timeout_at(deadline, self.submit(item.event, id)).await {
+                    Ok(Ok(())) => {}
+                    _ => abandoned += 1,
+                }
+                continue;
+            }
+            if self.submit(item.event, id).await.is_err() {
+                abandoned += 1;
+            }
+        }
+        if abandoned > 0 {
+            if self.spool.is_some() {
+                tracing::info!(
+                    events = abandoned,
+                    "events read but not handed on before shutdown stay in the spool"
+                );
+            } else {
+                tracing::error!(
+                    events = abandoned,
+                    "events read but not handed on before shutdown are lost (spool disabled)"
+                );
+            }
+        }
+    }
+
+    /// Dead-letters a frame that is not an event; the connection goes on.
+    async fn dead_letter(&self, client_id: &str, raw: &[u8], reason: String) {
+        let digest = Sha256::digest(raw);
+        let id = format!("unparseable:{}", hex::encode(&digest[..16]));
+        tracing::warn!(client_id, bytes = raw.len(), reason = %reason, "WebSocket frame is not an event; dead-lettering it");
+        let dl = DeadLetter::unparseable(
+            raw,
+            id,
+            Some(client_id),
+            SourceKind::WebSocket,
+            SystemTime::now(),
+            &TraceContext::default(),
+            reason,
+        );
+        match self.dispatcher.dead_letter_unparseable(dl).await {
+            AckStatus::Delivered | AckStatus::Rejected => {
+                WebSocketStats::inc(&self.stats.dead_lettered);
+            }
+            AckStatus::Retry => tracing::error!(
+                client_id,
+                "a frame that is not an event could be dead-lettered nowhere; it is lost (Fondo does not redeliver)"
+            ),
+        }
+    }
+
+    fn token(&self) -> Result<String, String> {
+        if let Some(path) = &self.cfg.token_file {
+            return match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+                Ok(_) => Err(format!("token file {} is empty", path.display())),
+                Err(e) => Err(format!("cannot read token file {}: {e}", path.display())),
+            };
+        }
+        match &self.cfg.token {
+            Some(t) if !t.expose().trim().is_empty() => Ok(t.expose().trim().to_owned()),
+            _ => Err("token is empty".into()),
+        }
+    }
+
+    /// The hard limit given to the WebSocket layer: frames up to it are read and, above
+    /// `max_frame_bytes`, dead-lettered; beyond it the connection is dropped unread.
+    fn hard_limit(&self) -> usize {
+        let max = self.cfg.max_frame_bytes.max(1);
+        max.saturating_mul(2).max(max.saturating_add(64 * 1024))
+    }
+
+    async fn connect(&self, client_id: &str) -> Result<WsStream, ConnectError> {
+        let token = self.token().map_err(ConnectError::Token)?;
+        let url = format!("{}/v2/partner/client/{client_id}/subscribe", self.base);
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Other(format!("bad request URL: {e}")))?;
+        let auth =
+            tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ConnectError::Token("token contains characters not allowed in a header".into())
+            })?;
+        req.headers_mut().insert("authorization", auth);
+        let hard = self.hard_limit();
+        let ws_cfg = WebSocketConfig::default()
+            .max_message_size(Some(hard))
+            .max_frame_size(Some(hard));
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms.max(1));
+        // In its own task: a TLS setup panic (e.g. no rustls crypto provider) must not take the
+        // source down with it.
+        let attempt = tokio::spawn(async move {
+            tokio::time::timeout(
+                timeout,
+                tokio_tungstenite::connect_async_tls_with_config(req, Some(ws_cfg), true, None),
+            )
+            .await
+        });
+        match attempt.await {
+            Ok(Ok(Ok((ws, _resp)))) => Ok(ws),
+            Ok(Ok(Err(tungstenite::Error::Http(resp)))) => {
+                let status = resp.status().as_u16();
+                if status == 401 || status == 403 {
+                    Err(ConnectError::Auth(status))
+                } else {
+                    Err(ConnectError::Other(format!(
+                        "handshake refused with HTTP {status}"
+                    )))
+                }
+            }
+            Ok(Ok(Err(e))) => Err(ConnectError::Other(e.to_string())),
+            Ok(Err(_)) => Err(ConnectError::Other(format!(
+                "no connection within {} ms",
+                timeout.as_millis()
+            ))),
+            Err(e) => Err(ConnectError::Other(format!(
+                "connection attempt failed: {e}"
+            ))),
+        }
+    }
+
+    /// Connects, reads, reconnects, until shutdown.
+    async fn stream(self: &Arc<Self>, client_id: &str, tx: mpsc::Sender<Item>) {
+        let labels = Self::metrics_labels(client_id);
+        let metrics = Arc::clone(self.dispatcher.metrics());
+        let ready_key = format!("websocket:{client_id}");
+        let initial = Duration::from_millis(self.cfg.reconnect_initial_ms.max(1));
+        let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1)).max(initial);
+        let auth_retry = Duration::from_millis(self.cfg.auth_retry_ms);
+        let stable = Duration::from_millis(self.cfg.stable_after_ms);
+        let mut attempt: u32 = 0;
+        // Set when a connection was lost; the next successful connect closes the gap.
+        let mut lost: Option<(Instant, SystemTime)> = None;
+        metrics.ws_connected.get_or_create(&labels).set(0);
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            WebSocketStats::inc(&self.stats.connect_attempts);
+            let url = format!("{}/v2/partner/client/{client_id}/subscribe", self.base);
+            let delay = match self.connect(client_id).await {
+                Ok(ws) => {
+                    let connected_at = Instant::now();
+                    WebSocketStats::inc(&self.stats.connections);
+                    metrics.ws_connected.get_or_create(&labels).set(1);
+                    self.readiness.set(ready_key.clone(), Ok(()));
+                    if let Some((since, since_wall)) = lost.take() {
+                        let secs = since.elapsed().as_secs_f64();
+                        let to = SystemTime::now();
+                        metrics.ws_gaps.get_or_create(&labels).inc();
+                        metrics.ws_gap_seconds.get_or_create(&labels).inc_by(secs);
+                        WebSocketStats::inc(&self.stats.gaps);
+                        tracing::warn!(
+                            client_id,
+                            from = %rfc3339(since_wall),
+                            to = %rfc3339(to),
+                            seconds = secs,
+                            "WebSocket gap closed: events Fondo sent meanwhile are not replayed by Fondo"
+                        );
+                        if self.cfg.gap_marker {
+                            self.gap_marker(client_id, since_wall, to, secs, &tx).await;
+                        }
+                    } else {
+                        tracing::info!(client_id, url, "WebSocket connected");
+                    }
+                    let end = self.session(client_id, ws, &tx).await;
+                    metrics.ws_connected.get_or_create(&labels).set(0);
+                    let now_wall = SystemTime::now();
+                    self.readiness.set(
+                        ready_key.clone(),
+                        Err(format!("disconnected since {}", rfc3339(now_wall))),
+                    );
+                    if end == End::Shutdown {
+                        return;
+                    }
+                    lost = Some((Instant::now(), now_wall));
+                    if connected_at.elapsed() >= stable {
+                        attempt = 0;
+                    }
+                    tracing::warn!(client_id, reason = ?end, up_secs = connected_at.elapsed().as_secs_f64(),
+                        "WebSocket disconnected; reconnecting");
+                    full_jitter(initial, max, &mut attempt)
+                }
+                Err(ConnectError::Auth(status)) => {
+                    WebSocketStats::inc(&self.stats.auth_failures);
+                    self.mark_down(&ready_key, &lost, &format!("token refused (HTTP {status})"));
+                    tracing::error!(
+                        client_id,
+                        url,
+                        status,
+                        retry_in_secs = auth_retry.as_secs_f64(),
+                        "Fondo refused the token (HTTP {status}); check sources.websocket.token/token_file; retrying slowly"
+                    );
+                    auth_retry
+                }
+                Err(ConnectError::Token(why)) => {
+                    self.mark_down(&ready_key, &lost, &why);
+                    tracing::error!(client_id, reason = %why, retry_in_secs = auth_retry.as_secs_f64(),
+                        "no usable WebSocket token; retrying slowly");
+                    auth_retry
+                }
+                Err(ConnectError::Other(why)) => {
+                    let d = full_jitter(initial, max, &mut attempt);
+                    self.mark_down(&ready_key, &lost, &why);
+                    tracing::warn!(client_id, url, error = %why, retry_in_ms = d.as_millis() as u64,
+                        "WebSocket connection failed");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn mark_down(&self, key: &str, lost: &Option<(Instant, SystemTime)>, why: &str) {
+        let since = lost
+            .map(|(_, w)| rfc3339(w))
+            .unwrap_or_else(|| "start (never connected)".into());
+        self.readiness.set(
+            key.to_owned(),
+            Err(format!("disconnected since {since}: {why}")),
+        );
+    }
+
+    async fn gap_marker(
+        &self,
+        client_id: &str,
+        from: SystemTime,
+        to: SystemTime,
+        secs: f64,
+        tx: &mpsc::Sender<Item>,
+    ) {
+        let body = serde_json::json!({
+            "eventType": "bridge.gap",
+            "clientId": client_id,
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "seconds": secs,
+        });
+        let Ok(raw) = serde_json::to_vec(&body) else {
+            return;
+        };
+        let ctx = ParseContext {
+            client_id: Some(client_id),
+            ..Default::default()
+        };
+        if let Ok(event) = Event::parse(Bytes::from(raw), &self.parse, &ctx) {
+            self.enqueue(client_id, event, tx).await;
+        }
+    }
+
+    /// Spools an event (waiting for space when the spool is full) and queues it for submission.
+    async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
+        let pending = match &self.spool {
+            Some(spool) => match spool.begin_append(client_id, event.raw.clone()).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(client_id, error = %e,
+                        "cannot spool an event; it is delivered without crash protection");
+                    None
+                }
+            },
+            None => None,
+        };
+        tx.send(Item { event, pending }).await.is_ok()
+    }
+
+    /// Reads one connection until it ends.
+    async fn session(&self, client_id: &str, ws: WsStream, tx: &mpsc::Sender<Item>) -> End {
+        let (mut sink, mut stream) = ws.split();
+        let watchdog = (self.cfg.heartbeat_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.cfg.heartbeat_timeout_ms));
+        let ping_every = (self.cfg.ping_interval_ms > 0)
+            .then(|| Duration::from_millis(self.cfg.ping_interval_ms));
+        let mut ping = ping_every.map(|d| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut last_activity = tokio::time::Instant::now();
+        let ctx = ParseContext {
+            client_id: Some(client_id),
+            ..Default::default()
+        };
+        loop {
+            let deadline = watchdog.map(|w| last_activity + w);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let close = sink.send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: Utf8Bytes::from_static("bridge shutting down"),
+                    })));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                    return End::Shutdown;
+                }
+                msg = stream.next() => {
+                    let started = tokio::time::Instant::now();
+                    let activity = match msg {
+                        None => {
+                            tracing::debug!(client_id, "server closed the TCP connection");
+                            return End::Closed;
+                        }
+                        Some(Err(tungstenite::Error::Capacity(e))) => {
+                            WebSocketStats::inc(&self.stats.refused_too_large);
+                            let m = self.dispatcher.metrics();
+                            m.rejected.get_or_create(&SourceReasonLabels {
+                                source: "websocket".into(),
+                                reason: "frame_too_large".into(),
+                            }).inc();
+                            tracing::error!(client_id, error = %e, hard_limit = self.hard_limit(),
+                                "WebSocket frame beyond the hard size limit refused unread; the connection cannot continue, reconnecting");
+                            return End::Error;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(client_id, error = %e, "WebSocket read failed");
+                            return End::Error;
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            WebSocketStats::inc(&self.stats.frames);
+                            let raw = Bytes::from(text);
+                            match self.frame(client_id, raw, &ctx, tx).await {
+                                Some(a) => a,
+                                None => return End::Shutdown,
+                            }
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            WebSocketStats::inc(&self.stats.frames);
+                            self.dead_letter(client_id, &b, format!(
+                                "binary frame of {} bytes; the Fondo stream sends JSON text frames", b.len()
+                            )).await;
+                            false
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            tracing::info!(client_id, code = ?frame.as_ref().map(|f| f.code), "server closed the WebSocket");
+                            return End::Closed;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => false,
+                    };
+                    let now = tokio::time::Instant::now();
+                    if activity || now - started > BLOCKED {
+                        last_activity = now;
+                    }
+                }
+                _ = async {
+                    match ping.as_mut() {
+                        Some(p) => { p.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                        tracing::warn!(client_id, error = %e, "WebSocket ping failed");
+                        return End::Error;
+                    }
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    WebSocketStats::inc(&self.stats.watchdog_timeouts);
+                    tracing::warn!(client_id, timeout_ms = self.cfg.heartbeat_timeout_ms,
+                        "no event or heartbeat within the heartbeat timeout; reconnecting");
+                    let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
+                    return End::Watchdog;
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame. `Some(true)` when it was an event or heartbeat (watchdog food),
+    /// `None` when the pipeline is gone (shutting down).
+    async fn frame(
+        &self,
+        client_id: &str,
+        raw: Bytes,
+        ctx: &ParseContext<'_>,
+        tx: &mpsc::Sender<Item>,
+    ) -> Option<bool> {
+        let max = self.cfg.max_frame_bytes.max(1);
+        if raw.len() > max {
+            self.dead_letter(
+                client_id,
+                &raw,
+                format!("frame of {} bytes exceeds max_frame_bytes {max}", raw.len()),
+            )
+            .await;
+            return Some(false);
+        }
+        match Event::parse(raw.clone(), &self.parse, ctx) {
+            Ok(event) if event.event_type.is_heartbeat() => {
+                WebSocketStats::inc(&self.stats.heartbeats);
+                Some(true)
+            }
+            Ok(event) => {
+                if self.enqueue(client_id, event, tx).await {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                self.dead_letter(client_id, &raw, format!("{} ({e})", e.kind()))
+                    .await;
+                Some(false)
+            }
+        }
+    }
+}
+
+/// Builds a fresh envelope (and its receiver) for an event, for a first or repeated submission.
+fn envelope(event: &Arc<Event>) -> (AckReceiver, Envelope) {
+    let (ack, rx) = AckHandle::new();
+    (
+        rx,
+        Envelope {
+            event: Arc::clone(event),
+            ack,
+            source: SourceKind::WebSocket,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            trace: TraceContext::default(),
+        },
+    )
+}
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(max, initial * 2^attempt)]`.
+fn full_jitter(initial: Duration, max: Duration, attempt: &mut u32) -> Duration {
+    let cap = initial
+        .checked_mul(1u32 << (*attempt).min(20))
+        .unwrap_or(max)
+        .min(max);
+    *attempt = attempt.saturating_add(1);
+    let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            ws_base("https://api.fondo.se").unwrap(),
+            "wss://api.fondo.se"
+        );
+        assert_eq!(ws_base("http://127.0.0.1:9/").unwrap(), "ws://127.0.0.1:9");
+        assert_eq!(
+            ws_base("https://docs.fondo.se/_mock/openapi/api_3.0.3").unwrap(),
+            "wss://docs.fondo.se/_mock/openapi/api_3.0.3"
+        );
+        assert_eq!(ws_base("WSS://x").unwrap(), "wss://x");
+        assert!(ws_base("ftp://x").is_err());
+        assert!(ws_base("api.fondo.se").is_err());
+        assert!(ws_base("https://").is_err());
+        assert!(ws_base("https://x?a=b").is_err());
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(valid_client_id("49ad7378-121c-4a53-9894-dfd14a7b4877"));
+        assert!(!valid_client_id(""));
+        assert!(!valid_client_id("a/b"));
+        assert!(!valid_client_id("a b"));
+        assert!(!valid_client_id("a?b"));
+    }
+
+    #[test]
+    fn jitter_stays_within_the_cap_and_grows() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
+        let mut attempt = 0;
+        for n in 0..40u32 {
+            let d = full_jitter(i, m, &mut attempt);
+            let cap = (i * 2u32.pow(n.min(10))).min(m);
+            assert!(d <= cap, "{d:?} > {cap:?} at {n}");
+        }
+        assert!(full_jitter(i, m, &mut attempt) <= m);
+    }
+}

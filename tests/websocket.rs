@@ -1,0 +1,678 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Black-box tests of the WebSocket source against the simulator, on real sockets on 127.0.0.1,
+//! through a real dispatcher into a test sink.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fondo_bridge::config::{
+    Config, DestinationConfig, RouteConfig, SpoolConfig, Unmatched, WebSocketSourceConfig,
+};
+use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
+use fondo_bridge::dlq::{DeadLetterWriter, read_fallback_file};
+use fondo_bridge::event::ParseOptions;
+use fondo_bridge::metrics::Metrics;
+use fondo_bridge::router::Router;
+use fondo_bridge::simulator::generator::object_key;
+use fondo_bridge::simulator::stream::{MalformedKind, SimHandle, StreamConfig, start};
+use fondo_bridge::sinks::DynSink;
+use fondo_bridge::sinks::testing::{Faults, TestSink};
+use fondo_bridge::sources::Readiness;
+use fondo_bridge::sources::websocket::{WebSocketSource, WebSocketStats};
+use futures::StreamExt as _;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "sim-token";
+
+/// A real dispatcher routing every event type to one test sink.
+struct Rig {
+    d: Dispatcher,
+    sink: Arc<TestSink>,
+    readiness: Arc<Readiness>,
+    dl_file: PathBuf,
+}
+
+fn rig(faults: Faults, dir: &Path) -> Rig {
+    let dl_file = dir.join("dead-letter.jsonl");
+    let routes = vec![RouteConfig {
+        name: "all".into(),
+        matches: vec!["*".into()],
+        filter: BTreeMap::new(),
+        redact: vec![],
+        to: vec![DestinationConfig {
+            sink: "t".into(),
+            topic: "fondo.{entity}".into(),
+            key: None,
+            headers: BTreeMap::new(),
+        }],
+    }];
+    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "t").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dls = Arc::new(DeadLetterWriter::new(
+        None,
+        "fondo.dead-letter".into(),
+        1,
+        dl_file.clone(),
+        metrics.clone(),
+    ));
+    let mut cfg = Config::default();
+    cfg.delivery.backoff_initial_ms = 1;
+    cfg.delivery.backoff_max_ms = 5;
+    let sink = Arc::new(TestSink::new("t", faults));
+    let d = Dispatcher::start(DispatcherParts {
+        router,
+        sinks: HashMap::from([("t".to_string(), sink.clone() as DynSink)]),
+        dead_letters: dls,
+        policy: RetryPolicy::from_config(&cfg),
+        max_in_flight: 10_000,
+        dedupe_ttl: Duration::from_secs(60),
+        dedupe_capacity: 100_000,
+        metrics,
+    });
+    Rig {
+        d,
+        sink,
+        readiness: Arc::new(Readiness::default()),
+        dl_file,
+    }
+}
+
+/// A source config with short timeouts; `extra` overrides fields (as in the config file).
+fn ws_cfg(sim: &SimHandle, clients: &[&str], extra: serde_json::Value) -> WebSocketSourceConfig {
+    let mut v = serde_json::json!({
+        "url": sim.base_url().replace("ws://", "http://"),
+        "client_ids": clients,
+        "token": TOKEN,
+        "heartbeat_timeout_ms": 5000,
+        "ping_interval_ms": 1000,
+        "connect_timeout_ms": 2000,
+        "reconnect_initial_ms": 10,
+        "reconnect_max_ms": 100,
+        "auth_retry_ms": 1000,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in e {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn spool_cfg(dir: &Path, max_bytes: u64) -> SpoolConfig {
+    SpoolConfig {
+        enabled: true,
+        dir: dir.join("spool"),
+        max_bytes,
+        segment_bytes: 64 * 1024,
+    }
+}
+
+struct Running {
+    stats: Arc<WebSocketStats>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), fondo_bridge::sources::websocket::WebSocketError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("source did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn run_source(rig: &Rig, cfg: WebSocketSourceConfig, spool: SpoolConfig) -> Running {
+    let src = WebSocketSource::new(
+        cfg,
+        spool,
+        ParseOptions::default(),
+        rig.d.clone(),
+        rig.readiness.clone(),
+    )
+    .unwrap();
+    let stats = src.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(src.run(stop.clone()));
+    Running { stats, stop, task }
+}
+
+async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn group_by_object(bodies: impl IntoIterator<Item = Bytes>) -> HashMap<String, Vec<Bytes>> {
+    let mut m: HashMap<String, Vec<Bytes>> = HashMap::new();
+    for b in bodies {
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let k = object_key(&v).unwrap_or_else(|| "?".into());
+        m.entry(k).or_default().push(b);
+    }
+    m
+}
+
+/// Every sent event arrived with its original bytes, and the events of each object in order.
+fn assert_all_in_order(sent: &[Bytes], delivered: &[Bytes]) {
+    assert_eq!(delivered.len(), sent.len(), "delivered count");
+    let s = group_by_object(sent.iter().cloned());
+    let d = group_by_object(delivered.iter().cloned());
+    assert_eq!(s.len(), d.len(), "objects");
+    for (k, events) in &s {
+        assert_eq!(
+            d.get(k),
+            Some(events),
+            "events of {k} differ or are out of order"
+        );
+    }
+}
+
+fn delivered(rig: &Rig) -> Vec<Bytes> {
+    rig.sink
+        .delivered()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_event_in_order_per_object_with_original_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(2000),
+        heartbeat: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let src = run_source(
+        &rig,
+        ws_cfg(&sim, &["c1", "c2"], serde_json::json!({})),
+        spool_cfg(dir.path(), 64 << 20),
+    );
+    eventually("4000 events delivered", Duration::from_secs(30), || {
+        rig.sink.delivered().len() >= 4000
+    })
+    .await;
+    let mut sent = sim.sent_events("c1");
+    sent.extend(sim.sent_events("c2"));
+    assert_eq!(sent.len(), 4000);
+    assert_all_in_order(&sent, &delivered(&rig));
+    assert_eq!(rig.readiness.snapshot().get("websocket:c1"), Some(&Ok(())));
+    assert_eq!(rig.readiness.snapshot().get("websocket:c2"), Some(&Ok(())));
+    eventually("all acknowledged", Duration::from_secs(10), || {
+        src.stats.acknowledged.load(Ordering::SeqCst) == 4000
+    })
+    .await;
+    assert_eq!(src.stats.events.load(Ordering::SeqCst), 4000);
+    assert!(src.stats.heartbeats.load(Ordering::SeqCst) > 0 || sim.heartbeats_sent() == 0);
+    assert_eq!(src.stats.gaps.load(Ordering::SeqCst), 0);
+    // Shutdown: the source closes its connections and returns.
+    src.stop().await;
+    eventually("server saw the close", Duration::from_secs(5), || {
+        sim.open_connections() == 0
+    })
+    .await;
+    assert!(
+        rig.readiness.snapshot()["websocket:c1"].is_err(),
+        "not ready after stop"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_server_drops_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(2000),
+        drop_every: Some(250),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let src = run_source(
+        &rig,
+        ws_cfg(&sim, &["c1"], serde_json::json!({})),
+        spool_cfg(dir.path(), 64 << 20),
+    );
+    eventually("2000 events delivered", Duration::from_secs(30), || {
+        rig.sink.delivered().len() >= 2000
+    })
+    .await;
+    assert_all_in_order(&sim.sent_events("c1"), &delivered(&rig));
+    assert!(sim.connections() >= 8, "{} connections", sim.connections());
+    let gaps = src.stats.gaps.load(Ordering::SeqCst);
+    assert!(gaps >= 7, "{gaps} gaps");
+    let metrics = rig.d.metrics().encode();
+    assert!(
+        metrics.contains("websocket_gaps_total{client_id=\"c1\"}"),
+        "{metrics}"
+    );
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_reconnects_when_the_stream_goes_silent_but_heartbeats_keep_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats every 50 ms and nothing else: the 300 ms watchdog must stay quiet.
+    let (_, quiet) = start(StreamConfig {
+        count: Some(0),
+        heartbeat: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig1 = rig(Faults::default(), dir.path());
+    let extra = serde_json::json!({ "heartbeat_timeout_ms": 300, "ping_interval_ms": 0 });
+    let src = run_source(
+        &rig1,
+        ws_cfg(&quiet, &["c1"], extra.clone()),
+        spool_cfg(dir.path(), 1 << 20),
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(src.stats.watchdog_timeouts.load(Ordering::SeqCst), 0);
+    assert_eq!(quiet.connections(), 1);
+    src.stop().await;
+    quiet.stop().await;
+
+    // A stall after 5 events: no events, no heartbeats, TCP kept open.
+    let (_, stalling) = start(StreamConfig {
+        heartbeat: Some(Duration::from_millis(50)),
+        stall_after: Some(5),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let rig2 = rig(Faults::default(), dir2.path());
+    let src = run_source(
+        &rig2,
+        ws_cfg(&stalling, &["c1"], extra),
+        spool_cfg(dir2.path(), 1 << 20),
+    );
+    eventually("a watchdog reconnect", Duration::from_secs(5), || {
+        src.stats.watchdog_timeouts.load(Ordering::SeqCst) >= 1 && stalling.connections() >= 2
+    })
+    .await;
+    // Every event that was sent before each stall arrived.
+    eventually("events delivered", Duration::from_secs(5), || {
+        rig2.sink.delivered().len() == stalling.sent_events("c1").len()
+    })
+    .await;
+    src.stop().await;
+    stalling.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_token_is_retried_slowly_and_a_fixed_token_file_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "wrong-token\n").unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let auth_retry = Duration::from_millis(700);
+    let mut cfg = ws_cfg(
+        &sim,
+        &["c1"],
+        serde_json::json!({ "auth_retry_ms": auth_retry.as_millis() as u64, "reconnect_initial_ms": 1, "reconnect_max_ms": 5 }),
+    );
+    cfg.token = None;
+    cfg.token_file = Some(token_file.clone());
+    let src = run_source(&rig, cfg, spool_cfg(dir.path(), 1 << 20));
+    eventually("two refused handshakes", Duration::from_secs(5), || {
+        sim.handshakes().iter().filter(|h| h.status == 401).count() >= 2
+    })
+    .await;
+    let refused: Vec<_> = sim
+        .handshakes()
+        .into_iter()
+        .filter(|h| h.status == 401)
+        .collect();
+    let gap = refused[1].at - refused[0].at;
+    assert!(
+        gap >= auth_retry,
+        "second attempt after {gap:?}, sooner than the auth backoff {auth_retry:?}"
+    );
+    let state = rig.readiness.snapshot()["websocket:c1"].clone();
+    assert!(
+        state.as_ref().is_err_and(|e| e.contains("401")),
+        "{state:?}"
+    );
+    assert!(src.stats.auth_failures.load(Ordering::SeqCst) >= 2);
+
+    // The token file is re-read on every attempt.
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    eventually(
+        "connected with the fixed token",
+        Duration::from_secs(5),
+        || rig.readiness.snapshot().get("websocket:c1") == Some(&Ok(())),
+    )
+    .await;
+    eventually("events delivered", Duration::from_secs(5), || {
+        rig.sink.delivered().len() == 10
+    })
+    .await;
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_dead_lettered_and_the_connection_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(100),
+        malformed_every: Some(10),
+        oversized_bytes: 20 * 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let src = run_source(
+        &rig,
+        ws_cfg(
+            &sim,
+            &["c1"],
+            serde_json::json!({ "max_frame_bytes": 16 * 1024 }),
+        ),
+        spool_cfg(dir.path(), 1 << 20),
+    );
+    let malformed = sim.malformed();
+    eventually("everything handled", Duration::from_secs(10), || {
+        rig.sink.delivered().len() == 102 && src.stats.dead_lettered.load(Ordering::SeqCst) == 8
+    })
+    .await;
+    let malformed = if malformed.len() == 10 {
+        malformed
+    } else {
+        sim.malformed()
+    };
+    assert_eq!(malformed.len(), 10);
+    // The 100 generated events in order, plus the 2 events of an unknown type (kept and routed).
+    let unknown: Vec<Bytes> = malformed
+        .iter()
+        .filter(|m| m.kind == MalformedKind::UnknownType)
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(unknown.len(), 2);
+    let (known, other): (Vec<Bytes>, Vec<Bytes>) = delivered(&rig)
+        .into_iter()
+        .partition(|b| !unknown.contains(b));
+    assert_eq!(other.len(), 2);
+    assert_all_in_order(&sim.sent_events("c1"), &known);
+    assert_eq!(
+        sim.connections(),
+        1,
+        "the connection must survive malformed frames"
+    );
+
+    let (dls, bad) = read_fallback_file(&rig.dl_file).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(dls.len(), 8);
+    let reasons: Vec<&str> = dls.iter().map(|d| d.reason.as_str()).collect();
+    for needle in [
+        "malformed_json",
+        "binary frame",
+        "exceeds max_frame_bytes",
+        "missing_event_type",
+    ] {
+        assert_eq!(
+            reasons.iter().filter(|r| r.contains(needle)).count(),
+            2,
+            "{needle} in {reasons:?}"
+        );
+    }
+    // Dead letters keep the original bytes.
+    for m in malformed
+        .iter()
+        .filter(|m| m.kind != MalformedKind::UnknownType)
+    {
+        assert!(
+            dls.iter().any(|d| d.body_bytes() == m.body.to_vec()),
+            "{:?} not kept",
+            m.kind
+        );
+    }
+    assert!(dls.iter().all(|d| d.client_id.as_deref() == Some("c1")));
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_beyond_the_hard_limit_is_refused_unread_and_the_source_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every third malformed frame is oversized: 200 KiB, beyond 2 x 16 KiB and 16 KiB + 64 KiB.
+    let (_, sim) = start(StreamConfig {
+        count: Some(30),
+        malformed_every: Some(10),
+        oversized_bytes: 200 * 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let src = run_source(
+        &rig,
+        ws_cfg(
+            &sim,
+            &["c1"],
+            serde_json::json!({ "max_frame_bytes": 16 * 1024 }),
+        ),
+        spool_cfg(dir.path(), 1 << 20),
+    );
+    eventually("refused and reconnected", Duration::from_secs(10), || {
+        src.stats.refused_too_large.load(Ordering::SeqCst) >= 1 && sim.connections() >= 2
+    })
+    .await;
+    assert!(rig.d.metrics().encode().contains("frame_too_large"));
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_stops_reading_until_space_frees_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The sink hangs: nothing is acknowledged, so nothing is released.
+    let rig = rig(
+        Faults {
+            hang: true,
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let mut spool = spool_cfg(dir.path(), 48 * 1024);
+    spool.segment_bytes = 8 * 1024;
+    let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
+    eventually("the source reads some", Duration::from_secs(5), || {
+        src.stats.frames.load(Ordering::SeqCst) > 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = src.stats.frames.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = src.stats.frames.load(Ordering::SeqCst);
+    assert_eq!(a, b, "the source kept reading while the spool was full");
+    assert!(b < 200, "read {b} frames into a 48 KiB spool");
+    let on_disk: u64 = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 48 * 1024, "{on_disk} bytes on disk");
+    assert_eq!(src.stats.watchdog_timeouts.load(Ordering::SeqCst), 0);
+
+    rig.sink.recover();
+    eventually("all 600 delivered", Duration::from_secs(30), || {
+        rig.sink.delivered().len() >= 600
+    })
+    .await;
+    assert_all_in_order(&sim.sent_events("c1"), &delivered(&rig));
+    assert_eq!(sim.connections(), 1);
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_every_spooled_event_is_delivered_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(500),
+        heartbeat: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let spool = spool_cfg(dir.path(), 64 << 20);
+
+    // Run 1 on its own runtime with a sink that never confirms; then the runtime is torn down
+    // mid-flight (every task dropped, nothing released, no graceful shutdown): a crash.
+    let cfg1 = ws_cfg(&sim, &["c1"], serde_json::json!({}));
+    let (spool1, dir1) = (spool.clone(), dir.path().join("run1"));
+    let read_before_crash = std::thread::spawn(move || {
+        std::fs::create_dir_all(&dir1).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = rt.block_on(async move {
+            let rig = rig(
+                Faults {
+                    hang: true,
+                    ..Default::default()
+                },
+                &dir1,
+            );
+            let src = run_source(&rig, cfg1, spool1);
+            eventually("500 events spooled", Duration::from_secs(20), || {
+                src.stats.events.load(Ordering::SeqCst) >= 500
+            })
+            .await;
+            assert_eq!(rig.sink.delivered().len(), 0);
+            src.stats.events.load(Ordering::SeqCst)
+        });
+        rt.shutdown_timeout(Duration::from_secs(2));
+        n
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read_before_crash, 500);
+
+    // Run 2: a new source on the same spool, a healthy sink. The simulator has nothing new.
+    let rig = rig(Faults::default(), dir.path());
+    let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
+    eventually("replayed events delivered", Duration::from_secs(20), || {
+        rig.sink.delivered().len() >= 500
+    })
+    .await;
+    assert_eq!(src.stats.replayed.load(Ordering::SeqCst), 500);
+    assert_all_in_order(&sim.sent_events("c1"), &delivered(&rig));
+    let sent_ids: Vec<_> = rig
+        .sink
+        .delivered()
+        .iter()
+        .map(|m| m.event_id.clone())
+        .collect();
+    let mut unique = sent_ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 500, "ids");
+    // Released once delivered: the spool empties.
+    eventually("spool released", Duration::from_secs(10), || {
+        src.stats.acknowledged.load(Ordering::SeqCst) == 500
+    })
+    .await;
+    src.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_disabled_goes_straight_to_the_dispatcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig {
+        count: Some(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let mut spool = spool_cfg(dir.path(), 1 << 20);
+    spool.enabled = false;
+    let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
+    eventually("300 delivered", Duration::from_secs(10), || {
+        rig.sink.delivered().len() >= 300
+    })
+    .await;
+    assert_all_in_order(&sim.sent_events("c1"), &delivered(&rig));
+    assert!(!dir.path().join("spool").exists());
+    src.stop().await;
+    sim.stop().await;
+}
+
+/// Measures the simulator's throughput with a bare client: `cargo test --release --test websocket
+/// simulator_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn simulator_throughput() {
+    let n = 1_000_000u64;
+    let (addr, sim) = start(StreamConfig {
+        count: Some(n),
+        record: false,
+        heartbeat: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = format!("ws://{addr}/v2/partner/client/c1/subscribe")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer sim-token".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    let mut bytes = 0usize;
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                got += 1;
+                bytes += t.len();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "simulator: {n} events in {secs:.2}s = {:.0} events/s, {:.1} MB/s, avg {} bytes",
+        n as f64 / secs,
+        bytes as f64 / secs / 1e6,
+        bytes / n as usize
+    );
+    sim.stop().await;
+}
