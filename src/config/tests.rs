@@ -160,3 +160,28 @@ fn no_source_is_an_error() {
     let err = parse("sinks: {}\n").unwrap_err();
     assert!(err.to_string().contains("sources"), "{err}");
 }
+
+#[test]
+fn nats_subjects_are_validated_at_load() {
+    let err = parse(
+        r#"
+sources: { webhook: { signature: { scheme: none, insecure: true } } }
+sinks: { nats: { type: nats, url: "nats://127.0.0.1:4222" } }
+routes:
+  - { name: r, match: ["*"], to: [{ sink: nats, topic: "fondo bad.{entity}" }] }
+dead_letter: { sink: nats, topic: "dl.>" }
+"#,
+    )
+    .unwrap_err();
+    let problems = err.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("routes[0].to[0].topic")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("dead_letter.topic")),
+        "{problems:?}"
+    );
+}

@@ -84,6 +84,23 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         }
     }
 
+    // NATS subjects: every route destination (and the dead-letter topic) on a NATS sink.
+    let is_nats = |name: &str| matches!(cfg.sinks.get(name), Some(SinkConfig::Nats(_)));
+    for (i, r) in cfg.routes.iter().enumerate() {
+        for (j, d) in r.to.iter().enumerate() {
+            if is_nats(&d.sink) {
+                if let Err(e) = super::nats::validate_subject_template(&d.topic) {
+                    add(&format!("routes[{i}].to[{j}].topic"), e);
+                }
+            }
+        }
+    }
+    if cfg.dead_letter.sink.as_deref().is_some_and(is_nats) {
+        if let Err(e) = super::nats::validate_subject_template(&cfg.dead_letter.topic) {
+            add("dead_letter.topic", e);
+        }
+    }
+
     if let Some(sink) = &cfg.dead_letter.sink {
         if !cfg.sinks.contains_key(sink) {
             add(
