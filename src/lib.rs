@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod dispatch;
 pub mod dlq;
+pub mod dlq_cli;
 pub mod event;
 pub mod metrics;
 pub mod router;
