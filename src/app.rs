@@ -354,12 +354,53 @@ mod reload {
     }
 }
 
+/// With several replicas (the Helm chart's StatefulSet), each takes the client ids whose index `i`
+/// satisfies `i % FONDO_BRIDGE_REPLICAS == ordinal`, the ordinal being the number after the last `-`
+/// of `FONDO_BRIDGE_POD_NAME`: every stream has exactly one consumer.
+fn shard(mut ws: crate::config::WebSocketSourceConfig) -> crate::config::WebSocketSourceConfig {
+    let replicas = std::env::var("FONDO_BRIDGE_REPLICAS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 1);
+    let ordinal = std::env::var("FONDO_BRIDGE_POD_NAME")
+        .ok()
+        .and_then(|n| n.rsplit('-').next().and_then(|o| o.parse::<usize>().ok()));
+    if let (Some(replicas), Some(ordinal)) = (replicas, ordinal) {
+        let all = std::mem::take(&mut ws.client_ids);
+        ws.client_ids = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % replicas == ordinal % replicas)
+            .map(|(_, c)| c)
+            .collect();
+        tracing::info!(replicas, ordinal, client_ids = ?ws.client_ids, "WebSocket client ids sharded across replicas");
+    }
+    ws
+}
+
 /// Starting the sources lives apart so each source's wiring stays in one place.
 mod sources {
     use super::*;
     use crate::sources::webhook::WebhookSource;
 
-    pub(super) async fn start(bridge: &mut Bridge, _parse: ParseOptions) -> Result<(), AppError> {
+    pub(super) async fn start(bridge: &mut Bridge, parse: ParseOptions) -> Result<(), AppError> {
+        if let Some(ws) = bridge.cfg.sources.websocket.clone() {
+            let ws = shard(ws);
+            let source = crate::sources::websocket::WebSocketSource::new(
+                ws,
+                bridge.cfg.spool.clone(),
+                parse,
+                bridge.dispatcher.clone(),
+                Arc::clone(&bridge.readiness),
+            )
+            .map_err(|e| AppError::Source("websocket", e.to_string()))?;
+            let stop = bridge.intake.clone();
+            bridge.tasks.spawn(async move {
+                if let Err(e) = source.run(stop).await {
+                    tracing::error!(error = %e, "websocket source failed");
+                }
+            });
+        }
         if let Some(wh) = bridge.cfg.sources.webhook.clone() {
             let source = WebhookSource::new(
                 wh.clone(),

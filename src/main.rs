@@ -30,6 +30,13 @@ enum Command {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// The demo: a simulated Fondo stream into the bridge, written to ./demo-out/*.jsonl. No broker.
+    Demo(fondo_bridge::demo::DemoArgs),
+    /// A simulated Fondo: the WebSocket stream (default) or a signed webhook sender.
+    Simulate {
+        #[command(subcommand)]
+        what: Simulate,
+    },
     /// Validate a config file and list every problem with its path. Exit 0 when valid.
     Check {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
@@ -49,6 +56,14 @@ enum Command {
         #[arg(long = "type")]
         event_type: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Simulate {
+    /// Serve GET /v2/partner/client/{client_id}/subscribe as Fondo does, streaming realistic events.
+    Stream(fondo_bridge::simulator::stream::SimulateArgs),
+    /// POST signed events to a webhook endpoint, retrying like Fondo.
+    Webhooks(fondo_bridge::simulator::webhook_sender::WebhookSendArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +91,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run(config).await,
         Command::Check { config } => Ok(check(&config)),
+        Command::Demo(args) => demo(args).await,
+        Command::Simulate { what } => simulate(what).await,
         Command::Route {
             config,
             event,
@@ -226,6 +243,44 @@ async fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn demo(args: fondo_bridge::demo::DemoArgs) -> anyhow::Result<ExitCode> {
+    fondo_bridge::telemetry::init_logging(&fondo_bridge::config::TelemetryConfig {
+        log_level: "error".into(),
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    let s = fondo_bridge::demo::run(args, stop).await?;
+    println!(
+        "demo: sent {} events, received {}, delivered {} (every destination confirmed), dead-lettered {}, in {:.1} s",
+        s.sent,
+        s.received,
+        s.delivered,
+        s.dead_lettered,
+        s.elapsed.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate(what: Simulate) -> anyhow::Result<ExitCode> {
+    fondo_bridge::telemetry::init_logging(&fondo_bridge::config::TelemetryConfig::default());
+    match what {
+        Simulate::Stream(args) => {
+            let stop = CancellationToken::new();
+            spawn_signal_handler(stop.clone());
+            fondo_bridge::simulator::stream::run_stream(args, stop).await?;
+        }
+        Simulate::Webhooks(args) => {
+            let report = fondo_bridge::simulator::webhook_sender::run(args).await?;
+            println!("{}", report.summary());
+            if report.failed > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM or SIGINT (Ctrl-C) cancels `stop`.
