@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod dlq;
 pub mod dlq_cli;
