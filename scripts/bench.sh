@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue #10): raw broker clients vs. the bridge, per broker.
+#
+#   scripts/bench.sh [--quick|--full] [fondo-bench options...]
+#
+# Starts the brokers (scripts/brokers.sh: RabbitMQ 5672, NATS+JetStream 4222; its own tansu Kafka
+# broker on $BENCH_KAFKA_PORT, default 19192, restarted before every Kafka scenario because memory
+# storage keeps everything in RAM), builds `fondo-bench` in release mode and runs it pinned with
+# taskset: the bench process (bridge + simulator thread) on $BENCH_CPUS (default: the last CPU),
+# tansu on the others. RabbitMQ and NATS are the machine's services and are not re-pinned.
+# Writes bench-results/results.json and docs/benchmarks.md.
+#
+# Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average
+# is below this, e.g. 2.5; default: don't wait), BENCH_WAIT_MAX_S (give up waiting after this many
+# seconds and run anyway; default 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=--quick
+ARGS=()
+for a in "$@"; do
+    case $a in
+    --quick | --full) MODE=$a ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) ARGS+=("$a") ;;
+    esac
+done
+say() { echo "bench: $*" >&2; }
+
+PORT=${BENCH_KAFKA_PORT:-19192}
+NCPU=$(nproc)
+if command -v taskset >/dev/null 2>&1 && ((NCPU >= 2)); then
+    SUT_CPUS=${BENCH_CPUS:-$((NCPU - 1))}
+    BROKER_CPUS=${BENCH_BROKER_CPUS:-0-$((NCPU - 2))}
+    PIN_SUT=(taskset -c "$SUT_CPUS")
+    PIN_BROKER="taskset -c $BROKER_CPUS"
+    PINNING="bench process (bridge + simulator thread) pinned to CPU $SUT_CPUS, tansu to CPU $BROKER_CPUS; RabbitMQ and NATS unpinned"
+else
+    PIN_SUT=()
+    PIN_BROKER=""
+    PINNING="no pinning (taskset missing or a single CPU)"
+fi
+
+say "building fondo-bench (release)"
+cargo build --release --bin fondo-bench >&2
+
+eval "$(KAFKA_PORT=$PORT scripts/brokers.sh up)"
+export FONDO_BRIDGE_TEST_KAFKA="127.0.0.1:$PORT"
+RESTART="scripts/kafka-broker.sh stop $PORT >/dev/null 2>&1; $PIN_BROKER scripts/kafka-broker.sh start $PORT >/dev/null"
+
+if [[ -n ${BENCH_WAIT_LOAD:-} ]]; then
+    deadline=$((SECONDS + ${BENCH_WAIT_MAX_S:-600}))
+    while true; do
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        if awk -v l="$load" -v m="$BENCH_WAIT_LOAD" 'BEGIN { exit !(l < m) }'; then
+            break
+        fi
+        if ((SECONDS >= deadline)); then
+            say "load $load still above $BENCH_WAIT_LOAD; running anyway"
+            break
+        fi
+        say "load $load >= $BENCH_WAIT_LOAD; waiting"
+        sleep 30
+    done
+fi
+
+OTHERS=$(ps -eo pcpu=,comm= --sort=-pcpu | head -4 | awk '{printf "%s%s %s%%", (NR>1?", ":""), $2, $1}')
+say "running $MODE ($PINNING)"
+"${PIN_SUT[@]}" target/release/fondo-bench "$MODE" \
+    --kafka "127.0.0.1:$PORT" \
+    --kafka-restart-cmd "$RESTART" \
+    --note "$PINNING; busiest processes at start: $OTHERS" \
+    "${ARGS[@]}"
+scripts/kafka-broker.sh stop "$PORT" >/dev/null 2>&1 || true

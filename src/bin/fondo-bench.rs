@@ -1,0 +1,1681 @@
+//! `fondo-bench`: the benchmark harness (issue #10).
+//!
+//! For each broker it measures, in one run and against the same broker:
+//! - the **raw ceiling**: the bare client (rdkafka `FutureProducer` with `acks=all` and idempotence,
+//!   lapin with publisher confirms and `mandatory`, async-nats JetStream publish + PubAck), publishing
+//!   the same Fondo payloads (from the [`Generator`]) with the same in-flight window;
+//! - **the bridge**: simulator → WebSocket source (spool on) → bridge → sink, counting only
+//!   broker-confirmed deliveries, then checked against the broker's own count;
+//! - optionally the webhook source (signed Standard Webhooks POSTs) → file and → NATS.
+//!
+//! Each row records messages/s, latency percentiles, CPU seconds of the system under test and
+//! peak RSS. The simulator (and the webhook sender) run on their own single-threaded runtime in
+//! their own OS thread; that thread's CPU time is read from `/proc/self/task/<tid>/stat` and
+//! subtracted from the process's, so "SUT CPU" is the bridge (plus the broker clients' threads).
+//! Peak RSS (`VmHWM`) is reset before each scenario through `/proc/self/clear_refs` and includes the
+//! simulator. Results go to `bench-results/results.json` and `docs/benchmarks.md`.
+//!
+//! Run it through `scripts/bench.sh --quick|--full`, which starts the brokers and pins the process.
+
+#[cfg(not(all(feature = "kafka", feature = "rabbitmq", feature = "nats")))]
+fn main() {
+    eprintln!("fondo-bench needs the kafka, rabbitmq and nats features (the default build)");
+    std::process::exit(2);
+}
+
+#[cfg(all(feature = "kafka", feature = "rabbitmq", feature = "nats"))]
+fn main() -> anyhow::Result<()> {
+    bench::main()
+}
+
+#[cfg(all(feature = "kafka", feature = "rabbitmq", feature = "nats"))]
+mod bench {
+    use std::future::Future;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context as _, anyhow, bail};
+    use bytes::Bytes;
+    use clap::Parser;
+    use futures::StreamExt as _;
+    use futures::stream::FuturesUnordered;
+    use serde::Serialize;
+    use serde_json::json;
+
+    use fondo_bridge::app::Bridge;
+    use fondo_bridge::config::Config;
+    use fondo_bridge::simulator::generator::Generator;
+    use fondo_bridge::simulator::stream::{SimHandle, StreamConfig};
+    use fondo_bridge::simulator::webhook_sender::{Outgoing, SenderOptions, Signer, WebhookSender};
+
+    const CLIENT_ID: &str = "49ad7378-121c-4a53-9894-dfd14a7b4877";
+    const TOKEN: &str = "bench-token";
+    const ENTITIES: [&str; 7] = [
+        "account",
+        "client",
+        "cashTransaction",
+        "fundTransaction",
+        "order",
+        "journey",
+        "instrument",
+    ];
+    /// Events kept in memory for the raw publishers (cycled; ids stay unique).
+    const POOL: usize = 20_000;
+
+    #[derive(Parser, Debug, Clone)]
+    #[command(
+        name = "fondo-bench",
+        about = "Raw broker ceiling vs. the bridge, per broker"
+    )]
+    struct Args {
+        /// Quick profile (default): the main comparison at one payload size.
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// Full profile: also payload-size and route-count sweeps.
+        #[arg(long)]
+        full: bool,
+        /// Events per scenario (overrides the profile's count).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Events per webhook scenario (overrides the profile's count).
+        #[arg(long)]
+        webhook_events: Option<u64>,
+        /// Generator payload padding for the main comparison (bodies are about this size).
+        #[arg(long, default_value_t = 2048)]
+        payload_bytes: usize,
+        /// In-flight window, the same for the raw clients and the bridge.
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// Concurrent webhook requests.
+        #[arg(long, default_value_t = 64)]
+        webhook_concurrency: usize,
+        #[arg(
+            long,
+            env = "FONDO_BRIDGE_TEST_KAFKA",
+            default_value = "127.0.0.1:19092"
+        )]
+        kafka: String,
+        #[arg(
+            long,
+            env = "FONDO_BRIDGE_TEST_AMQP",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp: String,
+        #[arg(
+            long,
+            env = "FONDO_BRIDGE_TEST_NATS",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats: String,
+        /// Comma-separated subset of: kafka,rabbitmq,nats,file,webhook.
+        #[arg(long, default_value = "kafka,rabbitmq,nats,file,webhook")]
+        only: String,
+        /// Shell command run before each Kafka scenario (e.g. restart the memory-storage broker).
+        #[arg(long)]
+        kafka_restart_cmd: Option<String>,
+        /// Free text recorded in the results: what else shared the machine, pinning.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long, default_value = "bench-results/results.json")]
+        out_json: PathBuf,
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out_md: PathBuf,
+        /// Don't write the output files (smoke tests).
+        #[arg(long)]
+        no_write: bool,
+    }
+
+    impl Args {
+        fn wants(&self, what: &str) -> bool {
+            self.only.split(',').any(|s| s.trim() == what)
+        }
+    }
+
+    // ---------------------------------------------------------------- measurements
+
+    #[derive(Debug, Clone, Serialize, Default)]
+    struct Row {
+        /// `raw`, `bridge-ws` or `bridge-webhook`.
+        scenario: String,
+        sink: String,
+        /// Which sweep the row belongs to: `main`, `payload`, `routes`.
+        group: String,
+        payload_bytes: usize,
+        avg_body_bytes: f64,
+        routes: usize,
+        window: usize,
+        events: u64,
+        confirmed: u64,
+        errors: u64,
+        elapsed_s: f64,
+        msgs_per_s: f64,
+        /// What the latency columns measure.
+        latency: String,
+        p50_ms: Option<f64>,
+        p99_ms: Option<f64>,
+        p999_ms: Option<f64>,
+        /// Bridge only: the sink's publish→confirm histogram.
+        publish_p50_ms: Option<f64>,
+        publish_p99_ms: Option<f64>,
+        cpu_s_process: f64,
+        cpu_s_simulator: f64,
+        cpu_s_sut: f64,
+        /// SUT cores busy per 10k events/s.
+        sut_cores_per_10k: f64,
+        peak_rss_mb: f64,
+        rss_mb_per_10k: f64,
+        broker_count: Option<u64>,
+        verified: Option<bool>,
+        note: String,
+    }
+
+    fn clk_tck() -> f64 {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .unwrap_or(100.0)
+    }
+
+    /// utime+stime in seconds from a `/proc/.../stat` file.
+    fn stat_cpu(path: &str, tck: f64) -> f64 {
+        let Ok(s) = std::fs::read_to_string(path) else {
+            return 0.0;
+        };
+        let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // after ")": state is field 3 → index 0; utime field 14 → index 11; stime → 12
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (get(11) + get(12)) / tck
+    }
+
+    fn status_kb(field: &str) -> f64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn reset_peak_rss() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    struct CpuMeter {
+        tck: f64,
+        sim_tid: Option<String>,
+        p0: f64,
+        s0: f64,
+    }
+
+    impl CpuMeter {
+        fn sim_path(&self) -> Option<String> {
+            self.sim_tid
+                .as_ref()
+                .map(|t| format!("/proc/self/task/{t}/stat"))
+        }
+        fn start(tck: f64, sim_tid: Option<String>) -> Self {
+            let mut m = Self {
+                tck,
+                sim_tid,
+                p0: 0.0,
+                s0: 0.0,
+            };
+            m.p0 = stat_cpu("/proc/self/stat", tck);
+            m.s0 = m.sim_path().map(|p| stat_cpu(&p, tck)).unwrap_or(0.0);
+            m
+        }
+        /// (process, simulator thread) CPU seconds since start.
+        fn read(&self) -> (f64, f64) {
+            let p = stat_cpu("/proc/self/stat", self.tck) - self.p0;
+            let s = self
+                .sim_path()
+                .map(|p| stat_cpu(&p, self.tck) - self.s0)
+                .unwrap_or(0.0);
+            (p, s.max(0.0))
+        }
+    }
+
+    fn quantiles_ms(v: &mut [f64]) -> (Option<f64>, Option<f64>, Option<f64>) {
+        if v.is_empty() {
+            return (None, None, None);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |q: f64| {
+            let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+            v.get(i).copied()
+        };
+        (q(0.5), q(0.99), q(0.999))
+    }
+
+    /// Quantile (ms) from a Prometheus text histogram: cumulative buckets of lines containing
+    /// `metric_bucket` and `label`, interpolated linearly inside the bucket.
+    fn hist_quantile_ms(text: &str, metric: &str, label: &str, q: f64) -> Option<f64> {
+        let prefix = format!("{metric}_bucket{{");
+        let mut buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(label))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let n: f64 = l.rsplit(' ').next()?.trim().parse().ok()?;
+                Some((le, n))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let want = q * total;
+        let (mut lo, mut below) = (0.0, 0.0);
+        for (le, cum) in buckets {
+            if cum >= want {
+                if le.is_infinite() {
+                    return Some(lo * 1000.0);
+                }
+                let inside = cum - below;
+                let frac = if inside > 0.0 {
+                    (want - below) / inside
+                } else {
+                    1.0
+                };
+                return Some((lo + (le - lo) * frac) * 1000.0);
+            }
+            lo = le;
+            below = cum;
+        }
+        None
+    }
+
+    // ---------------------------------------------------------------- payloads
+
+    #[derive(Clone)]
+    struct Ev {
+        body: Bytes,
+        key: String,
+        etype: &'static str,
+        entity: &'static str,
+    }
+
+    fn pool(payload_bytes: usize, n: usize) -> Vec<Ev> {
+        let mut g = Generator::new(7, CLIENT_ID, 1000, payload_bytes);
+        (0..n)
+            .map(|_| {
+                let e = g.next_detailed();
+                let entity = ENTITIES
+                    .iter()
+                    .copied()
+                    .find(|x| e.event_type.split('.').next() == Some(*x))
+                    .unwrap_or("other");
+                Ev {
+                    body: e.body,
+                    key: e.object_id,
+                    etype: e.event_type,
+                    entity,
+                }
+            })
+            .collect()
+    }
+
+    fn avg_len(p: &[Ev]) -> f64 {
+        if p.is_empty() {
+            return 0.0;
+        }
+        p.iter().map(|e| e.body.len() as f64).sum::<f64>() / p.len() as f64
+    }
+
+    fn unique(prefix: &str) -> String {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("{prefix}-{}-{}", std::process::id(), t % 100_000_000)
+    }
+
+    /// Publishes `n` events with at most `window` in flight; returns (elapsed, latencies ms, errors).
+    async fn windowed<F, Fut>(n: u64, window: usize, mut publish: F) -> (f64, Vec<f64>, u64)
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let started = Instant::now();
+        let mut lat = Vec::with_capacity(n as usize);
+        let mut errors = 0u64;
+        let mut inflight = FuturesUnordered::new();
+        let mut i = 0u64;
+        loop {
+            while inflight.len() < window && i < n {
+                let fut = publish(i);
+                inflight.push(async move {
+                    let t = Instant::now();
+                    let r = fut.await;
+                    (t.elapsed().as_secs_f64() * 1000.0, r)
+                });
+                i += 1;
+            }
+            match inflight.next().await {
+                Some((ms, Ok(()))) => lat.push(ms),
+                Some((_, Err(e))) => {
+                    if errors < 5 {
+                        eprintln!("  publish error: {e:#}");
+                    }
+                    errors += 1;
+                }
+                None => break,
+            }
+        }
+        (started.elapsed().as_secs_f64(), lat, errors)
+    }
+
+    // ---------------------------------------------------------------- broker plumbing
+
+    mod kafka {
+        use super::*;
+        use rdkafka::ClientConfig;
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use rdkafka::{Offset, TopicPartitionList};
+
+        pub async fn create_topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
+            let admin: AdminClient<_> = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()?;
+            let mut names: Vec<String> = ENTITIES.iter().map(|e| format!("{prefix}.{e}")).collect();
+            names.push(format!("{prefix}.warmup"));
+            let topics: Vec<NewTopic> = names
+                .iter()
+                .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+                .collect();
+            let res = admin
+                .create_topics(&topics, &AdminOptions::new())
+                .await
+                .context("create_topics")?;
+            for r in res {
+                if let Err((t, e)) = r {
+                    bail!("cannot create topic {t}: {e}");
+                }
+            }
+            Ok(())
+        }
+
+        /// Messages in the prefix's topics, counted by reading them all back (tansu's high
+        /// watermarks were not reliable here), plus the high watermarks' sum for the record.
+        pub fn count(brokers: &str, prefix: &str, expect: u64) -> anyhow::Result<(u64, u64)> {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", unique("fondo-bench-count"))
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut tpl = TopicPartitionList::new();
+            let mut hw = 0u64;
+            for e in ENTITIES {
+                let topic = format!("{prefix}.{e}");
+                let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+                        if let Ok((_, hi)) =
+                            c.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                        {
+                            hw += u64::try_from(hi).unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            c.assign(&tpl)?;
+            let mut n = 0u64;
+            let started = Instant::now();
+            let mut last = Instant::now();
+            let idle = Duration::from_secs(3);
+            while last.elapsed() < idle && started.elapsed() < Duration::from_secs(300) {
+                match c.poll(Duration::from_millis(200)) {
+                    Some(Ok(_)) => {
+                        n += 1;
+                        last = Instant::now();
+                    }
+                    Some(Err(e)) => eprintln!("  kafka count: {e}"),
+                    None if n >= expect => break,
+                    None => {}
+                }
+            }
+            Ok((n, hw))
+        }
+
+        pub async fn raw(
+            brokers: &str,
+            prefix: &str,
+            pool: &[Ev],
+            n: u64,
+            window: usize,
+        ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("client.id", "fondo-bench-raw")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("queue.buffering.max.messages", "100000")
+                .set("queue.buffering.max.kbytes", "65536")
+                .create()?;
+            let topics: Vec<String> = ENTITIES.iter().map(|e| format!("{prefix}.{e}")).collect();
+            let topic_of = |entity: &str| {
+                ENTITIES
+                    .iter()
+                    .position(|e| *e == entity)
+                    .and_then(|i| topics.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| format!("{prefix}.other"))
+            };
+            // Warm up (idempotent producer id, metadata, connections) outside the timing.
+            let warm = format!("{prefix}.warmup");
+            producer
+                .send(
+                    FutureRecord::to(&warm).key("w").payload("{}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| anyhow!("kafka warm-up: {e}"))?;
+            let producer = &producer;
+            let r = windowed(n, window, |i| {
+                let ev = &pool[(i as usize) % pool.len()];
+                let topic = topic_of(ev.entity);
+                let id = format!("raw-{i}");
+                async move {
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: "fondo-event-id",
+                            value: Some(id.as_str()),
+                        })
+                        .insert(Header {
+                            key: "fondo-event-type",
+                            value: Some(ev.etype),
+                        })
+                        .insert(Header {
+                            key: "fondo-client-id",
+                            value: Some(CLIENT_ID),
+                        })
+                        .insert(Header {
+                            key: "fondo-source",
+                            value: Some("websocket"),
+                        });
+                    let rec = FutureRecord::to(&topic)
+                        .key(ev.key.as_bytes())
+                        .payload(&ev.body[..])
+                        .headers(headers);
+                    producer
+                        .send(rec, Duration::from_secs(30))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| anyhow!("kafka: {e}"))
+                }
+            })
+            .await;
+            Ok(r)
+        }
+    }
+
+    mod rabbit {
+        use super::*;
+        use lapin::options::{
+            BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+            ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        };
+        use lapin::types::{AMQPValue, FieldTable, ShortString};
+        use lapin::{
+            BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+        };
+
+        pub async fn admin(url: &str) -> anyhow::Result<(Connection, Channel)> {
+            let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            Ok((conn, ch))
+        }
+
+        /// A durable topic exchange and a durable classic queue bound with `#`.
+        pub async fn topology(ch: &Channel, exchange: &str, queue: &str) -> anyhow::Result<()> {
+            ch.exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+            ch.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+            ch.queue_bind(
+                queue.into(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+            Ok(())
+        }
+
+        pub async fn count_and_delete(
+            ch: &Channel,
+            exchange: &str,
+            queue: &str,
+        ) -> anyhow::Result<u64> {
+            let q = ch
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let n = u64::from(q.message_count());
+            let _ = ch
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+            let _ = ch
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+            Ok(n)
+        }
+
+        pub async fn raw(
+            url: &str,
+            exchange: &str,
+            prefix: &str,
+            pool: &[Ev],
+            n: u64,
+            window: usize,
+        ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
+            let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            let ch = &ch;
+            let r = windowed(n, window, |i| {
+                let ev = &pool[(i as usize) % pool.len()];
+                let rk = format!("{prefix}.{}", ev.entity);
+                let id = format!("raw-{i}");
+                async move {
+                    let mut table = FieldTable::default();
+                    table.insert(
+                        "fondo-event-id".into(),
+                        AMQPValue::LongString(id.as_str().into()),
+                    );
+                    table.insert(
+                        "fondo-event-type".into(),
+                        AMQPValue::LongString(ev.etype.into()),
+                    );
+                    table.insert(
+                        "fondo-client-id".into(),
+                        AMQPValue::LongString(CLIENT_ID.into()),
+                    );
+                    table.insert(
+                        "fondo-source".into(),
+                        AMQPValue::LongString("websocket".into()),
+                    );
+                    let props = BasicProperties::default()
+                        .with_content_type(ShortString::from("application/json"))
+                        .with_delivery_mode(2)
+                        .with_message_id(ShortString::from(id.as_str()))
+                        .with_headers(table);
+                    let confirm = ch
+                        .basic_publish(
+                            exchange.into(),
+                            rk.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &ev.body,
+                            props,
+                        )
+                        .await?
+                        .await?;
+                    match confirm {
+                        Confirmation::Ack(None) => Ok(()),
+                        Confirmation::Ack(Some(_)) => Err(anyhow!("returned (unroutable)")),
+                        other => Err(anyhow!("not acked: {other:?}")),
+                    }
+                }
+            })
+            .await;
+            let _ = conn.close(200, "bye".into()).await;
+            Ok(r)
+        }
+    }
+
+    mod nats {
+        use super::*;
+        use async_nats::jetstream::{self, stream};
+
+        pub async fn create_stream(url: &str, name: &str, prefix: &str) -> anyhow::Result<()> {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            js.create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![format!("{prefix}.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("create stream {name}: {e}"))?;
+            Ok(())
+        }
+
+        pub async fn count_and_delete(url: &str, name: &str) -> anyhow::Result<u64> {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            let mut s = js
+                .get_stream(name)
+                .await
+                .map_err(|e| anyhow!("get stream {name}: {e}"))?;
+            let n = s
+                .info()
+                .await
+                .map_err(|e| anyhow!("stream info: {e}"))?
+                .state
+                .messages;
+            let _ = js.delete_stream(name).await;
+            Ok(n)
+        }
+
+        pub async fn raw(
+            url: &str,
+            prefix: &str,
+            pool: &[Ev],
+            n: u64,
+            window: usize,
+        ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            let js = &js;
+            let r = windowed(n, window, |i| {
+                let ev = &pool[(i as usize) % pool.len()];
+                let subject = format!("{prefix}.{}", ev.entity);
+                let id = format!("raw-{i}");
+                async move {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("fondo-event-id", id.as_str());
+                    h.insert("fondo-event-type", ev.etype);
+                    h.insert("fondo-client-id", CLIENT_ID);
+                    h.insert("fondo-source", "websocket");
+                    h.insert("fondo-key", ev.key.as_str());
+                    h.insert("Nats-Msg-Id", id.as_str());
+                    let ack = js
+                        .publish_with_headers(subject, h, ev.body.clone())
+                        .await
+                        .map_err(|e| anyhow!("publish: {e}"))?;
+                    ack.await.map_err(|e| anyhow!("puback: {e}"))?;
+                    Ok(())
+                }
+            })
+            .await;
+            Ok(r)
+        }
+    }
+
+    fn count_lines(dir: &Path) -> u64 {
+        let mut n = 0;
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                n += count_lines(&p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                n += b.iter().filter(|c| **c == b'\n').count() as u64;
+            }
+        }
+        n
+    }
+
+    // ---------------------------------------------------------------- simulator thread
+
+    /// The simulator on its own OS thread and single-threaded runtime, so its CPU can be told apart.
+    struct SimThread {
+        handle: SimHandle,
+        rt: tokio::runtime::Handle,
+        tid: Option<String>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        join: Option<std::thread::JoinHandle<()>>,
+    }
+
+    type SimReady = anyhow::Result<(SimHandle, tokio::runtime::Handle, Option<String>)>;
+
+    impl SimThread {
+        fn spawn(cfg: Option<StreamConfig>) -> anyhow::Result<Self> {
+            let (tx, rx) = std::sync::mpsc::channel::<SimReady>();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let join = std::thread::Builder::new()
+                .name("bench-sim".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    let tid = std::fs::read_link("/proc/thread-self")
+                        .ok()
+                        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()));
+                    rt.block_on(async move {
+                        let cfg = cfg.unwrap_or_else(|| StreamConfig {
+                            count: Some(0),
+                            ..StreamConfig::default()
+                        });
+                        match fondo_bridge::simulator::stream::start(cfg).await {
+                            Ok((_, h)) => {
+                                let _ = tx.send(Ok((h, tokio::runtime::Handle::current(), tid)));
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(anyhow!("simulator: {e}")));
+                                return;
+                            }
+                        }
+                        let _ = stop_rx.await;
+                    });
+                })?;
+            let (handle, rt, tid) = rx.recv().map_err(|_| anyhow!("simulator thread died"))??;
+            Ok(Self {
+                handle,
+                rt,
+                tid,
+                stop: Some(stop_tx),
+                join: Some(join),
+            })
+        }
+
+        async fn stop(mut self) {
+            let h = self.handle;
+            // The listener task runs on the simulator's runtime, still driven by its thread.
+            let _ = tokio::time::timeout(Duration::from_secs(5), h.stop()).await;
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(j) = self.join.take() {
+                let _ = tokio::task::spawn_blocking(move || j.join()).await;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- bridge scenarios
+
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum SinkKind {
+        Kafka,
+        Rabbit,
+        Nats,
+        File,
+    }
+
+    impl SinkKind {
+        fn name(self) -> &'static str {
+            match self {
+                Self::Kafka => "kafka",
+                Self::Rabbit => "rabbitmq",
+                Self::Nats => "nats",
+                Self::File => "file",
+            }
+        }
+    }
+
+    /// What a scenario set up on the broker, to count and clean afterwards.
+    struct Dest {
+        kind: SinkKind,
+        prefix: String,
+        exchange: String,
+        queue: String,
+        stream: String,
+        file_dir: PathBuf,
+    }
+
+    impl Dest {
+        async fn prepare(a: &Args, kind: SinkKind, tmp: &Path) -> anyhow::Result<Self> {
+            let tag = unique("bench").replace('-', "_");
+            let d = Self {
+                kind,
+                prefix: format!("b{}", tag.trim_start_matches("bench")),
+                exchange: format!("{tag}_x"),
+                queue: format!("{tag}_q"),
+                stream: format!("{tag}_S").to_uppercase(),
+                file_dir: tmp.join("out"),
+            };
+            match kind {
+                SinkKind::Kafka => {
+                    if let Some(cmd) = &a.kafka_restart_cmd {
+                        let st = tokio::process::Command::new("sh")
+                            .arg("-c")
+                            .arg(cmd)
+                            .status()
+                            .await?;
+                        if !st.success() {
+                            bail!("kafka restart command failed: {st}");
+                        }
+                    }
+                    kafka::create_topics(&a.kafka, &d.prefix).await?
+                }
+                SinkKind::Rabbit => {
+                    let (conn, ch) = rabbit::admin(&a.amqp).await?;
+                    rabbit::topology(&ch, &d.exchange, &d.queue).await?;
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+                SinkKind::Nats => nats::create_stream(&a.nats, &d.stream, &d.prefix).await?,
+                SinkKind::File => std::fs::create_dir_all(&d.file_dir)?,
+            }
+            Ok(d)
+        }
+
+        async fn count_and_clean(&self, a: &Args, expect: u64) -> anyhow::Result<u64> {
+            Ok(match self.kind {
+                SinkKind::Kafka => {
+                    let (b, p) = (a.kafka.clone(), self.prefix.clone());
+                    let (n, hw) =
+                        tokio::task::spawn_blocking(move || kafka::count(&b, &p, expect)).await??;
+                    eprintln!("  kafka: {n} messages read back; high watermarks sum {hw}");
+                    n
+                }
+                SinkKind::Rabbit => {
+                    let (conn, ch) = rabbit::admin(&a.amqp).await?;
+                    let n = rabbit::count_and_delete(&ch, &self.exchange, &self.queue).await?;
+                    let _ = conn.close(200, "bye".into()).await;
+                    n
+                }
+                SinkKind::Nats => nats::count_and_delete(&a.nats, &self.stream).await?,
+                SinkKind::File => count_lines(&self.file_dir),
+            })
+        }
+
+        fn sink_json(&self, a: &Args) -> serde_json::Value {
+            match self.kind {
+                SinkKind::Kafka => json!({"type": "kafka", "brokers": a.kafka}),
+                SinkKind::Rabbit => json!({"type": "rabbitmq", "url": a.amqp,
+                    "exchange": self.exchange, "max_in_flight": a.window}),
+                SinkKind::Nats => json!({"type": "nats", "url": a.nats,
+                    "max_in_flight": a.window}),
+                SinkKind::File => json!({"type": "file", "dir": self.file_dir, "fsync": "batch"}),
+            }
+        }
+    }
+
+    fn bridge_config(
+        a: &Args,
+        dest: &Dest,
+        source: serde_json::Value,
+        routes: usize,
+        tmp: &Path,
+    ) -> anyhow::Result<Config> {
+        let mut rs: Vec<serde_json::Value> = (1..routes)
+            .map(|i| {
+                json!({"name": format!("never-{i}"), "match": ["*"],
+                       "where": {"/eventType": format!("never-{i}")},
+                       "to": [{"sink": "out", "topic": format!("{}.never", dest.prefix)}]})
+            })
+            .collect();
+        rs.push(json!({"name": "all", "match": ["*"],
+                       "to": [{"sink": "out", "topic": format!("{}.{{entity}}", dest.prefix)}]}));
+        let cfg = json!({
+            "sources": source,
+            "sinks": {"out": dest.sink_json(a)},
+            "routes": rs,
+            "unmatched": "dead_letter",
+            "dead_letter": {"fallback_file": tmp.join("dead-letter.jsonl")},
+            "delivery": {"max_in_flight": a.window, "drain_timeout_ms": 30000},
+            "spool": {"dir": tmp.join("spool")},
+        });
+        Config::from_str_with_env(&cfg.to_string(), "yaml", Vec::<(String, String)>::new())
+            .map_err(|e| anyhow!("bench config: {e}"))
+    }
+
+    fn tmp_dir(tag: &str) -> anyhow::Result<PathBuf> {
+        let d = std::env::temp_dir().join(unique(&format!("fondo-bench-{tag}")));
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    struct Ctx {
+        args: Args,
+        tck: f64,
+    }
+
+    async fn bridge_ws(
+        c: &Ctx,
+        kind: SinkKind,
+        payload: usize,
+        routes: usize,
+        n: u64,
+        group: &str,
+    ) -> anyhow::Result<Row> {
+        let a = &c.args;
+        let tmp = tmp_dir(kind.name())?;
+        let dest = Dest::prepare(a, kind, &tmp).await?;
+        let sim = SimThread::spawn(Some(StreamConfig {
+            token: TOKEN.into(),
+            seed: 11,
+            rate: 0.0,
+            count: Some(n),
+            objects: 1000,
+            payload_bytes: payload,
+            heartbeat: Some(Duration::from_secs(1)),
+            record: false,
+            ..StreamConfig::default()
+        }))?;
+        let source = json!({"websocket": {
+            "url": sim.handle.base_url(), "client_ids": [CLIENT_ID], "token": TOKEN,
+            "heartbeat_timeout_ms": 10000,
+        }});
+        let cfg = bridge_config(a, &dest, source, routes, &tmp)?;
+        reset_peak_rss();
+        let bridge = Bridge::start(cfg).await.map_err(|e| anyhow!("{e}"))?;
+        // Time from the first event the simulator sent.
+        let wait_start = Instant::now();
+        while sim.handle.events_sent() == 0 {
+            if wait_start.elapsed() > Duration::from_secs(30) {
+                bail!("the simulator sent nothing in 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let cpu = CpuMeter::start(c.tck, sim.tid.clone());
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60 + n / 500);
+        while bridge.metrics.delivered_total() < n {
+            if t0.elapsed() > limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let (cpu_p, cpu_s) = cpu.read();
+        let rss = status_kb("VmHWM:") / 1024.0;
+        let delivered = bridge.metrics.delivered_total();
+        let text = bridge.metrics.encode();
+        let r2a = |q| {
+            hist_quantile_ms(
+                &text,
+                "fondo_bridge_receive_to_ack_seconds",
+                "source=\"websocket\"",
+                q,
+            )
+        };
+        let pubq = |q| hist_quantile_ms(&text, "fondo_bridge_publish_latency_seconds", "", q);
+        let row_base = (r2a(0.5), r2a(0.99), r2a(0.999), pubq(0.5), pubq(0.99));
+        if let Err(e) = bridge.shutdown().await {
+            eprintln!("  bridge shutdown: {e}");
+        }
+        sim.stop().await;
+        let count = dest.count_and_clean(a, n).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let avg = avg_len(&pool(payload, 2000));
+        let mut row = finish_row(
+            "bridge-ws",
+            kind,
+            group,
+            payload,
+            avg,
+            routes,
+            a.window,
+            n,
+            delivered,
+            0,
+            elapsed,
+            cpu_p,
+            cpu_s,
+            rss,
+        );
+        row.latency = "receive→ack (bridge histogram, 2x buckets, interpolated)".into();
+        (row.p50_ms, row.p99_ms, row.p999_ms) = (row_base.0, row_base.1, row_base.2);
+        (row.publish_p50_ms, row.publish_p99_ms) = (row_base.3, row_base.4);
+        verify(&mut row, count);
+        Ok(row)
+    }
+
+    fn verify(row: &mut Row, count: anyhow::Result<u64>) {
+        match count {
+            Ok(b) => {
+                row.broker_count = Some(b);
+                // At least once: the broker holds at least every confirmed message and every event.
+                row.verified = Some(b >= row.confirmed && row.confirmed >= row.events);
+            }
+            Err(e) => {
+                row.note = format!("broker count failed: {e:#}");
+                row.verified = Some(false);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_row(
+        scenario: &str,
+        kind: SinkKind,
+        group: &str,
+        payload: usize,
+        avg: f64,
+        routes: usize,
+        window: usize,
+        n: u64,
+        confirmed: u64,
+        errors: u64,
+        elapsed: f64,
+        cpu_p: f64,
+        cpu_s: f64,
+        rss_mb: f64,
+    ) -> Row {
+        let rate = if elapsed > 0.0 {
+            confirmed.min(n) as f64 / elapsed
+        } else {
+            0.0
+        };
+        let sut = (cpu_p - cpu_s).max(0.0);
+        let per10k = if rate > 0.0 {
+            rate / 10_000.0
+        } else {
+            f64::NAN
+        };
+        Row {
+            scenario: scenario.into(),
+            sink: kind.name().into(),
+            group: group.into(),
+            payload_bytes: payload,
+            avg_body_bytes: avg.round(),
+            routes,
+            window,
+            events: n,
+            confirmed,
+            errors,
+            elapsed_s: elapsed,
+            msgs_per_s: rate.round(),
+            cpu_s_process: cpu_p,
+            cpu_s_simulator: cpu_s,
+            cpu_s_sut: sut,
+            sut_cores_per_10k: if elapsed > 0.0 {
+                (sut / elapsed) / per10k
+            } else {
+                f64::NAN
+            },
+            peak_rss_mb: rss_mb,
+            rss_mb_per_10k: rss_mb / per10k,
+            ..Row::default()
+        }
+    }
+
+    async fn raw(
+        c: &Ctx,
+        kind: SinkKind,
+        payload: usize,
+        n: u64,
+        group: &str,
+    ) -> anyhow::Result<Row> {
+        let a = &c.args;
+        let tmp = tmp_dir("raw")?;
+        let dest = Dest::prepare(a, kind, &tmp).await?;
+        let p = pool(payload, POOL.min(n as usize).max(1));
+        let avg = avg_len(&p);
+        reset_peak_rss();
+        let cpu = CpuMeter::start(c.tck, None);
+        let (elapsed, mut lat, errors) = match kind {
+            SinkKind::Kafka => kafka::raw(&a.kafka, &dest.prefix, &p, n, a.window).await?,
+            SinkKind::Rabbit => {
+                rabbit::raw(&a.amqp, &dest.exchange, &dest.prefix, &p, n, a.window).await?
+            }
+            SinkKind::Nats => nats::raw(&a.nats, &dest.prefix, &p, n, a.window).await?,
+            SinkKind::File => bail!("no raw file client"),
+        };
+        let (cpu_p, _) = cpu.read();
+        let rss = status_kb("VmHWM:") / 1024.0;
+        drop(p);
+        let confirmed = lat.len() as u64;
+        let count = dest.count_and_clean(a, n).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut row = finish_row(
+            "raw", kind, group, payload, avg, 1, a.window, n, confirmed, errors, elapsed, cpu_p,
+            0.0, rss,
+        );
+        row.latency = "publish→confirm (exact)".into();
+        (row.p50_ms, row.p99_ms, row.p999_ms) = quantiles_ms(&mut lat);
+        row.note = "payloads pre-generated (pool of 20k, cycled) before timing".into();
+        verify(&mut row, count);
+        Ok(row)
+    }
+
+    async fn bridge_webhook(
+        c: &Ctx,
+        kind: SinkKind,
+        payload: usize,
+        n: u64,
+    ) -> anyhow::Result<Row> {
+        let a = &c.args;
+        let tmp = tmp_dir("wh")?;
+        let dest = Dest::prepare(a, kind, &tmp).await?;
+        let secret = "whsec_Zm9uZG8tYmVuY2gtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWY=";
+        let source = json!({"webhook": {"listen": "127.0.0.1:0",
+            "signature": {"scheme": "standard-webhooks", "secrets": [secret]}}});
+        let cfg = bridge_config(a, &dest, source, 1, &tmp)?;
+        let sim = SimThread::spawn(None)?; // only its runtime: the sender runs there
+        let p = pool(payload, n as usize);
+        let avg = avg_len(&p);
+        let events: Vec<Outgoing> = p
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Outgoing::new(format!("msg_bench{i}"), e.body))
+            .collect();
+        reset_peak_rss();
+        let bridge = Bridge::start(cfg).await.map_err(|e| anyhow!("{e}"))?;
+        let addr = bridge
+            .webhook_addr
+            .ok_or_else(|| anyhow!("webhook source did not start"))?;
+        let mut opts = SenderOptions::new(
+            format!("http://{addr}/fondo/webhooks/callback"),
+            Signer::standard(secret).map_err(|e| anyhow!("signer: {e}"))?,
+        );
+        opts.concurrency = a.webhook_concurrency;
+        opts.backoff_initial = Duration::from_millis(50);
+        opts.backoff_max = Duration::from_millis(500);
+        let sender = WebhookSender::new(opts).map_err(|e| anyhow!("sender: {e}"))?;
+        let cpu = CpuMeter::start(c.tck, sim.tid.clone());
+        let report = sim
+            .rt
+            .spawn(async move { sender.send_all(events, None).await })
+            .await?;
+        let (cpu_p, cpu_s) = cpu.read();
+        let rss = status_kb("VmHWM:") / 1024.0;
+        let delivered = bridge.metrics.delivered_total();
+        let text = bridge.metrics.encode();
+        let pubq = |q| hist_quantile_ms(&text, "fondo_bridge_publish_latency_seconds", "", q);
+        let (pub50, pub99) = (pubq(0.5), pubq(0.99));
+        if let Err(e) = bridge.shutdown().await {
+            eprintln!("  bridge shutdown: {e}");
+        }
+        sim.stop().await;
+        let count = dest.count_and_clean(a, n).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut row = finish_row(
+            "bridge-webhook",
+            kind,
+            "main",
+            payload,
+            avg,
+            1,
+            a.webhook_concurrency,
+            n,
+            report.acknowledged as u64,
+            report.failed as u64,
+            report.elapsed_s,
+            cpu_p,
+            cpu_s,
+            rss,
+        );
+        row.latency = "POST→2xx at the sender (exact)".into();
+        row.p50_ms = report.latency_quantile(0.5).map(|s| s * 1000.0);
+        row.p99_ms = report.latency_quantile(0.99).map(|s| s * 1000.0);
+        row.p999_ms = report.latency_quantile(0.999).map(|s| s * 1000.0);
+        (row.publish_p50_ms, row.publish_p99_ms) = (pub50, pub99);
+        row.note = format!(
+            "window = sender concurrency; {} attempts; bridge delivered {delivered}",
+            report.attempts
+        );
+        verify(&mut row, count);
+        Ok(row)
+    }
+
+    // ---------------------------------------------------------------- report
+
+    fn cmd(program: &str, args: &[&str]) -> String {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    #[derive(Serialize)]
+    struct Env {
+        crate_version: &'static str,
+        git_commit: String,
+        git_dirty: bool,
+        rustc: String,
+        nproc: String,
+        cpu_model: String,
+        date_utc: String,
+        loadavg_start: String,
+        loadavg_end: String,
+        cpus_allowed: String,
+        profile: String,
+        build: &'static str,
+        note: String,
+    }
+
+    fn environment(a: &Args) -> Env {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cpus_allowed = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Cpus_allowed_list:"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Env {
+            crate_version: env!("CARGO_PKG_VERSION"),
+            git_commit: cmd("git", &["rev-parse", "HEAD"]),
+            git_dirty: cmd("git", &["status", "--porcelain", "--untracked-files=no"]) != "",
+            rustc: cmd("rustc", &["-V"]),
+            nproc: cmd("nproc", &["--all"]),
+            cpu_model,
+            date_utc: cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
+            cpus_allowed,
+            profile: if a.full { "full" } else { "quick" }.into(),
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            note: a.note.clone(),
+        }
+    }
+
+    fn loadavg() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    }
+
+    fn f(v: Option<f64>) -> String {
+        v.map(|x| {
+            if x >= 100.0 {
+                format!("{x:.0}")
+            } else if x >= 10.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.2}")
+            }
+        })
+        .unwrap_or_else(|| "–".into())
+    }
+
+    fn lat(r: &Row) -> String {
+        format!("{} / {} / {}", f(r.p50_ms), f(r.p99_ms), f(r.p999_ms))
+    }
+
+    fn ok(r: &Row) -> &'static str {
+        match r.verified {
+            Some(true) => "yes",
+            Some(false) => "**NO**",
+            None => "–",
+        }
+    }
+
+    fn markdown(env: &Env, rows: &[Row], a: &Args) -> String {
+        let mut s = String::new();
+        let push = |s: &mut String, l: &str| {
+            s.push_str(l);
+            s.push('\n');
+        };
+        push(&mut s, "# Benchmarks\n");
+        push(
+            &mut s,
+            "Produced by `scripts/bench.sh` (binary `fondo-bench`, `src/bin/fondo-bench.rs`); the raw \
+             numbers are in `bench-results/results.json`. Re-run it rather than editing this file.\n",
+        );
+        push(&mut s, "## Run\n");
+        push(&mut s, "| | |\n|---|---|");
+        for (k, v) in [
+            ("crate version", env.crate_version.to_string()),
+            (
+                "git commit",
+                format!(
+                    "`{}`{}",
+                    env.git_commit,
+                    if env.git_dirty {
+                        " (tracked files modified)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            ("rustc", env.rustc.clone()),
+            ("build", env.build.to_string()),
+            ("nproc", env.nproc.clone()),
+            ("CPU", env.cpu_model.clone()),
+            ("date (UTC)", env.date_utc.clone()),
+            (
+                "load average at start (1/5/15 min)",
+                env.loadavg_start.clone(),
+            ),
+            ("load average at end", env.loadavg_end.clone()),
+            ("bench process pinned to CPUs", env.cpus_allowed.clone()),
+            ("profile", env.profile.clone()),
+            ("in-flight window", a.window.to_string()),
+            ("note", env.note.clone()),
+        ] {
+            push(&mut s, &format!("| {k} | {v} |"));
+        }
+        push(&mut s, "");
+        push(&mut s, "## Bridge vs. raw client (WebSocket source)\n");
+        push(
+            &mut s,
+            "Throughput counts broker-confirmed messages only. Raw latency is publish→confirm of each \
+             message (exact); bridge latency is receive→ack from the bridge's own histogram \
+             (exponential buckets ×2 from 100 µs, interpolated, so ±factor-2 resolution). \
+             SUT CPU = process CPU − simulator thread CPU; cores/10k = SUT cores busy per 10k \
+             events/s. Peak RSS is the whole process (simulator included), reset before each run.\n",
+        );
+        push(
+            &mut s,
+            "| broker | payload (avg B) | raw msg/s | bridge msg/s | bridge/raw | raw p50/p99/p99.9 ms | bridge p50/p99/p99.9 ms | bridge publish p50/p99 ms | bridge SUT CPU s (cores/10k) | raw CPU s (cores/10k) | bridge peak RSS MB | verified (broker count) |",
+        );
+        push(&mut s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let main: Vec<&Row> = rows.iter().filter(|r| r.group == "main").collect();
+        for kind in ["kafka", "rabbitmq", "nats", "file"] {
+            let raw = main.iter().find(|r| r.scenario == "raw" && r.sink == kind);
+            let br = main
+                .iter()
+                .find(|r| r.scenario == "bridge-ws" && r.sink == kind);
+            let Some(br) = br else { continue };
+            let ratio = raw
+                .filter(|r| r.msgs_per_s > 0.0)
+                .map(|r| format!("{:.0}%", 100.0 * br.msgs_per_s / r.msgs_per_s))
+                .unwrap_or_else(|| "n/a".into());
+            push(
+                &mut s,
+                &format!(
+                    "| {kind} | {} ({}) | {} | {} | {ratio} | {} | {} | {} / {} | {:.2} ({:.2}) | {} | {:.0} | {} ({}) |",
+                    br.payload_bytes,
+                    br.avg_body_bytes,
+                    raw.map(|r| format!("{:.0}", r.msgs_per_s))
+                        .unwrap_or_else(|| "n/a".into()),
+                    br.msgs_per_s,
+                    raw.map(|r| lat(r)).unwrap_or_else(|| "n/a".into()),
+                    lat(br),
+                    f(br.publish_p50_ms),
+                    f(br.publish_p99_ms),
+                    br.cpu_s_sut,
+                    br.sut_cores_per_10k,
+                    raw.map(|r| format!("{:.2} ({:.2})", r.cpu_s_sut, r.sut_cores_per_10k))
+                        .unwrap_or_else(|| "n/a".into()),
+                    br.peak_rss_mb,
+                    ok(br),
+                    br.broker_count.map(|c| c.to_string()).unwrap_or_default(),
+                ),
+            );
+        }
+        push(&mut s, "");
+        let wh: Vec<&&Row> = main
+            .iter()
+            .filter(|r| r.scenario == "bridge-webhook")
+            .collect();
+        if !wh.is_empty() {
+            push(&mut s, "## Webhook source\n");
+            push(
+                &mut s,
+                "Signed (Standard Webhooks) POSTs from the simulator's sender, which waits for each \
+                 answer; the bridge answers 2xx only after the broker confirmed. Latency is POST→2xx \
+                 measured at the sender.\n",
+            );
+            push(
+                &mut s,
+                "| sink | concurrency | msg/s | POST→2xx p50/p99/p99.9 ms | publish p50/p99 ms | SUT CPU s (cores/10k) | peak RSS MB | verified (broker count) |",
+            );
+            push(&mut s, "|---|---|---|---|---|---|---|---|");
+            for r in wh {
+                push(
+                    &mut s,
+                    &format!(
+                        "| {} | {} | {} | {} | {} / {} | {:.2} ({:.2}) | {:.0} | {} ({}) |",
+                        r.sink,
+                        r.window,
+                        r.msgs_per_s,
+                        lat(r),
+                        f(r.publish_p50_ms),
+                        f(r.publish_p99_ms),
+                        r.cpu_s_sut,
+                        r.sut_cores_per_10k,
+                        r.peak_rss_mb,
+                        ok(r),
+                        r.broker_count.map(|c| c.to_string()).unwrap_or_default(),
+                    ),
+                );
+            }
+            push(&mut s, "");
+        }
+        for (group, title, col) in [
+            ("payload", "## Sweep: payload size", "payload B (avg)"),
+            ("routes", "## Sweep: route count", "routes"),
+        ] {
+            let g: Vec<&Row> = rows.iter().filter(|r| r.group == group).collect();
+            if g.is_empty() {
+                continue;
+            }
+            push(&mut s, &format!("{title}\n"));
+            push(
+                &mut s,
+                &format!(
+                    "| scenario | sink | {col} | msg/s | p50/p99/p99.9 ms | SUT CPU cores/10k | peak RSS MB | verified |"
+                ),
+            );
+            push(&mut s, "|---|---|---|---|---|---|---|---|");
+            for r in g {
+                let c = if group == "payload" {
+                    format!("{} ({})", r.payload_bytes, r.avg_body_bytes)
+                } else {
+                    r.routes.to_string()
+                };
+                push(
+                    &mut s,
+                    &format!(
+                        "| {} | {} | {c} | {} | {} | {:.2} | {:.0} | {} |",
+                        r.scenario,
+                        r.sink,
+                        r.msgs_per_s,
+                        lat(r),
+                        r.sut_cores_per_10k,
+                        r.peak_rss_mb,
+                        ok(r)
+                    ),
+                );
+            }
+            push(&mut s, "");
+        }
+        push(&mut s, "## How it is measured\n");
+        for l in [
+            "- **Raw**: the bare client, one connection, at most `window` messages awaiting their confirm: rdkafka `FutureProducer` (`acks=all`, `enable.idempotence=true`, the sink's queue limits), lapin with publisher confirms, `mandatory`, persistent messages to a durable topic exchange with one durable classic queue bound `#`, async-nats JetStream publish + PubAck (file storage, `Nats-Msg-Id`). Same payloads (Generator, padded to the payload size), same keys, same 4-5 headers; payloads pre-generated before timing.",
+            "- **Bridge**: `Bridge::start` in-process; the simulator streams `N` events over a WebSocket on loopback (rate unlimited); the WebSocket source spools to disk (spool on, temp dir); one catch-all route `<prefix>.{entity}`; `delivery.max_in_flight` and the sink's own window = `window`. Timing starts at the simulator's first event and stops when `delivered_total` (broker-confirmed) reaches `N`.",
+            "- **Verified**: after the bridge drained, the broker's own count (Kafka: sum of high watermarks of the 7 topics × 3 partitions; RabbitMQ: message count of the bound queue; JetStream: stream message count; file: lines written) is at least the confirmed count, which is at least `N`. At-least-once may show a few duplicates (count > N).",
+            "- **Sharing**: the simulator (and the webhook sender) run in the same process on their own thread and runtime; their CPU is subtracted but they compete for the same cores. The brokers run on the same machine. Kafka is tansu (memory storage), not Apache Kafka.",
+            "- **Route sweep**: `routes − 1` routes that match `*` but whose `where` filter never holds, plus the catch-all: every event is evaluated against every route.",
+        ] {
+            push(&mut s, l);
+        }
+        push(&mut s, "");
+        push(&mut s, "## Running\n");
+        push(
+            &mut s,
+            "```sh\nscripts/bench.sh --quick   # main comparison, < 10 minutes with broker start\nscripts/bench.sh --full    # plus payload 256 B..8 KB and 1/10/100/1000 routes\n```\n",
+        );
+        s
+    }
+
+    // ---------------------------------------------------------------- main
+
+    async fn run(a: Args) -> anyhow::Result<()> {
+        let mut env = environment(&a);
+        eprintln!(
+            "fondo-bench {} ({} build), load {} , cpus {}",
+            env.profile, env.build, env.loadavg_start, env.cpus_allowed
+        );
+        let c = Ctx {
+            tck: clk_tck(),
+            args: a.clone(),
+        };
+        let n = a.events.unwrap_or(if a.full { 100_000 } else { 40_000 });
+        let nwh = a
+            .webhook_events
+            .unwrap_or(if a.full { 20_000 } else { 10_000 });
+        let mut rows: Vec<Row> = Vec::new();
+        let brokers = [SinkKind::Kafka, SinkKind::Rabbit, SinkKind::Nats];
+        let record = |r: anyhow::Result<Row>, what: &str, rows: &mut Vec<Row>| match r {
+            Ok(r) => {
+                eprintln!(
+                    "  {what}: {:.0} msg/s, p50/p99/p99.9 {} ms, SUT cpu {:.2}s, rss {:.0} MB, verified {:?} ({:?})",
+                    r.msgs_per_s,
+                    lat(&r),
+                    r.cpu_s_sut,
+                    r.peak_rss_mb,
+                    r.verified,
+                    r.broker_count
+                );
+                rows.push(r);
+            }
+            Err(e) => eprintln!("  {what}: FAILED: {e:#}"),
+        };
+        for k in brokers {
+            if !a.wants(k.name()) {
+                continue;
+            }
+            eprintln!("{}: raw ({n} events)", k.name());
+            record(
+                raw(&c, k, a.payload_bytes, n, "main").await,
+                "raw",
+                &mut rows,
+            );
+            eprintln!("{}: bridge from the WebSocket source", k.name());
+            record(
+                bridge_ws(&c, k, a.payload_bytes, 1, n, "main").await,
+                "bridge",
+                &mut rows,
+            );
+        }
+        if a.wants("file") {
+            eprintln!("file: bridge from the WebSocket source");
+            record(
+                bridge_ws(&c, SinkKind::File, a.payload_bytes, 1, n, "main").await,
+                "bridge",
+                &mut rows,
+            );
+        }
+        if a.wants("webhook") {
+            for k in [SinkKind::File, SinkKind::Nats] {
+                eprintln!("webhook → {} ({nwh} events)", k.name());
+                record(
+                    bridge_webhook(&c, k, a.payload_bytes, nwh).await,
+                    "webhook",
+                    &mut rows,
+                );
+            }
+        }
+        if a.full {
+            let ns = (n / 2).max(1);
+            for payload in [256usize, 1024, 4096, 8192] {
+                for k in brokers {
+                    if !a.wants(k.name()) {
+                        continue;
+                    }
+                    eprintln!("sweep payload {payload}: {}", k.name());
+                    record(raw(&c, k, payload, ns, "payload").await, "raw", &mut rows);
+                    record(
+                        bridge_ws(&c, k, payload, 1, ns, "payload").await,
+                        "bridge",
+                        &mut rows,
+                    );
+                }
+            }
+            for routes in [1usize, 10, 100, 1000] {
+                for k in [SinkKind::File, SinkKind::Nats] {
+                    eprintln!("sweep routes {routes}: {}", k.name());
+                    record(
+                        bridge_ws(&c, k, a.payload_bytes, routes, ns, "routes").await,
+                        "bridge",
+                        &mut rows,
+                    );
+                }
+            }
+        }
+        env.loadavg_end = loadavg();
+        if a.no_write {
+            return Ok(());
+        }
+        if let Some(d) = a.out_json.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let json = serde_json::to_string_pretty(&json!({"environment": env, "results": rows}))?;
+        std::fs::write(&a.out_json, json + "\n")?;
+        if let Some(d) = a.out_md.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(&a.out_md, markdown(&env, &rows, &a))?;
+        eprintln!("wrote {} and {}", a.out_json.display(), a.out_md.display());
+        Ok(())
+    }
+
+    pub fn main() -> anyhow::Result<()> {
+        let a = Args::parse();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(run(a))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn quantiles_from_histogram_text() {
+            let t = "fondo_bridge_x_seconds_bucket{source=\"websocket\",le=\"0.001\"} 50\n\
+                     fondo_bridge_x_seconds_bucket{source=\"websocket\",le=\"0.002\"} 100\n\
+                     fondo_bridge_x_seconds_bucket{source=\"websocket\",le=\"+Inf\"} 100\n";
+            let p50 = hist_quantile_ms(t, "fondo_bridge_x_seconds", "websocket", 0.5);
+            assert_eq!(p50, Some(1.0));
+            let p75 = hist_quantile_ms(t, "fondo_bridge_x_seconds", "websocket", 0.75);
+            assert_eq!(p75, Some(1.5));
+        }
+
+        #[test]
+        fn exact_quantiles() {
+            let mut v: Vec<f64> = (1..=1000).map(f64::from).collect();
+            assert_eq!(
+                quantiles_ms(&mut v),
+                (Some(500.0), Some(990.0), Some(999.0))
+            );
+        }
+    }
+}
