@@ -37,6 +37,13 @@ enum Command {
         #[command(subcommand)]
         what: Simulate,
     },
+    /// Dead letters: list, show, replay (never deletes them).
+    Dlq {
+        #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: fondo_bridge::dlq_cli::DlqCommand,
+    },
     /// Validate a config file and list every problem with its path. Exit 0 when valid.
     Check {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
@@ -92,6 +99,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(config).await,
         Command::Check { config } => Ok(check(&config)),
         Command::Demo(args) => demo(args).await,
+        Command::Dlq { config, command } => dlq(&config, command).await,
         Command::Simulate { what } => simulate(what).await,
         Command::Route {
             config,
@@ -262,6 +270,33 @@ async fn demo(args: fondo_bridge::demo::DemoArgs) -> anyhow::Result<ExitCode> {
         s.elapsed.as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(
+    config: &std::path::Path,
+    command: fondo_bridge::dlq_cli::DlqCommand,
+) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid", config.display());
+            for p in e.problems() {
+                eprintln!("  - {p}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    fondo_bridge::telemetry::init_logging(&fondo_bridge::config::TelemetryConfig {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+    match fondo_bridge::dlq_cli::run(command, &cfg).await {
+        Ok(outcome) => Ok(ExitCode::from(outcome.code)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
 }
 
 async fn simulate(what: Simulate) -> anyhow::Result<ExitCode> {
