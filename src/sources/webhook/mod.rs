@@ -30,6 +30,7 @@
 pub mod signature;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -110,6 +111,12 @@ struct Shared {
     closing: CancellationToken,
     request_timeout: Duration,
     ack_timeout: Duration,
+    /// Unix second of the last logged signature refusal.
+    last_refusal_log: AtomicI64,
+    /// How often `secrets_file` is checked for changes.
+    secrets_poll: Duration,
+    /// The secrets file as it was when the secrets in use were read.
+    secrets_stamp: FileStamp,
 }
 
 impl WebhookSource {
@@ -136,6 +143,8 @@ impl WebhookSource {
                 "max_body_bytes must be at least 1".into(),
             ));
         }
+        // Stamped before reading, so a change made while reading is picked up by the next poll.
+        let secrets_stamp = secrets_file(&cfg.signature).and_then(file_stamp);
         let verifier = Verifier::from_config(&cfg.signature)?;
         if verifier.is_insecure() {
             tracing::warn!(
@@ -163,6 +172,9 @@ impl WebhookSource {
                 closing: CancellationToken::new(),
                 request_timeout,
                 ack_timeout,
+                last_refusal_log: AtomicI64::new(0),
+                secrets_poll: SECRETS_POLL,
+                secrets_stamp,
             }),
         })
     }
@@ -278,21 +290,25 @@ fn secrets_file(sig: &SignatureConfig) -> Option<&std::path::Path> {
     }
 }
 
+/// What tells a changed file: modification time and length.
+type FileStamp = Option<(Option<SystemTime>, u64)>;
+
+fn file_stamp(f: &std::path::Path) -> FileStamp {
+    std::fs::metadata(f)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
 /// Picks up a rotated `secrets_file` (Kubernetes updates mounted secrets in place). A file that
 /// cannot be read or holds no valid secret keeps the secrets in use, with a warning.
 async fn reload_secrets(shared: Arc<Shared>, file: std::path::PathBuf, stop: CancellationToken) {
-    let stamp = |f: &std::path::Path| {
-        std::fs::metadata(f)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
-    let mut last = stamp(&file);
+    let mut last = shared.secrets_stamp;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SECRETS_POLL) => {}
+            _ = tokio::time::sleep(shared.secrets_poll) => {}
         }
-        let now = stamp(&file);
+        let now = file_stamp(&file);
         if now == last {
             continue;
         }
@@ -351,7 +367,15 @@ impl Shared {
 
     fn unauthorized(&self, e: SignatureError) -> Response {
         self.count_rejected(e.kind());
-        tracing::warn!(reason = %e, "webhook refused: invalid signature");
+        // At most one warning per second, so a flood of forged requests cannot flood the logs;
+        // the metric counts every one.
+        let now = unix_now();
+        let last = self.last_refusal_log.swap(now, Ordering::Relaxed);
+        if last != now {
+            tracing::warn!(reason = %e, "webhook refused: invalid signature");
+        } else {
+            tracing::debug!(reason = %e, "webhook refused: invalid signature");
+        }
         reply(StatusCode::UNAUTHORIZED, r#"{"error":"invalid signature"}"#)
     }
 }
@@ -693,6 +717,68 @@ mod tests {
         assert_eq!(raw_id(b"abc"), raw_id(b"abc"));
         assert_ne!(raw_id(b"abc"), raw_id(b"abd"));
         assert!(raw_id(b"abc").starts_with("raw-"));
+    }
+
+    #[tokio::test]
+    async fn rotated_secrets_file_is_picked_up() {
+        use crate::config::{Config, Unmatched};
+        use crate::dispatch::{DispatcherParts, RetryPolicy};
+        use crate::dlq::DeadLetterWriter;
+        use crate::metrics::Metrics;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets");
+        let a = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let b = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=";
+        std::fs::write(&file, format!("{a}\n")).unwrap();
+        let cfg: WebhookSourceConfig = serde_json::from_value(serde_json::json!({
+            "signature": {"scheme": "standard-webhooks", "secrets_file": file}
+        }))
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher = Dispatcher::start(DispatcherParts {
+            router: crate::router::Router::compile_routes(&[], Unmatched::Drop, |_| false).unwrap(),
+            sinks: std::collections::HashMap::new(),
+            dead_letters: Arc::new(DeadLetterWriter::new(
+                None,
+                "dl".into(),
+                1,
+                dir.path().join("dl.jsonl"),
+                metrics.clone(),
+            )),
+            policy: RetryPolicy::from_config(&Config::default()),
+            max_in_flight: 10,
+            dedupe_ttl: Duration::from_secs(60),
+            dedupe_capacity: 100,
+            metrics,
+        });
+        let mut source = WebhookSource::new(
+            cfg,
+            EventConfig::default(),
+            dispatcher,
+            Arc::new(Readiness::default()),
+        )
+        .unwrap();
+        Arc::get_mut(&mut source.shared).unwrap().secrets_poll = Duration::from_millis(20);
+        let shared = Arc::clone(&source.shared);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(reload_secrets(
+            Arc::clone(&shared),
+            file.clone(),
+            stop.clone(),
+        ));
+        assert_eq!(shared.verifier.load().secret_count(), 1);
+        std::fs::write(&file, format!("{b}\n{a}\n")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.verifier.load().secret_count() != 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shared.verifier.load().secret_count(), 2);
+        // A broken file keeps the secrets in use.
+        std::fs::write(&file, "whsec_!!! not base64\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(shared.verifier.load().secret_count(), 2);
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]
