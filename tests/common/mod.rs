@@ -10,7 +10,9 @@ pub fn broker(name: &str) -> Option<String> {
     match std::env::var(&var) {
         Ok(v) if !v.trim().is_empty() => Some(v),
         _ => {
-            let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+            let ci = std::env::var("CI")
+                .map(|v| v == "true" || v == "1")
+                .unwrap_or(false);
             assert!(
                 !ci,
                 "{var} is not set and CI=true: the README's test command starts the brokers and sets it"
