@@ -419,6 +419,30 @@ async fn mock_broker_down_then_up_is_delivered() {
         .expect("delivered after the broker came back");
 }
 
+/// The health check follows the broker; statistics come when asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_healthcheck_and_statistics() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.options
+        .insert("statistics.interval.ms".into(), "100".into());
+    cfg.connect_timeout_ms = 1_000;
+    let sink = connect(&cfg).await;
+    sink.healthcheck().await.expect("healthy");
+    sink.publish(message("t", Some("k"), 0))
+        .await
+        .expect("published");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = sink.statistics().expect("statistics");
+    assert!(stats.txmsgs >= 1, "{}", stats.txmsgs);
+    mock.broker_down(1).unwrap();
+    let err = sink.healthcheck().await.expect_err("broker down");
+    eprintln!("{err}");
+    assert!(err.is_retriable());
+    mock.broker_up(1).unwrap();
+}
+
 /// A broker that stays down past `message.timeout.ms`: retriable, not fatal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_timeout_is_retriable() {
@@ -473,6 +497,39 @@ async fn mock_fatal_broker_errors_are_fatal() {
             .await
             .expect("next message delivered");
     }
+}
+
+/// The idempotent producer's fatal state (here: a sequence gap it cannot close with
+/// `enable.gapless.guarantee`) fails the publish as retriable and a new producer delivers the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_fatal_producer_state_is_recovered() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.options
+        .insert("enable.gapless.guarantee".into(), "true".into());
+    let sink = connect(&cfg).await;
+    sink.publish(message("t", Some("k"), 0))
+        .await
+        .expect("first");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.publish(message("t", Some("k"), 1)),
+    )
+    .await
+    .expect("in time");
+    eprintln!("{r:?}");
+    let err = r.expect_err("fatal producer state");
+    assert!(err.is_retriable(), "{err}");
+    assert_eq!(sink.producers_replaced(), 1);
+    sink.publish(message("t", Some("k"), 1))
+        .await
+        .expect("the retry is delivered by a new producer");
+    sink.healthcheck().await.expect("healthy again");
 }
 
 /// A message over `message.max.bytes` is refused at once, fatally, without its bytes in the reason.

@@ -17,7 +17,7 @@
 //! Message mapping: `msg.topic` is the Kafka topic, `msg.key` the key, `msg.headers` (all of them,
 //! in order) the record headers, `msg.payload` the value, verbatim.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ const DEFAULT_OPTIONS: &[(&str, &str)] = &[
 const QUEUE_FULL_WAIT_MIN: Duration = Duration::from_millis(2);
 const QUEUE_FULL_WAIT_MAX: Duration = Duration::from_millis(100);
 
-/// How long a health check waits for the cluster's metadata.
+/// How long a health check waits for the cluster's metadata, at most.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the librdkafka callbacks saw, shared by every producer this sink creates.
@@ -149,7 +149,11 @@ pub struct KafkaSink {
     producer: ArcSwap<Producer_>,
     /// Serialises replacing a producer that hit a fatal error.
     recreate: Mutex<()>,
+    /// How many producers were replaced after a fatal error.
+    replaced: AtomicU64,
     closed: AtomicBool,
+    /// How long a health check waits: `connect_timeout_ms`, at most [`HEALTHCHECK_TIMEOUT`].
+    health_timeout: Duration,
 }
 
 /// What an rdkafka error means for the message that met it.
@@ -281,6 +285,7 @@ impl KafkaSink {
         let name: Arc<str> = Arc::from(name);
         let shared = Arc::new(Shared::default());
         let producer = create_producer(&name, &client_config, &shared)?;
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
         let sink = KafkaSink {
             name: name.clone(),
             brokers: cfg.brokers.clone(),
@@ -288,9 +293,10 @@ impl KafkaSink {
             shared,
             producer: ArcSwap::from_pointee(producer),
             recreate: Mutex::new(()),
+            replaced: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            health_timeout: timeout.min(HEALTHCHECK_TIMEOUT),
         };
-        let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
         let brokers = sink.metadata_check(timeout).await.map_err(|e| {
             SinkError::Fatal(format!(
                 "kafka sink {name:?}: cannot reach the cluster at {:?} within {timeout:?}: {}",
@@ -319,6 +325,11 @@ impl KafkaSink {
     /// Messages enqueued on the producer and not yet confirmed or failed.
     pub fn in_flight(&self) -> usize {
         usize::try_from(self.producer.load().in_flight_count()).unwrap_or(0)
+    }
+
+    /// How many times the producer was replaced after a fatal error (idempotence state lost).
+    pub fn producers_replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     /// The last librdkafka statistics, when `options` sets `statistics.interval.ms` above 0.
@@ -450,7 +461,10 @@ impl KafkaSink {
             "kafka producer hit a fatal error; replacing it"
         );
         match create_producer(&self.name, &self.client_config, &self.shared) {
-            Ok(p) => self.producer.store(Arc::new(p)),
+            Ok(p) => {
+                self.producer.store(Arc::new(p));
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::error!(sink = &*self.name, error = %e, "cannot create a new kafka producer")
             }
@@ -587,7 +601,10 @@ impl Sink for KafkaSink {
                 if producer.client().fatal_error().is_some() {
                     // The idempotent producer is unusable; a new one will take the retry.
                     self.recover_from_fatal(&producer);
-                    err = SinkError::Retriable(err.reason().to_owned());
+                    err = SinkError::Retriable(format!(
+                        "{}; the idempotent producer hit a fatal error and was replaced",
+                        err.reason()
+                    ));
                 }
                 tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka delivery failed");
                 Err(err)
@@ -604,7 +621,17 @@ impl Sink for KafkaSink {
                 "kafka producer in a fatal state: {code:?}: {reason}"
             )));
         }
-        self.metadata_check(HEALTHCHECK_TIMEOUT).await.map(|_| ())
+        self.metadata_check(self.health_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                SinkError::Retriable(format!(
+                    "kafka cluster at {:?} does not answer within {:?}: {}",
+                    self.brokers,
+                    self.health_timeout,
+                    e.reason()
+                ))
+            })
     }
 
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
