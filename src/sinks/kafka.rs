@@ -252,7 +252,7 @@ fn redact(text: &str, client_config: &ClientConfig) -> String {
     out
 }
 
-/// `a, b and c` from a list of problems.
+/// `path: message; path: message` from a list of problems.
 fn join_problems(problems: &[(String, String)]) -> String {
     problems
         .iter()
