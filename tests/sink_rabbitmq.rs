@@ -633,13 +633,147 @@ impl Drop for Node {
     }
 }
 
-/// Waits until 200 more messages than `from` were confirmed.
-async fn wait_for_progress(confirmed: &Mutex<HashSet<String>>, from: usize, what: &str) {
-    let t = Instant::now();
-    while confirmed.lock().unwrap().len() < from + 200 {
-        assert!(t.elapsed() < Duration::from_secs(30), "no progress {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Publishers like the dispatcher's: one task per key publishing sequentially, retrying retriable
+/// errors with a small backoff; a confirmed message is recorded as delivered.
+struct Publishers {
+    stop: Arc<AtomicBool>,
+    confirmed: Arc<Mutex<HashSet<String>>>,
+    attempts: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    slowest_failure: Arc<Mutex<Duration>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Publishers {
+    fn start(sink: &Arc<RabbitMqSink>, keys: usize) -> Self {
+        let mut p = Publishers {
+            stop: Arc::default(),
+            confirmed: Arc::default(),
+            attempts: Arc::default(),
+            failures: Arc::default(),
+            slowest_failure: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for k in 0..keys {
+            let (sink, stop, confirmed) = (sink.clone(), p.stop.clone(), p.confirmed.clone());
+            let (attempts, failures, slowest) = (
+                p.attempts.clone(),
+                p.failures.clone(),
+                p.slowest_failure.clone(),
+            );
+            p.tasks.push(tokio::spawn(async move {
+                let mut seq = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("k{k}-{seq}");
+                    let msg = message(&format!("fondo.order.k{k}"), &format!("k{k}"), seq, &id);
+                    let mut backoff = Duration::from_millis(20);
+                    loop {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        let t = Instant::now();
+                        match sink.publish(msg.clone()).await {
+                            Ok(()) => break,
+                            Err(SinkError::Retriable(_)) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                let took = t.elapsed();
+                                {
+                                    let mut s = slowest.lock().unwrap();
+                                    *s = (*s).max(took);
+                                }
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_millis(500));
+                            }
+                            Err(e) => panic!("fatal during a fault test: {e}"),
+                        }
+                    }
+                    confirmed.lock().unwrap().insert(id);
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        p
     }
+
+    fn count(&self) -> usize {
+        self.confirmed.lock().unwrap().len()
+    }
+
+    /// Waits until 200 more messages than `from` were confirmed.
+    async fn progress(&self, from: usize, what: &str) {
+        let t = Instant::now();
+        while self.count() < from + 200 {
+            assert!(t.elapsed() < Duration::from_secs(30), "no progress {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the publishers and checks what a consumer finds in `queue`: every confirmed message
+    /// (by `message_id`), first occurrences in order per key, duplicates bounded by the failed
+    /// attempts (each is at most one message the broker stored but could not confirm).
+    async fn finish_and_check(self, ch: &Channel, queue: &str, test: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let confirmed = self.confirmed.lock().unwrap().clone();
+        let got = drain(ch, queue, usize::MAX, Duration::from_secs(3)).await;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut first_seq: HashMap<String, Vec<usize>> = HashMap::new();
+        for d in &got {
+            let id = message_id(d);
+            let n = seen.entry(id.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                let key = header(d, "fondo-key").unwrap();
+                let seq: usize = header(d, "x-test-seq").unwrap().parse().unwrap();
+                first_seq.entry(key).or_default().push(seq);
+            }
+        }
+        let lost: Vec<&String> = confirmed
+            .iter()
+            .filter(|id| !seen.contains_key(*id))
+            .collect();
+        let duplicates = got.len() - seen.len();
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        let failures = self.failures.load(Ordering::Relaxed);
+        let slowest = *self.slowest_failure.lock().unwrap();
+        eprintln!(
+            "{test}: {} confirmed, {} delivered ({} unique, {duplicates} duplicates), {attempts} attempts, {failures} retriable failures, slowest failure {slowest:?}",
+            confirmed.len(),
+            got.len(),
+            seen.len(),
+        );
+        assert!(
+            lost.is_empty(),
+            "{} confirmed messages lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        assert!(failures > 0, "the fault was noticed");
+        assert!(
+            duplicates <= failures,
+            "{duplicates} duplicates for {failures} failures"
+        );
+        for (key, seqs) in &first_seq {
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order of {key} kept");
+        }
+        // A publish while the broker is away fails retriable within `reconnect_wait_ms` or the
+        // heartbeat timeout (plus a connect attempt), rather than spinning or hanging.
+        assert!(slowest < Duration::from_secs(7), "{slowest:?}");
+    }
+}
+
+/// Polls the health check until it fails; how long that took.
+async fn until_unhealthy(sink: &RabbitMqSink, within: Duration) -> Duration {
+    let t = Instant::now();
+    while sink.healthcheck().await.is_ok() {
+        assert!(
+            t.elapsed() < within,
+            "health check still fine after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -655,11 +789,10 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     };
     node.start();
     let url = node.url();
-    let exchange = "fondo";
     let queue = "fondo.all";
     let cfg: RabbitMqSinkConfig = serde_json::from_value(serde_json::json!({
         "url": url,
-        "exchange": exchange,
+        "exchange": "fondo",
         "reconnect_wait_ms": 1000,
         "reconnect_delay_initial_ms": 100,
         "reconnect_delay_max_ms": 1000,
@@ -671,139 +804,157 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     }))
     .unwrap();
     let sink = Arc::new(RabbitMqSink::connect("rabbit", &cfg).await.unwrap());
-
-    // Publishers: one per key, sequential, retrying retriable errors with a small backoff like
-    // the dispatcher does; a confirmed message is recorded as delivered.
-    const KEYS: usize = 8;
-    let stop = Arc::new(AtomicBool::new(false));
-    let confirmed: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let slowest_failure = Arc::new(Mutex::new(Duration::ZERO));
-    let mut tasks = Vec::new();
-    for k in 0..KEYS {
-        let (sink, stop, confirmed) = (sink.clone(), stop.clone(), confirmed.clone());
-        let (attempts, failures, slowest) =
-            (attempts.clone(), failures.clone(), slowest_failure.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut seq = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("k{k}-{seq}");
-                let msg = message(&format!("fondo.order.k{k}"), &format!("k{k}"), seq, &id);
-                let mut backoff = Duration::from_millis(20);
-                loop {
-                    attempts.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    match sink.publish(msg.clone()).await {
-                        Ok(()) => break,
-                        Err(SinkError::Retriable(_)) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            let took = t.elapsed();
-                            {
-                                let mut s = slowest.lock().unwrap();
-                                *s = (*s).max(took);
-                            }
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_millis(500));
-                        }
-                        Err(e) => panic!("fatal during restart test: {e}"),
-                    }
-                }
-                confirmed.lock().unwrap().insert(id);
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
-
-    let count = || confirmed.lock().unwrap().len();
+    let publishers = Publishers::start(&sink, 8);
     let t0 = Instant::now();
-    wait_for_progress(&confirmed, 0, "at start").await;
-    eprintln!("{:?}: 200 confirmed", t0.elapsed());
+    publishers.progress(0, "at start").await;
 
-    // 1. A graceful broker stop (CONNECTION_FORCED to clients), then start.
-    let before = count();
+    // 1. A graceful stop (the broker closes client connections with CONNECTION_FORCED), then start.
+    let before = publishers.count();
     node.stop();
-    let down_at = Instant::now();
-    let mut saw_unhealthy = false;
-    while down_at.elapsed() < Duration::from_secs(5) {
-        if sink.healthcheck().await.is_err() {
-            saw_unhealthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(saw_unhealthy, "health check reports the broker down");
+    until_unhealthy(&sink, Duration::from_secs(5)).await;
     node.start();
-    wait_for_progress(&confirmed, before, "after the graceful restart").await;
-    eprintln!("{:?}: progress after graceful restart", t0.elapsed());
+    publishers
+        .progress(before, "after the graceful restart")
+        .await;
+    eprintln!("{:?}: progress after the graceful restart", t0.elapsed());
     sink.healthcheck().await.unwrap();
 
     // 2. SIGKILL, then start.
-    let before = count();
+    let before = publishers.count();
     node.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(sink.healthcheck().await.is_err(), "unhealthy after kill -9");
+    until_unhealthy(&sink, Duration::from_secs(5)).await;
     node.start();
-    wait_for_progress(&confirmed, before, "after kill -9").await;
+    publishers.progress(before, "after kill -9").await;
     eprintln!("{:?}: progress after kill -9", t0.elapsed());
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let (_conn, ch) = admin(&url).await;
+    publishers
+        .finish_and_check(&ch, queue, "broker restart")
+        .await;
     sink.close(Instant::now() + Duration::from_secs(5))
         .await
         .unwrap();
+}
 
-    let confirmed = confirmed.lock().unwrap().clone();
-    let (_conn, ch) = admin(&url).await;
-    let got = drain(&ch, queue, usize::MAX, Duration::from_secs(3)).await;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut first_seq: HashMap<String, Vec<usize>> = HashMap::new();
-    for d in &got {
-        let id = message_id(d);
-        let n = seen.entry(id.clone()).or_default();
-        *n += 1;
-        if *n == 1 {
-            let key = header(d, "fondo-key").unwrap();
-            let seq: usize = header(d, "x-test-seq").unwrap().parse().unwrap();
-            first_seq.entry(key).or_default().push(seq);
+// ---------------------------------------------------------------------------------------------
+// network cut
+
+/// A TCP proxy that can black-hole traffic: after `cut`, connections that existed stay open but
+/// nothing passes any more (no FIN, no RST, like a dead network path); new connections are
+/// accepted and black-holed too until `heal`.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    epoch: Arc<AtomicUsize>,
+}
+
+impl Blackhole {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicUsize::new(0));
+        let (c, e) = (cut.clone(), epoch.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let born = e.load(Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pipe(cr, sw, c.clone(), e.clone(), born));
+                tokio::spawn(Self::pipe(sr, cw, c.clone(), e.clone(), born));
+            }
+        });
+        Blackhole { addr, cut, epoch }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<AtomicBool>,
+        epoch: Arc<AtomicUsize>,
+        born: usize,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cut.load(Ordering::SeqCst) || epoch.load(Ordering::SeqCst) != born {
+                continue; // swallowed
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
         }
     }
-    let lost: Vec<&String> = confirmed
-        .iter()
-        .filter(|id| !seen.contains_key(*id))
-        .collect();
-    let duplicates = got.len() - seen.len();
-    let (attempts, failures) = (
-        attempts.load(Ordering::Relaxed),
-        failures.load(Ordering::Relaxed),
-    );
-    eprintln!(
-        "restart test: {} confirmed, {} delivered ({} unique, {duplicates} duplicates), {attempts} attempts, {failures} retriable failures, slowest failure {:?}",
-        confirmed.len(),
-        got.len(),
-        seen.len(),
-        slowest_failure.lock().unwrap()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} confirmed messages lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert!(failures > 0, "the restarts were noticed");
-    // Duplicates come only from messages in flight when the broker went away: at most one per key
-    // and failure, bounded by the retried attempts.
-    assert!(
-        duplicates <= failures,
-        "{duplicates} duplicates for {failures} failures"
-    );
-    for (key, seqs) in &first_seq {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order of {key} kept");
+
+    fn cut(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cut.store(true, Ordering::SeqCst);
     }
-    // A publish while the broker is down waits at most `reconnect_wait_ms` (plus a connect
-    // attempt) before failing retriable, rather than spinning or hanging.
-    assert!(*slowest_failure.lock().unwrap() < Duration::from_secs(7));
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_network_cut_is_detected_by_heartbeat_and_loses_nothing() {
+    let Some(url) = common::broker("AMQP") else {
+        return;
+    };
+    let parsed: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Blackhole::start(format!(
+        "{}:{}",
+        parsed.authority.host, parsed.authority.port
+    ))
+    .await;
+    let (_conn, ch) = admin(&url).await;
+    let (exchange, queue) = exchange_and_queue(&ch, "fb-cut", "fondo.#").await;
+    let via_proxy = format!(
+        "amqp://{}:{}@{}/{}",
+        parsed.authority.userinfo.username,
+        parsed.authority.userinfo.password,
+        proxy.addr,
+        url.rsplit_once('/').unwrap().1
+    );
+    let cfg: RabbitMqSinkConfig = serde_json::from_value(serde_json::json!({
+        "url": via_proxy,
+        "exchange": exchange,
+        "heartbeat_s": 1,
+        "connect_timeout_ms": 1500,
+        "confirm_timeout_ms": 10000,
+        "reconnect_wait_ms": 1000,
+        "reconnect_delay_max_ms": 500
+    }))
+    .unwrap();
+    let sink = Arc::new(RabbitMqSink::connect("rabbit", &cfg).await.unwrap());
+    let publishers = Publishers::start(&sink, 4);
+    publishers.progress(0, "at start").await;
+
+    let before = publishers.count();
+    proxy.cut();
+    // Nothing is closed: only the heartbeat (1 s, so 2 s without a frame) can notice.
+    let noticed = until_unhealthy(&sink, Duration::from_secs(6)).await;
+    eprintln!("network cut noticed after {noticed:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = publishers.count();
+    proxy.heal();
+    publishers
+        .progress(stalled.max(before), "after the network came back")
+        .await;
+    sink.healthcheck().await.unwrap();
+
+    publishers
+        .finish_and_check(&ch, &queue, "network cut")
+        .await;
+    sink.close(Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    cleanup(&ch, &[&exchange], &[&queue]).await;
 }

@@ -904,6 +904,18 @@ async fn watch_link(link: Arc<Link>, mut events: EventStream, sink: String) {
     }
 }
 
+/// Publishes the link state, unless the sink is closed already (closed stays closed).
+fn set_state(shared: &Shared, new: LinkState) {
+    shared.state.send_if_modified(|s| {
+        if matches!(s, LinkState::Closed) {
+            false
+        } else {
+            *s = new;
+            true
+        }
+    });
+}
+
 /// Reconnects whenever the current link dies, with exponential backoff and jitter, until the sink
 /// is closed or dropped.
 async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
@@ -917,7 +929,7 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
         let reason = link.death_reason();
         let lost_at = Instant::now();
         warn!(sink = %shared.name, link = link.id, %reason, "RabbitMQ connection lost; reconnecting");
-        shared.state.send_replace(LinkState::Down(reason));
+        set_state(&shared, LinkState::Down(reason));
         let old = link.clone();
         tokio::spawn(async move {
             if old.conn.status().connected() {
@@ -933,15 +945,18 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
         let mut delay = initial;
         let mut attempts = 0u32;
         loop {
-            // Full jitter on the upper half: between delay/2 and delay.
-            let half = delay / 2;
-            let jitter = half.mul_f64(fastrand::f64());
+            // Equal jitter: between half the delay and the full delay.
+            let pause = delay / 2 + (delay / 2).mul_f64(fastrand::f64());
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break 'outer,
-                _ = tokio::time::sleep(half + jitter) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             attempts += 1;
-            match establish(&shared).await {
+            let attempt = tokio::select! {
+                _ = shared.shutdown.cancelled() => break 'outer,
+                r = establish(&shared) => r,
+            };
+            match attempt {
                 Ok(new) => {
                     info!(
                         sink = %shared.name,
@@ -954,22 +969,20 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
                         new.kill("sink closed".to_owned());
                         break 'outer;
                     }
-                    shared.state.send_replace(LinkState::Up(new.clone()));
+                    set_state(&shared, LinkState::Up(new.clone()));
                     link = new;
                     break;
                 }
                 Err(e) => {
+                    delay = (delay * 2).min(max);
                     warn!(
                         sink = %shared.name,
                         attempts,
                         error = %e.reason(),
-                        retry_in_ms = delay.min(max).as_millis() as u64,
+                        next_attempt_within_ms = delay.as_millis() as u64,
                         "RabbitMQ reconnect failed"
                     );
-                    shared
-                        .state
-                        .send_replace(LinkState::Down(e.reason().to_owned()));
-                    delay = (delay * 2).min(max);
+                    set_state(&shared, LinkState::Down(e.reason().to_owned()));
                 }
             }
         }
@@ -979,14 +992,7 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
         l.kill("sink closed".to_owned());
     }
     link.kill("sink closed".to_owned());
-    shared.state.send_if_modified(|s| {
-        if matches!(s, LinkState::Closed) {
-            false
-        } else {
-            *s = LinkState::Closed;
-            true
-        }
-    });
+    shared.state.send_replace(LinkState::Closed);
     debug!(sink = %shared.name, "RabbitMQ supervisor stopped");
 }
 
@@ -1057,6 +1063,10 @@ async fn pump(
                 None => break,
             },
         }
+    }
+    // Confirms that arrived before the link died still count; the rest fail below.
+    if let Some(Some(first)) = p.confirms.next().now_or_never() {
+        p.settle(first);
     }
     let reason = p.link.death_reason();
     p.link.kill(reason.clone());
