@@ -1023,7 +1023,6 @@ async fn simulator_sends_generated_events_all_acknowledged() {
 }
 
 #[tokio::test]
-#[ignore = "needs axum's `http2` feature in Cargo.toml; run with --ignored once it is enabled"]
 async fn http2_prior_knowledge_is_served() {
     let b = bridge(Opts::default()).await;
     let client = reqwest::Client::builder()
