@@ -6,8 +6,8 @@
 #   scripts/kafka-broker.sh start [PORT]     start it on 127.0.0.1:PORT (default 19092) in the
 #                                            background, wait until it accepts connections, print
 #                                            its PID on stdout (everything else goes to stderr)
-#   scripts/kafka-broker.sh stop [PORT]      stop the broker started on PORT, or every broker this
-#                                            script started when no port is given
+#   scripts/kafka-broker.sh stop [PORT|all]  stop the broker this script started on PORT (default
+#                                            19092), or with `all` every broker it started
 #   scripts/kafka-broker.sh status [PORT]    exit 0 when it runs (and print its PID)
 #
 # Then: FONDO_BRIDGE_TEST_KAFKA=127.0.0.1:PORT cargo test --test sink_kafka
@@ -26,7 +26,7 @@ say() { echo "kafka-broker: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -136,9 +136,10 @@ stop_port() {
 
 stop() {
     local f port
-    if [[ -n ${1:-} ]]; then
-        check_port "$1"
-        stop_port "$1"
+    if [[ ${1:-} != all ]]; then
+        local port=${1:-$DEFAULT_PORT}
+        check_port "$port"
+        stop_port "$port"
         return
     fi
     shopt -s nullglob

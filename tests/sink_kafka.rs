@@ -273,7 +273,6 @@ async fn wrong_security_settings_fail_at_start() {
     let Some(brokers) = common::broker("KAFKA") else {
         return;
     };
-    let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
     for options in [
         &[("security.protocol", "SSL")][..],
         &[
