@@ -84,7 +84,7 @@ pub enum DlqCommand {
 }
 
 /// Where to read dead letters from, beyond the config.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReadFrom {
     /// RabbitMQ dead-letter sink: the queue bound to the dead-letter exchange and routing key to read
     /// (messages are fetched unacknowledged and all requeued).
@@ -93,6 +93,15 @@ pub struct ReadFrom {
     /// Give up reading the dead-letter destination after this long (e.g. `30s`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
+}
+
+impl Default for ReadFrom {
+    fn default() -> Self {
+        Self {
+            queue: None,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Which dead letters.
@@ -1045,6 +1054,36 @@ impl Sink for ReplaySink {
     }
 }
 
+/// The dead-letter sink during a replay: message ids `dlq:…:replay:<time>`.
+struct DeadLetterSink {
+    inner: DynSink,
+    suffix: String,
+}
+
+#[async_trait]
+impl Sink for DeadLetterSink {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn system(&self) -> &'static str {
+        self.inner.system()
+    }
+
+    async fn publish(&self, mut msg: Message) -> Result<(), SinkError> {
+        msg.event_id = Arc::from(format!("{}{}", msg.event_id, self.suffix));
+        self.inner.publish(msg).await
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        self.inner.healthcheck().await
+    }
+
+    async fn close(&self, deadline: std::time::Instant) -> Result<(), SinkError> {
+        self.inner.close(deadline).await
+    }
+}
+
 /// Paces sends at `rate` per second.
 struct Pacer {
     every: Option<Duration>,
@@ -1227,11 +1266,19 @@ async fn replay(
         .await
         .map_err(|e| DlqCliError::Start(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
+    // A dead letter written by this replay gets its own message id, or a deduplicating
+    // dead-letter destination (JetStream) would drop it as a copy of the one being replayed.
     let dl_sink = cfg
         .dead_letter
         .sink
         .as_ref()
-        .and_then(|n| raw_sinks.get(n).cloned());
+        .and_then(|n| raw_sinks.get(n).cloned())
+        .map(|inner| -> DynSink {
+            Arc::new(DeadLetterSink {
+                inner,
+                suffix: format!(":replay:{replayed_at}"),
+            })
+        });
     let writer = Arc::new(DeadLetterWriter::new(
         dl_sink,
         cfg.dead_letter.topic.clone(),
