@@ -1295,7 +1295,7 @@ mod bench {
         Env {
             crate_version: env!("CARGO_PKG_VERSION"),
             git_commit: cmd("git", &["rev-parse", "HEAD"]),
-            git_dirty: cmd("git", &["status", "--porcelain", "--untracked-files=no"]) != "",
+            git_dirty: !cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty(),
             rustc: cmd("rustc", &["-V"]),
             nproc: cmd("nproc", &["--all"]),
             cpu_model,
