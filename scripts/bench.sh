@@ -12,7 +12,7 @@
 #
 # Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average
 # is below this, e.g. 2.5; default: don't wait), BENCH_WAIT_MAX_S (give up waiting after this many
-# seconds and run anyway; default 600).
+# seconds and run anyway; default 600), BENCH_SKIP_BUILD=1 (use the binary already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +41,10 @@ else
     PINNING="no pinning (taskset missing or a single CPU)"
 fi
 
-say "building fondo-bench (release)"
-cargo build --release --bin fondo-bench >&2
+if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
+    say "building fondo-bench (release)"
+    cargo build --release --bin fondo-bench >&2
+fi
 
 eval "$(KAFKA_PORT=$PORT scripts/brokers.sh up)"
 export FONDO_BRIDGE_TEST_KAFKA="127.0.0.1:$PORT"
