@@ -13,7 +13,8 @@ need_apt=()
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
 command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || need_apt+=(nats-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
-command -v cmake >/dev/null 2>&1 || true
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)   # rdkafka's SSL/SASL
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]} from Debian's packages"
     $SUDO apt-get update -qq
