@@ -14,6 +14,9 @@ use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::sources::Readiness;
 
+/// How long `/readyz` waits for one sink's health check.
+const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -45,7 +48,13 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if !ready {
         lines.push("bridge: shutting down".to_owned());
     }
-    for (part, state) in s.readiness.snapshot() {
+    let sources = s.readiness.snapshot();
+    if sources.is_empty() {
+        // Sources register as they start; none yet means nothing is accepting events.
+        ready = false;
+        lines.push("sources: none accepting yet".to_owned());
+    }
+    for (part, state) in sources {
         match state {
             Ok(()) => lines.push(format!("{part}: ok")),
             Err(e) => {
@@ -54,8 +63,14 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             }
         }
     }
-    for sink in s.dispatcher.sinks() {
-        let check = tokio::time::timeout(Duration::from_secs(2), sink.healthcheck()).await;
+    // Every sink at once: one slow broker must not make the probe wait for the others.
+    let mut sinks: Vec<_> = s.dispatcher.sinks().cloned().collect();
+    sinks.sort_by(|a, b| a.name().cmp(b.name()));
+    let checks = futures::future::join_all(sinks.iter().map(|sink| async move {
+        tokio::time::timeout(SINK_CHECK_TIMEOUT, sink.healthcheck()).await
+    }))
+    .await;
+    for (sink, check) in sinks.iter().zip(checks) {
         match check {
             Ok(Ok(())) => lines.push(format!("sink:{}: ok", sink.name())),
             Ok(Err(e)) => {

@@ -749,8 +749,9 @@ async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String>
                     );
                 }
                 m.retried
-                    .get_or_create(&SinkLabels {
+                    .get_or_create(&SinkRouteLabels {
                         sink: sink.name().into(),
+                        route: route.to_string(),
                     })
                     .inc();
                 tracing::debug!(

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +46,11 @@ pub struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     pub client_id: String,
 }
@@ -60,7 +66,7 @@ pub struct Metrics {
     pub received: Family<SourceLabels, Counter>,
     pub rejected: Family<SourceReasonLabels, Counter>,
     pub published: Family<SinkRouteLabels, Counter>,
-    pub retried: Family<SinkLabels, Counter>,
+    pub retried: Family<SinkRouteLabels, Counter>,
     pub dead_lettered: Family<ReasonLabels, Counter>,
     pub dead_letter_writes: Family<DestinationLabels, Counter>,
     pub dead_letter_failures: Counter,
@@ -218,6 +224,13 @@ impl Metrics {
             "receive_to_ack_seconds",
             "Time from receiving an event to acknowledging it to its source",
             m.receive_to_ack.clone(),
+        );
+        registry.register(
+            "build",
+            "The running build: fondo_bridge_build_info{version} 1",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
         );
         Self { registry, ..m }
     }
