@@ -14,8 +14,9 @@
 //! Publishes pipeline: one task per connection (the *pump*) owns the channel's publishing side. It
 //! hands each message to lapin at once and keeps up to `max_in_flight` of them waiting for their
 //! confirms; callers wait only for their own. One task publishing keeps lapin's delivery tags in
-//! step with the order frames go out, and lets the pump match returned messages to publishes
-//! itself: lapin attaches a returned message to whichever confirm it completes next, which under
+//! step with the order frames go out (lapin assigns the tag and queues the frames in two steps, so
+//! publishes racing on several threads could swap them), and lets the pump match returned messages
+//! to publishes itself: lapin attaches a returned message to whichever confirm it completes next, which under
 //! RabbitMQ's `multiple` acks is not necessarily the returned message's own. The pump therefore
 //! collects every returned message (keyed by `message_id` and routing key) from all confirms lapin
 //! has completed so far before it reports any publish as delivered.
@@ -31,6 +32,9 @@
 //! `reconnect_delay_max_ms`, never giving up), re-reading `password_file` and re-declaring the
 //! configured topology each time. Publishes arriving meanwhile wait up to `reconnect_wait_ms` for
 //! the new connection, then fail as retriable, so the dispatcher backs off instead of spinning.
+//! While the broker blocks the connection (memory or disk alarm), publishes likewise wait up to
+//! `reconnect_wait_ms` for it to unblock rather than piling up in the client, and the health check
+//! reports the alarm.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -840,6 +844,7 @@ async fn establish(shared: &Arc<Shared>) -> Result<Arc<Link>, SinkError> {
             }
         };
 
+    let exchange = short(&cfg.exchange)?;
     let (jobs, rx) = mpsc::unbounded_channel();
     let link = Arc::new(Link {
         id: shared.next_link_id.fetch_add(1, Ordering::Relaxed),
@@ -850,12 +855,7 @@ async fn establish(shared: &Arc<Shared>) -> Result<Arc<Link>, SinkError> {
         reason: Mutex::new(None),
         blocked: Mutex::new(None),
     });
-    tokio::spawn(pump(
-        link.clone(),
-        ShortString::from(cfg.exchange.as_str()),
-        rx,
-        shared.name.clone(),
-    ));
+    tokio::spawn(pump(link.clone(), exchange, rx, shared.name.clone()));
     tokio::spawn(watch_link(link.clone(), events, shared.name.clone()));
     Ok(link)
 }
