@@ -246,17 +246,31 @@ async fn reconnects_after_the_server_drops_the_connection() {
     let rig = rig(Faults::default(), dir.path());
     let src = run_source(
         &rig,
-        ws_cfg(&sim, &["c1"], serde_json::json!({})),
+        ws_cfg(&sim, &["c1"], serde_json::json!({ "gap_marker": true })),
         spool_cfg(dir.path(), 64 << 20),
     );
+    let is_marker = |b: &Bytes| b.starts_with(br#"{"eventType":"bridge.gap""#);
     eventually("2000 events delivered", Duration::from_secs(30), || {
-        rig.sink.delivered().len() >= 2000
+        delivered(&rig).iter().filter(|b| !is_marker(b)).count() >= 2000
     })
     .await;
-    assert_all_in_order(&sim.sent_events("c1"), &delivered(&rig));
+    let (_, events): (Vec<Bytes>, Vec<Bytes>) =
+        delivered(&rig).into_iter().partition(|b| is_marker(b));
+    assert_all_in_order(&sim.sent_events("c1"), &events);
     assert!(sim.connections() >= 8, "{} connections", sim.connections());
     let gaps = src.stats.gaps.load(Ordering::SeqCst);
     assert!(gaps >= 7, "{gaps} gaps");
+    // One `bridge.gap` marker per gap, saying how long it was.
+    eventually("gap markers", Duration::from_secs(5), || {
+        delivered(&rig).iter().filter(|b| is_marker(b)).count() as u64
+            == src.stats.gaps.load(Ordering::SeqCst)
+    })
+    .await;
+    let marker = delivered(&rig).into_iter().find(is_marker).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&marker).unwrap();
+    assert_eq!(m["clientId"], "c1");
+    assert!(m["seconds"].as_f64().unwrap() >= 0.0);
+    assert!(m["from"].is_string() && m["to"].is_string());
     let metrics = rig.d.metrics().encode();
     assert!(
         metrics.contains("websocket_gaps_total{client_id=\"c1\"}"),

@@ -238,6 +238,7 @@ impl WebSocketSource {
 
     /// Replays the spool, then reads every client id's stream until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WebSocketError> {
+        let shutdown = shutdown.child_token();
         let max = self.cfg.max_frame_bytes.max(1);
         let parse = ParseOptions {
             max_bytes: max,
@@ -254,6 +255,8 @@ impl WebSocketSource {
             acks: TaskTracker::new(),
             shutdown: shutdown.clone(),
         });
+        // Dropping this future (an aborted task) stops the connections too.
+        let _stop_on_drop = shutdown.drop_guard();
         ctx.replay().await;
         let streams = TaskTracker::new();
         for client_id in ctx.cfg.client_ids.clone() {
@@ -694,16 +697,15 @@ impl Ctx {
         secs: f64,
         tx: &mpsc::Sender<Item>,
     ) {
-        let body = serde_json::json!({
-            "eventType": "bridge.gap",
-            "clientId": client_id,
-            "from": rfc3339(from),
-            "to": rfc3339(to),
-            "seconds": secs,
-        });
-        let Ok(raw) = serde_json::to_vec(&body) else {
+        // `eventType` first, as in Fondo's own frames.
+        let Ok(cid) = serde_json::to_string(client_id) else {
             return;
         };
+        let raw = format!(
+            r#"{{"eventType":"bridge.gap","clientId":{cid},"from":"{}","to":"{}","seconds":{secs:.3}}}"#,
+            rfc3339(from),
+            rfc3339(to),
+        );
         let ctx = ParseContext {
             client_id: Some(client_id),
             ..Default::default()
