@@ -801,20 +801,24 @@ mod kafka {
             return Ok(out);
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        // To the high watermark of every partition, then on until nothing more comes for a
+        // moment (some Kafka-protocol brokers report a stale high watermark).
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !ends.is_empty() && Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(500)) {
+        let mut idle_since = Instant::now();
+        while Instant::now() < deadline
+            && (!ends.is_empty() || idle_since.elapsed() < Duration::from_millis(1500))
+        {
+            match consumer.poll(Duration::from_millis(300)) {
                 None => {}
                 Some(Err(e)) => return Err(e.to_string()),
                 Some(Ok(m)) => {
-                    let p = m.partition();
-                    if let Some(end) = ends.get(&p).copied() {
-                        if m.offset() < end {
-                            out.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
-                        }
-                        if m.offset() + 1 >= end {
-                            ends.remove(&p);
-                        }
+                    idle_since = Instant::now();
+                    out.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                    if ends
+                        .get(&m.partition())
+                        .is_some_and(|end| m.offset() + 1 >= *end)
+                    {
+                        ends.remove(&m.partition());
                     }
                 }
             }
