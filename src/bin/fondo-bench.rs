@@ -1397,7 +1397,7 @@ mod bench {
              message (exact); bridge latency is receive→ack from the bridge's own histogram \
              (exponential buckets ×2 from 100 µs, interpolated, so ±factor-2 resolution). \
              SUT CPU = process CPU − simulator thread CPU; cores/10k = SUT cores busy per 10k \
-             events/s. Peak RSS is the whole process (simulator included), reset before each run.\n",
+             events/s. Peak RSS is VmHWM of the whole process (simulator included), reset through `/proc/self/clear_refs` before each run; the allocator keeps memory freed by earlier scenarios, so later rows are upper bounds.\n",
         );
         push(
             &mut s,
