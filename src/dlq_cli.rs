@@ -314,7 +314,7 @@ impl Filter {
         {
             return false;
         }
-        if !self.ids.is_empty() && !self.ids.iter().any(|i| *i == d.event_id) {
+        if !self.ids.is_empty() && !self.ids.contains(&d.event_id) {
             return false;
         }
         if self.since.is_some() || self.until.is_some() {
@@ -778,7 +778,6 @@ mod kafka {
             return Ok(Vec::new());
         };
         if let Some(e) = tm.error() {
-            let e = rdkafka::types::RDKafkaRespErr::from(e);
             if e == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
                 return Ok(Vec::new());
             }
