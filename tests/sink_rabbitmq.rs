@@ -552,6 +552,14 @@ async fn connect_errors_are_clear() {
     assert!(e.reason().contains("connection refused"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // TLS against a plain AMQP port: a clear error, no panic (the TLS stack is set up for real).
+    let tls = format!("amqps://guest:guest@{host}:{port}/%2f");
+    let e = RabbitMqSink::connect("rabbit", &sink_config(&tls, "amq.topic"))
+        .await
+        .unwrap_err();
+    eprintln!("amqps to a plain port: {e}");
+    assert!(e.reason().contains("TLS handshake failed"), "{e}");
+
     // A URL that is not AMQP, and an invalid config: fatal, no panic.
     let e = RabbitMqSink::connect("rabbit", &sink_config("amqp://host:notaport/", "x"))
         .await

@@ -555,7 +555,11 @@ fn connect_error(e: &lapin::Error, uri: &AMQPUri, target: &str) -> SinkError {
             }
         }
         ErrorKind::IOError(io) => {
+            let tls = matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS);
             let hint = match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other if tls => {
+                    "TLS handshake failed (does the port speak TLS? is the server certificate trusted, see tls.ca_file?)"
+                }
                 std::io::ErrorKind::ConnectionRefused => {
                     "nothing listens there (connection refused)"
                 }
