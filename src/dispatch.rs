@@ -280,9 +280,37 @@ impl Dispatcher {
                 reason: "unparseable".into(),
             })
             .inc();
-        match self.inner.shared.dead_letters.write(&dl).await {
-            Ok(_) => AckStatus::Delivered,
-            Err(_) => AckStatus::Retry,
+        let span = tracing::info_span!(
+            target: "fondo_bridge::dispatch",
+            "dead_letter",
+            fondo.reason_kind = dl.reason_kind.as_str(),
+            fondo.source = %dl.source,
+            fondo.event_id = %dl.event_id,
+            fondo.written = tracing::field::Empty,
+            otel.status_code = "error",
+        );
+        if !span.is_disabled() {
+            let incoming = TraceContext {
+                traceparent: dl.traceparent.clone(),
+                tracestate: None,
+            };
+            if let Some(parent) = propagation::extract(&incoming) {
+                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+            }
+        }
+        let written = self
+            .inner
+            .shared
+            .dead_letters
+            .write(&dl)
+            .instrument(span.clone())
+            .await
+            .is_ok();
+        span.record("fondo.written", written);
+        if written {
+            AckStatus::Delivered
+        } else {
+            AckStatus::Retry
         }
     }
 

@@ -303,3 +303,65 @@ fn build_provider(cfg: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryE
     }
     Ok(builder.build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn http_cfg() -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            protocol: Some(OtlpProtocol::Http),
+            ..TelemetryConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_protocol_wins_over_the_environment() {
+        assert_eq!(protocol(&http_cfg()).ok(), Some(OtlpProtocol::Http));
+        assert!(otlp_configured(&http_cfg()) || std::env::var("OTEL_SDK_DISABLED").is_ok());
+    }
+
+    #[test]
+    fn a_sampling_ratio_outside_0_1_is_refused() {
+        let cfg = TelemetryConfig {
+            sampling_ratio: Some(1.5),
+            ..http_cfg()
+        };
+        assert!(matches!(
+            build_provider(&cfg),
+            Err(TelemetryError::SamplingRatio(_))
+        ));
+        let cfg = TelemetryConfig {
+            sampling_ratio: Some(0.25),
+            ..http_cfg()
+        };
+        let p = build_provider(&cfg);
+        assert!(p.is_ok(), "{:?}", p.err());
+    }
+
+    #[test]
+    fn errors_name_the_header_but_never_its_value() {
+        let cfg = TelemetryConfig {
+            protocol: Some(OtlpProtocol::Grpc),
+            headers: [("bad header".to_owned(), Secret("s3cr3t-value".into()))].into(),
+            ..http_cfg()
+        };
+        let e = build_provider(&cfg).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("bad header"), "{e}");
+        assert!(!e.contains("s3cr3t-value"), "{e}");
+        assert!(!format!("{cfg:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn no_endpoint_means_no_exporter() {
+        if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok()
+            || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok()
+        {
+            return;
+        }
+        assert!(!otlp_configured(&TelemetryConfig::default()));
+    }
+}
