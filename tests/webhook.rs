@@ -462,6 +462,7 @@ async fn bad_signatures_are_401_and_nothing_is_routed() {
     let future = ts + 301;
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
+    #[allow(clippy::type_complexity)] // (case name, headers, body): read inline below
     let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
         ("tampered body", good.clone(), tampered),
         (
