@@ -380,15 +380,25 @@ impl Spool {
         if size + MAGIC.len() as u64 > max {
             return Err(SpoolError::TooLarge { size, max });
         }
+        // Room for the record and, should it start a new segment, the segment's magic.
+        let need = size + MAGIC.len() as u64;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
+            // Fast path without registering for a wake-up.
+            {
+                let mut st = self.shared.lock();
+                if st.used + need <= max {
+                    st.used += size;
+                    return Ok(());
+                }
+            }
             let notified = self.shared.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
+                // Checked again now that a release cannot slip by unnoticed.
                 let mut st = self.shared.lock();
-                // Room for the record and, should it start a new segment, the segment's magic.
-                if st.used + size + MAGIC.len() as u64 <= max {
+                if st.used + need <= max {
                     st.used += size;
                     return Ok(());
                 }

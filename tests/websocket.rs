@@ -648,6 +648,68 @@ async fn spool_disabled_goes_straight_to_the_dispatcher() {
     sim.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_against_a_plain_server_fails_cleanly_and_keeps_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sim) = start(StreamConfig::default()).await.unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let cfg = ws_cfg(
+        &sim,
+        &["c1"],
+        serde_json::json!({ "url": sim.base_url().replace("ws://", "https://") }),
+    );
+    let src = run_source(&rig, cfg, spool_cfg(dir.path(), 1 << 20));
+    eventually("several failed attempts", Duration::from_secs(10), || {
+        src.stats.connect_attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert!(
+        !src.task.is_finished(),
+        "the source must survive TLS failures"
+    );
+    assert_eq!(src.stats.connections.load(Ordering::SeqCst), 0);
+    let state = rig.readiness.snapshot()["websocket:c1"].clone();
+    assert!(state.is_err(), "{state:?}");
+    src.stop().await;
+    sim.stop().await;
+}
+
+/// End-to-end rate of the source (simulator → spool → dispatcher → test sink):
+/// `cargo test --release --test websocket source_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn source_throughput() {
+    let n = 100_000u64;
+    for spool_on in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sim) = start(StreamConfig {
+            count: Some(n),
+            record: false,
+            objects: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let rig = rig(Faults::default(), dir.path());
+        let mut spool = spool_cfg(dir.path(), 1 << 30);
+        spool.enabled = spool_on;
+        let t0 = Instant::now();
+        let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
+        eventually("all delivered", Duration::from_secs(300), || {
+            src.stats.acknowledged.load(Ordering::SeqCst) >= n
+        })
+        .await;
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "source (spool {}): {n} events in {secs:.2}s = {:.0} events/s delivered to the test sink",
+            if spool_on { "on" } else { "off" },
+            n as f64 / secs
+        );
+        src.stop().await;
+        sim.stop().await;
+    }
+}
+
 /// Measures the simulator's throughput with a bare client: `cargo test --release --test websocket
 /// simulator_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,11 @@ impl Ctx {
                 "no connection within {} ms",
                 timeout.as_millis()
             ))),
+            Err(e) if e.is_panic() => Err(ConnectError::Other(
+                "TLS setup panicked: most likely no rustls CryptoProvider is installed for this \
+                 process (install one at start-up, e.g. aws_lc_rs::default_provider().install_default())"
+                    .into(),
+            )),
             Err(e) => Err(ConnectError::Other(format!(
                 "connection attempt failed: {e}"
             ))),
