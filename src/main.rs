@@ -75,6 +75,9 @@ enum Simulate {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Several crates enable different rustls crypto backends; pick one explicitly so `wss://` and
+    // TLS broker connections never panic on an ambiguous default. An already installed one wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
