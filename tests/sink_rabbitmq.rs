@@ -817,10 +817,12 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     publishers.progress(0, "at start").await;
 
     // 1. A graceful stop (the broker closes client connections with CONNECTION_FORCED), then start.
-    let before = publishers.count();
+    // Counted only once the broker is back: confirms that arrive while the node is still shutting
+    // down must not pass for progress after the restart.
     node.stop();
     until_unhealthy(&sink, Duration::from_secs(5)).await;
     node.start();
+    let before = publishers.count();
     publishers
         .progress(before, "after the graceful restart")
         .await;
@@ -828,10 +830,10 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     sink.healthcheck().await.unwrap();
 
     // 2. SIGKILL, then start.
-    let before = publishers.count();
     node.kill();
     until_unhealthy(&sink, Duration::from_secs(5)).await;
     node.start();
+    let before = publishers.count();
     publishers.progress(before, "after kill -9").await;
     eprintln!("{:?}: progress after kill -9", t0.elapsed());
 
