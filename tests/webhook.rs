@@ -102,6 +102,7 @@ struct Opts {
     max_in_flight: usize,
     ack_timeout_ms: u64,
     request_timeout_ms: u64,
+    header_read_timeout_ms: u64,
     max_body_bytes: usize,
     signature: SignatureConfig,
     id_header: Option<String>,
@@ -116,6 +117,7 @@ impl Default for Opts {
             max_in_flight: 1000,
             ack_timeout_ms: 5_000,
             request_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
             max_body_bytes: 1024 * 1024,
             signature: SignatureConfig::StandardWebhooks {
                 secrets: vec![
@@ -193,6 +195,7 @@ async fn bridge(o: Opts) -> Bridge {
         event_type_header: o.type_header,
         request_timeout_ms: o.request_timeout_ms,
         ack_timeout_ms: o.ack_timeout_ms,
+        header_read_timeout_ms: o.header_read_timeout_ms,
         tls: None,
     };
     let readiness = Arc::new(Readiness::default());
@@ -1040,4 +1043,149 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(b.sink.delivered().len(), 1);
+}
+
+// ---------- slow clients (slowloris) ----------
+
+/// Reads one whole HTTP/1.1 response (head and `content-length` body); returns its status.
+async fn read_response(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until the server closes the connection; returns how long that took and what was read.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (t0.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("connection still open after {limit:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_trickled_a_byte_a_second_are_cut_off_at_the_header_read_timeout() {
+    let b = bridge(Opts {
+        header_read_timeout_ms: 1_000,
+        ..Opts::default()
+    })
+    .await;
+    let s = TcpStream::connect(b.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let t0 = Instant::now();
+    wr.write_all(format!("POST {PATH} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+        .await
+        .unwrap();
+    // One header byte per second, for up to 30 s; stops when the server has closed.
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0usize;
+        for byte in b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if wr.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break t0.elapsed(),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the slow client still held the connection after 10 s"),
+        }
+    };
+    trickle.abort();
+    // Timeout 1 s; the slack is for a loaded 2-core machine, not a performance claim.
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    assert!(
+        !got.starts_with(b"HTTP/1.1 2"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(b.sink.delivered().is_empty());
+    eprintln!(
+        "slow headers cut off after {closed:?} (header_read_timeout 1 s); answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // The server is unharmed.
+    assert_eq!(
+        b.post_signed("msg_after_slow", order("s1", 1)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_or_half_an_h2_preface_is_closed() {
+    let b = bridge(Opts {
+        header_read_timeout_ms: 1_000,
+        ..Opts::default()
+    })
+    .await;
+    let mut silent = TcpStream::connect(b.addr).await.unwrap();
+    let mut half = TcpStream::connect(b.addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let ((t_silent, _), (t_half, _)) = tokio::join!(
+        until_closed(&mut silent, Duration::from_secs(10)),
+        until_closed(&mut half, Duration::from_secs(10)),
+    );
+    for t in [t_silent, t_half] {
+        assert!(
+            t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+            "closed after {t:?}"
+        );
+    }
+    assert_eq!(
+        b.post_signed("msg_after_silent", order("s2", 1))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_serves_requests_until_the_header_timeout() {
+    let b = bridge(Opts {
+        header_read_timeout_ms: 1_000,
+        ..Opts::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let body = order("ka", 1);
+    for (i, pause) in [0u64, 300, 300].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let cl = format!("content-length: {}\r\n", body.len());
+        let head = raw_head(&b, &format!("msg_ka_{i}"), &body, &cl);
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        assert_eq!(read_response(&mut s).await, 200, "request {i}");
+    }
+    // Then idle past the timeout: hyper closes the keep-alive connection.
+    let (idle, _) = until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(idle < Duration::from_secs(4), "closed after {idle:?} idle");
+    assert_eq!(b.sink.delivered().len(), 3);
 }

@@ -112,14 +112,23 @@ pub struct WebhookSourceConfig {
     /// How long the webhook waits for delivery before answering 503 (the sender retries).
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long a client may take to send a request's headers (HTTP/1.1), the connection's first
+    /// bytes, and the TLS handshake, before the connection is closed (slowloris). It also closes
+    /// HTTP/1.1 keep-alive connections idle this long.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) for setups without an ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsServerConfig>,
 }
 
+/// The webhook server's certificate: PEM files, read once at start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsServerConfig {
+    /// The certificate chain, leaf first (`CERTIFICATE` blocks).
     pub cert_file: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
 }
 
@@ -504,6 +513,10 @@ fn default_webhook_path() -> String {
 fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
 fn default_request_timeout_ms() -> u64 {
     10_000
 }

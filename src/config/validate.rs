@@ -174,6 +174,12 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         if !wh.path.starts_with('/') {
             add("sources.webhook.path", "must start with `/`".into());
         }
+        if wh.header_read_timeout_ms == 0 {
+            add(
+                "sources.webhook.header_read_timeout_ms",
+                "must be at least 1 (slow clients would hold connections forever)".into(),
+            );
+        }
         match &wh.signature {
             SignatureConfig::None { insecure } => {
                 if !insecure {

@@ -23,10 +23,11 @@
 //!
 //! Answers are short JSON (`{"error":"invalid signature"}`), never internals.
 //!
-//! HTTP/1.1 with keep-alive is served; HTTP/2 without TLS (h2c, prior knowledge) is served when
-//! axum is built with its `http2` feature. TLS is not built in: terminate it in front of the bridge
-//! (a `tls` section is refused at start rather than silently ignored).
+//! HTTP/1.1 with keep-alive and HTTP/2 are served, in plain text (HTTP/2 with prior knowledge,
+//! h2c) or, with a `tls` section, over TLS (rustls on the ring provider, HTTP/2 by ALPN). Slow
+//! clients are cut off: see [`server`] for the header-read timeout and the shutdown drain.
 
+pub mod server;
 pub mod signature;
 
 use std::sync::Arc;
@@ -79,6 +80,9 @@ pub enum WebhookError {
     /// The configuration cannot be served as it is.
     #[error("sources.webhook: {0}")]
     Config(String),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
     /// The listener failed.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),
@@ -88,6 +92,7 @@ pub enum WebhookError {
 /// (or mount [`WebhookSource::router`] yourself).
 pub struct WebhookSource {
     shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for WebhookSource {
@@ -95,6 +100,7 @@ impl std::fmt::Debug for WebhookSource {
         f.debug_struct("WebhookSource")
             .field("path", &self.shared.cfg.path)
             .field("verifier", &*self.shared.verifier.load())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -111,6 +117,7 @@ struct Shared {
     closing: CancellationToken,
     request_timeout: Duration,
     ack_timeout: Duration,
+    header_read_timeout: Duration,
     /// Unix second of the last logged signature refusal.
     last_refusal_log: AtomicI64,
     /// How often `secrets_file` is checked for changes.
@@ -120,7 +127,8 @@ struct Shared {
 }
 
 impl WebhookSource {
-    /// Loads the secrets and checks what config validation cannot (header names, path, TLS).
+    /// Loads the secrets and the TLS certificate, and checks what config validation cannot
+    /// (header names, path). Every error names what is at fault (for TLS, the file).
     pub fn new(
         cfg: WebhookSourceConfig,
         event: EventConfig,
@@ -130,11 +138,6 @@ impl WebhookSource {
         if let SignatureConfig::None { insecure: false } = cfg.signature {
             return Err(WebhookError::Config(
                 "signature scheme `none` needs `insecure: true`".into(),
-            ));
-        }
-        if cfg.tls.is_some() {
-            return Err(WebhookError::Config(
-                "TLS is not built into this version: terminate TLS in front of the bridge and remove `tls`".into(),
             ));
         }
         check_path(&cfg.path)?;
@@ -160,7 +163,10 @@ impl WebhookSource {
         };
         let request_timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
         let ack_timeout = Duration::from_millis(cfg.ack_timeout_ms.max(1));
+        let header_read_timeout = Duration::from_millis(cfg.header_read_timeout_ms.max(1));
+        let tls = cfg.tls.as_ref().map(server::load_tls).transpose()?;
         Ok(Self {
+            tls,
             shared: Arc::new(Shared {
                 cfg,
                 verifier: ArcSwap::from_pointee(verifier),
@@ -172,6 +178,7 @@ impl WebhookSource {
                 closing: CancellationToken::new(),
                 request_timeout,
                 ack_timeout,
+                header_read_timeout,
                 last_refusal_log: AtomicI64::new(0),
                 secrets_poll: SECRETS_POLL,
                 secrets_stamp,
@@ -198,7 +205,7 @@ impl WebhookSource {
     /// Serves on `listener` until `shutdown` is cancelled, then stops accepting, answers 503 to
     /// requests that still arrive on open connections, and lets in-flight requests finish (for up
     /// to `request_timeout_ms + ack_timeout_ms` and a second). Readiness `webhook` is `Ok` while
-    /// listening.
+    /// listening. Serves HTTPS when the config has a `tls` section.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -218,12 +225,12 @@ impl WebhookSource {
         tracing::info!(
             %addr,
             path = %shared.cfg.path,
+            tls = self.tls.is_some(),
             scheme = shared.verifier.load().scheme_name(),
             secrets = shared.verifier.load().secret_count(),
             "webhook source listening"
         );
         let signal = {
-            let shutdown = shutdown.clone();
             let shared = Arc::clone(&shared);
             async move {
                 shutdown.cancelled().await;
@@ -234,28 +241,16 @@ impl WebhookSource {
                 tracing::info!("webhook source: shutdown started, no new requests");
             }
         };
-        let grace = shared.request_timeout + shared.ack_timeout + Duration::from_secs(1);
-        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
-        let result = tokio::select! {
-            r = serve.into_future() => r,
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("webhook source: connections still open at the shutdown deadline; closing them");
-                Ok(())
-            }
+        let opts = server::ServeOptions {
+            tls: self.tls,
+            header_read_timeout: shared.header_read_timeout,
+            grace: shared.request_timeout + shared.ack_timeout + Duration::from_secs(1),
         };
+        server::serve(listener, router, opts, signal).await;
         shared.closing.cancel();
-        match &result {
-            Ok(()) => {
-                shared.readiness.set(READINESS_KEY, Err("stopped".into()));
-                tracing::info!("webhook source stopped");
-            }
-            Err(e) => {
-                shared
-                    .readiness
-                    .set(READINESS_KEY, Err(format!("server failed: {e}")));
-            }
-        }
-        result.map_err(WebhookError::Io)
+        shared.readiness.set(READINESS_KEY, Err("stopped".into()));
+        tracing::info!("webhook source stopped");
+        Ok(())
     }
 }
 

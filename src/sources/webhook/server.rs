@@ -1,0 +1,427 @@
+//! The webhook source's HTTP server: a hand-written accept loop over hyper-util's automatic
+//! HTTP/1.1 + HTTP/2 connection builder, plain or TLS (rustls, ring provider), with graceful
+//! shutdown.
+//!
+//! `axum::serve` would be shorter, but it exposes neither hyper's header-read timeout nor TLS, so
+//! the loop lives here:
+//! - **Plain TCP**: HTTP/1.1, and HTTP/2 with prior knowledge (h2c), told apart by the first bytes.
+//! - **TLS**: the version is negotiated by ALPN (`h2`, `http/1.1`); a client that offers no ALPN
+//!   gets the same first-bytes detection as plain TCP.
+//! - **Slow clients** (slowloris): the TLS handshake, the connection's first bytes (until the
+//!   HTTP/2 preface is complete or the bytes cannot be one) and every HTTP/1.1 request head must
+//!   arrive within `header_read_timeout_ms`, or the connection is closed. Bodies are bounded by the
+//!   handler's own `request_timeout_ms`.
+//! - **Shutdown**: the listener is closed first; open connections are told to finish (HTTP/1.1
+//!   completes the request in flight then closes, HTTP/2 sends GOAWAY), and whatever is still open
+//!   at the deadline is dropped.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TlsServerConfig;
+
+/// Why the TLS configuration cannot be used. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("sources.webhook.tls: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The certificate file holds no usable `CERTIFICATE` block.
+    #[error("sources.webhook.tls.cert_file {path}: {reason}")]
+    Cert {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("sources.webhook.tls.key_file {path}: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the pair (most often: the key does not belong to the certificate).
+    #[error(
+        "sources.webhook.tls: certificate {cert} and key {key} cannot be used together: {reason}"
+    )]
+    Pair {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// rustls' reason.
+        reason: String,
+    },
+}
+
+/// The ALPN protocols offered, in order of preference.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads the certificate chain and key and builds a rustls acceptor on the ring provider (the
+/// process-wide default provider is not relied upon) with ALPN `h2` and `http/1.1`.
+pub fn load_tls(cfg: &TlsServerConfig) -> Result<TlsAcceptor, TlsError> {
+    let cert_path = cfg.cert_file.display().to_string();
+    let key_path = cfg.key_file.display().to_string();
+    let cert_pem = read_file(&cfg.cert_file)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            reason: format!("not valid PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_path,
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    let key_pem = read_file(&cfg.key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
+        path: key_path.clone(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PRIVATE KEY block found (PKCS#8, PKCS#1 or SEC1)".into()
+            }
+            other => format!("not valid PEM: {other}"),
+        },
+    })?;
+    let pair = |reason: String| TlsError::Pair {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        reason,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| pair(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| pair(e.to_string()))?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How the server loop behaves.
+pub(super) struct ServeOptions {
+    pub tls: Option<TlsAcceptor>,
+    pub header_read_timeout: Duration,
+    /// How long open connections may take to finish once shutdown started.
+    pub grace: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains (see the module doc).
+/// Returns once every connection has closed or the grace period is over.
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(builder(opts.header_read_timeout));
+    let service = TowerToHyperService::new(router);
+    let graceful = GracefulShutdown::new();
+    // Cancelled at the end of the grace period: connections still open are dropped.
+    let hard_stop = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_error: Option<std::time::Instant> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors and the like: say so (at most every 10 s), back
+                        // off so the loop does not spin, and go on.
+                        if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            tracing::error!(error = %e, "webhook server: accept failed");
+                            last_accept_error = Some(std::time::Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        // Nagle only delays the short answers.
+        let _ = stream.set_nodelay(true);
+        // Watch from the moment of accept, so a connection still in its TLS handshake when
+        // shutdown starts is waited for (and told to finish) like the others.
+        let watcher = graceful.watcher();
+        let conn = Conn {
+            builder: Arc::clone(&builder),
+            service: service.clone(),
+            tls: opts.tls.clone(),
+            header_read_timeout: opts.header_read_timeout,
+        };
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = conn.run(stream, watcher) => {}
+                () = hard_stop.cancelled() => {
+                    tracing::debug!(%peer, "webhook connection dropped at the shutdown deadline");
+                }
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::debug!(
+        open,
+        "webhook server: listener closed, draining connections"
+    );
+    if tokio::time::timeout(opts.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "webhook source: connections still open at the shutdown deadline; closing them"
+        );
+    }
+    hard_stop.cancel();
+}
+
+type Service = TowerToHyperService<Router>;
+
+fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+/// One accepted connection, before its protocol is known.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: Service,
+    tls: Option<TlsAcceptor>,
+    header_read_timeout: Duration,
+}
+
+impl Conn {
+    async fn run(self, stream: TcpStream, watcher: Watcher) {
+        let Some(tls) = &self.tls else {
+            let io = FirstBytesDeadline::new(stream, self.header_read_timeout);
+            return self.serve(io, watcher).await;
+        };
+        let handshake = tokio::time::timeout(self.header_read_timeout, tls.accept(stream)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "webhook TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("webhook TLS handshake did not finish in time");
+                return;
+            }
+        };
+        let io = FirstBytesDeadline::new(stream, self.header_read_timeout);
+        self.serve(io, watcher).await;
+    }
+
+    async fn serve<I>(self, io: FirstBytesDeadline<I>, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), self.service);
+        if let Err(e) = watcher.watch(conn).await {
+            // Resets, timeouts and clients that went away: routine, not worth more than debug.
+            tracing::debug!(error = %e, "webhook connection ended with an error");
+        }
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bounds the time to a connection's first bytes. hyper's header-read timeout only starts once
+/// the HTTP/1.1 parser runs, and hyper-util's protocol detection before it waits for as long as
+/// the client likes; this closes that gap. The deadline holds until the bytes read either are a
+/// whole HTTP/2 preface or cannot be one (for HTTP/1.1 that is the request's second byte), after
+/// which hyper's own timers take over.
+struct FirstBytesDeadline<I> {
+    io: I,
+    /// Preface bytes matched so far.
+    matched: usize,
+    /// `None` once the first bytes are in.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> FirstBytesDeadline<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        Self {
+            io,
+            matched: 0,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+
+    fn observe(&mut self, new: &[u8]) {
+        if new.is_empty() {
+            // End of stream: nothing more to wait for.
+            self.deadline = None;
+            return;
+        }
+        for b in new {
+            if H2_PREFACE.get(self.matched) != Some(b) {
+                self.deadline = None;
+                return;
+            }
+            self.matched += 1;
+            if self.matched == H2_PREFACE.len() {
+                self.deadline = None;
+                return;
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.deadline.is_some() {
+                    let new = buf.filled().get(before..).unwrap_or_default();
+                    this.observe(new);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.deadline = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the connection's first bytes did not arrive in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn first_bytes_deadline_ends_silence_and_then_lets_go() {
+        // Silent client: timed out.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = FirstBytesDeadline::new(server, Duration::from_millis(50));
+        let mut buf = [0u8; 8];
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // HTTP/1.1: released at the first byte that is not the preface's.
+        let mut io = FirstBytesDeadline::new(tokio::io::duplex(64).1, Duration::from_millis(50));
+        io.observe(b"PO");
+        assert!(io.deadline.is_none());
+        // A preface trickled byte by byte stays under the deadline until complete.
+        let mut io2 = FirstBytesDeadline::new(tokio::io::duplex(64).1, Duration::from_secs(1));
+        for b in H2_PREFACE.iter().take(23) {
+            io2.observe(&[*b]);
+            assert!(io2.deadline.is_some());
+        }
+        io2.observe(&H2_PREFACE[23..]);
+        assert!(io2.deadline.is_none());
+        // Once released, a quiet connection is not timed out by the wrapper.
+        let (mut client2, server2) = tokio::io::duplex(64);
+        let mut io3 = FirstBytesDeadline::new(server2, Duration::from_millis(20));
+        client2.write_all(b"GET").await.unwrap();
+        let n = io3.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET");
+        let quiet = tokio::time::timeout(Duration::from_millis(100), io3.read(&mut buf)).await;
+        assert!(quiet.is_err(), "no error after the first bytes");
+        client.shutdown().await.unwrap();
+    }
+}
