@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use backon::BackoffBuilder as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, Span};
 
@@ -33,6 +33,8 @@ use crate::event::{AckHandle, AckStatus, Envelope, Event, SourceKind, TraceConte
 use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceReasonLabels};
 use crate::router::{Destination, Router};
 use crate::sinks::{DynSink, Message, SinkError, headers};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// How failed publishes are retried.
 #[derive(Debug, Clone)]
@@ -103,7 +105,8 @@ struct Inner {
     shared: Arc<Shared>,
     tasks: TaskTracker,
     delivered_ids: moka::sync::Cache<Arc<str>, ()>,
-    pending_ids: std::sync::Mutex<HashMap<Arc<str>, watch::Receiver<Option<AckStatus>>>>,
+    /// Ids in flight, each with the copies of it that arrived meanwhile and wait for its outcome.
+    pending_ids: std::sync::Mutex<HashMap<Arc<str>, Vec<Parked>>>,
 }
 
 /// What every delivery needs, shared by the workers.
@@ -125,10 +128,16 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         self.metrics
-            .receive_to_ack
-            .get_or_create(&self.metrics.source(self.source.as_str()))
+            .receive_to_ack_of(self.source)
             .observe(self.received_at.elapsed().as_secs_f64());
     }
+}
+
+/// An admitted event not routed yet: holds its in-flight slot and its span.
+struct Parked {
+    env: Envelope,
+    in_flight: InFlight,
+    span: Arc<EventSpan>,
 }
 
 /// The parts of an envelope every destination's dead letter needs.
@@ -317,9 +326,7 @@ impl Dispatcher {
     fn admit(&self, env: Envelope, permit: OwnedSemaphorePermit) {
         let span = Arc::new(EventSpan::start(&env));
         let m = &self.inner.shared.metrics;
-        m.received
-            .get_or_create(&m.source(env.source.as_str()))
-            .inc();
+        m.received_from(env.source).inc();
         m.in_flight.inc();
         let in_flight = InFlight {
             _permit: permit,
@@ -327,112 +334,78 @@ impl Dispatcher {
             received_at: env.received_at,
             source: env.source,
         };
-        let id = Arc::clone(&env.event.event_id);
-        if self.inner.delivered_ids.contains_key(&id) {
-            self.deduplicated(env, in_flight, &span);
-            return;
-        }
-        // Is the same id in flight? Then wait for its outcome before doing anything.
-        let waiting = {
-            let Ok(mut pending) = self.inner.pending_ids.lock() else {
-                // A poisoned map only loses deduplication, never events.
-                self.route(env, in_flight, span);
-                return;
-            };
-            match pending.get(&id) {
-                Some(rx) => Some(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    pending.insert(Arc::clone(&id), rx);
-                    let (inner_ack, inner_rx) = AckHandle::new();
-                    let Envelope {
-                        event,
-                        ack,
-                        source,
-                        received_at,
-                        received_wall,
-                        trace,
-                    } = env;
-                    let this = self.clone();
-                    let id2 = Arc::clone(&id);
-                    let span2 = Arc::clone(&span);
-                    self.inner.tasks.spawn(async move {
-                        let status = inner_rx.wait().await;
-                        if status == AckStatus::Delivered {
-                            this.inner.delivered_ids.insert(Arc::clone(&id2), ());
-                        }
-                        if let Ok(mut p) = this.inner.pending_ids.lock() {
-                            p.remove(&id2);
-                        }
-                        let _ = tx.send(Some(status));
-                        this.count_ack(source, status);
-                        span2.finish(status);
-                        ack.finish(status);
-                    });
-                    self.route(
-                        Envelope {
-                            event,
-                            ack: inner_ack,
-                            source,
-                            received_at,
-                            received_wall,
-                            trace,
-                        },
-                        in_flight,
-                        span,
-                    );
-                    return;
-                }
-            }
-        };
-        if let Some(mut rx) = waiting {
-            let this = self.clone();
-            self.inner.tasks.spawn(async move {
-                let outcome = loop {
-                    if let Some(s) = *rx.borrow_and_update() {
-                        break Some(s);
-                    }
-                    if rx.changed().await.is_err() {
-                        break None;
-                    }
-                };
-                match outcome {
-                    Some(AckStatus::Delivered) => this.deduplicated(env, in_flight, &span),
-                    // The first failed or vanished: this copy is a genuine retry.
-                    _ => this.admit_again(env, in_flight, span),
-                }
-            });
-        }
+        self.admit_tracked(Parked {
+            env,
+            in_flight,
+            span,
+        });
     }
 
-    /// Routes a copy whose twin was in flight and did not get delivered.
-    fn admit_again(&self, env: Envelope, in_flight: InFlight, span: Arc<EventSpan>) {
-        let source = env.source;
+    /// Publishes an event unless the same id was delivered already (then it is acknowledged as a
+    /// duplicate) or is in flight now (then it waits for that outcome, parked without a task).
+    fn admit_tracked(&self, p: Parked) {
+        let id = Arc::clone(&p.env.event.event_id);
+        if self.inner.delivered_ids.contains_key(&id) {
+            self.deduplicated(p.env, p.in_flight, &p.span);
+            return;
+        }
+        {
+            // A poisoned map is still a consistent map: every update is a single insert or remove.
+            let mut pending = self
+                .inner
+                .pending_ids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(twins) = pending.get_mut(&id) {
+                twins.push(p);
+                return;
+            }
+            pending.insert(Arc::clone(&id), Vec::new());
+        }
+        let Parked {
+            env,
+            in_flight,
+            span,
+        } = p;
         let Envelope {
             event,
             ack,
+            source,
             received_at,
             received_wall,
             trace,
-            ..
         } = env;
-        let (inner_ack, inner_rx) = AckHandle::new();
         let this = self.clone();
-        let id = Arc::clone(&event.event_id);
         let span2 = Arc::clone(&span);
-        self.inner.tasks.spawn(async move {
-            let status = inner_rx.wait().await;
+        // Runs where the last destination finishes: remembers a delivered id, acknowledges the
+        // source, then settles the twins that waited: duplicates when delivered, otherwise the
+        // first of them becomes the new attempt and the rest wait for it.
+        let tracked = AckHandle::on_done(move |status| {
             if status == AckStatus::Delivered {
-                this.inner.delivered_ids.insert(id, ());
+                this.inner.delivered_ids.insert(Arc::clone(&id), ());
             }
+            let twins = this
+                .inner
+                .pending_ids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id)
+                .unwrap_or_default();
             this.count_ack(source, status);
             span2.finish(status);
             ack.finish(status);
+            for twin in twins {
+                if status == AckStatus::Delivered {
+                    this.deduplicated(twin.env, twin.in_flight, &twin.span);
+                } else {
+                    this.admit_tracked(twin);
+                }
+            }
         });
         self.route(
             Envelope {
                 event,
-                ack: inner_ack,
+                ack: tracked,
                 source,
                 received_at,
                 received_wall,
@@ -445,9 +418,7 @@ impl Dispatcher {
 
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
         let m = &self.inner.shared.metrics;
-        m.deduplicated
-            .get_or_create(&m.source(env.source.as_str()))
-            .inc();
+        m.deduplicated_from(env.source).inc();
         tracing::debug!(event_id = %env.event.event_id, source = %env.source, "duplicate event: already delivered, not published again");
         span.mark(Outcome::Duplicate);
         span.finish(AckStatus::Delivered);
@@ -457,22 +428,10 @@ impl Dispatcher {
     }
 
     fn count_ack(&self, source: SourceKind, status: AckStatus) {
-        let reason = match status {
-            AckStatus::Delivered => "delivered",
-            AckStatus::Rejected => "rejected",
-            AckStatus::Retry => "retry",
-        };
-        self.inner
-            .shared
-            .metrics
-            .acked
-            .get_or_create(&SourceReasonLabels {
-                source: source.as_str().into(),
-                reason: reason.into(),
-            })
-            .inc();
+        let m = &self.inner.shared.metrics;
+        m.acked_as(source, status).inc();
         if status == AckStatus::Delivered {
-            self.inner.shared.metrics.count_delivered();
+            m.count_delivered();
         }
     }
 
@@ -663,6 +622,35 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
 async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
     let mut waiting: HashMap<String, VecDeque<Job>> = HashMap::new();
     let mut running: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    // This sink's series, resolved once per route rather than once per message.
+    let latency = shared
+        .metrics
+        .publish_latency
+        .get_or_create(&SinkLabels {
+            sink: sink.name().into(),
+        })
+        .clone();
+    let mut published: HashMap<Arc<str>, Counter> = HashMap::new();
+    let mut start = |job: Job| -> Delivery {
+        let counter = published
+            .entry(Arc::clone(&job.route))
+            .or_insert_with(|| {
+                shared
+                    .metrics
+                    .published
+                    .get_or_create(&SinkRouteLabels {
+                        sink: sink.name().into(),
+                        route: job.route.to_string(),
+                    })
+                    .clone()
+            })
+            .clone();
+        let series = Series {
+            published: counter,
+            latency: latency.clone(),
+        };
+        Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared), series))
+    };
     let mut open = true;
     loop {
         tokio::select! {
@@ -671,7 +659,7 @@ async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared:
                 if let Some(key) = done_key {
                     let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
                     match next {
-                        Some(job) => running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared)))),
+                        Some(job) => running.push(start(job)),
                         None => { waiting.remove(&key); }
                     }
                 }
@@ -682,10 +670,10 @@ async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared:
                         Some(q) => q.push_back(job),
                         None => {
                             waiting.insert(k.clone(), VecDeque::new());
-                            running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared))));
+                            running.push(start(job));
                         }
                     },
-                    None => running.push(Box::pin(deliver(Arc::clone(&sink), job, Arc::clone(&shared)))),
+                    None => running.push(start(job)),
                 },
                 None => open = false,
             },
@@ -694,8 +682,14 @@ async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared:
     }
 }
 
+/// The metric series one delivery updates.
+struct Series {
+    published: Counter,
+    latency: Histogram,
+}
+
 /// Publishes one job with retries; returns its key so the worker can start the key's next job.
-async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String> {
+async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>, series: Series) -> Option<String> {
     let Job {
         msg,
         route,
@@ -737,17 +731,8 @@ async fn deliver(sink: DynSink, job: Job, shared: Arc<Shared>) -> Option<String>
         drop(span);
         match result {
             Ok(()) => {
-                m.publish_latency
-                    .get_or_create(&SinkLabels {
-                        sink: sink.name().into(),
-                    })
-                    .observe(t0.elapsed().as_secs_f64());
-                m.published
-                    .get_or_create(&SinkRouteLabels {
-                        sink: sink.name().into(),
-                        route: route.to_string(),
-                    })
-                    .inc();
+                series.latency.observe(t0.elapsed().as_secs_f64());
+                series.published.inc();
                 ack.finish(AckStatus::Delivered);
                 return key;
             }

@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::event::{AckStatus, SourceKind};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
@@ -86,6 +88,61 @@ pub struct Metrics {
     pub publish_latency: Family<SinkLabels, Histogram>,
     pub receive_to_ack: Family<SourceLabels, Histogram>,
     delivered_total: AtomicU64,
+    /// Handles into the families above for every source, resolved once: the per-event path does
+    /// no label allocation, hashing or locking.
+    per_source: [PerSource; 3],
+}
+
+/// One source's per-event series.
+struct PerSource {
+    received: Counter,
+    deduplicated: Counter,
+    /// By [`AckStatus`] as index.
+    acked: [Counter; 3],
+    receive_to_ack: Histogram,
+}
+
+impl PerSource {
+    fn placeholder() -> Self {
+        Self {
+            received: Counter::default(),
+            deduplicated: Counter::default(),
+            acked: Default::default(),
+            receive_to_ack: latency_histogram(),
+        }
+    }
+
+    fn resolve(m: &Metrics, source: SourceKind) -> Self {
+        let labels = m.source(source.as_str());
+        let acked = |reason: &str| {
+            m.acked
+                .get_or_create(&SourceReasonLabels {
+                    source: source.as_str().into(),
+                    reason: reason.into(),
+                })
+                .clone()
+        };
+        Self {
+            received: m.received.get_or_create(&labels).clone(),
+            deduplicated: m.deduplicated.get_or_create(&labels).clone(),
+            acked: [acked("delivered"), acked("rejected"), acked("retry")],
+            receive_to_ack: m.receive_to_ack.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+const SOURCES: [SourceKind; 3] = [
+    SourceKind::WebSocket,
+    SourceKind::Webhook,
+    SourceKind::Replay,
+];
+
+fn source_index(s: SourceKind) -> usize {
+    match s {
+        SourceKind::WebSocket => 0,
+        SourceKind::Webhook => 1,
+        SourceKind::Replay => 2,
+    }
 }
 
 impl Default for Metrics {
@@ -122,7 +179,10 @@ impl Metrics {
             receive_to_ack: Family::new_with_constructor(latency_histogram),
             delivered_total: AtomicU64::new(0),
             registry: Registry::default(),
+            per_source: std::array::from_fn(|_| PerSource::placeholder()),
         };
+        let per_source = SOURCES.map(|s| PerSource::resolve(&m, s));
+        let m = Self { per_source, ..m };
         registry.register(
             "received",
             "Events received from a source",
@@ -244,6 +304,26 @@ impl Metrics {
 
     pub fn source(&self, s: &str) -> SourceLabels {
         SourceLabels { source: s.into() }
+    }
+
+    /// `received{source}`.
+    pub fn received_from(&self, s: SourceKind) -> &Counter {
+        &self.per_source[source_index(s)].received
+    }
+
+    /// `deduplicated{source}`.
+    pub fn deduplicated_from(&self, s: SourceKind) -> &Counter {
+        &self.per_source[source_index(s)].deduplicated
+    }
+
+    /// `acked{source, reason}`.
+    pub fn acked_as(&self, s: SourceKind, status: AckStatus) -> &Counter {
+        &self.per_source[source_index(s)].acked[status as usize]
+    }
+
+    /// `receive_to_ack_seconds{source}`.
+    pub fn receive_to_ack_of(&self, s: SourceKind) -> &Histogram {
+        &self.per_source[source_index(s)].receive_to_ack
     }
 
     pub(crate) fn count_delivered(&self) {

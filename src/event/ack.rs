@@ -33,21 +33,33 @@ impl AckStatus {
     }
 }
 
+/// Who learns the merged status when the last handle is gone.
+enum Notify {
+    /// A source waiting on an [`AckReceiver`].
+    Channel(oneshot::Sender<AckStatus>),
+    /// A function run by whoever drops the last handle (no task, no channel).
+    Callback(Box<dyn FnOnce(AckStatus) + Send>),
+}
+
 struct Shared {
     merged: AtomicU8,
-    tx: Mutex<Option<oneshot::Sender<AckStatus>>>,
+    notify: Mutex<Option<Notify>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         let status = AckStatus::from_u8(self.merged.load(Ordering::Acquire));
-        let tx = match self.tx.get_mut() {
-            Ok(tx) => tx.take(),
+        let notify = match self.notify.get_mut() {
+            Ok(n) => n.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        if let Some(tx) = tx {
+        match notify {
             // The source may have stopped waiting (shutdown); nothing to do then.
-            let _ = tx.send(status);
+            Some(Notify::Channel(tx)) => {
+                let _ = tx.send(status);
+            }
+            Some(Notify::Callback(f)) => f(status),
+            None => {}
         }
     }
 }
@@ -104,18 +116,24 @@ impl AckHandle {
     /// A new handle and the receiver its source waits on.
     pub fn new() -> (Self, AckReceiver) {
         let (tx, rx) = oneshot::channel();
-        let shared = Arc::new(Shared {
-            merged: AtomicU8::new(AckStatus::Delivered as u8),
-            tx: Mutex::new(Some(tx)),
-        });
-        (
-            Self {
-                shared,
-                status: None,
-                neutral: false,
-            },
-            AckReceiver(rx),
-        )
+        (Self::with_notify(Notify::Channel(tx)), AckReceiver(rx))
+    }
+
+    /// A handle whose merged status is handed to `f` when the last of its parts is dropped, in
+    /// the dropping task, with the same rules as [`AckHandle::new`]. `f` must not block.
+    pub fn on_done(f: impl FnOnce(AckStatus) + Send + 'static) -> Self {
+        Self::with_notify(Notify::Callback(Box::new(f)))
+    }
+
+    fn with_notify(notify: Notify) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                merged: AtomicU8::new(AckStatus::Delivered as u8),
+                notify: Mutex::new(Some(notify)),
+            }),
+            status: None,
+            neutral: false,
+        }
     }
 
     /// Splits this handle into `n` handles, one per destination. With `n == 0` the event has no
@@ -208,6 +226,18 @@ mod tests {
         let (h, rx) = AckHandle::new();
         assert!(h.split(0).is_empty());
         assert_eq!(rx.wait().await, AckStatus::Delivered);
+    }
+
+    #[test]
+    fn callback_gets_the_merged_status_once_after_the_last_part() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        let h = AckHandle::on_done(move |st| s2.lock().unwrap().push(st));
+        let mut parts = h.split(2);
+        parts.pop().unwrap().finish(AckStatus::Delivered);
+        assert!(seen.lock().unwrap().is_empty(), "ran before the last part");
+        drop(parts); // the other part never got a status
+        assert_eq!(*seen.lock().unwrap(), vec![AckStatus::Retry]);
     }
 
     #[tokio::test]

@@ -50,11 +50,10 @@ use tokio_util::task::TaskTracker;
 
 use super::Readiness;
 use crate::config::{SpoolConfig, WebSocketSourceConfig};
-use crate::dispatch::{Dispatcher, SubmitError};
+use crate::dispatch::Dispatcher;
 use crate::dlq::{DeadLetter, rfc3339};
 use crate::event::{
-    AckHandle, AckReceiver, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind,
-    TraceContext,
+    AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
 };
 use crate::metrics::{ClientLabels, SourceReasonLabels};
 use crate::spool::{PendingAppend, Spool, SpoolError};
@@ -395,52 +394,66 @@ impl Ctx {
 
     /// Hands an event to the dispatcher and tracks its acknowledgement.
     async fn submit(self: &Arc<Self>, event: Event, id: Option<u64>) -> Result<(), ()> {
-        let event = Arc::new(event);
-        let (rx, env) = envelope(&event);
-        match self.dispatcher.submit(env).await {
-            Ok(()) => {
-                self.track(event, id, rx);
-                Ok(())
-            }
-            Err(SubmitError::Closed(_) | SubmitError::Full(_)) => Err(()),
-        }
+        self.submit_tracked(Arc::new(event), id, RETRY_INITIAL)
+            .await
     }
 
-    /// Waits for an event's acknowledgement: releases its spool record on `Delivered`/`Rejected`,
-    /// resubmits it after a backoff on `Retry`.
-    fn track(self: &Arc<Self>, event: Arc<Event>, id: Option<u64>, rx: AckReceiver) {
+    /// Submits with an acknowledgement that settles the event where the dispatcher finishes it
+    /// (no task per event): `Delivered`/`Rejected` release its spool record, `Retry` resubmits it
+    /// after `delay`, doubling up to `RETRY_MAX`.
+    async fn submit_tracked(
+        self: &Arc<Self>,
+        event: Arc<Event>,
+        id: Option<u64>,
+        delay: Duration,
+    ) -> Result<(), ()> {
         let this = Arc::clone(self);
-        self.acks.spawn(async move {
-            let mut rx = rx;
-            let mut delay = RETRY_INITIAL;
-            loop {
-                match rx.wait().await {
-                    AckStatus::Delivered | AckStatus::Rejected => {
-                        if let (Some(spool), Some(id)) = (&this.spool, id) {
-                            spool.release(id);
-                        }
-                        WebSocketStats::inc(&this.stats.acknowledged);
-                        return;
-                    }
-                    AckStatus::Retry => {
-                        if this.dispatcher.is_closed() {
-                            // Stays in the spool (if any) for the next start.
-                            return;
-                        }
-                        tracing::debug!(event_id = %event.event_id, delay_ms = delay.as_millis() as u64,
-                            "event not delivered yet; resubmitting after a delay");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(RETRY_MAX);
-                        let (new_rx, env) = envelope(&event);
-                        if this.dispatcher.submit(env).await.is_err() {
-                            return;
-                        }
-                        WebSocketStats::inc(&this.stats.resubmitted);
-                        rx = new_rx;
-                    }
+        let ev = Arc::clone(&event);
+        let ack = AckHandle::on_done(move |status| this.settle(ev, id, status, delay));
+        let env = Envelope {
+            event,
+            ack,
+            source: SourceKind::WebSocket,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            trace: TraceContext::default(),
+        };
+        // A refused envelope drops its handle unfinished, which settles it as `Retry`; with the
+        // dispatcher closed that keeps it in the spool for the next start.
+        self.dispatcher.submit(env).await.map_err(|_| ())
+    }
+
+    fn settle(
+        self: Arc<Self>,
+        event: Arc<Event>,
+        id: Option<u64>,
+        status: AckStatus,
+        delay: Duration,
+    ) {
+        match status {
+            AckStatus::Delivered | AckStatus::Rejected => {
+                if let (Some(spool), Some(id)) = (&self.spool, id) {
+                    spool.release(id);
                 }
+                WebSocketStats::inc(&self.stats.acknowledged);
             }
-        });
+            AckStatus::Retry => {
+                if self.dispatcher.is_closed() {
+                    // Stays in the spool (if any) for the next start.
+                    return;
+                }
+                tracing::debug!(event_id = %event.event_id, delay_ms = delay.as_millis() as u64,
+                    "event not delivered yet; resubmitting after a delay");
+                let this = Arc::clone(&self);
+                self.acks.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let next = (delay * 2).min(RETRY_MAX);
+                    if this.submit_tracked(event, id, next).await.is_ok() {
+                        WebSocketStats::inc(&this.stats.resubmitted);
+                    }
+                });
+            }
+        }
     }
 
     /// Awaits each read event's spool append in order, then submits it.
@@ -878,22 +891,6 @@ impl Ctx {
             }
         }
     }
-}
-
-/// Builds a fresh envelope (and its receiver) for an event, for a first or repeated submission.
-fn envelope(event: &Arc<Event>) -> (AckReceiver, Envelope) {
-    let (ack, rx) = AckHandle::new();
-    (
-        rx,
-        Envelope {
-            event: Arc::clone(event),
-            ack,
-            source: SourceKind::WebSocket,
-            received_at: Instant::now(),
-            received_wall: SystemTime::now(),
-            trace: TraceContext::default(),
-        },
-    )
 }
 
 /// Exponential backoff with full jitter: a random delay in `[0, min(max, initial * 2^attempt)]`.
