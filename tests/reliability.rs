@@ -1,0 +1,736 @@
+//! Reliability scenarios (issue #11, the fault half): the real `fondo-bridge` binary, fed by the
+//! simulated Fondo, against brokers each test starts for itself on free ports; faults are real
+//! (broker stopped and restarted, broker process paused, bridge SIGKILLed, connections dropped,
+//! heartbeats stopped, spool full, dead-letter destination down). An independent checker (raw
+//! async-nats / lapin / rdkafka consumers) reads everything back and compares it with what the
+//! simulator sent: every event present, order per object kept, duplicates counted, nothing lost.
+//!
+//! Each test prints one `RELIABILITY ...` line and appends a JSON record to the file named by
+//! `FONDO_BRIDGE_RELIABILITY_REPORT` when set. The soak runs `FONDO_BRIDGE_SOAK_SECS` seconds
+//! (default 120; 1800 for the full form). See docs/reliability.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "reliability/support.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fondo_bridge::simulator::generator::Generator;
+use fondo_bridge::simulator::stream::{self, SimHandle, StreamConfig};
+use fondo_bridge::simulator::webhook_sender::{Outgoing, SenderOptions, Signer, WebhookSender};
+use support::*;
+
+/// Runs blocking work (process control, broker scripts) without starving the runtime's tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn sim(rate: f64, count: u64, tweak: impl FnOnce(&mut StreamConfig)) -> SimHandle {
+    let mut cfg = StreamConfig {
+        rate,
+        count: Some(count),
+        objects: 200,
+        heartbeat: Some(Duration::from_millis(1000)),
+        client_ids: vec![CID.to_owned()],
+        record: true,
+        ..StreamConfig::default()
+    };
+    tweak(&mut cfg);
+    let (_, h) = stream::start(cfg).await.expect("simulator starts");
+    h
+}
+
+async fn wait_sent(sim: &SimHandle, count: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while sim.events_sent() < count {
+        assert!(
+            Instant::now() < deadline,
+            "simulator sent only {} of {count} events within {within:?}",
+            sim.events_sent()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ws_env() -> Vec<(&'static str, &'static str)> {
+    vec![WS_TOKEN_ENV]
+}
+
+fn start_bridge(dir: &Path, cfg: &ConfigBuilder, env: &[(&str, &str)]) -> BridgeProc {
+    blocking(|| BridgeProc::start(dir, cfg.admin, &cfg.render(), env))
+}
+
+const COLLECT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------------
+// 1. each broker stopped ~10 s and started again mid-stream
+
+/// Stream rate and length for the broker-restart scenarios: the stream outlives the outage.
+const RATE: f64 = 1000.0;
+const COUNT: u64 = 16_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_10s_mid_stream() {
+    let Some(mut nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(RATE, COUNT, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_stop = sim.events_sent();
+    let t_stop = Instant::now();
+    blocking(|| nats.stop());
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
+    blocking(|| nats.spawn());
+    let t_up = Instant::now();
+    eprintln!(
+        "nats-server stopped for {:?} after {at_stop} events sent",
+        t_up - t_stop
+    );
+
+    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let samples = sampler.finish();
+    eprintln!(
+        "stream REL: {}; collected {} messages",
+        nats_stream_state(&url, "REL").await,
+        got.len()
+    );
+    let rec = Record {
+        scenario: "broker-stopped-10s".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!("outage={:.1}s", (t_up - t_stop).as_secs_f64()),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert_eq!(
+        rec.tally.dead_lettered, 0,
+        "a 10 s outage dead-letters nothing"
+    );
+    drop(bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_stopped_10s_mid_stream() {
+    let Some(node) = blocking(RabbitNode::start) else {
+        return;
+    };
+    let url = node.url();
+    rabbit_topology(&url, "fondo-rel", "rel-q", "fondo.#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(RATE, COUNT, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: rabbitmq, url: \"{url}\", exchange: fondo-rel }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t_stop = Instant::now();
+    blocking(|| node.stop());
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
+    blocking(|| node.up());
+    let t_up = Instant::now();
+    eprintln!("rabbitmq node down for {:?}", t_up - t_stop);
+
+    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = rabbit_collect(&url, "rel-q", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let samples = sampler.finish();
+    let rec = Record {
+        scenario: "broker-stopped-10s".into(),
+        broker: "rabbitmq".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!("outage={:.1}s", (t_up - t_stop).as_secs_f64()),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert_eq!(
+        rec.tally.dead_lettered, 0,
+        "a 10 s outage dead-letters nothing"
+    );
+    drop(bridge);
+}
+
+/// tansu keeps records in memory only, so a stopped tansu forgets every topic and record: the test
+/// stops it at a moment when the checker has read everything published so far (the simulator
+/// paused briefly for that), then lets the stream run on into the outage. The fault the bridge sees
+/// is the same: a broker gone for 10 s while events keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_stopped_10s_mid_stream() {
+    let Some(tansu) = blocking(Tansu::start) else {
+        return;
+    };
+    let bootstrap = tansu.bootstrap();
+    kafka_create_topic(&bootstrap, "fondo.events", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(RATE, COUNT, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!(
+            "{{ type: kafka, brokers: \"{bootstrap}\", options: {{ reconnect.backoff.max.ms: \"500\" }} }}"
+        ),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sim.set_paused(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = sim.sent_events(CID);
+    let phase1 = kafka_collect(&bootstrap, "fondo.events", COLLECT, Want::of(&before, &[])).await;
+    assert!(complete(&before, &phase1, &[]), "phase 1 incomplete");
+    let t_stop = Instant::now();
+    blocking(|| tansu.stop());
+    sim.set_paused(false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    blocking(|| tansu.up());
+    kafka_create_topic(&bootstrap, "fondo.events", 3).await;
+    let t_up = Instant::now();
+    eprintln!(
+        "tansu down for {:?} after {} events",
+        t_up - t_stop,
+        before.len()
+    );
+
+    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let rest = sent[before.len()..].to_vec();
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let phase2 = kafka_collect(&bootstrap, "fondo.events", COLLECT, Want::of(&rest, &dead)).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let got: Vec<Bytes> = phase1.into_iter().chain(phase2).collect();
+    let samples = sampler.finish();
+    let rec = Record {
+        scenario: "broker-stopped-10s".into(),
+        broker: "kafka (tansu)".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "outage={:.1}s (memory storage: stopped at a drained moment, topic recreated)",
+            (t_up - t_stop).as_secs_f64()
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. bridge SIGKILLed at random moments, three times, restarted each time
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_sigkilled_three_times() {
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    const WS_COUNT: u64 = 12_000;
+    const WH_COUNT: usize = 3_000;
+    let sim = sim(RATE, WS_COUNT, |_| {}).await;
+    let webhook = free_port();
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    cfg.webhook = Some(webhook);
+    let secrets = format!("[\"{WEBHOOK_SECRET}\"]");
+    let env = [WS_TOKEN_ENV, (WEBHOOK_SECRETS_ENV, secrets.as_str())];
+    let t0 = Instant::now();
+    let mut bridge = start_bridge(dir.path(), &cfg, &env);
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+
+    // Webhooks alongside: Fondo retries until a 2xx, so every webhook event must arrive.
+    let mut g = Generator::new(0x5eed_0042, CID, 100, 0);
+    let outgoing: Vec<Outgoing> = (0..WH_COUNT)
+        .map(|i| Outgoing::new(format!("msg_{i:05}"), g.next_event()))
+        .collect();
+    let wh_sent: Vec<Bytes> = outgoing.iter().map(|o| o.body.clone()).collect();
+    let mut opts = SenderOptions::new(
+        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
+        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    );
+    opts.concurrency = 8;
+    opts.max_attempts = 10_000;
+    opts.backoff_initial = Duration::from_millis(50);
+    opts.backoff_max = Duration::from_millis(500);
+    opts.request_timeout = Duration::from_secs(10);
+    let sender = WebhookSender::new(opts).unwrap();
+    let send = tokio::spawn(async move { sender.send_all(outgoing, Some(300.0)).await });
+
+    let mut rng = fastrand::Rng::new();
+    let mut restarts = Vec::new();
+    for k in 0..3 {
+        let wait = Duration::from_millis(rng.u64(1000..3000));
+        tokio::time::sleep(wait).await;
+        let sent_at_kill = sim.events_sent();
+        let published = bridge
+            .metric("fondo_bridge_published_total")
+            .unwrap_or(-1.0);
+        blocking(|| bridge.sigkill());
+        blocking(|| bridge.spawn());
+        let t = Instant::now();
+        restarts.push(t);
+        eprintln!(
+            "SIGKILL #{} after {wait:?}: {sent_at_kill} ws events sent, {published} published by that process; restarted",
+            k + 1
+        );
+    }
+    wait_sent(&sim, WS_COUNT, Duration::from_secs(120)).await;
+    let report = send.await.unwrap();
+    assert_eq!(report.acknowledged, WH_COUNT, "{}", report.summary());
+    let ws_sent = sim.sent_events(CID);
+    let all_sent: Vec<Bytes> = ws_sent.iter().chain(wh_sent.iter()).cloned().collect();
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&all_sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let samples = sampler.finish();
+    let recovery = restarts
+        .iter()
+        .filter_map(|t| recovery_after(&samples, *t))
+        .max();
+    let replayed = bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("replayed unreleased events from the spool"))
+        .count();
+
+    let rec = Record {
+        scenario: "bridge-sigkill-x3".into(),
+        broker: "nats".into(),
+        tally: tally(&all_sent, &got, &dead),
+        recovery,
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "ws={} webhook={} spool_replays={replayed} webhook_attempts={}",
+            ws_sent.len(),
+            WH_COUNT,
+            report.attempts
+        ),
+    };
+    rec.emit();
+    // Per source, for the failure message.
+    let wh = tally(&wh_sent, &got, &dead);
+    assert_eq!(wh.lost, 0, "webhook events lost: {wh:?}");
+    rec.assert_sound();
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. WebSocket dropped every 100 events; a Fondo that stops heartbeats
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_dropped_every_100_events() {
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    const N: u64 = 5_000;
+    let sim = sim(RATE, N, |c| c.drop_every = Some(100)).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\" }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    wait_sent(&sim, N, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let hs = sim.handshakes();
+    let gaps: Vec<Duration> = hs.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let rec = Record {
+        scenario: "ws-dropped-every-100".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        // Reconnect time is hidden inside the connection intervals; report the longest interval.
+        recovery: gaps.iter().max().copied(),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "connections={} gaps_metric={}",
+            sim.connections(),
+            bridge
+                .metric("fondo_bridge_websocket_gaps_total")
+                .unwrap_or(-1.0)
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert!(
+        sim.connections() >= N / 100,
+        "the stream was dropped every 100 events ({} connections)",
+        sim.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fondo_stops_heartbeats_watchdog_reconnects() {
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    const N: u64 = 3_000;
+    // Every connection goes silent (no events, no heartbeats, TCP kept open) after 1000 events.
+    let sim = sim(RATE, N, |c| c.stall_after = Some(1000)).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\" }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    // The watchdog: 3 s without any frame (ping/pong from the library does not count as Fondo's).
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    wait_sent(&sim, N, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let hs = sim.handshakes();
+    let gaps: Vec<Duration> = hs.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let rec = Record {
+        scenario: "ws-heartbeats-stop".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: gaps.iter().max().copied(),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "connections={} heartbeat_timeout=3s (recovery = longest interval between handshakes)",
+            sim.connections()
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert!(
+        sim.connections() >= 3,
+        "the watchdog reconnected after each stall ({} connections)",
+        sim.connections()
+    );
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. a broker that accepts connections but never answers (SIGSTOP / SIGCONT)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_paused_sigstop_then_sigcont() {
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(RATE, COUNT, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!(
+            "{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000, ping_interval_ms: 2000 }}"
+        ),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t_stop = Instant::now();
+    nats.pause();
+    // A paused process still accepts TCP connections (the kernel completes the handshake).
+    assert!(accepts(nats.port), "a paused server still accepts");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    nats.resume();
+    let t_up = Instant::now();
+    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let samples = sampler.finish();
+    let rec = Record {
+        scenario: "broker-paused-sigstop-10s".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "paused={:.1}s retried={}",
+            (t_up - t_stop).as_secs_f64(),
+            bridge.metric("fondo_bridge_retried_total").unwrap_or(-1.0)
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert_eq!(rec.tally.dead_lettered, 0);
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. dead-letter destination down together with the main destination
+
+/// Webhooks into NATS; the dead-letter destination is a second stream on the same (stopped) server
+/// and the fallback file cannot be written, so an event that exhausts its attempts during the
+/// outage has nowhere to go: it must not be acknowledged (503), and Fondo's retry brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_destination_down_with_main() {
+    let Some(mut nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    nats_stream(&url, "DEAD", "fondo.dead-letter").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A fallback path under a regular file: ENOTDIR, even for root.
+    std::fs::write(dir.path().join("not-a-dir"), b"").unwrap();
+    let webhook = free_port();
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 1000, reconnect_wait_ms: 500 }}"),
+    );
+    cfg.webhook = Some(webhook);
+    cfg.dead_letter = format!(
+        "{{ sink: main, topic: fondo.dead-letter, max_attempts: 2, fallback_file: {}/not-a-dir/dead-letter.jsonl }}",
+        dir.path().display()
+    );
+    cfg.delivery = "{ max_attempts: 3, backoff_initial_ms: 50, backoff_max_ms: 200, max_in_flight: 2000, drain_timeout_ms: 5000 }".into();
+    let secrets = format!("[\"{WEBHOOK_SECRET}\"]");
+    let env = [(WEBHOOK_SECRETS_ENV, secrets.as_str())];
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &env);
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+
+    const N: usize = 4_000;
+    let mut g = Generator::new(0x5eed_0051, CID, 100, 0);
+    let outgoing: Vec<Outgoing> = (0..N)
+        .map(|i| Outgoing::new(format!("msg_{i:05}"), g.next_event()))
+        .collect();
+    let sent: Vec<Bytes> = outgoing.iter().map(|o| o.body.clone()).collect();
+    let mut opts = SenderOptions::new(
+        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
+        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    );
+    opts.concurrency = 16;
+    opts.max_attempts = 10_000;
+    opts.backoff_initial = Duration::from_millis(100);
+    opts.backoff_max = Duration::from_millis(1000);
+    opts.request_timeout = Duration::from_secs(10);
+    let sender = WebhookSender::new(opts).unwrap();
+    let send = tokio::spawn(async move { sender.send_all(outgoing, Some(300.0)).await });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t_stop = Instant::now();
+    blocking(|| nats.stop());
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
+    let failures_during = bridge
+        .metric("fondo_bridge_dead_letter_failures_total")
+        .unwrap_or(0.0);
+    blocking(|| nats.spawn());
+    let t_up = Instant::now();
+    let report = send.await.unwrap();
+    let refused = report
+        .deliveries
+        .iter()
+        .filter(|d| d.statuses.iter().any(|s| *s == 503))
+        .count();
+    assert_eq!(report.acknowledged, N, "{}", report.summary());
+    let dead_records = nats_collect(&url, "DEAD", Duration::from_secs(5), Want::drain()).await;
+    let dead = dead_letter_bodies(&dead_records);
+    let main = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &dead)).await;
+    let samples = sampler.finish();
+    let rec = Record {
+        scenario: "dead-letter-down-with-main".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &main, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "outage={:.1}s dead_letter_failures={failures_during} webhooks_answered_503={refused} attempts={}",
+            (t_up - t_stop).as_secs_f64(),
+            report.attempts
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert!(
+        failures_during > 0.0,
+        "the scenario must hit 'dead letter could be written nowhere'"
+    );
+    assert!(refused > 0, "unacknowledged events were answered 503");
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. disk full for the spool
+
+/// The spool is capped at 256 KiB (a few hundred events) and the broker stops for 8 s, so the spool
+/// fills: the WebSocket source must stop reading (TCP backpressure reaches the simulator) and lose
+/// nothing. (`prlimit --fsize` is no substitute: the kernel sends SIGXFSZ, which kills the process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_full_pauses_reading() {
+    let Some(mut nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    const N: u64 = 10_000;
+    const MAX: u64 = 256 * 1024;
+    let sim = sim(RATE, N, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    cfg.spool = format!(
+        "{{ dir: {}/spool, max_bytes: {MAX}, segment_bytes: 65536 }}",
+        dir.path().display()
+    );
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t_stop = Instant::now();
+    blocking(|| nats.stop());
+    let sent_at_stop = sim.events_sent();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let sent_during = sim.events_sent() - sent_at_stop;
+    blocking(|| nats.spawn());
+    let t_up = Instant::now();
+    wait_sent(&sim, N, Duration::from_secs(120)).await;
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let samples = sampler.finish();
+    let max_spool = samples
+        .iter()
+        .filter_map(|s| s.spool_bytes)
+        .fold(0.0, f64::max);
+    let rec = Record {
+        scenario: "spool-full".into(),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: recovery_after(&samples, t_up),
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} sent_during_8s_outage={sent_during} (unthrottled: {})",
+            (RATE * (t_up - t_stop).as_secs_f64()) as u64
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert!(max_spool <= MAX as f64, "spool grew past max_bytes");
+    assert!(
+        (sent_during as f64) < RATE * 8.0 * 0.8,
+        "reading paused while the spool was full: the simulator could still send {sent_during} events in 8 s"
+    );
+    drop(bridge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. soak
+
+/// Steady load for `FONDO_BRIDGE_SOAK_SECS` (default 120; the full form is 1800): RSS, open file
+/// descriptors and in-flight sampled from the bridge every second must stay flat, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_steady_load() {
+    let secs: u64 = std::env::var("FONDO_BRIDGE_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream(&url, "REL", "fondo.events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rate = 1000.0;
+    let n = (rate * secs as f64) as u64;
+    let sim = sim(rate, n, |_| {}).await;
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\" }}"),
+    );
+    cfg.ws = Some(sim.base_url());
+    let t0 = Instant::now();
+    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_secs(1));
+    wait_sent(&sim, n, Duration::from_secs(secs * 2 + 60)).await;
+    let samples = sampler.finish();
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+
+    // Skip the first 10 % (warm-up), then compare the first and last thirds.
+    let s: Vec<&Sample> = samples.iter().skip(samples.len() / 10).collect();
+    let third = (s.len() / 3).max(1);
+    let (first, last) = (&s[..third], &s[s.len() - third..]);
+    let med = |xs: &[&Sample], f: &dyn Fn(&Sample) -> Option<f64>| {
+        median(xs.iter().filter_map(|x| f(x)).collect())
+    };
+    let rss = |x: &Sample| x.rss_kb.map(|v| v as f64);
+    let fds = |x: &Sample| x.fds.map(|v| v as f64);
+    let infl = |x: &Sample| x.in_flight;
+    let (rss0, rss1) = (med(first, &rss), med(last, &rss));
+    let (fd0, fd1) = (med(first, &fds), med(last, &fds));
+    let (if0, if1) = (med(first, &infl), med(last, &infl));
+    let rec = Record {
+        scenario: format!("soak-{secs}s"),
+        broker: "nats".into(),
+        tally: tally(&sent, &got, &dead),
+        recovery: None,
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "rate={rate}/s rss_kb first/last third median={rss0}/{rss1} fds={fd0}/{fd1} in_flight={if0}/{if1} samples={}",
+            samples.len()
+        ),
+    };
+    rec.emit();
+    rec.assert_sound();
+    assert!(rss0 > 0.0 && fd0 > 0.0, "sampling worked");
+    assert!(
+        rss1 <= rss0 * 1.2 + 16.0 * 1024.0,
+        "RSS grew: {rss0} kB -> {rss1} kB"
+    );
+    assert!(fd1 <= fd0 + 8.0, "open fds grew: {fd0} -> {fd1}");
+    assert!(if1 <= if0 + 200.0, "in-flight grew: {if0} -> {if1}");
+    drop(bridge);
+}
