@@ -22,6 +22,7 @@ if ((${#need_apt[@]})); then
 fi
 
 scripts/kafka-broker.sh install
+command -v cargo-fuzz >/dev/null 2>&1 || { say "installing cargo-fuzz (scripts/fuzz.sh)"; cargo install cargo-fuzz --locked; }
 say "building fondo-bridge (release)"
 cargo build --release
 say "done: 'cargo run --release -- demo' runs the demo, 'scripts/test.sh' runs the tests"
