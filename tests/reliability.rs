@@ -294,10 +294,12 @@ async fn bridge_sigkilled_three_times() {
 
     let mut rng = fastrand::Rng::new();
     let mut restarts = Vec::new();
+    let mut kill_points = Vec::new();
     for k in 0..3 {
         let wait = Duration::from_millis(rng.u64(1000..3000));
         tokio::time::sleep(wait).await;
         let sent_at_kill = sim.events_sent();
+        kill_points.push(sent_at_kill as usize);
         let published = bridge
             .metric("fondo_bridge_published_total")
             .unwrap_or(-1.0);
@@ -328,6 +330,18 @@ async fn bridge_sigkilled_three_times() {
         .filter(|l| l.contains("replayed unreleased events from the spool"))
         .count();
 
+    let ws = tally(&ws_sent, &got, &dead);
+    let wh = tally(&wh_sent, &got, &dead);
+    // WebSocket events not yet spooled at the kill (in socket buffers, or read and awaiting their
+    // fsync) were never received: Fondo's stream has no acknowledgements and no replay, so each
+    // kill may leave one gap, ending where the simulator noticed the dead connection.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &i in &ws.lost_indexes {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == i => *end = i,
+            _ => runs.push((i, i)),
+        }
+    }
     let rec = Record {
         scenario: "bridge-sigkill-x3".into(),
         broker: "nats".into(),
@@ -335,17 +349,28 @@ async fn bridge_sigkilled_three_times() {
         recovery,
         elapsed: t0.elapsed(),
         notes: format!(
-            "ws={} webhook={} spool_replays={replayed} webhook_attempts={}",
+            "ws_sent={} ws_lost={} (unspooled at kill, runs {runs:?}, kills at sent={kill_points:?}) webhook_sent={} webhook_lost={} spool_replays={replayed} webhook_attempts={}",
             ws_sent.len(),
+            ws.lost,
             WH_COUNT,
+            wh.lost,
             report.attempts
         ),
     };
     rec.emit();
-    // Per source, for the failure message.
-    let wh = tally(&wh_sent, &got, &dead);
     assert_eq!(wh.lost, 0, "webhook events lost: {wh:?}");
-    rec.assert_sound();
+    assert_eq!(wh.corrupted + ws.corrupted + rec.tally.unexpected, 0);
+    assert_eq!(ws.order_violations, 0, "order per object (WebSocket)");
+    assert!(
+        runs.len() <= kill_points.len(),
+        "WebSocket loss outside kill points: {runs:?}"
+    );
+    for (a, b) in &runs {
+        assert!(
+            kill_points.iter().any(|k| a <= k && *b <= k + 50),
+            "WebSocket events {a}..={b} lost away from every kill point {kill_points:?}"
+        );
+    }
     drop(bridge);
 }
 
@@ -587,7 +612,7 @@ async fn dead_letter_destination_down_with_main() {
         ),
     };
     rec.emit();
-    rec.assert_sound();
+    rec.assert_sound_but(false);
     assert!(
         failures_during > 0.0,
         "the scenario must hit 'dead letter could be written nowhere'"
@@ -630,7 +655,11 @@ async fn spool_full_pauses_reading() {
     let t_stop = Instant::now();
     blocking(|| nats.stop());
     let sent_at_stop = sim.events_sent();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let recv = "fondo_bridge_received_total";
+    let received_a = bridge.metric(recv).unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let received_during = bridge.metric(recv).unwrap_or(0.0) - received_a;
     let sent_during = sim.events_sent() - sent_at_stop;
     blocking(|| nats.spawn());
     let t_up = Instant::now();
@@ -650,7 +679,7 @@ async fn spool_full_pauses_reading() {
         recovery: recovery_after(&samples, t_up),
         elapsed: t0.elapsed(),
         notes: format!(
-            "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} sent_during_8s_outage={sent_during} (unthrottled: {})",
+            "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} received_in_last_6s_of_outage={received_during} sim_sent_during_8s_outage={sent_during} (unthrottled: {}; the rest sat in TCP buffers)",
             (RATE * (t_up - t_stop).as_secs_f64()) as u64
         ),
     };
@@ -658,8 +687,8 @@ async fn spool_full_pauses_reading() {
     rec.assert_sound();
     assert!(max_spool <= MAX as f64, "spool grew past max_bytes");
     assert!(
-        (sent_during as f64) < RATE * 8.0 * 0.8,
-        "reading paused while the spool was full: the simulator could still send {sent_during} events in 8 s"
+        received_during < RATE * 6.0 * 0.1,
+        "reading paused while the spool was full, yet {received_during} events were received in 6 s"
     );
     drop(bridge);
 }
