@@ -27,6 +27,8 @@ use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 
 /// The `tracing` target prefix exported as spans.
 const EXPORTED_TARGET: &str = "fondo_bridge";
+/// The target of the per-event spans (event, publish, retry, dead letter).
+const PER_EVENT_SPANS: &str = "fondo_bridge::dispatch";
 
 /// Why trace export could not be set up. Logging still works; the bridge runs without traces.
 #[derive(Debug, thiserror::Error)]
@@ -171,9 +173,18 @@ fn log_layer<S>(cfg: &TelemetryConfig) -> Box<dyn tracing_subscriber::Layer<S> +
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter = EnvFilter::try_from_default_env()
+    let env = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The per-event spans exist for trace export; logs don't need them as context, and formatting
+    // their fields for every event would cost more than the rest of the event's handling. Log
+    // lines emitted inside them are still logged.
+    let filter = tracing_subscriber::filter::FilterExt::and(
+        env,
+        tracing_subscriber::filter::filter_fn(|meta| {
+            !(meta.is_span() && meta.target() == PER_EVENT_SPANS)
+        }),
+    );
     match cfg.log_format {
         LogFormat::Json => fmt::layer()
             .json()

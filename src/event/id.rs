@@ -16,7 +16,23 @@ pub fn content_event_id(event_type: &str, body: &Value) -> String {
     let mut h = Sha256::new();
     h.update(event_type.as_bytes());
     h.update(b"\n");
-    h.update(canonical_json(body));
+    // The canonical form streamed straight into the hash: the same bytes as `canonical_json`,
+    // without building them in memory.
+    let _ = serde_json::to_writer(HashWriter(&mut h), body);
     let digest = h.finalize();
     hex::encode(&digest[..16])
+}
+
+/// `io::Write` into a running hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
