@@ -19,6 +19,7 @@ use fondo_bridge::sinks::kafka::KafkaSink;
 use fondo_bridge::sinks::{Message, Sink, SinkError, headers};
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers as _;
 use rdkafka::mocking::MockCluster;
@@ -609,5 +610,162 @@ async fn bad_config_fails_clearly() {
         eprintln!("{err}");
         assert!(matches!(err, SinkError::Fatal(_)), "{err}");
         assert!(err.reason().contains(want), "{err}");
+    }
+}
+
+/// A tansu of this test's own on a free port (`scripts/kafka-broker.sh`), memory storage: a stop
+/// forgets every topic, record and producer id.
+struct PrivateTansu {
+    port: u16,
+    run_dir: tempfile::TempDir,
+}
+
+impl PrivateTansu {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Self {
+            port,
+            run_dir: tempfile::tempdir().unwrap(),
+        };
+        t.script("start");
+        t
+    }
+
+    fn script(&self, what: &str) {
+        let out = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh"),
+        )
+        .args([what, &self.port.to_string()])
+        .env("FONDO_BRIDGE_RUN_DIR", self.run_dir.path())
+        .output()
+        .expect("run scripts/kafka-broker.sh");
+        assert!(
+            out.status.success(),
+            "kafka-broker.sh {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+/// Publishes `m` as the dispatcher does: retriable failures are retried (every 200 ms) until
+/// `deadline`; the number of retriable failures on success.
+async fn publish_retrying(sink: &KafkaSink, m: &Message, deadline: Instant) -> usize {
+    let mut failures = 0;
+    loop {
+        match sink.publish(m.clone()).await {
+            Ok(()) => return failures,
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                eprintln!("retriable: {e}");
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{}: {e}", m.event_id),
+        }
+    }
+}
+
+/// A broker that restarts empty (tansu, memory storage) no longer knows the idempotent producer's
+/// id: it answers every produce with UNKNOWN_PRODUCER_ID and librdkafka bumps the epoch and retries
+/// forever, without failing anything. The sink sees the stuck producer, fails its messages as
+/// retriable and replaces it; everything published is delivered at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_empty_is_recovered() {
+    if common::broker("KAFKA").is_none() {
+        return; // the same policy as the shared broker: skip loudly, fail under CI
+    }
+    let tansu = PrivateTansu::start();
+    let brokers = tansu.bootstrap();
+    let topic = "restarted";
+    let mut cfg = config(&brokers, &[("reconnect.backoff.max.ms", "500")]);
+    cfg.create_topics = vec![KafkaTopicConfig {
+        name: topic.into(),
+        partitions: Some(1),
+        replication: Some(1),
+        retention_ms: None,
+        config: BTreeMap::new(),
+    }];
+    let sink = Arc::new(connect(&cfg).await);
+    for seq in 0..5 {
+        sink.publish(message(topic, Some("k"), seq))
+            .await
+            .expect("before the restart");
+    }
+
+    tansu.script("stop");
+    // One publish waits through the outage, as the dispatcher's would.
+    let during = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let m = message(topic, Some("k"), 5);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            publish_retrying(&sink, &m, deadline).await;
+            m
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tansu.script("start");
+    // The topic is created again (memory storage), as an operator would: with an admin client
+    // only, since a new idempotent producer would take the restarted broker's first producer id
+    // (the old producer's id) and turn the old producer's state into a fatal error instead.
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(45);
+    let mut sent = vec![during.await.unwrap()];
+    let mut retried = 0;
+    for seq in 6..16 {
+        let m = message(topic, Some("k"), seq);
+        retried += publish_retrying(&sink, &m, deadline).await;
+        sent.push(m);
+    }
+    eprintln!(
+        "delivered {} after the restart in {:?} ({retried} retriable failures), producers replaced: {}",
+        sent.len(),
+        started.elapsed(),
+        sink.producers_replaced()
+    );
+    assert!(
+        sink.producers_replaced() >= 1,
+        "the stuck producer was replaced"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "recovered in {:?}",
+        started.elapsed()
+    );
+    sink.healthcheck().await.expect("healthy again");
+    let got = consume(&brokers, topic, sent.len()).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|r| r.payload.as_slice()).collect();
+    for m in &sent {
+        assert!(
+            payloads.contains(&m.payload.as_ref()),
+            "{} was not delivered after the restart",
+            m.event_id
+        );
     }
 }

@@ -12,7 +12,12 @@
 //!   option, on a cluster that does not answer within `connect_timeout_ms`, and on security settings
 //!   the cluster refuses; it creates the configured topics when asked to.
 //! - **Recovery**: when the idempotent producer hits a fatal error (e.g. after broker data loss), the
-//!   publishes it failed are retriable and a new producer replaces it.
+//!   publishes it failed are retriable and a new producer replaces it. The same happens when it is
+//!   stuck: a broker that lost its producer state (e.g. restarted empty) may answer every produce
+//!   with `UNKNOWN_PRODUCER_ID`, and librdkafka then bumps the epoch locally and retries forever
+//!   without a new producer id and without failing anything. The sink sees that in librdkafka's
+//!   statistics (the epoch climbing, no new producer id), purges the stuck producer (its messages
+//!   fail as retriable) and creates a new one, which asks the broker for a new producer id.
 //!
 //! Message mapping: `msg.topic` is the Kafka topic, `msg.key` the key, `msg.headers` (all of them,
 //! in order) the record headers, `msg.payload` the value, verbatim.
@@ -28,7 +33,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
@@ -42,7 +47,18 @@ const DEFAULT_OPTIONS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("queue.buffering.max.messages", "100000"),
     ("queue.buffering.max.kbytes", "65536"),
+    // Statistics drive the stuck-producer detection (see [`IdempotenceWatch`]).
+    ("statistics.interval.ms", "1000"),
 ];
+
+/// Local epoch bumps without a new producer id, within [`STUCK_WINDOW`], that mark an idempotent
+/// producer as stuck. A healthy producer bumps its epoch rarely (once per lost producer state); a
+/// stuck one bumps it tens of times a second.
+const STUCK_EPOCH_BUMPS: i64 = 16;
+const STUCK_WINDOW: Duration = Duration::from_secs(60);
+
+/// How often a publish awaiting its delivery report checks whether its producer is stuck.
+const STUCK_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// The first and longest pause of a publish waiting for room in a full producer queue.
 const QUEUE_FULL_WAIT_MIN: Duration = Duration::from_millis(2);
@@ -96,10 +112,65 @@ struct ErrorState {
     kept: Option<(Instant, RDKafkaErrorCode, String)>,
 }
 
+/// Watches one idempotent producer's statistics for the local-epoch-bump loop librdkafka enters
+/// when the broker keeps answering `UNKNOWN_PRODUCER_ID` (it never turns into a fatal error).
+#[derive(Default)]
+struct IdempotenceWatch {
+    /// (producer id, producer id assignments, epoch, when) at the start of the current window.
+    base: Mutex<Option<(i64, i64, i64, Instant)>>,
+    /// Why the producer is considered stuck, once it is.
+    stuck: Mutex<Option<String>>,
+}
+
+impl IdempotenceWatch {
+    /// Takes in one statistics report; the reason when the producer just became stuck.
+    fn observe(&self, eos: &rdkafka::statistics::ExactlyOnceSemantics) -> Option<String> {
+        if eos.producer_id < 0 || eos.producer_epoch < 0 {
+            return None;
+        }
+        let mut base = self.base.lock().ok()?;
+        let now = Instant::now();
+        let current = (eos.producer_id, eos.epoch_cnt, eos.producer_epoch, now);
+        let Some((pid, cnt, epoch, since)) = *base else {
+            *base = Some(current);
+            return None;
+        };
+        if pid != eos.producer_id
+            || cnt != eos.epoch_cnt
+            || eos.producer_epoch < epoch
+            || since.elapsed() > STUCK_WINDOW
+        {
+            *base = Some(current);
+            return None;
+        }
+        let bumps = eos.producer_epoch - epoch;
+        if bumps < STUCK_EPOCH_BUMPS {
+            return None;
+        }
+        let mut stuck = self.stuck.lock().ok()?;
+        if stuck.is_some() {
+            return None;
+        }
+        let reason = format!(
+            "idempotent producer id {pid} bumped its epoch {bumps} times in {:.1}s without a new \
+             producer id (the broker keeps answering UNKNOWN_PRODUCER_ID: it lost its producer state)",
+            since.elapsed().as_secs_f64()
+        );
+        *stuck = Some(reason.clone());
+        Some(reason)
+    }
+
+    fn stuck(&self) -> Option<String> {
+        self.stuck.lock().ok().and_then(|g| g.clone())
+    }
+}
+
 /// Routes librdkafka's logs and errors to `tracing` and remembers the last error.
 struct Context {
     sink: Arc<str>,
     shared: Arc<Shared>,
+    /// The producer's own watch (a fresh, unused one for the admin client).
+    watch: Arc<IdempotenceWatch>,
 }
 
 impl ClientContext for Context {
@@ -125,6 +196,9 @@ impl ClientContext for Context {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if let Some(reason) = statistics.eos.as_ref().and_then(|e| self.watch.observe(e)) {
+            tracing::warn!(target: "librdkafka", sink = &*self.sink, "{reason}");
+        }
         if let Ok(mut g) = self.shared.statistics.lock() {
             *g = Some(statistics);
         }
@@ -140,16 +214,32 @@ impl ClientContext for Context {
 
 type Producer_ = FutureProducer<Context>;
 
+/// The producer in use and the watch its statistics feed.
+struct Active {
+    producer: Producer_,
+    watch: Arc<IdempotenceWatch>,
+}
+
+impl Active {
+    /// Why this producer cannot deliver any more: a fatal error, or stuck (see [`IdempotenceWatch`]).
+    fn unusable(&self) -> Option<String> {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) => Some(format!("fatal error {code:?}: {reason}")),
+            None => self.watch.stuck(),
+        }
+    }
+}
+
 /// A Kafka destination. Cheap to share (`Arc`); `publish` may be called concurrently.
 pub struct KafkaSink {
     name: Arc<str>,
     brokers: String,
     client_config: ClientConfig,
     shared: Arc<Shared>,
-    producer: ArcSwap<Producer_>,
-    /// Serialises replacing a producer that hit a fatal error.
+    producer: ArcSwap<Active>,
+    /// Serialises replacing a producer that hit a fatal error or is stuck.
     recreate: Mutex<()>,
-    /// How many producers were replaced after a fatal error.
+    /// How many producers were replaced after a fatal error or being stuck.
     replaced: AtomicU64,
     closed: AtomicBool,
     /// How long a health check waits: `connect_timeout_ms`, at most [`HEALTHCHECK_TIMEOUT`].
@@ -324,24 +414,27 @@ impl KafkaSink {
 
     /// Messages enqueued on the producer and not yet confirmed or failed.
     pub fn in_flight(&self) -> usize {
-        usize::try_from(self.producer.load().in_flight_count()).unwrap_or(0)
+        usize::try_from(self.producer.load().producer.in_flight_count()).unwrap_or(0)
     }
 
-    /// How many times the producer was replaced after a fatal error (idempotence state lost).
+    /// How many times the producer was replaced after a fatal error or being stuck (idempotence
+    /// state lost).
     pub fn producers_replaced(&self) -> u64 {
         self.replaced.load(Ordering::Relaxed)
     }
 
-    /// The last librdkafka statistics, when `options` sets `statistics.interval.ms` above 0.
+    /// The last librdkafka statistics (every second by default; none when `options` sets
+    /// `statistics.interval.ms` to 0, which also turns off the stuck-producer detection).
     pub fn statistics(&self) -> Option<Statistics> {
         self.shared.statistics.lock().ok().and_then(|g| g.clone())
     }
 
     /// Fetches the cluster's metadata; the number of brokers on success.
     async fn metadata_check(&self, timeout: Duration) -> Result<usize, SinkError> {
-        let producer = self.producer.load_full();
+        let active = self.producer.load_full();
         let fetched = tokio::task::spawn_blocking(move || {
-            producer
+            active
+                .producer
                 .client()
                 .fetch_metadata(None, timeout)
                 .map(|m| m.brokers().len())
@@ -383,6 +476,7 @@ impl KafkaSink {
             .create_with_context(Context {
                 sink: self.name.clone(),
                 shared: self.shared.clone(),
+                watch: Arc::default(),
             })
             .map_err(|e| {
                 SinkError::Fatal(format!(
@@ -443,9 +537,11 @@ impl KafkaSink {
         }
     }
 
-    /// After a fatal producer error: replaces `failed` with a new producer, once.
-    fn recover_from_fatal(&self, failed: &Arc<Producer_>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
+    /// When `failed` cannot deliver any more (fatal error, or stuck): replaces it with a new
+    /// producer, once, and purges it so that the publishes still waiting on it fail (retriable)
+    /// and are retried on the new one.
+    fn recover(&self, failed: &Arc<Active>) {
+        let Some(reason) = failed.unusable() else {
             return;
         };
         let Ok(_guard) = self.recreate.lock() else {
@@ -456,14 +552,18 @@ impl KafkaSink {
         }
         tracing::error!(
             sink = &*self.name,
-            ?code,
             reason,
-            "kafka producer hit a fatal error; replacing it"
+            in_flight = failed.producer.in_flight_count(),
+            "kafka producer cannot deliver any more; replacing it"
         );
         match create_producer(&self.name, &self.client_config, &self.shared) {
             Ok(p) => {
                 self.producer.store(Arc::new(p));
                 self.replaced.fetch_add(1, Ordering::Relaxed);
+                // Fail what the old producer still holds: the dispatcher retries it on the new one.
+                failed
+                    .producer
+                    .purge(PurgeConfig::default().queue().inflight().non_blocking());
             }
             Err(e) => {
                 tracing::error!(sink = &*self.name, error = %e, "cannot create a new kafka producer")
@@ -508,12 +608,15 @@ fn create_producer(
     name: &Arc<str>,
     client_config: &ClientConfig,
     shared: &Arc<Shared>,
-) -> Result<Producer_, SinkError> {
+) -> Result<Active, SinkError> {
+    let watch = Arc::new(IdempotenceWatch::default());
     client_config
         .create_with_context(Context {
             sink: name.clone(),
             shared: shared.clone(),
+            watch: watch.clone(),
         })
+        .map(|producer| Active { producer, watch })
         .map_err(|e| {
             SinkError::Fatal(format!(
                 "kafka sink {name:?}: cannot create the producer: {}",
@@ -560,7 +663,12 @@ impl Sink for KafkaSink {
             record = record.key(key.as_str());
         }
 
-        let producer = self.producer.load_full();
+        let mut active = self.producer.load_full();
+        if active.unusable().is_some() {
+            self.recover(&active);
+            active = self.producer.load_full();
+        }
+        let producer = &active.producer;
         let mut wait = QUEUE_FULL_WAIT_MIN;
         let mut waited_since: Option<Instant> = None;
         let delivery = loop {
@@ -587,22 +695,36 @@ impl Sink for KafkaSink {
                 Err((e, _)) => {
                     let err = to_sink_error(&e, topic);
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-                        self.recover_from_fatal(&producer);
+                        self.recover(&active);
                     }
                     tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka enqueue failed");
                     return Err(err);
                 }
             }
         };
-        match delivery.await {
+        tokio::pin!(delivery);
+        let mut check = tokio::time::interval(STUCK_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let delivered = loop {
+            tokio::select! {
+                d = &mut delivery => break d,
+                _ = check.tick() => {
+                    if active.watch.stuck().is_some() {
+                        // Purges the stuck producer: `delivery` resolves with a purge error.
+                        self.recover(&active);
+                    }
+                }
+            }
+        };
+        match delivered {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => {
                 let mut err = to_sink_error(&e, topic);
-                if producer.client().fatal_error().is_some() {
+                if let Some(why) = active.unusable() {
                     // The idempotent producer is unusable; a new one will take the retry.
-                    self.recover_from_fatal(&producer);
+                    self.recover(&active);
                     err = SinkError::Retriable(format!(
-                        "{}; the idempotent producer hit a fatal error and was replaced",
+                        "{}; the idempotent producer was replaced ({why})",
                         err.reason()
                     ));
                 }
@@ -616,9 +738,12 @@ impl Sink for KafkaSink {
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
-        if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+        let active = self.producer.load_full();
+        if let Some(why) = active.unusable() {
+            // Replaced here too, so that an idle sink recovers before the next publish.
+            self.recover(&active);
             return Err(SinkError::Retriable(format!(
-                "kafka producer in a fatal state: {code:?}: {reason}"
+                "kafka producer could not deliver any more and was replaced: {why}"
             )));
         }
         self.metadata_check(self.health_timeout)
@@ -636,11 +761,11 @@ impl Sink for KafkaSink {
 
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
         self.closed.store(true, Ordering::Release);
-        let producer = self.producer.load_full();
+        let active = self.producer.load_full();
         let timeout = deadline.saturating_duration_since(Instant::now());
         let flushed = tokio::task::spawn_blocking(move || {
-            let r = producer.flush(timeout);
-            (r, producer.in_flight_count())
+            let r = active.producer.flush(timeout);
+            (r, active.producer.in_flight_count())
         })
         .await
         .map_err(|e| SinkError::Retriable(format!("kafka flush task failed: {e}")))?;
