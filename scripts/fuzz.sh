@@ -29,8 +29,8 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
     exit 1
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    say "cargo-fuzz is needed: cargo install cargo-fuzz --locked (or scripts/setup.sh)"
-    exit 1
+    say "cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked)"
+    cargo install cargo-fuzz --locked >&2
 fi
 
 say "building the fuzz targets (nightly, address sanitizer, optimised with debug assertions)"
