@@ -64,6 +64,97 @@ fn start_bridge(dir: &Path, cfg: &ConfigBuilder, env: &[(&str, &str)]) -> Bridge
 
 const COLLECT: Duration = Duration::from_secs(90);
 
+/// The skeleton most scenarios share: a private nats-server with stream `REL`, the simulator
+/// streaming `count` events at `RATE`, and the bridge (WebSocket source → NATS) as a process.
+struct NatsWs {
+    nats: NatsServer,
+    url: String,
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    bridge: BridgeProc,
+    t0: Instant,
+    count: u64,
+}
+
+impl NatsWs {
+    /// `None` when nats-server is missing (outside CI). `sink_extra` is added to the NATS sink's
+    /// YAML; `tweak` adjusts the bridge config (spool, ...).
+    async fn start(
+        count: u64,
+        sink_extra: &str,
+        tweak_sim: impl FnOnce(&mut StreamConfig),
+        tweak: impl FnOnce(&mut ConfigBuilder, &Path),
+    ) -> Option<Self> {
+        let nats = blocking(NatsServer::start)?;
+        let url = nats.url();
+        nats_stream(&url, "REL", "fondo.events").await;
+        let dir = tempfile::tempdir().unwrap();
+        let sim = sim(RATE, count, tweak_sim).await;
+        let mut cfg = ConfigBuilder::new(
+            dir.path(),
+            free_port(),
+            &format!("{{ type: nats, url: \"{url}\"{sink_extra} }}"),
+        );
+        cfg.ws = Some(sim.base_url());
+        tweak(&mut cfg, dir.path());
+        let t0 = Instant::now();
+        let bridge = start_bridge(dir.path(), &cfg, &ws_env());
+        Some(Self {
+            nats,
+            url,
+            dir,
+            sim,
+            bridge,
+            t0,
+            count,
+        })
+    }
+
+    fn sampler(&self) -> Sampler {
+        Sampler::start(
+            self.bridge.admin,
+            self.bridge.pid.clone(),
+            Duration::from_millis(100),
+        )
+    }
+
+    /// Waits for the whole stream, collects everything from `REL` and the fallback dead letters.
+    async fn outcome(&self) -> Tally {
+        wait_sent(&self.sim, self.count, Duration::from_secs(120)).await;
+        let sent = self.sim.sent_events(CID);
+        let got = nats_collect(&self.url, "REL", COLLECT, Want::of(&sent, &[])).await;
+        let dead = fallback_bodies(&self.dir.path().join("dead-letter.jsonl"));
+        tally(&sent, &got, &dead)
+    }
+
+    /// Emits the record and checks that nothing was lost.
+    fn report(
+        &self,
+        scenario: &str,
+        tally: Tally,
+        recovery: Option<Duration>,
+        notes: String,
+    ) -> Record {
+        let rec = Record {
+            scenario: scenario.into(),
+            broker: "nats".into(),
+            tally,
+            recovery,
+            elapsed: self.t0.elapsed(),
+            notes,
+        };
+        rec.emit();
+        rec.assert_sound();
+        rec
+    }
+}
+
+/// The longest interval between two WebSocket handshakes: the reconnect time is inside it.
+fn longest_connection_interval(sim: &SimHandle) -> Option<Duration> {
+    let hs = sim.handshakes();
+    hs.windows(2).map(|w| w[1].at - w[0].at).max()
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. each broker stopped ~10 s and started again mid-stream
 
@@ -73,60 +164,41 @@ const COUNT: u64 = 16_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_10s_mid_stream() {
-    let Some(mut nats) = blocking(NatsServer::start) else {
+    let Some(mut run) = NatsWs::start(
+        COUNT,
+        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        |_| {},
+        |_, _| {},
+    )
+    .await
+    else {
         return;
     };
-    let url = nats.url();
-    nats_stream(&url, "REL", "fondo.events").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = sim(RATE, COUNT, |_| {}).await;
-    let mut cfg = ConfigBuilder::new(
-        dir.path(),
-        free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
-    );
-    cfg.ws = Some(sim.base_url());
-    let t0 = Instant::now();
-    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
-    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
-
+    let sampler = run.sampler();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let at_stop = sim.events_sent();
+    let at_stop = run.sim.events_sent();
     let t_stop = Instant::now();
-    blocking(|| nats.stop());
+    blocking(|| run.nats.stop());
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
-    blocking(|| nats.spawn());
+    blocking(|| run.nats.spawn());
     let t_up = Instant::now();
     eprintln!(
         "nats-server stopped for {:?} after {at_stop} events sent",
         t_up - t_stop
     );
-
-    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
-    let sent = sim.sent_events(CID);
-    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
-    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let tally = run.outcome().await;
     let samples = sampler.finish();
-    eprintln!(
-        "stream REL: {}; collected {} messages",
-        nats_stream_state(&url, "REL").await,
-        got.len()
+    eprintln!("stream REL: {}", nats_stream_state(&run.url, "REL").await);
+    let rec = run.report(
+        "broker-stopped-10s",
+        tally,
+        recovery_after(&samples, t_up),
+        format!("outage={:.1}s", (t_up - t_stop).as_secs_f64()),
     );
-    let rec = Record {
-        scenario: "broker-stopped-10s".into(),
-        broker: "nats".into(),
-        tally: tally(&sent, &got, &dead),
-        recovery: recovery_after(&samples, t_up),
-        elapsed: t0.elapsed(),
-        notes: format!("outage={:.1}s", (t_up - t_stop).as_secs_f64()),
-    };
-    rec.emit();
-    rec.assert_sound();
     assert_eq!(
         rec.tally.dead_lettered, 0,
         "a 10 s outage dead-letters nothing"
     );
-    drop(bridge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,97 +451,56 @@ async fn bridge_sigkilled_three_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_dropped_every_100_events() {
-    let Some(nats) = blocking(NatsServer::start) else {
+    const N: u64 = 5_000;
+    let Some(run) = NatsWs::start(N, "", |c| c.drop_every = Some(100), |_, _| {}).await else {
         return;
     };
-    let url = nats.url();
-    nats_stream(&url, "REL", "fondo.events").await;
-    let dir = tempfile::tempdir().unwrap();
-    const N: u64 = 5_000;
-    let sim = sim(RATE, N, |c| c.drop_every = Some(100)).await;
-    let mut cfg = ConfigBuilder::new(
-        dir.path(),
-        free_port(),
-        &format!("{{ type: nats, url: \"{url}\" }}"),
+    let tally = run.outcome().await;
+    let notes = format!(
+        "connections={} gaps_metric={}",
+        run.sim.connections(),
+        run.bridge
+            .metric("fondo_bridge_websocket_gaps_total")
+            .unwrap_or(-1.0)
     );
-    cfg.ws = Some(sim.base_url());
-    let t0 = Instant::now();
-    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
-    wait_sent(&sim, N, Duration::from_secs(120)).await;
-    let sent = sim.sent_events(CID);
-    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
-    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
-    let hs = sim.handshakes();
-    let gaps: Vec<Duration> = hs.windows(2).map(|w| w[1].at - w[0].at).collect();
-    let rec = Record {
-        scenario: "ws-dropped-every-100".into(),
-        broker: "nats".into(),
-        tally: tally(&sent, &got, &dead),
-        // Reconnect time is hidden inside the connection intervals; report the longest interval.
-        recovery: gaps.iter().max().copied(),
-        elapsed: t0.elapsed(),
-        notes: format!(
-            "connections={} gaps_metric={}",
-            sim.connections(),
-            bridge
-                .metric("fondo_bridge_websocket_gaps_total")
-                .unwrap_or(-1.0)
-        ),
-    };
-    rec.emit();
-    rec.assert_sound();
+    // Reconnect time is hidden inside the connection intervals; report the longest interval.
+    run.report(
+        "ws-dropped-every-100",
+        tally,
+        longest_connection_interval(&run.sim),
+        notes,
+    );
     assert!(
-        sim.connections() >= N / 100,
+        run.sim.connections() >= N / 100,
         "the stream was dropped every 100 events ({} connections)",
-        sim.connections()
+        run.sim.connections()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fondo_stops_heartbeats_watchdog_reconnects() {
-    let Some(nats) = blocking(NatsServer::start) else {
-        return;
-    };
-    let url = nats.url();
-    nats_stream(&url, "REL", "fondo.events").await;
-    let dir = tempfile::tempdir().unwrap();
     const N: u64 = 3_000;
     // Every connection goes silent (no events, no heartbeats, TCP kept open) after 1000 events.
-    let sim = sim(RATE, N, |c| c.stall_after = Some(1000)).await;
-    let mut cfg = ConfigBuilder::new(
-        dir.path(),
-        free_port(),
-        &format!("{{ type: nats, url: \"{url}\" }}"),
-    );
-    cfg.ws = Some(sim.base_url());
     // The watchdog: 3 s without any frame (ping/pong from the library does not count as Fondo's).
-    let t0 = Instant::now();
-    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
-    wait_sent(&sim, N, Duration::from_secs(120)).await;
-    let sent = sim.sent_events(CID);
-    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
-    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
-    let hs = sim.handshakes();
-    let gaps: Vec<Duration> = hs.windows(2).map(|w| w[1].at - w[0].at).collect();
-    let rec = Record {
-        scenario: "ws-heartbeats-stop".into(),
-        broker: "nats".into(),
-        tally: tally(&sent, &got, &dead),
-        recovery: gaps.iter().max().copied(),
-        elapsed: t0.elapsed(),
-        notes: format!(
-            "connections={} heartbeat_timeout=3s (recovery = longest interval between handshakes)",
-            sim.connections()
-        ),
+    let Some(run) = NatsWs::start(N, "", |c| c.stall_after = Some(1000), |_, _| {}).await else {
+        return;
     };
-    rec.emit();
-    rec.assert_sound();
-    assert!(
-        sim.connections() >= 3,
-        "the watchdog reconnected after each stall ({} connections)",
-        sim.connections()
+    let tally = run.outcome().await;
+    let notes = format!(
+        "connections={} heartbeat_timeout=3s (recovery = longest interval between handshakes)",
+        run.sim.connections()
     );
-    drop(bridge);
+    run.report(
+        "ws-heartbeats-stop",
+        tally,
+        longest_connection_interval(&run.sim),
+        notes,
+    );
+    assert!(
+        run.sim.connections() >= 3,
+        "the watchdog reconnected after each stall ({} connections)",
+        run.sim.connections()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,53 +508,41 @@ async fn fondo_stops_heartbeats_watchdog_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_paused_sigstop_then_sigcont() {
-    let Some(nats) = blocking(NatsServer::start) else {
+    let Some(run) = NatsWs::start(
+        COUNT,
+        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000, ping_interval_ms: 2000",
+        |_| {},
+        |_, _| {},
+    )
+    .await
+    else {
         return;
     };
-    let url = nats.url();
-    nats_stream(&url, "REL", "fondo.events").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = sim(RATE, COUNT, |_| {}).await;
-    let mut cfg = ConfigBuilder::new(
-        dir.path(),
-        free_port(),
-        &format!(
-            "{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000, ping_interval_ms: 2000 }}"
-        ),
-    );
-    cfg.ws = Some(sim.base_url());
-    let t0 = Instant::now();
-    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
-    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+    let sampler = run.sampler();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t_stop = Instant::now();
-    nats.pause();
+    run.nats.pause();
     // A paused process still accepts TCP connections (the kernel completes the handshake).
-    assert!(accepts(nats.port), "a paused server still accepts");
+    assert!(accepts(run.nats.port), "a paused server still accepts");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    nats.resume();
+    run.nats.resume();
     let t_up = Instant::now();
-    wait_sent(&sim, COUNT, Duration::from_secs(120)).await;
-    let sent = sim.sent_events(CID);
-    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
-    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let tally = run.outcome().await;
     let samples = sampler.finish();
-    let rec = Record {
-        scenario: "broker-paused-sigstop-10s".into(),
-        broker: "nats".into(),
-        tally: tally(&sent, &got, &dead),
-        recovery: recovery_after(&samples, t_up),
-        elapsed: t0.elapsed(),
-        notes: format!(
-            "paused={:.1}s retried={}",
-            (t_up - t_stop).as_secs_f64(),
-            bridge.metric("fondo_bridge_retried_total").unwrap_or(-1.0)
-        ),
-    };
-    rec.emit();
-    rec.assert_sound();
+    let notes = format!(
+        "paused={:.1}s retried={}",
+        (t_up - t_stop).as_secs_f64(),
+        run.bridge
+            .metric("fondo_bridge_retried_total")
+            .unwrap_or(-1.0)
+    );
+    let rec = run.report(
+        "broker-paused-sigstop-10s",
+        tally,
+        recovery_after(&samples, t_up),
+        notes,
+    );
     assert_eq!(rec.tally.dead_lettered, 0);
-    drop(bridge);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,68 +648,56 @@ async fn dead_letter_destination_down_with_main() {
 /// nothing. (`prlimit --fsize` is no substitute: the kernel sends SIGXFSZ, which kills the process.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_full_pauses_reading() {
-    let Some(mut nats) = blocking(NatsServer::start) else {
-        return;
-    };
-    let url = nats.url();
-    nats_stream(&url, "REL", "fondo.events").await;
-    let dir = tempfile::tempdir().unwrap();
     const N: u64 = 10_000;
     const MAX: u64 = 256 * 1024;
-    let sim = sim(RATE, N, |_| {}).await;
-    let mut cfg = ConfigBuilder::new(
-        dir.path(),
-        free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
-    );
-    cfg.ws = Some(sim.base_url());
-    cfg.spool = format!(
-        "{{ dir: {}/spool, max_bytes: {MAX}, segment_bytes: 65536 }}",
-        dir.path().display()
-    );
-    let t0 = Instant::now();
-    let bridge = start_bridge(dir.path(), &cfg, &ws_env());
-    let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+    let Some(mut run) = NatsWs::start(
+        N,
+        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        |_| {},
+        |cfg, dir| {
+            cfg.spool = format!(
+                "{{ dir: {}/spool, max_bytes: {MAX}, segment_bytes: 65536 }}",
+                dir.display()
+            );
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let sampler = run.sampler();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_stop = Instant::now();
-    blocking(|| nats.stop());
-    let sent_at_stop = sim.events_sent();
+    blocking(|| run.nats.stop());
+    let sent_at_stop = run.sim.events_sent();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let recv = "fondo_bridge_received_total";
-    let received_a = bridge.metric(recv).unwrap_or(0.0);
+    let received_a = run.bridge.metric(recv).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let received_during = bridge.metric(recv).unwrap_or(0.0) - received_a;
-    let sent_during = sim.events_sent() - sent_at_stop;
-    blocking(|| nats.spawn());
+    let received_during = run.bridge.metric(recv).unwrap_or(0.0) - received_a;
+    let sent_during = run.sim.events_sent() - sent_at_stop;
+    blocking(|| run.nats.spawn());
     let t_up = Instant::now();
-    wait_sent(&sim, N, Duration::from_secs(120)).await;
-    let sent = sim.sent_events(CID);
-    let got = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
-    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let tally = run.outcome().await;
     let samples = sampler.finish();
     let max_spool = samples
         .iter()
         .filter_map(|s| s.spool_bytes)
         .fold(0.0, f64::max);
-    let rec = Record {
-        scenario: "spool-full".into(),
-        broker: "nats".into(),
-        tally: tally(&sent, &got, &dead),
-        recovery: recovery_after(&samples, t_up),
-        elapsed: t0.elapsed(),
-        notes: format!(
+    run.report(
+        "spool-full",
+        tally,
+        recovery_after(&samples, t_up),
+        format!(
             "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} received_in_last_6s_of_outage={received_during} sim_sent_during_8s_outage={sent_during} (unthrottled: {}; the rest sat in TCP buffers)",
             (RATE * (t_up - t_stop).as_secs_f64()) as u64
         ),
-    };
-    rec.emit();
-    rec.assert_sound();
+    );
     assert!(max_spool <= MAX as f64, "spool grew past max_bytes");
     assert!(
         received_during < RATE * 6.0 * 0.1,
         "reading paused while the spool was full, yet {received_during} events were received in 6 s"
     );
-    drop(bridge);
 }
 
 // ---------------------------------------------------------------------------------------------
