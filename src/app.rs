@@ -357,25 +357,107 @@ mod reload {
 /// With several replicas (the Helm chart's StatefulSet), each takes the client ids whose index `i`
 /// satisfies `i % FONDO_BRIDGE_REPLICAS == ordinal`, the ordinal being the number after the last `-`
 /// of `FONDO_BRIDGE_POD_NAME`: every stream has exactly one consumer.
-fn shard(mut ws: crate::config::WebSocketSourceConfig) -> crate::config::WebSocketSourceConfig {
-    let replicas = std::env::var("FONDO_BRIDGE_REPLICAS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 1);
-    let ordinal = std::env::var("FONDO_BRIDGE_POD_NAME")
-        .ok()
-        .and_then(|n| n.rsplit('-').next().and_then(|o| o.parse::<usize>().ok()));
-    if let (Some(replicas), Some(ordinal)) = (replicas, ordinal) {
-        let all = std::mem::take(&mut ws.client_ids);
-        ws.client_ids = all
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % replicas == ordinal % replicas)
-            .map(|(_, c)| c)
-            .collect();
-        tracing::info!(replicas, ordinal, client_ids = ?ws.client_ids, "WebSocket client ids sharded across replicas");
+fn shard(
+    mut ws: crate::config::WebSocketSourceConfig,
+) -> Result<crate::config::WebSocketSourceConfig, AppError> {
+    let replicas = std::env::var("FONDO_BRIDGE_REPLICAS").ok();
+    let pod = std::env::var("FONDO_BRIDGE_POD_NAME").ok();
+    let Some((ordinal, replicas)) = shard_of(replicas.as_deref(), pod.as_deref())
+        .map_err(|e| AppError::Source("websocket", e))?
+    else {
+        return Ok(ws);
+    };
+    let all = std::mem::take(&mut ws.client_ids);
+    ws.client_ids = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % replicas == ordinal)
+        .map(|(_, c)| c)
+        .collect();
+    tracing::info!(replicas, ordinal, client_ids = ?ws.client_ids, "WebSocket client ids sharded across replicas");
+    Ok(ws)
+}
+
+/// `(ordinal, replicas)` when this replica reads a share of the client ids; `None` when it reads
+/// them all (no `FONDO_BRIDGE_REPLICAS`, or 1). Inconsistent values are refused: a silently wrong
+/// share would leave streams unread or read twice.
+fn shard_of(replicas: Option<&str>, pod: Option<&str>) -> Result<Option<(usize, usize)>, String> {
+    let pod = pod.map(str::trim).filter(|p| !p.is_empty());
+    let Some(raw) = replicas.map(str::trim).filter(|v| !v.is_empty()) else {
+        return match pod {
+            None => Ok(None),
+            Some(pod) => Err(format!(
+                "FONDO_BRIDGE_POD_NAME={pod:?} is set but FONDO_BRIDGE_REPLICAS is not: set both (the Helm chart does) or neither"
+            )),
+        };
+    };
+    let replicas: usize =
+        raw.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            format!("FONDO_BRIDGE_REPLICAS must be a whole number >= 1, not {raw:?}")
+        })?;
+    if replicas == 1 {
+        return Ok(None);
     }
-    ws
+    let pod = pod.ok_or_else(|| {
+        format!(
+            "FONDO_BRIDGE_REPLICAS={replicas} needs FONDO_BRIDGE_POD_NAME (a StatefulSet pod name ending in -<ordinal>)"
+        )
+    })?;
+    let ordinal: usize = pod
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "FONDO_BRIDGE_POD_NAME {pod:?} does not end in -<ordinal> (a StatefulSet pod name)"
+            )
+        })?;
+    if ordinal >= replicas {
+        return Err(format!(
+            "pod ordinal {ordinal} (from FONDO_BRIDGE_POD_NAME {pod:?}) is not below FONDO_BRIDGE_REPLICAS={replicas}: \
+             update FONDO_BRIDGE_REPLICAS with the replica count, or some streams would be read twice"
+        ));
+    }
+    Ok(Some((ordinal, replicas)))
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::shard_of;
+
+    #[test]
+    fn unset_or_one_replica_reads_everything() {
+        assert_eq!(shard_of(None, None), Ok(None));
+        assert_eq!(shard_of(Some(" "), None), Ok(None));
+        assert_eq!(shard_of(Some("1"), None), Ok(None));
+    }
+
+    #[test]
+    fn ordinal_and_replicas_from_the_statefulset() {
+        assert_eq!(
+            shard_of(Some("3"), Some("fondo-bridge-2")),
+            Ok(Some((2, 3)))
+        );
+        assert_eq!(
+            shard_of(Some("2"), Some("fondo-bridge-0")),
+            Ok(Some((0, 2)))
+        );
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused_with_the_reason() {
+        for (replicas, pod, says) in [
+            (None, Some("fondo-bridge-3"), "FONDO_BRIDGE_REPLICAS is not"),
+            (Some("two"), Some("b-0"), "whole number"),
+            (Some("0"), Some("b-0"), "whole number"),
+            (Some("3"), None, "needs FONDO_BRIDGE_POD_NAME"),
+            (Some("3"), Some("bridge"), "does not end in -<ordinal>"),
+            (Some("3"), Some("fondo-bridge-3"), "is not below"),
+        ] {
+            let err = shard_of(replicas, pod).expect_err("refused");
+            assert!(err.contains(says), "{replicas:?} {pod:?}: {err}");
+        }
+    }
 }
 
 /// Starting the sources lives apart so each source's wiring stays in one place.
@@ -385,7 +467,7 @@ mod sources {
 
     pub(super) async fn start(bridge: &mut Bridge, parse: ParseOptions) -> Result<(), AppError> {
         if let Some(ws) = bridge.cfg.sources.websocket.clone() {
-            let ws = shard(ws);
+            let ws = shard(ws)?;
             let source = crate::sources::websocket::WebSocketSource::new(
                 ws,
                 bridge.cfg.spool.clone(),
