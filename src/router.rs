@@ -106,7 +106,7 @@ impl Template {
                     Some(c) => out.push_str(c),
                     None => return Err("{client_id}: the event has no client id".into()),
                 },
-                Segment::Pointer(p) => match event.body.pointer(p) {
+                Segment::Pointer(p) => match event.body().pointer(p) {
                     Some(Value::String(s)) if !s.is_empty() => out.push_str(s),
                     Some(Value::Number(n)) => {
                         let _ = write!(out, "{n}");
@@ -207,7 +207,7 @@ impl CompiledRoute {
     fn passes_filter(&self, event: &Event) -> bool {
         self.filter
             .iter()
-            .all(|(ptr, want)| event.body.pointer(ptr) == Some(want))
+            .all(|(ptr, want)| event.body().pointer(ptr) == Some(want))
     }
 }
 
@@ -378,7 +378,7 @@ impl Router {
             let body = if r.redact.is_empty() {
                 event.raw.clone()
             } else {
-                redact(&event.body, &r.redact)
+                redact(event.body(), &r.redact)
             };
             for d in &r.to {
                 match render_destination(d, event) {
@@ -475,7 +475,7 @@ fn render_destination(d: &CompiledDestination, event: &Event) -> Result<Rendered
     let topic = d.topic.render(event).map_err(|e| format!("topic: {e}"))?;
     let key = match &d.key {
         Some(k) => Some(k.render(event).map_err(|e| format!("key: {e}"))?),
-        None => event.object_ref(),
+        None => event.object_ref().map(str::to_owned),
     };
     let mut headers = Vec::with_capacity(d.headers.len());
     for (name, t) in &d.headers {

@@ -84,11 +84,11 @@ fn check_event(e: &Event, data: &[u8]) {
             assert_eq!(e.event_type.action(), "");
         }
     }
-    assert!(e.body.is_object());
+    assert!(e.body().is_object());
     let _ = e.object_ref();
     let _ = (e.current(), e.previous());
     // Canonical JSON is a fixed point, and so is the content id.
-    let canon = canonical_json(&e.body);
+    let canon = canonical_json(e.body());
     let again: serde_json::Value =
         serde_json::from_slice(&canon).expect("canonical JSON parses again");
     assert_eq!(
@@ -96,5 +96,7 @@ fn check_event(e: &Event, data: &[u8]) {
         canon,
         "canonical JSON is not a fixed point"
     );
-    assert_eq!(content_event_id(t, &again), content_event_id(t, &e.body));
+    assert_eq!(content_event_id(t, &again), content_event_id(t, e.body()));
+    let node = fondo_bridge::event::Node::parse(data).expect("parsed once already");
+    assert_eq!(content_event_id(t, &node), content_event_id(t, e.body()), "Node and Value ids differ");
 }

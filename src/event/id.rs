@@ -11,8 +11,9 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// `sha256(event_type "\n" canonical body)`, first 128 bits, hex.
-pub fn content_event_id(event_type: &str, body: &Value) -> String {
+/// `sha256(event_type "\n" canonical body)`, first 128 bits, hex. `body` is a `Value` or a
+/// [`super::Node`]: both serialise to the same canonical bytes.
+pub fn content_event_id<T: serde::Serialize + ?Sized>(event_type: &str, body: &T) -> String {
     let mut h = Sha256::new();
     h.update(event_type.as_bytes());
     h.update(b"\n");

@@ -6,9 +6,10 @@
 
 mod ack;
 mod id;
+mod node;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 pub use ack::{AckHandle, AckReceiver, AckStatus};
 pub use id::{canonical_json, content_event_id};
+pub use node::Node;
 
 /// Every event type the Fondo Partner API reference lists.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
@@ -177,12 +179,18 @@ pub struct Event {
     pub event_id: Arc<str>,
     /// The original bytes, published verbatim unless a route transforms them.
     pub raw: Bytes,
-    /// The parsed body; routing reads `current`/`previous` through JSON pointers.
-    pub body: Value,
+    /// `ref` or `id` of `current`, else of `previous` (the default ordering key).
+    object_ref: Option<Arc<str>>,
+    /// The parsed body as a `Value`, built on first use (see [`Event::body`]).
+    body: OnceLock<Value>,
 }
 
 impl Event {
     /// Parses a WebSocket frame or webhook body once.
+    ///
+    /// The body is read through a borrowed [`Node`] tree (no `Value`): type, `current`/`previous`
+    /// shape, client id, object ref and event id all come from it, and it is dropped before this
+    /// returns. Routes that look inside the body get a `Value` lazily from [`Event::body`].
     pub fn parse(
         raw: Bytes,
         opts: &ParseOptions,
@@ -195,11 +203,12 @@ impl Event {
             });
         }
         // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot overflow the stack.
-        let body: Value =
-            serde_json::from_slice(&raw).map_err(|e| ParseError::Malformed(strip_payload(&e)))?;
-        let obj = body.as_object().ok_or(ParseError::NotAnObject)?;
-        let type_str = match obj.get("eventType") {
-            Some(Value::String(s)) => s.as_str(),
+        let body = Node::parse(&raw).map_err(|e| ParseError::Malformed(strip_payload(&e)))?;
+        if !body.is_object() {
+            return Err(ParseError::NotAnObject);
+        }
+        let type_str = match body.get("eventType") {
+            Some(Node::String(s)) => s.as_ref(),
             Some(_) => {
                 return Err(ParseError::InvalidEventType(
                     "`eventType` is not a string".into(),
@@ -209,8 +218,8 @@ impl Event {
         };
         let event_type = EventType::parse(type_str)?;
         for field in ["current", "previous"] {
-            match obj.get(field) {
-                None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            match body.get(field) {
+                None | Some(Node::Null) | Some(Node::Object(_)) => {}
                 Some(_) => {
                     return Err(ParseError::FieldNotObject { field });
                 }
@@ -223,9 +232,9 @@ impl Event {
         let event_id: Arc<str> = match (&opts.id_pointer, ctx.id_hint) {
             (_, Some(id)) if !id.is_empty() => Arc::from(id),
             (Some(ptr), _) => match body.pointer(ptr) {
-                Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
-                Some(Value::Number(n)) => Arc::from(n.to_string()),
-                None | Some(Value::Null) => Arc::from(content_event_id(event_type.as_str(), &body)),
+                Some(Node::String(s)) if !s.is_empty() => Arc::from(s.as_ref()),
+                Some(Node::Number(n)) => Arc::from(n.to_string()),
+                None | Some(Node::Null) => Arc::from(content_event_id(event_type.as_str(), &body)),
                 Some(_) => {
                     return Err(ParseError::BadEventId {
                         pointer: ptr.clone(),
@@ -234,42 +243,58 @@ impl Event {
             },
             _ => Arc::from(content_event_id(event_type.as_str(), &body)),
         };
+        let object_ref = node_object_ref(&body);
+        drop(body);
         Ok(Self {
             event_type,
             client_id,
             event_id,
             raw,
-            body,
+            object_ref,
+            body: OnceLock::new(),
+        })
+    }
+
+    /// The parsed body. Built from [`Event::raw`] on first call and kept; the raw bytes were
+    /// checked to be a JSON object by [`Event::parse`], so this is always an object.
+    pub fn body(&self) -> &Value {
+        self.body.get_or_init(|| {
+            serde_json::from_slice(&self.raw).unwrap_or_else(|_| Value::Object(Default::default()))
         })
     }
 
     pub fn current(&self) -> Option<&Value> {
-        self.body.get("current").filter(|v| !v.is_null())
+        self.body().get("current").filter(|v| !v.is_null())
     }
 
     pub fn previous(&self) -> Option<&Value> {
-        self.body.get("previous").filter(|v| !v.is_null())
+        self.body().get("previous").filter(|v| !v.is_null())
     }
 
     /// The id of the object the event is about: `ref` or `id` of `current`, else of `previous`.
-    pub fn object_ref(&self) -> Option<String> {
-        for obj in [self.current(), self.previous()].into_iter().flatten() {
-            for field in ["ref", "id"] {
-                match obj.get(field) {
-                    Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
-                    Some(Value::Number(n)) => return Some(n.to_string()),
-                    _ => {}
-                }
-            }
-        }
-        None
+    pub fn object_ref(&self) -> Option<&str> {
+        self.object_ref.as_deref()
     }
 }
 
-fn body_client_id(body: &Value) -> Option<&str> {
+fn node_object_ref(body: &Node<'_>) -> Option<Arc<str>> {
+    let objs = [body.get("current"), body.get("previous")];
+    for obj in objs.into_iter().flatten().filter(|o| !o.is_null()) {
+        for field in ["ref", "id"] {
+            match obj.get(field) {
+                Some(Node::String(s)) if !s.is_empty() => return Some(Arc::from(s.as_ref())),
+                Some(Node::Number(n)) => return Some(Arc::from(n.to_string())),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+fn body_client_id<'b>(body: &'b Node<'_>) -> Option<&'b str> {
     ["/clientId", "/current/clientId", "/previous/clientId"]
         .iter()
-        .find_map(|p| body.pointer(p).and_then(Value::as_str))
+        .find_map(|p| body.pointer(p).and_then(Node::as_str))
         .filter(|s| !s.is_empty())
 }
 

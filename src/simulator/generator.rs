@@ -616,8 +616,8 @@ mod tests {
             assert_eq!(ev.event_type.as_str(), d.event_type);
             assert!(ids.insert(ev.event_id.clone()), "duplicate event id");
             seen_types.insert(d.event_type);
-            let key = object_key(&ev.body).unwrap();
-            let seq = event_seq(&ev.body).unwrap();
+            let key = object_key(ev.body()).unwrap();
+            let seq = event_seq(ev.body()).unwrap();
             assert_eq!(seq, d.seq);
             assert_eq!(ev.object_ref().unwrap(), d.object_id);
             if let Some(prev) = last_seq.insert(key.clone(), seq) {
