@@ -210,9 +210,13 @@ impl Dispatcher {
                 closed: AtomicBool::new(false),
                 shared,
                 tasks,
+                // LRU rather than moka's default TinyLFU: an id seen once must always be admitted
+                // (TinyLFU may refuse a new, rarely seen key when full, and then its redelivery
+                // would be published again), and LRU skips the frequency sketch on every insert.
                 delivered_ids: moka::sync::Cache::builder()
                     .max_capacity(parts.dedupe_capacity)
                     .time_to_live(parts.dedupe_ttl)
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
                     .build(),
                 pending_ids: std::sync::Mutex::new(HashMap::new()),
             }),

@@ -118,6 +118,9 @@ mod bench {
         /// Shell command run before each Kafka scenario (e.g. restart the memory-storage broker).
         #[arg(long)]
         kafka_restart_cmd: Option<String>,
+        /// Comma-separated subset of the scenario kinds: raw,core,ws (for profiling one of them).
+        #[arg(long, default_value = "raw,core,ws")]
+        scenarios: String,
         /// Free text recorded in the results: what else shared the machine, pinning.
         #[arg(long, default_value = "")]
         note: String,
@@ -133,6 +136,10 @@ mod bench {
     impl Args {
         fn wants(&self, what: &str) -> bool {
             self.only.split(',').any(|s| s.trim() == what)
+        }
+
+        fn runs(&self, scenario: &str) -> bool {
+            self.scenarios.split(',').any(|s| s.trim() == scenario)
         }
     }
 
@@ -1735,38 +1742,48 @@ mod bench {
             if !a.wants(k.name()) {
                 continue;
             }
-            eprintln!("{}: raw ({n} events)", k.name());
-            record(
-                raw(&c, k, a.payload_bytes, n, "main").await,
-                "raw",
-                &mut rows,
-            );
-            eprintln!("{}: bridge core (parse, route, dispatch, sink)", k.name());
-            record(
-                bridge_core(&c, k, a.payload_bytes, n, "main").await,
-                "bridge core",
-                &mut rows,
-            );
-            eprintln!("{}: bridge from the WebSocket source", k.name());
-            record(
-                bridge_ws(&c, k, a.payload_bytes, 1, n, "main").await,
-                "bridge",
-                &mut rows,
-            );
+            if a.runs("raw") {
+                eprintln!("{}: raw ({n} events)", k.name());
+                record(
+                    raw(&c, k, a.payload_bytes, n, "main").await,
+                    "raw",
+                    &mut rows,
+                );
+            }
+            if a.runs("core") {
+                eprintln!("{}: bridge core (parse, route, dispatch, sink)", k.name());
+                record(
+                    bridge_core(&c, k, a.payload_bytes, n, "main").await,
+                    "bridge core",
+                    &mut rows,
+                );
+            }
+            if a.runs("ws") {
+                eprintln!("{}: bridge from the WebSocket source", k.name());
+                record(
+                    bridge_ws(&c, k, a.payload_bytes, 1, n, "main").await,
+                    "bridge",
+                    &mut rows,
+                );
+            }
         }
         if a.wants("file") {
-            eprintln!("file: bridge core (parse, route, dispatch, sink)");
-            record(
-                bridge_core(&c, SinkKind::File, a.payload_bytes, n, "main").await,
-                "bridge core",
-                &mut rows,
-            );
-            eprintln!("file: bridge from the WebSocket source");
-            record(
-                bridge_ws(&c, SinkKind::File, a.payload_bytes, 1, n, "main").await,
-                "bridge",
-                &mut rows,
-            );
+            if a.runs("core") {
+                eprintln!("file: bridge core (parse, route, dispatch, sink)");
+                record(
+                    bridge_core(&c, SinkKind::File, a.payload_bytes, n, "main").await,
+                    "bridge core",
+                    &mut rows,
+                );
+            }
+            if a.runs("ws") {
+                eprintln!("file: bridge from the WebSocket source");
+                record(
+                    bridge_ws(&c, SinkKind::File, a.payload_bytes, 1, n, "main").await,
+                    "bridge",
+                    &mut rows,
+                );
+            }
         }
         if a.wants("webhook") {
             for k in [SinkKind::File, SinkKind::Nats] {

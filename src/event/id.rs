@@ -37,3 +37,15 @@ impl std::io::Write for HashWriter<'_> {
         Ok(())
     }
 }
+
+/// [`content_event_id`] of a [`super::Node`], through its direct canonical writer: the same id,
+/// computed without a serializer per string (checked against the `Value` path in tests and in the
+/// `parse_event` fuzz target).
+pub fn node_event_id(event_type: &str, body: &super::Node<'_>, size_hint: usize) -> String {
+    let mut buf = Vec::with_capacity(event_type.len() + 1 + size_hint);
+    buf.extend_from_slice(event_type.as_bytes());
+    buf.push(b'\n');
+    body.write_canonical(&mut buf);
+    let digest = Sha256::digest(&buf);
+    hex::encode(&digest[..16])
+}

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use ack::{AckHandle, AckReceiver, AckStatus};
-pub use id::{canonical_json, content_event_id};
+pub use id::{canonical_json, content_event_id, node_event_id};
 pub use node::Node;
 
 /// Every event type the Fondo Partner API reference lists.
@@ -234,14 +234,16 @@ impl Event {
             (Some(ptr), _) => match body.pointer(ptr) {
                 Some(Node::String(s)) if !s.is_empty() => Arc::from(s.as_ref()),
                 Some(Node::Number(n)) => Arc::from(n.to_string()),
-                None | Some(Node::Null) => Arc::from(content_event_id(event_type.as_str(), &body)),
+                None | Some(Node::Null) => {
+                    Arc::from(node_event_id(event_type.as_str(), &body, raw.len()))
+                }
                 Some(_) => {
                     return Err(ParseError::BadEventId {
                         pointer: ptr.clone(),
                     });
                 }
             },
-            _ => Arc::from(content_event_id(event_type.as_str(), &body)),
+            _ => Arc::from(node_event_id(event_type.as_str(), &body, raw.len())),
         };
         let object_ref = node_object_ref(&body);
         drop(body);
