@@ -1150,14 +1150,23 @@ mod bench {
         let avg = avg_len(&p);
         reset_peak_rss();
         let cpu = CpuMeter::start(c.tck, None);
-        let (elapsed, mut lat, errors) = match kind {
-            SinkKind::Kafka => kafka::raw(&a.kafka, &dest.prefix, &p, n, a.window).await?,
-            SinkKind::Rabbit => {
-                rabbit::raw(&a.amqp, &dest.exchange, &dest.prefix, &p, n, a.window).await?
+        // Spawned, so the publishing loop runs on a runtime worker as a bridge source does (the
+        // bridge-core scenario does the same), not on the thread that blocks on `main`.
+        let (args, prefix, exchange) = (a.clone(), dest.prefix.clone(), dest.exchange.clone());
+        let p = std::sync::Arc::new(p);
+        let p2 = std::sync::Arc::clone(&p);
+        let (elapsed, mut lat, errors) = tokio::spawn(async move {
+            let a = &args;
+            match kind {
+                SinkKind::Kafka => kafka::raw(&a.kafka, &prefix, &p2, n, a.window).await,
+                SinkKind::Rabbit => {
+                    rabbit::raw(&a.amqp, &exchange, &prefix, &p2, n, a.window).await
+                }
+                SinkKind::Nats => nats::raw(&a.nats, &prefix, &p2, n, a.window).await,
+                SinkKind::File => Err(anyhow!("no raw file client")),
             }
-            SinkKind::Nats => nats::raw(&a.nats, &dest.prefix, &p, n, a.window).await?,
-            SinkKind::File => bail!("no raw file client"),
-        };
+        })
+        .await??;
         let (cpu_p, _) = cpu.read();
         let rss = status_kb("VmHWM:") / 1024.0;
         drop(p);
@@ -1287,36 +1296,43 @@ mod bench {
         reset_peak_rss();
         let bridge = Bridge::start(cfg).await.map_err(|e| anyhow!("{e}"))?;
         let opts = ParseOptions::default();
-        let pctx = ParseContext {
-            client_id: Some(CLIENT_ID),
-            ..ParseContext::default()
-        };
         let lat = Arc::new(std::sync::Mutex::new(Vec::<f64>::with_capacity(n as usize)));
         let failed = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
         let cpu = CpuMeter::start(c.tck, None);
         let t0 = Instant::now();
-        for body in bodies {
-            let event = Event::parse(body, &opts, &pctx).map_err(|e| anyhow!("parse: {e}"))?;
-            let started = Instant::now();
-            let (lat2, failed2, acked2) =
-                (Arc::clone(&lat), Arc::clone(&failed), Arc::clone(&acked));
-            let ack = AckHandle::on_done(move |status| {
-                if status == AckStatus::Delivered {
-                    let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    if let Ok(mut v) = lat2.lock() {
-                        v.push(ms);
+        // Spawned, as a source task is: it runs on a runtime worker beside the dispatcher.
+        let dispatcher = bridge.dispatcher.clone();
+        let (lat1, failed1, acked1) = (Arc::clone(&lat), Arc::clone(&failed), Arc::clone(&acked));
+        let feeder = tokio::spawn(async move {
+            let pctx = ParseContext {
+                client_id: Some(CLIENT_ID),
+                ..ParseContext::default()
+            };
+            for body in bodies {
+                let event = Event::parse(body, &opts, &pctx).map_err(|e| anyhow!("parse: {e}"))?;
+                let started = Instant::now();
+                let (lat2, failed2, acked2) =
+                    (Arc::clone(&lat1), Arc::clone(&failed1), Arc::clone(&acked1));
+                let ack = AckHandle::on_done(move |status| {
+                    if status == AckStatus::Delivered {
+                        let ms = started.elapsed().as_secs_f64() * 1000.0;
+                        if let Ok(mut v) = lat2.lock() {
+                            v.push(ms);
+                        }
+                    } else {
+                        failed2.fetch_add(1, Ordering::Relaxed);
                     }
-                } else {
-                    failed2.fetch_add(1, Ordering::Relaxed);
+                    acked2.fetch_add(1, Ordering::Release);
+                });
+                let env = Envelope::new(event, ack, SourceKind::Replay);
+                if dispatcher.submit(env).await.is_err() {
+                    bail!("the dispatcher refused an event");
                 }
-                acked2.fetch_add(1, Ordering::Release);
-            });
-            let env = Envelope::new(event, ack, SourceKind::Replay);
-            if bridge.dispatcher.submit(env).await.is_err() {
-                bail!("the dispatcher refused an event");
             }
-        }
+            Ok(())
+        });
+        feeder.await??;
         let limit = Duration::from_secs(60 + n / 500);
         while acked.load(Ordering::Acquire) < n && t0.elapsed() < limit {
             tokio::time::sleep(Duration::from_micros(200)).await;

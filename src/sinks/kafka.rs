@@ -703,7 +703,11 @@ impl Sink for KafkaSink {
             }
         };
         tokio::pin!(delivery);
-        let mut check = tokio::time::interval(STUCK_CHECK_EVERY);
+        // First check after one period, not at once: most deliveries finish well before it.
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + STUCK_CHECK_EVERY,
+            STUCK_CHECK_EVERY,
+        );
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let delivered = loop {
             tokio::select! {
