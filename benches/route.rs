@@ -8,7 +8,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fondo_bridge::config::Config;
-use fondo_bridge::event::{Event, ParseContext, ParseOptions};
+use fondo_bridge::event::{
+    Event, Node, ParseContext, ParseOptions, content_event_id, node_event_id,
+};
 use fondo_bridge::router::Router;
 
 const ACCOUNT: &str = include_str!("../tests/fixtures/fondo/account.update.json");
@@ -58,6 +60,25 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    g.finish();
+
+    // What `Event::parse` does to read a body and compute its content id, the way it did before
+    // (a `serde_json::Value`, then the id through serde's serializer) against the way it does
+    // now (a borrowed `Node`, then the id written straight from it), on the same 2 KB body.
+    let mut g = c.benchmark_group("parse_body_and_id");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("value_then_serialised_id", |b| {
+        b.iter(|| {
+            let v: serde_json::Value = serde_json::from_slice(&account).expect("sample parses");
+            black_box(content_event_id("account.update", &v))
+        })
+    });
+    g.bench_function("node_then_direct_id", |b| {
+        b.iter(|| {
+            let n = Node::parse(&account).expect("sample parses");
+            black_box(node_event_id("account.update", &n, account.len()))
+        })
+    });
     g.finish();
 }
 

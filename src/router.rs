@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::{Config, DestinationConfig, RouteConfig, Unmatched};
-use crate::event::Event;
+use crate::event::{Event, Node};
 
 /// A piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,12 @@ impl Template {
 
     /// Renders for an event, or says which placeholder had no usable value.
     pub fn render(&self, event: &Event) -> Result<String, String> {
+        self.render_with(event, &BodyView::new(event))
+    }
+
+    /// [`Template::render`] reading JSON pointers through `view`, which parses the body at most
+    /// once for all the templates and filters of one event.
+    fn render_with(&self, event: &Event, view: &BodyView<'_>) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for seg in &self.segments {
             match seg {
@@ -106,15 +112,15 @@ impl Template {
                     Some(c) => out.push_str(c),
                     None => return Err("{client_id}: the event has no client id".into()),
                 },
-                Segment::Pointer(p) => match event.body().pointer(p) {
-                    Some(Value::String(s)) if !s.is_empty() => out.push_str(s),
-                    Some(Value::Number(n)) => {
+                Segment::Pointer(p) => match view.pointer(p) {
+                    Some(Node::String(s)) if !s.is_empty() => out.push_str(s),
+                    Some(Node::Number(n)) => {
                         let _ = write!(out, "{n}");
                     }
-                    Some(Value::Bool(b)) => {
+                    Some(Node::Bool(b)) => {
                         let _ = write!(out, "{b}");
                     }
-                    Some(Value::Null) | None => {
+                    Some(Node::Null) | None => {
                         return Err(format!("{{{p}}}: no value at this pointer"));
                     }
                     Some(_) => {
@@ -204,10 +210,56 @@ impl CompiledRoute {
         self.globs.iter().any(|g| g.matches(t))
     }
 
-    fn passes_filter(&self, event: &Event) -> bool {
+    fn passes_filter(&self, view: &BodyView<'_>) -> bool {
         self.filter
             .iter()
-            .all(|(ptr, want)| event.body().pointer(ptr) == Some(want))
+            .all(|(ptr, want)| view.pointer(ptr).is_some_and(|n| node_eq_value(n, want)))
+    }
+}
+
+/// The body of one event as a borrowed [`Node`], parsed on the first JSON-pointer lookup and
+/// shared by every filter and template of that event (no `serde_json::Value` is built; redaction,
+/// which edits the body, uses [`Event::body`]).
+struct BodyView<'a> {
+    raw: &'a [u8],
+    node: std::cell::OnceCell<Option<Node<'a>>>,
+}
+
+impl<'a> BodyView<'a> {
+    fn new(event: &'a Event) -> Self {
+        Self {
+            raw: &event.raw,
+            node: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn pointer(&self, p: &str) -> Option<&Node<'a>> {
+        // The raw bytes parsed as a Node once already (in `Event::parse`), so this cannot fail.
+        self.node
+            .get_or_init(|| Node::parse(self.raw).ok())
+            .as_ref()
+            .and_then(|n| n.pointer(p))
+    }
+}
+
+/// JSON equality of a body value and a configured filter value, as `Value == Value` decides it.
+fn node_eq_value(n: &Node<'_>, v: &Value) -> bool {
+    match (n, v) {
+        (Node::Null, Value::Null) => true,
+        (Node::Bool(a), Value::Bool(b)) => a == b,
+        (Node::Number(a), Value::Number(b)) => a == b,
+        (Node::String(a), Value::String(b)) => a.as_ref() == b.as_str(),
+        (Node::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| node_eq_value(x, y))
+        }
+        // Both sorted by key bytewise with unique keys, so equal maps line up entry by entry.
+        (Node::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka.as_ref() == kb.as_str() && node_eq_value(va, vb))
+        }
+        _ => false,
     }
 }
 
@@ -370,8 +422,9 @@ impl Router {
     pub fn route(&self, event: &Event) -> Routed {
         let t = event.event_type.as_str();
         let mut out = Routed::default();
+        let view = BodyView::new(event);
         let mut visit = |r: &CompiledRoute| {
-            if !r.passes_filter(event) {
+            if !r.passes_filter(&view) {
                 out.filtered_by.push(Arc::clone(&r.name));
                 return;
             }
@@ -381,7 +434,7 @@ impl Router {
                 redact(event.body(), &r.redact)
             };
             for d in &r.to {
-                match render_destination(d, event) {
+                match render_destination(d, event, &view) {
                     Ok((topic, key, headers)) => out.destinations.push(Destination {
                         route: Arc::clone(&r.name),
                         sink: Arc::clone(&d.sink),
@@ -471,17 +524,28 @@ fn compile_destination(
 
 type Rendered = (String, Option<String>, Vec<(String, String)>);
 
-fn render_destination(d: &CompiledDestination, event: &Event) -> Result<Rendered, String> {
-    let topic = d.topic.render(event).map_err(|e| format!("topic: {e}"))?;
+fn render_destination(
+    d: &CompiledDestination,
+    event: &Event,
+    view: &BodyView<'_>,
+) -> Result<Rendered, String> {
+    let topic = d
+        .topic
+        .render_with(event, view)
+        .map_err(|e| format!("topic: {e}"))?;
     let key = match &d.key {
-        Some(k) => Some(k.render(event).map_err(|e| format!("key: {e}"))?),
+        Some(k) => Some(
+            k.render_with(event, view)
+                .map_err(|e| format!("key: {e}"))?,
+        ),
         None => event.object_ref().map(str::to_owned),
     };
     let mut headers = Vec::with_capacity(d.headers.len());
     for (name, t) in &d.headers {
         headers.push((
             name.clone(),
-            t.render(event).map_err(|e| format!("header {name}: {e}"))?,
+            t.render_with(event, view)
+                .map_err(|e| format!("header {name}: {e}"))?,
         ));
     }
     Ok((topic, key, headers))

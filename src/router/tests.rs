@@ -262,3 +262,33 @@ fn thousand_routes_use_the_type_index() {
     assert_eq!(r.by_type["order.create"], vec![1000]);
     assert_eq!(r.route(&ev(ORDER)).destinations[0].topic, "o");
 }
+
+/// `where` filters compare a body value with the configured one as `Value == Value` would,
+/// through the borrowed body view: scalars, arrays, objects (in any key order), and no coercion.
+#[test]
+fn filter_equality_matches_value_equality() {
+    let body =
+        r#"{"current":{"n":1,"f":1.5,"s":"isk","b":true,"z":null,"a":[1,"x"],"o":{"y":2,"x":1}}}"#;
+    let node = Node::parse(body.as_bytes()).unwrap();
+    let value: Value = serde_json::from_str(body).unwrap();
+    for (ptr, want) in [
+        ("/current/n", serde_json::json!(1)),
+        ("/current/n", serde_json::json!(1.0)),
+        ("/current/n", serde_json::json!("1")),
+        ("/current/f", serde_json::json!(1.5)),
+        ("/current/s", serde_json::json!("isk")),
+        ("/current/s", serde_json::json!("ISK")),
+        ("/current/b", serde_json::json!(true)),
+        ("/current/z", serde_json::json!(null)),
+        ("/current/a", serde_json::json!([1, "x"])),
+        ("/current/a", serde_json::json!(["x", 1])),
+        ("/current/o", serde_json::json!({"x": 1, "y": 2})),
+        ("/current/o", serde_json::json!({"x": 1})),
+    ] {
+        let by_value = value.pointer(ptr) == Some(&want);
+        let by_node = node
+            .pointer(ptr)
+            .is_some_and(|n| super::node_eq_value(n, &want));
+        assert_eq!(by_node, by_value, "{ptr} == {want}");
+    }
+}
