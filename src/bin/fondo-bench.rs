@@ -1788,11 +1788,16 @@ mod bench {
             }
             Err(e) => eprintln!("  {what}: FAILED: {e:#}"),
         };
-        for k in brokers {
+        for k in [
+            SinkKind::Kafka,
+            SinkKind::Rabbit,
+            SinkKind::Nats,
+            SinkKind::File,
+        ] {
             if !a.wants(k.name()) {
                 continue;
             }
-            if a.runs("raw") {
+            if k != SinkKind::File && a.runs("raw") {
                 eprintln!("{}: raw ({n} events)", k.name());
                 record(
                     raw(&c, k, a.payload_bytes, n, "main").await,
@@ -1812,24 +1817,6 @@ mod bench {
                 eprintln!("{}: bridge from the WebSocket source", k.name());
                 record(
                     bridge_ws(&c, k, a.payload_bytes, 1, n, "main").await,
-                    "bridge",
-                    &mut rows,
-                );
-            }
-        }
-        if a.wants("file") {
-            if a.runs("core") {
-                eprintln!("file: bridge core (parse, route, dispatch, sink)");
-                record(
-                    bridge_core(&c, SinkKind::File, a.payload_bytes, n, "main").await,
-                    "bridge core",
-                    &mut rows,
-                );
-            }
-            if a.runs("ws") {
-                eprintln!("file: bridge from the WebSocket source");
-                record(
-                    bridge_ws(&c, SinkKind::File, a.payload_bytes, 1, n, "main").await,
                     "bridge",
                     &mut rows,
                 );
