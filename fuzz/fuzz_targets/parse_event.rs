@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(e) = Event::parse(raw.clone(), &opts, &wh) {
         assert_eq!(&*e.event_id, "msg_1");
-        let body_type = e.body.get("eventType").and_then(|v| v.as_str());
+        let body_type = e.body().get("eventType").and_then(|v| v.as_str());
         assert_eq!(e.event_type.as_str(), body_type.unwrap_or("account.update"));
         check_event(&e, data);
     }
