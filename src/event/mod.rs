@@ -257,11 +257,16 @@ impl Event {
         })
     }
 
-    /// The parsed body. Built from [`Event::raw`] on first call and kept; the raw bytes were
-    /// checked to be a JSON object by [`Event::parse`], so this is always an object.
+    /// The parsed body. Built from [`Event::raw`] on first call and kept. It is built from the
+    /// same [`Node`] view that [`Event::parse`] read (not by `serde_json::from_slice::<Value>`,
+    /// which gives a key such as `$serde_json::private::RawValue` a private meaning when
+    /// serde_json's `raw_value` feature is on), so it is always the object `parse` saw.
     pub fn body(&self) -> &Value {
         self.body.get_or_init(|| {
-            serde_json::from_slice(&self.raw).unwrap_or_else(|_| Value::Object(Default::default()))
+            Node::parse(&self.raw)
+                .ok()
+                .and_then(|n| serde_json::to_value(&n).ok())
+                .unwrap_or_else(|| Value::Object(Default::default()))
         })
     }
 

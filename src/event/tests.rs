@@ -229,3 +229,18 @@ fn node_ids_equal_value_ids() {
     }
     assert!(checked > 3000, "only {checked} bodies parsed");
 }
+
+/// serde_json's `Value` reads a first key `$serde_json::private::RawValue` as a private marker
+/// (its `raw_value` feature is on in this build); the event keeps the JSON meaning, a plain key,
+/// in its parse and in `body()` alike, so a body cannot turn into a non-object behind `parse`.
+#[test]
+fn serde_private_keys_are_plain_keys() {
+    let raw = r#"{"$serde_json::private::RawValue":"[1]","eventType":"order.update"}"#;
+    let e = parse(raw).unwrap();
+    assert!(e.body().is_object());
+    assert_eq!(e.body()["$serde_json::private::RawValue"], "[1]");
+    assert_eq!(
+        &*e.event_id,
+        content_event_id(e.event_type.as_str(), e.body())
+    );
+}
