@@ -437,9 +437,12 @@ async fn bridge_sigkilled_three_times() {
         runs.len() <= kill_points.len(),
         "WebSocket loss outside kill points: {runs:?}"
     );
+    // A kill point is the simulator's sent count read just before SIGKILL; under load the bridge
+    // may still read (and spool) a few events between that read and the signal landing, so a lost
+    // run can start a little after it. It must still start and end within the same slack.
     for (a, b) in &runs {
         assert!(
-            kill_points.iter().any(|k| a <= k && *b <= k + 50),
+            kill_points.iter().any(|k| *a <= k + 50 && *b <= k + 50),
             "WebSocket events {a}..={b} lost away from every kill point {kill_points:?}"
         );
     }
