@@ -33,6 +33,17 @@ fn rig(
     max_attempts: u32,
     max_in_flight: usize,
 ) -> Rig {
+    rig_with_dedupe(routes, sinks, dl_sink, max_attempts, max_in_flight, 10_000)
+}
+
+fn rig_with_dedupe(
+    routes: Vec<RouteConfig>,
+    sinks: Vec<(&str, Arc<TestSink>)>,
+    dl_sink: Option<Arc<TestSink>>,
+    max_attempts: u32,
+    max_in_flight: usize,
+    dedupe_capacity: u64,
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let dl_file = dir.path().join("dead-letter.jsonl");
     let names: Vec<String> = sinks.iter().map(|(n, _)| n.to_string()).collect();
@@ -62,7 +73,7 @@ fn rig(
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight,
         dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 10_000,
+        dedupe_capacity,
         metrics,
     });
     Rig {
@@ -524,4 +535,34 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
     rig.d
         .shutdown(Instant::now() + Duration::from_secs(5))
         .await;
+}
+
+/// With the dedupe cache full, the newest delivered ids are still remembered: a redelivery of a
+/// recent event is not published again. (moka's default TinyLFU policy may refuse to admit a new,
+/// once-seen key into a full cache; the dispatcher uses LRU so that it never does.)
+#[tokio::test]
+async fn a_full_dedupe_cache_still_remembers_the_newest_ids() {
+    let sink = Arc::new(TestSink::new("s", Faults::default()));
+    let rig = rig_with_dedupe(
+        vec![route("r", &["*"], "s", "t")],
+        vec![("s", sink.clone())],
+        None,
+        2,
+        100,
+        16,
+    );
+    for i in 0..300 {
+        let ack = send(&rig.d, event("order.create", &format!("o{i}"), 1)).await;
+        assert_eq!(ack.wait().await, AckStatus::Delivered);
+    }
+    assert_eq!(sink.delivered().len(), 300);
+    for i in 296..300 {
+        let ack = send(&rig.d, event("order.create", &format!("o{i}"), 1)).await;
+        assert_eq!(ack.wait().await, AckStatus::Delivered);
+    }
+    assert_eq!(
+        sink.delivered().len(),
+        300,
+        "a redelivered recent event was published again"
+    );
 }
