@@ -299,7 +299,7 @@ impl DeadLetterWriter {
                 event_id: Arc::from(dl.message_id()),
             };
             for attempt in 0..self.attempts {
-                match sink.publish(msg.clone()).await {
+                match sink.publish(&msg).await {
                     Ok(()) => {
                         self.count(sink.name());
                         return Ok(Written::Sink);

@@ -1031,7 +1031,8 @@ impl Sink for ReplaySink {
         self.inner.system()
     }
 
-    async fn publish(&self, mut msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+        let mut msg = msg.clone();
         msg.headers
             .retain(|(k, _)| !k.eq_ignore_ascii_case(headers::REPLAYED_AT));
         msg.headers
@@ -1041,7 +1042,7 @@ impl Sink for ReplaySink {
             self.inner.name().to_owned(),
             msg.topic.clone(),
         );
-        self.inner.publish(msg).await?;
+        self.inner.publish(&msg).await?;
         if let Ok(mut ok) = self.ok.lock() {
             ok.insert(key);
         }
@@ -1073,9 +1074,10 @@ impl Sink for DeadLetterSink {
         self.inner.system()
     }
 
-    async fn publish(&self, mut msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+        let mut msg = msg.clone();
         msg.event_id = Arc::from(format!("{}{}", msg.event_id, self.suffix));
-        self.inner.publish(msg).await
+        self.inner.publish(&msg).await
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
@@ -1529,7 +1531,7 @@ async fn send_direct(
             loop {
                 failures.attempts += 1;
                 // The ReplaySink adds fondo-replayed-at.
-                match sink.publish(msg.clone()).await {
+                match sink.publish(&msg).await {
                     Ok(()) => return Direct::Ok,
                     Err(e) => {
                         failures.record(&e.to_string());

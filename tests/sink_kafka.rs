@@ -89,7 +89,7 @@ async fn publish_per_key(
             let mut sent = Vec::new();
             for seq in 0..per_key {
                 let m = message(&topic, Some(&key), seq);
-                sink.publish(m.clone())
+                sink.publish(&m)
                     .await
                     .map_err(|e| format!("{key}/{seq}: {e}"))?;
                 sent.push(m);
@@ -179,7 +179,7 @@ async fn delivers_everything_in_order_per_key_with_headers() {
     let took = started.elapsed();
     // One message without a key.
     let unkeyed = message(&topic, None, 0);
-    sink.publish(unkeyed.clone())
+    sink.publish(&unkeyed.clone())
         .await
         .expect("unkeyed publish");
     sent.push(unkeyed);
@@ -257,7 +257,7 @@ async fn unknown_topic_is_fatal_and_named() {
     let started = Instant::now();
     let err = tokio::time::timeout(
         Duration::from_secs(20),
-        sink.publish(message(&topic, Some("k"), 0)),
+        sink.publish(&message(&topic, Some("k"), 0)),
     )
     .await
     .expect("publish resolves")
@@ -345,7 +345,7 @@ async fn throughput() {
             for seq in 0..per_key {
                 let mut m = message(&topic, Some(&format!("k{k}")), seq);
                 m.payload = payload.clone();
-                sink.publish(m).await.unwrap();
+                sink.publish(&m).await.unwrap();
             }
         }));
     }
@@ -385,7 +385,7 @@ async fn mock_transient_errors_are_retried_and_delivered() {
     );
     tokio::time::timeout(
         Duration::from_secs(20),
-        sink.publish(message("t", Some("k"), 0)),
+        sink.publish(&message("t", Some("k"), 0)),
     )
     .await
     .expect("in time")
@@ -398,13 +398,13 @@ async fn mock_broker_down_then_up_is_delivered() {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic("t", 1, 1).unwrap();
     let sink = Arc::new(connect(&mock_sink_config(&mock)).await);
-    sink.publish(message("t", Some("k"), 0))
+    sink.publish(&message("t", Some("k"), 0))
         .await
         .expect("first");
     mock.broker_down(1).unwrap();
     let pending = {
         let sink = sink.clone();
-        tokio::spawn(async move { sink.publish(message("t", Some("k"), 1)).await })
+        tokio::spawn(async move { sink.publish(&message("t", Some("k"), 1)).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
@@ -430,7 +430,7 @@ async fn mock_healthcheck_and_statistics() {
     cfg.connect_timeout_ms = 1_000;
     let sink = connect(&cfg).await;
     sink.healthcheck().await.expect("healthy");
-    sink.publish(message("t", Some("k"), 0))
+    sink.publish(&message("t", Some("k"), 0))
         .await
         .expect("published");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -454,7 +454,7 @@ async fn mock_timeout_is_retriable() {
     let sink = connect(&cfg).await;
     mock.broker_down(1).unwrap();
     let err = sink
-        .publish(message("t", Some("k"), 0))
+        .publish(&message("t", Some("k"), 0))
         .await
         .expect_err("times out");
     eprintln!("{err}");
@@ -482,7 +482,7 @@ async fn mock_fatal_broker_errors_are_fatal() {
         mock.request_errors(RDKafkaApiKey::Produce, &[code]);
         let err = tokio::time::timeout(
             Duration::from_secs(20),
-            sink.publish(message("fondo.t", Some("k"), 0)),
+            sink.publish(&message("fondo.t", Some("k"), 0)),
         )
         .await
         .expect("in time")
@@ -493,7 +493,7 @@ async fn mock_fatal_broker_errors_are_fatal() {
         assert!(err.reason().contains("\"fondo.t\""), "{err}");
         // The producer still works (librdkafka keeps a topic's authorization error until its
         // metadata is refreshed, so use another topic).
-        sink.publish(message("fondo.u", Some("k"), 1))
+        sink.publish(&message("fondo.u", Some("k"), 1))
             .await
             .expect("next message delivered");
     }
@@ -509,7 +509,7 @@ async fn mock_fatal_producer_state_is_recovered() {
     cfg.options
         .insert("enable.gapless.guarantee".into(), "true".into());
     let sink = connect(&cfg).await;
-    sink.publish(message("t", Some("k"), 0))
+    sink.publish(&message("t", Some("k"), 0))
         .await
         .expect("first");
     mock.request_errors(
@@ -518,7 +518,7 @@ async fn mock_fatal_producer_state_is_recovered() {
     );
     let r = tokio::time::timeout(
         Duration::from_secs(20),
-        sink.publish(message("t", Some("k"), 1)),
+        sink.publish(&message("t", Some("k"), 1)),
     )
     .await
     .expect("in time");
@@ -526,7 +526,7 @@ async fn mock_fatal_producer_state_is_recovered() {
     let err = r.expect_err("fatal producer state");
     assert!(err.is_retriable(), "{err}");
     assert_eq!(sink.producers_replaced(), 1);
-    sink.publish(message("t", Some("k"), 1))
+    sink.publish(&message("t", Some("k"), 1))
         .await
         .expect("the retry is delivered by a new producer");
     sink.healthcheck().await.expect("healthy again");
@@ -543,7 +543,7 @@ async fn mock_too_large_locally_is_fatal() {
     let sink = connect(&cfg).await;
     let mut m = message("t", Some("k"), 0);
     m.payload = Bytes::from(vec![b'Z'; 10_000]);
-    let err = sink.publish(m).await.expect_err("too large");
+    let err = sink.publish(&m).await.expect_err("too large");
     eprintln!("{err}");
     assert!(matches!(err, SinkError::Fatal(_)), "{err}");
     assert!(!err.reason().contains("ZZZ"), "payload leaked: {err}");
@@ -560,7 +560,9 @@ async fn mock_close_flushes() {
     let pending: Vec<_> = (0..50)
         .map(|i| {
             let sink = sink.clone();
-            tokio::spawn(async move { sink.publish(message("t", Some(&format!("k{i}")), 0)).await })
+            tokio::spawn(
+                async move { sink.publish(&message("t", Some(&format!("k{i}")), 0)).await },
+            )
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -572,7 +574,7 @@ async fn mock_close_flushes() {
         p.await.unwrap().expect("delivered");
     }
     let err = sink
-        .publish(message("t", Some("k"), 1))
+        .publish(&message("t", Some("k"), 1))
         .await
         .expect_err("closed");
     assert!(err.is_retriable());
@@ -666,7 +668,7 @@ impl Drop for PrivateTansu {
 async fn publish_retrying(sink: &KafkaSink, m: &Message, deadline: Instant) -> usize {
     let mut failures = 0;
     loop {
-        match sink.publish(m.clone()).await {
+        match sink.publish(m).await {
             Ok(()) => return failures,
             Err(e) if e.is_retriable() && Instant::now() < deadline => {
                 eprintln!("retriable: {e}");
@@ -700,7 +702,7 @@ async fn broker_restarted_empty_is_recovered() {
     }];
     let sink = Arc::new(connect(&cfg).await);
     for seq in 0..5 {
-        sink.publish(message(topic, Some("k"), seq))
+        sink.publish(&message(topic, Some("k"), seq))
             .await
             .expect("before the restart");
     }

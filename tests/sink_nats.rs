@@ -156,7 +156,7 @@ async fn publish_with_retry(sink: &NatsSink, msg: Message, limit: Duration, retr
     let start = Instant::now();
     let mut backoff = Duration::from_millis(20);
     loop {
-        match sink.publish(msg.clone()).await {
+        match sink.publish(&msg).await {
             Ok(()) => return,
             Err(SinkError::Retriable(reason)) => {
                 retries.fetch_add(1, Ordering::Relaxed);
@@ -309,7 +309,7 @@ async fn pipelined_publishes_arrive_complete_with_headers_in_key_order() {
         let sink = Arc::clone(&sink);
         tasks.push(tokio::spawn(async move {
             for m in msgs {
-                sink.publish(m).await.unwrap(); // per key sequential, like the dispatcher
+                sink.publish(&m).await.unwrap(); // per key sequential, like the dispatcher
             }
         }));
     }
@@ -363,7 +363,7 @@ async fn pipelined_publishes_arrive_complete_with_headers_in_key_order() {
                     i,
                     &format!("{prefix}-bulk-{k}-{i}"),
                 );
-                sink.publish(m).await.unwrap();
+                sink.publish(&m).await.unwrap();
             }
         }));
     }
@@ -385,7 +385,7 @@ async fn pipelined_publishes_arrive_complete_with_headers_in_key_order() {
         .await
         .unwrap();
     assert!(
-        sink.publish(message(&format!("{prefix}.x"), "k", 0, "late"))
+        sink.publish(&message(&format!("{prefix}.x"), "k", 0, "late"))
             .await
             .is_err()
     );
@@ -415,14 +415,14 @@ async fn same_event_twice_is_stored_once() {
         1,
         &format!("{prefix}-ev-1"),
     );
-    sink.publish(m.clone()).await.unwrap();
-    sink.publish(m.clone()).await.unwrap(); // a redelivery: confirmed, dropped by the stream
+    sink.publish(&m).await.unwrap();
+    sink.publish(&m).await.unwrap(); // a redelivery: confirmed, dropped by the stream
     assert_eq!(stream_count(&mut stream).await, 1);
 
     // The same event id on another subject of the stream is still the same event.
     let mut moved = m.clone();
     moved.topic = format!("{prefix}.order.other");
-    sink.publish(moved).await.unwrap();
+    sink.publish(&moved).await.unwrap();
     assert_eq!(stream_count(&mut stream).await, 1);
 
     let other = message(
@@ -431,7 +431,7 @@ async fn same_event_twice_is_stored_once() {
         2,
         &format!("{prefix}-ev-2"),
     );
-    sink.publish(other).await.unwrap();
+    sink.publish(&other).await.unwrap();
     assert_eq!(stream_count(&mut stream).await, 2);
 
     js.delete_stream(&stream_name).await.unwrap();
@@ -446,7 +446,7 @@ async fn subject_without_stream_and_bad_messages_are_fatal() {
     let subject = format!("{}.nobody.listens", common::unique("fbnostream"));
 
     let err = sink
-        .publish(message(&subject, "k", 1, "ev-nostream"))
+        .publish(&message(&subject, "k", 1, "ev-nostream"))
         .await
         .unwrap_err();
     match &err {
@@ -467,24 +467,27 @@ async fn subject_without_stream_and_bad_messages_are_fatal() {
     // A rendered subject that is not a valid subject, and header values that would break the
     // protocol: fatal (dead-lettered), never a panic.
     for bad in ["has space.x", "a..b", "a.*", ""] {
-        let r = sink.publish(message(bad, "k", 1, "ev-bad")).await;
+        let r = sink.publish(&message(bad, "k", 1, "ev-bad")).await;
         assert!(matches!(r, Err(SinkError::Fatal(_))), "{bad:?}: {r:?}");
     }
     let mut crlf = message(&subject, "k", 1, "ev-crlf");
     crlf.headers
         .push(("x-injected".into(), "a\r\nPUB evil 0".into()));
-    assert!(matches!(sink.publish(crlf).await, Err(SinkError::Fatal(_))));
+    assert!(matches!(
+        sink.publish(&crlf).await,
+        Err(SinkError::Fatal(_))
+    ));
     // Larger than the server's max_payload (1 MiB by default): fatal, never sent.
     let mut huge = message(&subject, "k", 1, "ev-huge");
     huge.payload = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
-    match sink.publish(huge).await {
+    match sink.publish(&huge).await {
         Err(SinkError::Fatal(r)) => assert!(r.contains("max_payload"), "{r}"),
         other => panic!("expected Fatal, got {other:?}"),
     }
     let mut bad_name = message(&subject, "k", 1, "ev-colon");
     bad_name.headers.push(("bad:name".into(), "v".into()));
     assert!(matches!(
-        sink.publish(bad_name).await,
+        sink.publish(&bad_name).await,
         Err(SinkError::Fatal(_))
     ));
     sink.healthcheck().await.unwrap();
@@ -728,7 +731,7 @@ async fn bad_config_unreachable_server_and_wrong_credentials_are_clear_errors() 
     let core_sink = NatsSink::connect("nats", &core).await.unwrap();
     core_sink.healthcheck().await.unwrap();
     core_sink
-        .publish(message("fb.core.test", "k", 1, "ev-core"))
+        .publish(&message("fb.core.test", "k", 1, "ev-core"))
         .await
         .unwrap();
 }
@@ -751,13 +754,13 @@ async fn streams_from_config_are_created_when_missing() {
             duplicate_window_ms: 60_000,
         });
     let sink = NatsSink::connect("nats", &cfg).await.unwrap();
-    sink.publish(message(&format!("{prefix}.a"), "k", 1, "ev-a"))
+    sink.publish(&message(&format!("{prefix}.a"), "k", 1, "ev-a"))
         .await
         .unwrap();
     // Connecting again finds it and leaves it alone.
     let again = NatsSink::connect("nats", &cfg).await.unwrap();
     again
-        .publish(message(&format!("{prefix}.a"), "k", 1, "ev-a"))
+        .publish(&message(&format!("{prefix}.a"), "k", 1, "ev-a"))
         .await
         .unwrap();
 

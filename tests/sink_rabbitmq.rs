@@ -206,7 +206,7 @@ async fn delivers_everything_with_headers_ids_and_order_per_key() {
                 let key = format!("order-{k}");
                 let id = format!("{run}-{k}-{seq}");
                 let topic = format!("fondo.order.k{}", k % 4);
-                sink.publish(message(&topic, &key, seq, &id))
+                sink.publish(&message(&topic, &key, seq, &id))
                     .await
                     .unwrap_or_else(|e| panic!("publish {id}: {e}"));
             }
@@ -264,7 +264,7 @@ async fn delivers_everything_with_headers_ids_and_order_per_key() {
         .unwrap();
     assert!(sink.healthcheck().await.is_err());
     assert!(matches!(
-        sink.publish(message("fondo.x", "k", 0, "after-close"))
+        sink.publish(&message("fondo.x", "k", 0, "after-close"))
             .await,
         Err(SinkError::Retriable(_))
     ));
@@ -299,7 +299,7 @@ async fn unroutable_is_fatal_and_names_the_key_others_unaffected() {
         };
         tasks.push(tokio::spawn(async move {
             let r = sink
-                .publish(message(&topic, &format!("k{i}"), i, &id))
+                .publish(&message(&topic, &format!("k{i}"), i, &id))
                 .await;
             (i, topic, r)
         }));
@@ -353,14 +353,14 @@ async fn declares_topology_with_quorum_queue_and_dead_letter_exchange() {
     }))
     .unwrap();
     let sink = RabbitMqSink::connect("rabbit", &cfg).await.unwrap();
-    sink.publish(message("fondo.order.update", "o1", 1, "topo-1"))
+    sink.publish(&message("fondo.order.update", "o1", 1, "topo-1"))
         .await
         .unwrap();
-    sink.publish(message("fondo.account.update", "a1", 2, "topo-2"))
+    sink.publish(&message("fondo.account.update", "a1", 2, "topo-2"))
         .await
         .unwrap();
     assert!(matches!(
-        sink.publish(message("fondo.account.x.y", "a1", 3, "topo-3"))
+        sink.publish(&message("fondo.account.x.y", "a1", 3, "topo-3"))
             .await,
         Err(SinkError::Fatal(_))
     ));
@@ -417,7 +417,7 @@ async fn recovers_when_the_exchange_is_deleted_and_recreated() {
     cfg.reconnect_wait_ms = 500;
     cfg.reconnect_delay_max_ms = 300;
     let sink = RabbitMqSink::connect("rabbit", &cfg).await.unwrap();
-    sink.publish(message("fondo.a", "k", 0, "vanish-0"))
+    sink.publish(&message("fondo.a", "k", 0, "vanish-0"))
         .await
         .unwrap();
 
@@ -427,7 +427,7 @@ async fn recovers_when_the_exchange_is_deleted_and_recreated() {
     // The broker closes the channel (NOT_FOUND): the publish fails retriable, not fatal, and
     // nothing hangs.
     let e = sink
-        .publish(message("fondo.a", "k", 1, "vanish-1"))
+        .publish(&message("fondo.a", "k", 1, "vanish-1"))
         .await
         .unwrap_err();
     assert!(matches!(e, SinkError::Retriable(_)), "{e:?}");
@@ -445,7 +445,7 @@ async fn recovers_when_the_exchange_is_deleted_and_recreated() {
     // Publishing meanwhile waits at most `reconnect_wait_ms`, then fails retriable with the cause.
     let t = Instant::now();
     let e = sink
-        .publish(message("fondo.a", "k", 1, "vanish-1"))
+        .publish(&message("fondo.a", "k", 1, "vanish-1"))
         .await
         .unwrap_err();
     assert!(matches!(e, SinkError::Retriable(_)), "{e:?}");
@@ -474,7 +474,7 @@ async fn recovers_when_the_exchange_is_deleted_and_recreated() {
     );
     let t = Instant::now();
     loop {
-        match sink.publish(message("fondo.a", "k", 1, "vanish-1")).await {
+        match sink.publish(&message("fondo.a", "k", 1, "vanish-1")).await {
             Ok(()) => break,
             Err(SinkError::Retriable(e)) => {
                 assert!(t.elapsed() < Duration::from_secs(5), "not back: {e}");
@@ -678,7 +678,7 @@ impl Publishers {
                     loop {
                         attempts.fetch_add(1, Ordering::Relaxed);
                         let t = Instant::now();
-                        match sink.publish(msg.clone()).await {
+                        match sink.publish(&msg).await {
                             Ok(()) => break,
                             Err(SinkError::Retriable(_)) => {
                                 failures.fetch_add(1, Ordering::Relaxed);
@@ -996,7 +996,7 @@ async fn throughput_with_many_keys() {
             for seq in 0..PER_KEY {
                 let mut m = message("fondo.tput", &format!("k{k}"), seq, &format!("t{k}-{seq}"));
                 m.payload = payload.clone();
-                sink.publish(m).await.unwrap();
+                sink.publish(&m).await.unwrap();
             }
         }));
     }

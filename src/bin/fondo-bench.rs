@@ -88,9 +88,14 @@ mod bench {
         /// Generator payload padding for the main comparison (bodies are about this size).
         #[arg(long, default_value_t = 2048)]
         payload_bytes: usize,
-        /// In-flight window, the same for the raw clients and the bridge.
+        /// Confirm window: messages awaiting the broker's confirm at once, the same for the raw
+        /// clients and the bridge's sinks (their `max_in_flight`).
         #[arg(long, default_value_t = 1024)]
         window: usize,
+        /// The bridge's intake bound (`delivery.max_in_flight`: events inside the bridge, also
+        /// those queued behind an earlier event of their key); default: the shipped default.
+        #[arg(long, default_value_t = 10_000)]
+        bridge_in_flight: usize,
         /// Concurrent webhook requests.
         #[arg(long, default_value_t = 64)]
         webhook_concurrency: usize,
@@ -936,7 +941,8 @@ mod bench {
 
         fn sink_json(&self, a: &Args) -> serde_json::Value {
             match self.kind {
-                SinkKind::Kafka => json!({"type": "kafka", "brokers": a.kafka}),
+                SinkKind::Kafka => json!({"type": "kafka", "brokers": a.kafka,
+                    "max_in_flight": a.window}),
                 SinkKind::Rabbit => json!({"type": "rabbitmq", "url": a.amqp,
                     "exchange": self.exchange, "max_in_flight": a.window}),
                 SinkKind::Nats => json!({"type": "nats", "url": a.nats,
@@ -968,7 +974,7 @@ mod bench {
             "routes": rs,
             "unmatched": "dead_letter",
             "dead_letter": {"fallback_file": tmp.join("dead-letter.jsonl")},
-            "delivery": {"max_in_flight": a.window, "drain_timeout_ms": 30000},
+            "delivery": {"max_in_flight": a.bridge_in_flight, "drain_timeout_ms": 30000},
             "spool": {"dir": tmp.join("spool")},
         });
         Config::from_str_with_env(&cfg.to_string(), "yaml", Vec::<(String, String)>::new())
@@ -1277,9 +1283,9 @@ mod bench {
     /// The bridge's own path from bytes to broker confirm, without a network source: each body is
     /// parsed (`Event::parse`, as both sources do), submitted to the dispatcher (routing, per-key
     /// ordering, headers, deduplication, acknowledgement) and published by the sink, with at most
-    /// `window` events in flight (`delivery.max_in_flight`). It is the like-for-like counterpart of
-    /// the raw client: same payloads, generated before timing, same window, same broker. Latency is
-    /// submit→ack of each event (exact).
+    /// `window` messages awaiting their confirm (the sink's `max_in_flight`). It is the
+    /// like-for-like counterpart of the raw client: same payloads, generated before timing, same
+    /// confirm window, same broker. Latency is submit→ack of each event (exact).
     async fn bridge_core(
         c: &Ctx,
         kind: SinkKind,
@@ -1551,7 +1557,14 @@ mod bench {
             ("load average at end", env.loadavg_end.clone()),
             ("bench process pinned to CPUs", env.cpus_allowed.clone()),
             ("profile", env.profile.clone()),
-            ("in-flight window", a.window.to_string()),
+            (
+                "confirm window (raw client and bridge sink)",
+                a.window.to_string(),
+            ),
+            (
+                "bridge intake bound (`delivery.max_in_flight`)",
+                a.bridge_in_flight.to_string(),
+            ),
             ("note", env.note.clone()),
         ] {
             push(&mut s, &format!("| {k} | {v} |"));
@@ -1566,7 +1579,10 @@ mod bench {
             push(
                 &mut s,
                 "Both sides publish the same pre-generated payloads to the same broker with the same \
-                 in-flight window, in the same run. Raw: the bare client. Bridge core: each body is \
+                 confirm window (messages awaiting the broker's confirm: the raw client's window, the \
+                 bridge sink's `max_in_flight`), in the same run. The bridge may hold more events \
+                 than that inside (`delivery.max_in_flight`, above), queued behind an earlier event \
+                 of the same object, as it does when deployed. Raw: the bare client. Bridge core: each body is \
                  parsed (`Event::parse`), submitted to the dispatcher (routing, per-key ordering, \
                  headers, deduplication, acknowledgement) and published by the bridge's sink; no \
                  network source, no spool. Latency: publish→confirm (raw) and submit→ack (bridge), \
@@ -1739,7 +1755,7 @@ mod bench {
         push(&mut s, "## How it is measured\n");
         for l in [
             "- **Raw**: the bare client, one connection, at most `window` messages awaiting their confirm: rdkafka `FutureProducer` (`acks=all`, `enable.idempotence=true`, the sink's queue limits), lapin with publisher confirms, `mandatory`, persistent messages to a durable topic exchange with one durable classic queue bound `#`, async-nats JetStream publish + PubAck (file storage, `Nats-Msg-Id`). Same payloads (Generator, padded to the payload size), same keys, same 4-5 headers; payloads pre-generated before timing.",
-            "- **Bridge**: `Bridge::start` in-process; the simulator streams `N` events over a WebSocket on loopback (rate unlimited); the WebSocket source spools to disk (spool on, temp dir); one catch-all route `<prefix>.{entity}`; `delivery.max_in_flight` and the sink's own window = `window`. Timing starts at the simulator's first event and stops when `delivered_total` (broker-confirmed) reaches `N`.",
+            "- **Bridge**: `Bridge::start` in-process; the simulator streams `N` events over a WebSocket on loopback (rate unlimited); the WebSocket source spools to disk (spool on, temp dir); one catch-all route `<prefix>.{entity}`; the sink's confirm window (`max_in_flight`) = `window`, `delivery.max_in_flight` as in the run table. Timing starts at the simulator's first event and stops when `delivered_total` (broker-confirmed) reaches `N`.",
             "- **Verified**: after the bridge drained, the broker's own count (Kafka: sum of high watermarks of the 7 topics × 3 partitions; RabbitMQ: message count of the bound queue; JetStream: stream message count; file: lines written) is at least the confirmed count, which is at least `N`. At-least-once may show a few duplicates (count > N).",
             "- **Sharing**: the simulator (and the webhook sender) run in the same process on their own thread and runtime; their CPU is subtracted but they compete for the same cores. The brokers run on the same machine. Kafka is tansu (memory storage), not Apache Kafka.",
             "- **Route sweep**: `routes − 1` routes that match `*` but whose `where` filter never holds, plus the catch-all: every event is evaluated against every route.",

@@ -12,6 +12,7 @@
 //!       ssl.ca.location: /etc/kafka/ca.pem
 //!     sasl_password_file: /run/secrets/kafka-password   # or sasl_password (from the environment)
 //!     connect_timeout_ms: 10000         # the start-up check that the cluster answers
+//!     max_in_flight: 1024               # messages waiting for their delivery report at once
 //!     create_topics:                    # optional, created at start when missing (off by default)
 //!       - { name: fondo.order, partitions: 6, replication: 3, retention_ms: 604800000 }
 //! ```
@@ -54,6 +55,10 @@ pub struct KafkaSinkConfig {
     /// before the sink fails to start.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Messages waiting for their delivery report at once (the confirm window, as the RabbitMQ
+    /// and NATS sinks have it); a publish beyond it waits. Within librdkafka's own queue bound.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Topics created at start when missing, through the admin API. Empty (off) by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub create_topics: Vec<KafkaTopicConfig>,
@@ -83,6 +88,13 @@ fn default_connect_timeout_ms() -> u64 {
     10_000
 }
 
+fn default_max_in_flight() -> usize {
+    1024
+}
+
+/// The largest `max_in_flight` accepted (the window is a semaphore).
+const MAX_IN_FLIGHT: usize = 1 << 20;
+
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
         Self {
@@ -92,6 +104,7 @@ impl Default for KafkaSinkConfig {
             sasl_password_file: None,
             accept_at_most_once: false,
             connect_timeout_ms: default_connect_timeout_ms(),
+            max_in_flight: default_max_in_flight(),
             create_topics: Vec::new(),
         }
     }
@@ -133,6 +146,7 @@ impl fmt::Debug for KafkaSinkConfig {
             .field("sasl_password_file", &self.sasl_password_file)
             .field("accept_at_most_once", &self.accept_at_most_once)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
             .field("create_topics", &self.create_topics)
             .finish()
     }
@@ -231,6 +245,12 @@ impl KafkaSinkConfig {
         }
         if self.connect_timeout_ms == 0 {
             p.push(("connect_timeout_ms".into(), "must be greater than 0".into()));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
+            p.push((
+                "max_in_flight".into(),
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
         }
         let mut seen = BTreeSet::new();
         for (i, t) in self.create_topics.iter().enumerate() {
@@ -426,6 +446,7 @@ mod tests {
         );
         assert_eq!(c.create_topics[0].partitions, Some(3));
         assert_eq!(c.connect_timeout_ms, 10_000);
+        assert_eq!(c.max_in_flight, 1024);
         assert!(serde_json::from_str::<KafkaSinkConfig>(r#"{"brokers":"k","nope":1}"#).is_err());
     }
 

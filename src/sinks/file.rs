@@ -287,12 +287,12 @@ impl Sink for FileSink {
         "file"
     }
 
-    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let tx = self
             .sender()
             .ok_or_else(|| SinkError::Retriable("file sink is closed".into()))?;
         let (reply, rx) = oneshot::channel();
-        tx.send((msg, reply))
+        tx.send((msg.clone(), reply))
             .await
             .map_err(|_| SinkError::Retriable("file sink writer stopped".into()))?;
         rx.await
@@ -365,11 +365,13 @@ mod tests {
         )
         .unwrap();
         let pretty = b"{\n  \"eventType\": \"order.create\"\n}";
-        sink.publish(msg("fondo.order", "e1", pretty))
+        sink.publish(&msg("fondo.order", "e1", pretty))
             .await
             .unwrap();
-        sink.publish(msg("fondo.order", "e2", b"{}")).await.unwrap();
-        sink.publish(msg("fondo/acc ount", "e3", b"\xff\x00"))
+        sink.publish(&msg("fondo.order", "e2", b"{}"))
+            .await
+            .unwrap();
+        sink.publish(&msg("fondo/acc ount", "e3", b"\xff\x00"))
             .await
             .unwrap();
         sink.close(Instant::now() + Duration::from_secs(5))
@@ -389,7 +391,7 @@ mod tests {
         let rec: FileRecord = serde_json::from_str(odd.trim()).unwrap();
         assert_eq!(rec.payload_bytes(), b"\xff\x00".to_vec());
         assert!(
-            sink.publish(msg("x", "e4", b"{}")).await.is_err(),
+            sink.publish(&msg("x", "e4", b"{}")).await.is_err(),
             "closed sink refuses"
         );
     }

@@ -242,6 +242,8 @@ pub struct KafkaSink {
     /// How many producers were replaced after a fatal error or being stuck.
     replaced: AtomicU64,
     closed: AtomicBool,
+    /// The confirm window: one permit per message waiting for its delivery report.
+    window: tokio::sync::Semaphore,
     /// How long a health check waits: `connect_timeout_ms`, at most [`HEALTHCHECK_TIMEOUT`].
     health_timeout: Duration,
 }
@@ -374,17 +376,19 @@ impl KafkaSink {
         let client_config = client_config(name, cfg)?;
         let name: Arc<str> = Arc::from(name);
         let shared = Arc::new(Shared::default());
-        let producer = create_producer(&name, &client_config, &shared)?;
+        let producer = Arc::new(create_producer(&name, &client_config, &shared)?);
+        watch_for_stuck(&producer);
         let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
         let sink = KafkaSink {
             name: name.clone(),
             brokers: cfg.brokers.clone(),
             client_config,
             shared,
-            producer: ArcSwap::from_pointee(producer),
+            producer: ArcSwap::new(producer),
             recreate: Mutex::new(()),
             replaced: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            window: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
             health_timeout: timeout.min(HEALTHCHECK_TIMEOUT),
         };
         let brokers = sink.metadata_check(timeout).await.map_err(|e| {
@@ -558,7 +562,9 @@ impl KafkaSink {
         );
         match create_producer(&self.name, &self.client_config, &self.shared) {
             Ok(p) => {
-                self.producer.store(Arc::new(p));
+                let p = Arc::new(p);
+                watch_for_stuck(&p);
+                self.producer.store(p);
                 self.replaced.fetch_add(1, Ordering::Relaxed);
                 // Fail what the old producer still holds: the dispatcher retries it on the new one.
                 failed
@@ -604,6 +610,31 @@ fn client_config(name: &str, cfg: &KafkaSinkConfig) -> Result<ClientConfig, Sink
     Ok(cc)
 }
 
+/// Purges `active` once its statistics show it stuck, so that every publish waiting on it gets
+/// its delivery report (a purge error) and replaces the producer; ends with the producer. One
+/// task per producer rather than a timer per message.
+fn watch_for_stuck(active: &Arc<Active>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        // Without a runtime (never in the bridge), the health check still replaces it.
+        return;
+    };
+    let weak = Arc::downgrade(active);
+    rt.spawn(async move {
+        let mut check = tokio::time::interval(STUCK_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            check.tick().await;
+            let Some(active) = weak.upgrade() else { return };
+            if active.watch.stuck().is_some() {
+                active
+                    .producer
+                    .purge(PurgeConfig::default().queue().inflight().non_blocking());
+                return;
+            }
+        }
+    });
+}
+
 fn create_producer(
     name: &Arc<str>,
     client_config: &ClientConfig,
@@ -635,7 +666,7 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let topic = msg.topic.as_str();
         if self.closed.load(Ordering::Acquire) {
             return Err(SinkError::Retriable(format!(
@@ -663,6 +694,10 @@ impl Sink for KafkaSink {
             record = record.key(key.as_str());
         }
 
+        // Held until the delivery report: at most `max_in_flight` messages awaiting one.
+        let _permit = self.window.acquire().await.map_err(|_| {
+            SinkError::Retriable(format!("kafka topic {topic:?}: the sink is closed"))
+        })?;
         let mut active = self.producer.load_full();
         if active.unusable().is_some() {
             self.recover(&active);
@@ -702,25 +737,9 @@ impl Sink for KafkaSink {
                 }
             }
         };
-        tokio::pin!(delivery);
-        // First check after one period, not at once: most deliveries finish well before it.
-        let mut check = tokio::time::interval_at(
-            tokio::time::Instant::now() + STUCK_CHECK_EVERY,
-            STUCK_CHECK_EVERY,
-        );
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let delivered = loop {
-            tokio::select! {
-                d = &mut delivery => break d,
-                _ = check.tick() => {
-                    if active.watch.stuck().is_some() {
-                        // Purges the stuck producer: `delivery` resolves with a purge error.
-                        self.recover(&active);
-                    }
-                }
-            }
-        };
-        match delivered {
+        // A stuck producer is purged by its watcher (`watch_for_stuck`): `delivery` then resolves
+        // with a purge error and the producer is replaced below. No timer per message.
+        match delivery.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => {
                 let mut err = to_sink_error(&e, topic);
@@ -765,6 +784,8 @@ impl Sink for KafkaSink {
 
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
         self.closed.store(true, Ordering::Release);
+        // Publishes waiting for a window slot fail (retriable) rather than wait for nothing.
+        self.window.close();
         let active = self.producer.load_full();
         let timeout = deadline.saturating_duration_since(Instant::now());
         let flushed = tokio::task::spawn_blocking(move || {

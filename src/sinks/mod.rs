@@ -88,7 +88,7 @@ pub trait Sink: Send + Sync + 'static {
     fn system(&self) -> &'static str;
 
     /// Publishes one message and resolves when the broker has confirmed it durably.
-    async fn publish(&self, msg: Message) -> Result<(), SinkError>;
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError>;
 
     /// Whether the broker is reachable and accepting; `Err` explains why not.
     async fn healthcheck(&self) -> Result<(), SinkError>;

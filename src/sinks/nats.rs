@@ -357,11 +357,11 @@ impl NatsSink {
         &self,
         subject: String,
         headers: HeaderMap,
-        msg: Message,
+        msg: &Message,
         generation: u64,
     ) -> Result<(), SinkError> {
         let publish = jetstream::message::PublishMessage::build()
-            .payload(msg.payload)
+            .payload(msg.payload.clone())
             .headers(headers);
         let send_and_ack = async {
             // First await: queued for sending; second: the stream's PubAck.
@@ -452,10 +452,10 @@ impl NatsSink {
         &self,
         subject: String,
         headers: HeaderMap,
-        msg: Message,
+        msg: &Message,
     ) -> Result<(), SinkError> {
         self.client
-            .publish_with_headers(subject.clone(), headers, msg.payload)
+            .publish_with_headers(subject.clone(), headers, msg.payload.clone())
             .await
             .map_err(|e| match e.kind() {
                 PublishErrorKind::MaxPayloadExceeded => SinkError::Fatal(format!(
@@ -490,7 +490,7 @@ impl Sink for NatsSink {
         "nats"
     }
 
-    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SinkError::Retriable(format!(
                 "NATS sink {} is closed",
@@ -500,7 +500,7 @@ impl Sink for NatsSink {
         check_publish_subject(&msg.topic).map_err(|e| {
             SinkError::Fatal(format!("{:?} is not a valid NATS subject: {e}", msg.topic))
         })?;
-        let headers = build_headers(&msg, self.mode == NatsMode::Jetstream)?;
+        let headers = build_headers(msg, self.mode == NatsMode::Jetstream)?;
         let subject = msg.topic.clone();
 
         let _permit = self

@@ -338,7 +338,7 @@ impl Sink for RabbitMqSink {
         "rabbitmq"
     }
 
-    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
             return Err(self.closed_error());
@@ -356,7 +356,7 @@ impl Sink for RabbitMqSink {
                 s.cfg.max_message_bytes
             )));
         }
-        let properties = self.properties(&msg)?;
+        let properties = self.properties(msg)?;
 
         let _permit = s.window.acquire().await.map_err(|_| self.closed_error())?;
         if s.closing.load(Ordering::Acquire) {
@@ -368,9 +368,9 @@ impl Sink for RabbitMqSink {
         let (reply, confirmed) = oneshot::channel();
         let job = Job {
             routing_key,
-            payload: msg.payload,
+            payload: msg.payload.clone(),
             properties,
-            ident: (msg.event_id.to_string(), msg.topic),
+            ident: (msg.event_id.to_string(), msg.topic.clone()),
             reply,
         };
         if link.jobs.send(job).is_err() {

@@ -100,7 +100,7 @@ impl Sink for TestSink {
         "test"
     }
 
-    async fn publish(&self, msg: Message) -> Result<(), SinkError> {
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let now = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_concurrent.fetch_max(now, Ordering::SeqCst);
@@ -141,7 +141,7 @@ impl Sink for TestSink {
         self.delivered
             .lock()
             .map_err(|_| SinkError::Fatal("poisoned".into()))?
-            .push(msg);
+            .push(msg.clone());
         Ok(())
     }
 
