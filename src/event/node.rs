@@ -36,7 +36,12 @@ pub enum Node<'a> {
 impl<'a> Node<'a> {
     /// Parses `raw` (serde_json's grammar, its recursion limit and its errors).
     pub fn parse(raw: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(raw)
+        match std::str::from_utf8(raw) {
+            // One pass over the whole body instead of a UTF-8 check per string.
+            Ok(text) => serde_json::from_str(text),
+            // Not UTF-8: serde_json's byte parser fails on it too, with the position it reports.
+            Err(_) => serde_json::from_slice(raw),
+        }
     }
 
     /// The value of `key` when this is an object that has it.
@@ -344,6 +349,18 @@ mod tests {
     fn errors_and_depth_limit_match_serde_json() {
         for bad in ["{", "{\"a\":}", "nul", "[1,]", "\"\\x\""] {
             assert!(Node::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // Not UTF-8, in a string and outside one: the byte parser's own error and position.
+        for bad in [
+            &b"{\"a\":\"\xff\xfe\"}"[..],
+            b"{\"a\":1}\xc3",
+            b"\xef\xbb\xbf{}",
+        ] {
+            let ours = Node::parse(bad).unwrap_err().to_string();
+            let theirs = serde_json::from_slice::<Value>(bad)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(ours, theirs);
         }
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         let e = Node::parse(deep.as_bytes()).unwrap_err();

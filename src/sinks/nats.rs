@@ -672,6 +672,23 @@ fn on_event(sink: &str, tx: &watch::Sender<ConnState>, event: async_nats::Event)
 
 /// The message's headers, `fondo-key` and (JetStream) `Nats-Msg-Id`, validated (no panics on bad
 /// input: the client asserts on names with `:` or control characters and values with CR/LF).
+/// The bridge's own header names, built once (no validation or copy per message).
+fn known_header(name: &str) -> Option<HeaderName> {
+    use crate::sinks::headers as h;
+    const KNOWN: [(&str, HeaderName); 6] = [
+        (h::EVENT_ID, HeaderName::from_static(h::EVENT_ID)),
+        (h::EVENT_TYPE, HeaderName::from_static(h::EVENT_TYPE)),
+        (h::CLIENT_ID, HeaderName::from_static(h::CLIENT_ID)),
+        (h::SOURCE, HeaderName::from_static(h::SOURCE)),
+        (h::TRACEPARENT, HeaderName::from_static(h::TRACEPARENT)),
+        (h::TRACESTATE, HeaderName::from_static(h::TRACESTATE)),
+    ];
+    KNOWN
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, n)| n.clone())
+}
+
 fn build_headers(msg: &Message, jetstream: bool) -> Result<HeaderMap, SinkError> {
     let mut h = HeaderMap::new();
     let value = |name: &str, v: &str| {
@@ -682,11 +699,14 @@ fn build_headers(msg: &Message, jetstream: bool) -> Result<HeaderMap, SinkError>
         })
     };
     for (k, v) in &msg.headers {
-        let name = HeaderName::from_str(k).map_err(|_| {
-            SinkError::Fatal(format!(
-                "header name {k:?} is not valid in NATS (no `:`, spaces, control or non-ASCII)"
-            ))
-        })?;
+        let name = match known_header(k) {
+            Some(n) => n,
+            None => HeaderName::from_str(k).map_err(|_| {
+                SinkError::Fatal(format!(
+                    "header name {k:?} is not valid in NATS (no `:`, spaces, control or non-ASCII)"
+                ))
+            })?,
+        };
         h.append(name, value(k, v)?);
     }
     if let Some(key) = &msg.key {
