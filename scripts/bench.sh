@@ -6,8 +6,9 @@
 # Starts the brokers (scripts/brokers.sh: RabbitMQ 5672, NATS+JetStream 4222; its own tansu Kafka
 # broker on $BENCH_KAFKA_PORT, default 19192, restarted before every Kafka scenario because memory
 # storage keeps everything in RAM), builds `fondo-bench` in release mode and runs it pinned with
-# taskset: the bench process (bridge + simulator thread) on $BENCH_CPUS (default: the last CPU),
-# tansu on the others. RabbitMQ and NATS are the machine's services and are not re-pinned.
+# taskset: the bench process (bridge, raw clients) on $BENCH_CPUS (default: the last CPU), its
+# simulator thread (the load generator of the WebSocket and webhook scenarios) and tansu on the
+# others ($BENCH_BROKER_CPUS). RabbitMQ and NATS are the machine's services and are not re-pinned.
 # Writes bench-results/results.json and docs/benchmarks.md.
 #
 # Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average
@@ -34,9 +35,11 @@ if command -v taskset >/dev/null 2>&1 && ((NCPU >= 2)); then
     BROKER_CPUS=${BENCH_BROKER_CPUS:-0-$((NCPU - 2))}
     PIN_SUT=(taskset -c "$SUT_CPUS")
     PIN_BROKER="taskset -c $BROKER_CPUS"
-    PINNING="bench process (bridge + simulator thread) pinned to CPU $SUT_CPUS, tansu to CPU $BROKER_CPUS; RabbitMQ and NATS unpinned"
+    LOAD=(--load-cpus "$BROKER_CPUS")
+    PINNING="bridge and raw clients pinned to CPU $SUT_CPUS; the simulator's thread (load generator) and tansu to CPU $BROKER_CPUS; RabbitMQ and NATS unpinned"
 else
     PIN_SUT=()
+    LOAD=()
     PIN_BROKER=""
     PINNING="no pinning (taskset missing or a single CPU)"
 fi
@@ -72,5 +75,5 @@ say "running $MODE ($PINNING)"
     --kafka "127.0.0.1:$PORT" \
     --kafka-restart-cmd "$RESTART" \
     --note "$PINNING; busiest processes at start: $OTHERS" \
-    "${ARGS[@]}"
+    "${LOAD[@]}" "${ARGS[@]}"
 scripts/kafka-broker.sh stop "$PORT" >/dev/null 2>&1 || true

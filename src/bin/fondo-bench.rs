@@ -129,6 +129,10 @@ mod bench {
         /// Comma-separated subset of the scenario kinds: raw,core,ws (for profiling one of them).
         #[arg(long, default_value = "raw,core,ws")]
         scenarios: String,
+        /// CPUs for the simulator's thread, the load generator of the WebSocket and webhook
+        /// scenarios (`taskset` list, e.g. `0`); default: wherever the process runs.
+        #[arg(long)]
+        load_cpus: Option<String>,
         /// Free text recorded in the results: what else shared the machine, pinning.
         #[arg(long, default_value = "")]
         note: String,
@@ -332,6 +336,8 @@ mod bench {
 
     /// Objects the generated events are about (`--objects`): events of one object share a key.
     static OBJECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1000);
+    /// `--load-cpus`: where the simulator's thread (the load generator) runs.
+    static LOAD_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
     fn objects() -> usize {
         OBJECTS.load(std::sync::atomic::Ordering::Relaxed)
@@ -830,6 +836,17 @@ mod bench {
                     });
                 })?;
             let (handle, rt, tid) = rx.recv().map_err(|_| anyhow!("simulator thread died"))??;
+            if let (Some(cpus), Some(tid)) = (LOAD_CPUS.get(), tid.as_deref()) {
+                // The load generator off the bridge's CPU, as a separate client would be.
+                let ok = std::process::Command::new("taskset")
+                    .args(["-pc", cpus, tid])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    bail!("cannot pin the simulator thread {tid} to CPUs {cpus} with taskset");
+                }
+            }
             Ok(Self {
                 handle,
                 rt,
@@ -1757,7 +1774,7 @@ mod bench {
             "- **Raw**: the bare client, one connection, at most `window` messages awaiting their confirm: rdkafka `FutureProducer` (`acks=all`, `enable.idempotence=true`, the sink's queue limits), lapin with publisher confirms, `mandatory`, persistent messages to a durable topic exchange with one durable classic queue bound `#`, async-nats JetStream publish + PubAck (file storage, `Nats-Msg-Id`). Same payloads (Generator, padded to the payload size), same keys, same 4-5 headers; payloads pre-generated before timing.",
             "- **Bridge**: `Bridge::start` in-process; the simulator streams `N` events over a WebSocket on loopback (rate unlimited); the WebSocket source spools to disk (spool on, temp dir); one catch-all route `<prefix>.{entity}`; the sink's confirm window (`max_in_flight`) = `window`, `delivery.max_in_flight` as in the run table. Timing starts at the simulator's first event and stops when `delivered_total` (broker-confirmed) reaches `N`.",
             "- **Verified**: after the bridge drained, the broker's own count (Kafka: sum of high watermarks of the 7 topics × 3 partitions; RabbitMQ: message count of the bound queue; JetStream: stream message count; file: lines written) is at least the confirmed count, which is at least `N`. At-least-once may show a few duplicates (count > N).",
-            "- **Sharing**: the simulator (and the webhook sender) run in the same process on their own thread and runtime; their CPU is subtracted but they compete for the same cores. The brokers run on the same machine. Kafka is tansu (memory storage), not Apache Kafka.",
+            "- **Sharing**: the simulator (and the webhook sender) run in the same process on their own thread and runtime, and their CPU is subtracted; `scripts/bench.sh` moves that thread off the bridge's CPU (`--load-cpus`, in the note above), as a separate load generator would be, so it shares a CPU with tansu instead. The brokers run on the same machine. Kafka is tansu (memory storage), not Apache Kafka.",
             "- **Route sweep**: `routes − 1` routes that match `*` but whose `where` filter never holds, plus the catch-all: every event is evaluated against every route.",
         ] {
             push(&mut s, l);
@@ -1895,6 +1912,9 @@ mod bench {
     pub fn main() -> anyhow::Result<()> {
         let a = Args::parse();
         OBJECTS.store(a.objects.max(1), std::sync::atomic::Ordering::Relaxed);
+        if let Some(cpus) = &a.load_cpus {
+            let _ = LOAD_CPUS.set(cpus.clone());
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
