@@ -419,6 +419,41 @@ async fn mock_broker_down_then_up_is_delivered() {
         .expect("delivered after the broker came back");
 }
 
+/// `max_in_flight` bounds the messages handed to librdkafka and awaiting a delivery report: with
+/// the broker down, the rest wait in the sink, and all are delivered once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_confirm_window_bounds_messages_awaiting_reports() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut cfg = mock_sink_config(&mock);
+    cfg.max_in_flight = 2;
+    let sink = Arc::new(connect(&cfg).await);
+    sink.publish(&message("t", Some("k0"), 0))
+        .await
+        .expect("first");
+    mock.broker_down(1).unwrap();
+    let pending: Vec<_> = (1..=5)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(
+                async move { sink.publish(&message("t", Some(&format!("k{i}")), i)).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(sink.in_flight(), 2, "messages handed to librdkafka");
+    assert!(pending.iter().all(|p| !p.is_finished()));
+    mock.broker_up(1).unwrap();
+    for p in pending {
+        tokio::time::timeout(Duration::from_secs(20), p)
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("delivered after the broker came back");
+    }
+    assert_eq!(sink.in_flight(), 0);
+}
+
 /// The health check follows the broker; statistics come when asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_healthcheck_and_statistics() {

@@ -360,6 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn the_confirm_window_is_bounded() {
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (1024, true),
+            (MAX_IN_FLIGHT + 1, false),
+        ] {
+            let c = KafkaSinkConfig {
+                max_in_flight: n,
+                ..cfg(&[])
+            };
+            assert_eq!(paths(&c).is_empty(), ok, "{n}: {:?}", c.validate());
+            if !ok {
+                assert_eq!(paths(&c), ["max_in_flight"]);
+            }
+        }
+    }
+
+    #[test]
     fn delivery_settings_need_the_opt_out() {
         let c = cfg(&[("acks", "0"), ("enable.idempotence", "false")]);
         assert_eq!(
