@@ -93,9 +93,10 @@ mod bench {
         #[arg(long, default_value_t = 1024)]
         window: usize,
         /// The bridge's intake bound (`delivery.max_in_flight`: events inside the bridge, also
-        /// those queued behind an earlier event of their key); default: the shipped default.
-        #[arg(long, default_value_t = 10_000)]
-        bridge_in_flight: usize,
+        /// those queued behind an earlier event of their key); default: the confirm window, so the
+        /// bridge never holds more events than the raw client has in flight.
+        #[arg(long)]
+        bridge_in_flight: Option<usize>,
         /// Concurrent webhook requests.
         #[arg(long, default_value_t = 64)]
         webhook_concurrency: usize,
@@ -146,6 +147,11 @@ mod bench {
     }
 
     impl Args {
+        /// `delivery.max_in_flight` for the bridge under test.
+        fn intake(&self) -> usize {
+            self.bridge_in_flight.unwrap_or(self.window)
+        }
+
         fn wants(&self, what: &str) -> bool {
             self.only.split(',').any(|s| s.trim() == what)
         }
@@ -991,7 +997,7 @@ mod bench {
             "routes": rs,
             "unmatched": "dead_letter",
             "dead_letter": {"fallback_file": tmp.join("dead-letter.jsonl")},
-            "delivery": {"max_in_flight": a.bridge_in_flight, "drain_timeout_ms": 30000},
+            "delivery": {"max_in_flight": a.intake(), "drain_timeout_ms": 30000},
             "spool": {"dir": tmp.join("spool")},
         });
         Config::from_str_with_env(&cfg.to_string(), "yaml", Vec::<(String, String)>::new())
@@ -1580,7 +1586,7 @@ mod bench {
             ),
             (
                 "bridge intake bound (`delivery.max_in_flight`)",
-                a.bridge_in_flight.to_string(),
+                a.intake().to_string(),
             ),
             ("note", env.note.clone()),
         ] {
@@ -1597,9 +1603,9 @@ mod bench {
                 &mut s,
                 "Both sides publish the same pre-generated payloads to the same broker with the same \
                  confirm window (messages awaiting the broker's confirm: the raw client's window, the \
-                 bridge sink's `max_in_flight`), in the same run. The bridge may hold more events \
-                 than that inside (`delivery.max_in_flight`, above), queued behind an earlier event \
-                 of the same object, as it does when deployed. Raw: the bare client. Bridge core: each body is \
+                 bridge sink's `max_in_flight`), in the same run. The bridge holds at most \
+                 `delivery.max_in_flight` events inside (above; by default the same number), \
+                 including those queued behind an earlier event of the same object. Raw: the bare client. Bridge core: each body is \
                  parsed (`Event::parse`), submitted to the dispatcher (routing, per-key ordering, \
                  headers, deduplication, acknowledgement) and published by the bridge's sink; no \
                  network source, no spool. Latency: publish→confirm (raw) and submit→ack (bridge), \
