@@ -240,6 +240,8 @@ struct Shared {
     sent: Mutex<HashMap<String, Vec<Bytes>>>,
     malformed: Mutex<Vec<MalformedFrame>>,
     handshakes: Mutex<Vec<Handshake>>,
+    /// Per client id, how many events it had been sent when each of its connections ended.
+    connection_ends: Mutex<HashMap<String, Vec<usize>>>,
 }
 
 impl Shared {
@@ -298,6 +300,17 @@ impl SimHandle {
             .sent
             .lock()
             .map(|s| s.get(client_id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// For each of `client_id`'s connections that has ended, in order, how many events the
+    /// stream had been sent by then (only with `record`): the events a connection killed
+    /// mid-stream carried last end just before its entry.
+    pub fn connection_ends(&self, client_id: &str) -> Vec<usize> {
+        self.shared
+            .connection_ends
+            .lock()
+            .map(|e| e.get(client_id).cloned().unwrap_or_default())
             .unwrap_or_default()
     }
 
@@ -396,6 +409,7 @@ pub async fn start(cfg: StreamConfig) -> Result<(SocketAddr, SimHandle), Simulat
         sent: Mutex::new(HashMap::new()),
         malformed: Mutex::new(Vec::new()),
         handshakes: Mutex::new(Vec::new()),
+        connection_ends: Mutex::new(HashMap::new()),
     });
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown.clone()));
@@ -541,6 +555,16 @@ async fn connection(
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     tracing::debug!(%peer, client_id, "simulator connection open");
     let why = serve(ws, &client_id, &shared, &shutdown).await;
+    if shared.cfg.record {
+        let sent = shared
+            .sent
+            .lock()
+            .map(|s| s.get(&client_id).map_or(0, Vec::len))
+            .unwrap_or(0);
+        if let Ok(mut ends) = shared.connection_ends.lock() {
+            ends.entry(client_id.clone()).or_default().push(sent);
+        }
+    }
     shared.open_connections.fetch_sub(1, Ordering::SeqCst);
     tracing::debug!(%peer, client_id, why, "simulator connection closed");
 }
