@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -92,7 +92,10 @@ impl FileSink {
         let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         let writer = std::thread::Builder::new()
             .name(format!("file-sink-{name}"))
-            .spawn(move || writer_loop(rx, dir, policy, interval))
+            .spawn({
+                let name = name.to_owned();
+                move || writer_loop(rx, dir, policy, interval, &name)
+            })
             .map_err(|e| SinkError::Fatal(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             name: name.to_owned(),
@@ -113,7 +116,99 @@ impl FileSink {
 
 struct Writer {
     file: BufWriter<File>,
+    /// The same file (a duplicated descriptor), for the fsync pool.
+    sync: Arc<File>,
     dirty: bool,
+}
+
+/// How many files one batch fsyncs at once: the writer thread plus this many helpers.
+const SYNC_HELPERS: usize = 3;
+
+type SyncJob = (
+    usize,
+    Arc<File>,
+    std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+);
+
+/// Long-lived threads that fsync files side by side, so a batch that touched several files waits
+/// for the slowest fsync rather than their sum, without starting a thread per batch.
+struct SyncPool {
+    jobs: Option<std::sync::mpsc::Sender<SyncJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SyncPool {
+    fn start(name: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..SYNC_HELPERS)
+            .filter_map(|i| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("file-sync-{name}-{i}"))
+                    .spawn(move || {
+                        loop {
+                            // A poisoned lock only means another helper panicked mid-`recv`.
+                            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                            let Ok((idx, file, done)) = job else { break };
+                            let _ = done.send((idx, file.sync_data().map_err(|e| e.to_string())));
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            threads,
+        }
+    }
+
+    /// fsyncs every `Some` file (`None` is skipped as `Ok`), results in the same order.
+    fn sync_all(&self, files: &[Option<&Arc<File>>]) -> Vec<Result<(), String>> {
+        let mut out: Vec<Result<(), String>> = vec![Ok(()); files.len()];
+        let mut todo = files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.map(|f| (i, f)));
+        // The writer thread takes the first file itself; helpers take the rest.
+        let Some((first, first_file)) = todo.next() else {
+            return out;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut sent = 0usize;
+        for (i, f) in todo {
+            let queued = self
+                .jobs
+                .as_ref()
+                .filter(|_| !self.threads.is_empty())
+                .is_some_and(|jobs| jobs.send((i, Arc::clone(f), done_tx.clone())).is_ok());
+            if queued {
+                // Until its helper answers: a helper that died mid-job leaves the file unconfirmed.
+                out[i] = Err("fsync helper stopped before answering".to_owned());
+                sent += 1;
+            } else {
+                out[i] = f.sync_data().map_err(|e| e.to_string());
+            }
+        }
+        drop(done_tx);
+        out[first] = first_file.sync_data().map_err(|e| e.to_string());
+        for _ in 0..sent {
+            match done_rx.recv() {
+                Ok((i, r)) => out[i] = r,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SyncPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn writer_loop(
@@ -121,7 +216,9 @@ fn writer_loop(
     dir: PathBuf,
     policy: FsyncPolicy,
     interval: Duration,
+    name: &str,
 ) {
+    let pool = SyncPool::start(name);
     let mut files: HashMap<String, Writer> = HashMap::new();
     let mut last_sync = Instant::now();
     while let Some(first) = rx.blocking_recv() {
@@ -151,32 +248,15 @@ fn writer_loop(
             flushed.push(w.file.flush().map_err(|e| e.to_string()));
             let _ = topic;
         }
-        // The files' fsyncs run side by side: one batch waits for the slowest, not for the sum.
+        // The files' fsyncs run side by side on the pool: one batch waits for the slowest of its
+        // files, not for their sum.
         let synced: Vec<Result<(), String>> = if sync_now {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = dirty
-                    .iter()
-                    .zip(&flushed)
-                    .map(|((_, w), f)| {
-                        let file = w.file.get_ref();
-                        let ok = f.is_ok();
-                        scope.spawn(move || {
-                            if ok {
-                                file.sync_data().map_err(|e| e.to_string())
-                            } else {
-                                Ok(())
-                            }
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("fsync thread panicked".to_owned()))
-                    })
-                    .collect()
-            })
+            let targets: Vec<Option<&Arc<File>>> = dirty
+                .iter()
+                .zip(&flushed)
+                .map(|((_, w), f)| f.is_ok().then_some(&w.sync))
+                .collect();
+            pool.sync_all(&targets)
         } else {
             vec![Ok(()); dirty.len()]
         };
@@ -228,7 +308,11 @@ fn write_one(
                 .map_err(|e| {
                     SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
                 })?;
+            let sync = f.try_clone().map(Arc::new).map_err(|e| {
+                SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
+            })?;
             files.entry(msg.topic.clone()).or_insert(Writer {
+                sync,
                 file: BufWriter::with_capacity(256 * 1024, f),
                 dirty: false,
             })
@@ -412,5 +496,76 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.reason().contains("cannot create directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishes_over_many_topics_are_all_confirmed_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(
+            FileSink::new(
+                "files",
+                &FileSinkConfig {
+                    dir: dir.path().to_path_buf(),
+                    fsync: FsyncPolicy::Batch,
+                    fsync_interval_ms: 100,
+                },
+            )
+            .unwrap(),
+        );
+        // More topics than fsync helpers, published at once, so batches span many files.
+        let topics: Vec<String> = (0..(SYNC_HELPERS * 3)).map(|t| format!("t{t}")).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..600usize {
+            let sink = Arc::clone(&sink);
+            let m = msg(&topics[i % topics.len()], &format!("e{i}"), b"{}");
+            tasks.spawn(async move { sink.publish(&m).await });
+        }
+        let mut confirmed = 0;
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+            confirmed += 1;
+        }
+        assert_eq!(confirmed, 600);
+        let mut ids = std::collections::BTreeSet::new();
+        for t in &topics {
+            let text = std::fs::read_to_string(dir.path().join(format!("{t}.jsonl"))).unwrap();
+            for l in text.lines() {
+                let r: FileRecord = serde_json::from_str(l).unwrap();
+                assert_eq!(&r.topic, t);
+                ids.insert(r.event_id);
+            }
+        }
+        assert_eq!(
+            ids.len(),
+            600,
+            "every confirmed message is in its file once"
+        );
+        sink.close(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn sync_pool_answers_in_order_and_without_helpers_syncs_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Arc<File>> = (0..5)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        let targets: Vec<Option<&Arc<File>>> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i != 2).then_some(f))
+            .collect();
+        let pool = SyncPool::start("t");
+        assert_eq!(pool.threads.len(), SYNC_HELPERS);
+        assert_eq!(pool.sync_all(&targets), vec![Ok(()); 5]);
+        assert!(pool.sync_all(&[]).is_empty());
+        // With its helpers gone every file is still synced, on the calling thread.
+        let mut gone = pool;
+        gone.jobs = None;
+        for t in gone.threads.drain(..) {
+            t.join().unwrap();
+        }
+        assert_eq!(gone.sync_all(&targets), vec![Ok(()); 5]);
     }
 }
