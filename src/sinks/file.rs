@@ -69,7 +69,9 @@ pub fn topic_file(dir: &Path, topic: &str) -> PathBuf {
     dir.join(format!("{safe}.jsonl"))
 }
 
-type Request = (Message, oneshot::Sender<Result<(), SinkError>>);
+/// A record encoded by the publishing task (topic, the JSON line with its newline), so the writer
+/// thread only writes and syncs, and no message is copied to cross threads.
+type Request = (String, Vec<u8>, oneshot::Sender<Result<(), SinkError>>);
 
 pub struct FileSink {
     name: String,
@@ -230,8 +232,8 @@ fn writer_loop(
             }
         }
         let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
-        for (msg, _) in &batch {
-            results.push(write_one(&mut files, &dir, msg));
+        for (topic, line, _) in &batch {
+            results.push(write_line(&mut files, &dir, topic, line));
         }
         // Flush every touched file, and fsync as the policy says; a failure fails the whole batch
         // of that file, so nothing is confirmed that may not be on disk.
@@ -275,8 +277,8 @@ fn writer_loop(
             // Reopen on the next write: the buffered state is unknown.
             files.remove(topic);
         }
-        for ((msg, reply), mut result) in batch.into_iter().zip(results) {
-            if let Some(e) = failed.get(&msg.topic) {
+        for ((topic, _, reply), mut result) in batch.into_iter().zip(results) {
+            if let Some(e) = failed.get(&topic) {
                 if result.is_ok() {
                     result = Err(SinkError::Retriable(format!("flush failed: {e}")));
                 }
@@ -292,15 +294,17 @@ fn writer_loop(
     }
 }
 
-fn write_one(
+/// Appends one encoded line to its topic's file, opening the file on first use.
+fn write_line(
     files: &mut HashMap<String, Writer>,
     dir: &Path,
-    msg: &Message,
+    topic: &str,
+    line: &[u8],
 ) -> Result<(), SinkError> {
-    let w = match files.get_mut(&msg.topic) {
+    let w = match files.get_mut(topic) {
         Some(w) => w,
         None => {
-            let path = topic_file(dir, &msg.topic);
+            let path = topic_file(dir, topic);
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -311,14 +315,23 @@ fn write_one(
             let sync = f.try_clone().map(Arc::new).map_err(|e| {
                 SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
             })?;
-            files.entry(msg.topic.clone()).or_insert(Writer {
+            files.entry(topic.to_owned()).or_insert(Writer {
                 sync,
                 file: BufWriter::with_capacity(256 * 1024, f),
                 dirty: false,
             })
         }
     };
-    // Borrowed view of the record: the same JSON as `FileRecord`, without copying the payload.
+    w.file
+        .write_all(line)
+        .map_err(|e| SinkError::Retriable(format!("write failed: {e}")))?;
+    w.dirty = true;
+    Ok(())
+}
+
+/// One message as its JSON line (newline included): the same JSON as [`FileRecord`].
+fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
+    // Borrowed view of the record, without copying the payload.
     #[derive(Serialize)]
     struct Line<'a> {
         topic: &'a str,
@@ -354,11 +367,7 @@ fn write_one(
     serde_json::to_writer(&mut line, &rec)
         .map_err(|e| SinkError::Fatal(format!("cannot encode record: {e}")))?;
     line.push(b'\n');
-    w.file
-        .write_all(&line)
-        .map_err(|e| SinkError::Retriable(format!("write failed: {e}")))?;
-    w.dirty = true;
-    Ok(())
+    Ok(line)
 }
 
 #[async_trait]
@@ -375,8 +384,9 @@ impl Sink for FileSink {
         let tx = self
             .sender()
             .ok_or_else(|| SinkError::Retriable("file sink is closed".into()))?;
+        let line = encode_line(msg)?;
         let (reply, rx) = oneshot::channel();
-        tx.send((msg.clone(), reply))
+        tx.send((msg.topic.clone(), line, reply))
             .await
             .map_err(|_| SinkError::Retriable("file sink writer stopped".into()))?;
         rx.await
