@@ -6,7 +6,7 @@
 //! every string that has no escape sequence straight from the frame, and keeps an object as one
 //! `Vec` of entries, sorted by key once while parsing. That is all the parse needs: the event type,
 //! the `current`/`previous` checks, the client id, the object's ref, an id pointer, and the content
-//! id, which is the SHA-256 of the canonical serialisation. [`Node`]'s `Serialize` writes exactly the
+//! id, which is the XXH3-128 hash of the canonical serialisation. [`Node`]'s `Serialize` writes exactly the
 //! bytes a `serde_json::Value` of the same body writes (keys sorted bytewise, the last of duplicated
 //! keys wins, numbers as `serde_json::Number`), so ids are unchanged; a unit test and the
 //! `parse_event` fuzz target hold the two side by side.
