@@ -578,4 +578,23 @@ mod tests {
         }
         assert_eq!(gone.sync_all(&targets), vec![Ok(()); 5]);
     }
+
+    #[test]
+    fn an_fsync_no_helper_answered_is_a_failure_not_a_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Arc<File>> = (0..2)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        // A helper that takes the job and drops it without syncing or answering.
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let helper = std::thread::spawn(move || drop(rx.recv()));
+        let pool = SyncPool {
+            jobs: Some(tx),
+            threads: vec![helper],
+        };
+        let out = pool.sync_all(&[Some(&files[0]), Some(&files[1])]);
+        assert_eq!(out[0], Ok(()), "the writer's own file is synced inline");
+        let err = out[1].clone().unwrap_err();
+        assert!(err.contains("fsync helper stopped"), "{err}");
+    }
 }
