@@ -105,9 +105,8 @@ struct Inner {
     closed: AtomicBool,
     shared: Arc<Shared>,
     tasks: TaskTracker,
-    delivered_ids: moka::sync::Cache<Arc<str>, (), foldhash::fast::RandomState>,
-    /// Ids in flight, each with the copies of it that arrived meanwhile and wait for its outcome.
-    pending_ids: std::sync::Mutex<HashMap<Arc<str>, Vec<Parked>, foldhash::fast::RandomState>>,
+    /// Ids in flight (with the copies that wait for their outcome) and ids delivered lately.
+    ids: std::sync::Mutex<dedupe::Ids<Parked>>,
 }
 
 /// What every delivery needs, shared by the workers.
@@ -212,17 +211,10 @@ impl Dispatcher {
                 closed: AtomicBool::new(false),
                 shared,
                 tasks,
-                // LRU rather than moka's default TinyLFU: an id seen once must always be admitted
-                // (TinyLFU may refuse a new, rarely seen key when full, and then its redelivery
-                // would be published again), and LRU skips the frequency sketch on every insert.
-                delivered_ids: moka::sync::Cache::builder()
-                    .max_capacity(parts.dedupe_capacity)
-                    .time_to_live(parts.dedupe_ttl)
-                    .eviction_policy(moka::policy::EvictionPolicy::lru())
-                    // foldhash rather than SipHash: seeded per process, and a fraction of the cost
-                    // on the per-event path (SipHash showed in the profile).
-                    .build_with_hasher(foldhash::fast::RandomState::default()),
-                pending_ids: std::sync::Mutex::new(HashMap::default()),
+                ids: std::sync::Mutex::new(dedupe::Ids::new(
+                    parts.dedupe_ttl,
+                    parts.dedupe_capacity,
+                )),
             }),
         }
     }
@@ -353,23 +345,19 @@ impl Dispatcher {
     /// duplicate) or is in flight now (then it waits for that outcome, parked without a task).
     fn admit_tracked(&self, p: Parked) {
         let id = Arc::clone(&p.env.event.event_id);
-        if self.inner.delivered_ids.contains_key(&id) {
-            self.deduplicated(p.env, p.in_flight, &p.span);
-            return;
-        }
-        {
-            // A poisoned map is still a consistent map: every update is a single insert or remove.
-            let mut pending = self
-                .inner
-                .pending_ids
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(twins) = pending.get_mut(&id) {
-                twins.push(p);
+        let admitted = {
+            // A poisoned table is still consistent: every update is a single map or queue step.
+            let mut ids = self.ids();
+            ids.admit(&id, p, Instant::now())
+        };
+        let p = match admitted {
+            dedupe::Admission::Publish(p) => p,
+            dedupe::Admission::Duplicate(p) => {
+                self.deduplicated(p.env, p.in_flight, &p.span);
                 return;
             }
-            pending.insert(Arc::clone(&id), Vec::new());
-        }
+            dedupe::Admission::Parked => return,
+        };
         let Parked {
             env,
             in_flight,
@@ -389,16 +377,8 @@ impl Dispatcher {
         // source, then settles the twins that waited: duplicates when delivered, otherwise the
         // first of them becomes the new attempt and the rest wait for it.
         let tracked = AckHandle::on_done(move |status| {
-            if status == AckStatus::Delivered {
-                this.inner.delivered_ids.insert(Arc::clone(&id), ());
-            }
-            let twins = this
-                .inner
-                .pending_ids
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id)
-                .unwrap_or_default();
+            let delivered = status == AckStatus::Delivered;
+            let twins = this.ids().settle(&id, delivered, Instant::now());
             this.count_ack(source, status);
             span2.finish(status);
             ack.finish(status);
@@ -422,6 +402,13 @@ impl Dispatcher {
             in_flight,
             span,
         );
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, dedupe::Ids<Parked>> {
+        self.inner
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
@@ -1033,6 +1020,8 @@ mod propagation {
         })
     }
 }
+
+mod dedupe;
 
 #[cfg(test)]
 mod tests;

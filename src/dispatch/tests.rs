@@ -537,9 +537,9 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
         .await;
 }
 
-/// With the dedupe cache full, the newest delivered ids are still remembered: a redelivery of a
-/// recent event is not published again. (moka's default TinyLFU policy may refuse to admit a new,
-/// once-seen key into a full cache; the dispatcher uses LRU so that it never does.)
+/// With the dedupe memory full, the newest delivered ids are still remembered: a redelivery of a
+/// recent event is not published again. (A cache with an admission policy, such as moka's
+/// TinyLFU, may refuse a new, once-seen key when full; the dispatcher forgets the oldest first.)
 #[tokio::test]
 async fn a_full_dedupe_cache_still_remembers_the_newest_ids() {
     let sink = Arc::new(TestSink::new("s", Faults::default()));
