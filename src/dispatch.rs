@@ -589,10 +589,14 @@ impl Dispatcher {
 fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
     let e = &ctx.event;
     let mut h = Vec::with_capacity(6 + d.headers.len());
-    h.push((headers::EVENT_ID.to_owned(), e.event_id.to_string()));
-    h.push((headers::EVENT_TYPE.to_owned(), e.event_type.to_string()));
+    // `to_owned` of the `str`, not `to_string`: for an `Arc<str>` that goes through `fmt`.
+    h.push((headers::EVENT_ID.to_owned(), (*e.event_id).to_owned()));
+    h.push((
+        headers::EVENT_TYPE.to_owned(),
+        e.event_type.as_str().to_owned(),
+    ));
     if let Some(c) = &e.client_id {
-        h.push((headers::CLIENT_ID.to_owned(), c.to_string()));
+        h.push((headers::CLIENT_ID.to_owned(), (**c).to_owned()));
     }
     h.push((headers::SOURCE.to_owned(), ctx.source.as_str().to_owned()));
     if let Some(tp) = &ctx.trace.traceparent {

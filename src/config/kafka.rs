@@ -168,8 +168,8 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 impl KafkaSinkConfig {

@@ -415,6 +415,32 @@ pub fn check_publish_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return Err("empty subject".into());
     }
+    // Checked on every publish: one pass over the bytes for the usual all-ASCII subject.
+    if subject.is_ascii() {
+        let b = subject.as_bytes();
+        let mut last = b'.';
+        for &c in b {
+            if c.is_ascii_whitespace() || c.is_ascii_control() {
+                return Err(format!("whitespace or control character {:?}", c as char));
+            }
+            if c == b'*' || c == b'>' {
+                return Err("wildcard `*` or `>` (not allowed when publishing)".into());
+            }
+            if c == b'.' && last == b'.' {
+                return Err("empty token (leading, trailing or double `.`)".into());
+            }
+            last = c;
+        }
+        if last == b'.' {
+            return Err("empty token (leading, trailing or double `.`)".into());
+        }
+        return Ok(());
+    }
+    check_subject_chars(subject)
+}
+
+/// [`check_publish_subject`] for any UTF-8 subject, character by character.
+fn check_subject_chars(subject: &str) -> Result<(), String> {
     if let Some(c) = subject
         .chars()
         .find(|c| c.is_whitespace() || c.is_control())
@@ -475,6 +501,31 @@ mod tests {
         assert!(validate_subject_template("fondo.{action").is_err());
         assert!(validate_subject_template("fondo.{}").is_err());
         assert!(validate_subject_template("fondo.\t").is_err());
+    }
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_the_general_check() {
+        let alphabet = [
+            'a', '.', '*', '>', ' ', '\t', '\u{7f}', '\u{b}', '-', '\u{e9}',
+        ];
+        let mut subjects = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = subjects
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            subjects.extend(longer);
+        }
+        subjects.sort();
+        subjects.dedup();
+        let (mut ok, mut bad) = (0, 0);
+        for s in subjects.iter().filter(|s| !s.is_empty() && s.is_ascii()) {
+            let fast = check_publish_subject(s).is_ok();
+            assert_eq!(fast, check_subject_chars(s).is_ok(), "{s:?}");
+            if fast { ok += 1 } else { bad += 1 }
+        }
+        // Both answers must be exercised: valid subjects (`a.a-`) and every kind of invalid one.
+        assert!(ok >= 40 && bad >= 1000, "{ok} valid, {bad} invalid");
     }
 
     #[test]
