@@ -82,32 +82,15 @@ impl<P> Ids<P> {
     /// Settles the id in flight: remembered as delivered at `now` when `delivered`, forgotten
     /// otherwise. Returns the copies that waited for this outcome.
     pub(super) fn settle(&mut self, id: &Arc<str>, delivered: bool, now: Instant) -> Vec<P> {
-        let twins = if delivered && self.capacity > 0 {
-            match self.map.get_mut(id) {
-                Some(slot) => match std::mem::replace(slot, Slot::Delivered(now)) {
-                    Slot::InFlight(twins) => {
-                        self.expiry.push_back((now, Arc::clone(id)));
-                        twins
-                    }
-                    // Not in flight (cannot happen: only the admitted copy settles): keep the
-                    // older delivery, whose queue entry exists.
-                    old @ Slot::Delivered(_) => {
-                        *slot = old;
-                        Vec::new()
-                    }
-                },
-                None => Vec::new(),
-            }
-        } else {
-            match self.map.remove(id) {
-                Some(Slot::InFlight(twins)) => twins,
-                Some(old @ Slot::Delivered(_)) => {
-                    self.map.insert(Arc::clone(id), old);
-                    Vec::new()
-                }
-                None => Vec::new(),
-            }
+        // Only the admitted copy settles its id, and the id is in flight until it does.
+        let twins = match self.map.remove(id) {
+            Some(Slot::InFlight(twins)) => twins,
+            _ => Vec::new(),
         };
+        if delivered && self.capacity > 0 {
+            self.map.insert(Arc::clone(id), Slot::Delivered(now));
+            self.expiry.push_back((now, Arc::clone(id)));
+        }
         self.expire(now);
         twins
     }
@@ -146,12 +129,20 @@ mod tests {
         matches!(a, Admission::Publish(_))
     }
 
+    /// Admits `name` (it must be published) and settles it as delivered at `at`.
+    fn deliver(ids: &mut Ids<u32>, name: &str, at: Instant) {
+        assert!(
+            is_publish(&ids.admit(&id(name), 0, at)),
+            "{name} must be published"
+        );
+        assert!(ids.settle(&id(name), true, at).is_empty());
+    }
+
     #[test]
     fn a_delivered_id_is_a_duplicate_until_its_ttl_ends() {
         let t0 = Instant::now();
         let mut ids = Ids::new(Duration::from_secs(10), 100);
-        assert!(is_publish(&ids.admit(&id("a"), 1, t0)));
-        assert!(ids.settle(&id("a"), true, t0).is_empty());
+        deliver(&mut ids, "a", t0);
         let at = |s| t0 + Duration::from_secs(s);
         assert!(matches!(
             ids.admit(&id("a"), 2, at(9)),
@@ -192,9 +183,7 @@ mod tests {
         let t0 = Instant::now();
         let mut ids = Ids::new(Duration::from_secs(3600), 3);
         for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-            let at = t0 + Duration::from_millis(i as u64);
-            assert!(is_publish(&ids.admit(&id(name), 0, at)));
-            ids.settle(&id(name), true, at);
+            deliver(&mut ids, name, t0 + Duration::from_millis(i as u64));
         }
         assert_eq!(ids.remembered(), 3);
         let later = t0 + Duration::from_secs(1);
@@ -216,9 +205,8 @@ mod tests {
     fn a_capacity_of_zero_remembers_nothing() {
         let now = Instant::now();
         let mut ids = Ids::new(Duration::from_secs(60), 0);
-        assert!(is_publish(&ids.admit(&id("a"), 1, now)));
-        assert!(ids.settle(&id("a"), true, now).is_empty());
-        assert!(is_publish(&ids.admit(&id("a"), 2, now)));
+        deliver(&mut ids, "a", now);
+        deliver(&mut ids, "a", now);
         assert_eq!(ids.remembered(), 0);
     }
 
@@ -227,12 +215,10 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let mut ids = Ids::new(ttl, 100);
-        ids.admit(&id("a"), 0, t0);
-        ids.settle(&id("a"), true, t0);
-        // Expired, admitted again before the queue was swept, delivered again.
+        deliver(&mut ids, "a", t0);
+        // Expired, so admitted and delivered again.
         let t1 = t0 + ttl;
-        assert!(is_publish(&ids.admit(&id("a"), 0, t1)));
-        ids.settle(&id("a"), true, t1);
+        deliver(&mut ids, "a", t1);
         // The first entry is swept now; the second delivery must survive it.
         let t2 = t1 + Duration::from_secs(1);
         assert!(matches!(

@@ -555,12 +555,16 @@ mod tests {
             .unwrap();
     }
 
+    fn temp_files(dir: &Path, n: usize) -> Vec<Arc<File>> {
+        (0..n)
+            .map(|i| Arc::new(File::create(dir.join(format!("f{i}"))).unwrap()))
+            .collect()
+    }
+
     #[test]
     fn sync_pool_answers_in_order_and_without_helpers_syncs_inline() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<Arc<File>> = (0..5)
-            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
-            .collect();
+        let files = temp_files(dir.path(), 5);
         let targets: Vec<Option<&Arc<File>>> = files
             .iter()
             .enumerate()
@@ -582,9 +586,7 @@ mod tests {
     #[test]
     fn an_fsync_no_helper_answered_is_a_failure_not_a_confirmation() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<Arc<File>> = (0..2)
-            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
-            .collect();
+        let files = temp_files(dir.path(), 2);
         // A helper that takes the job and drops it without syncing or answering.
         let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
         let helper = std::thread::spawn(move || drop(rx.recv()));
