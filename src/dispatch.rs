@@ -613,6 +613,8 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
             headers: h,
             payload: d.body,
             event_id: Arc::clone(&e.event_id),
+            // The parser accepted the original bytes; a redacted body is serde_json's output.
+            payload_is_json: true,
         },
         d.sink,
     )

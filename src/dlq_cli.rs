@@ -1525,6 +1525,8 @@ async fn send_direct(
                 headers: h,
                 payload: Bytes::from(d.body_bytes()),
                 event_id: Arc::from(d.event_id.as_str()),
+                // A dead letter's body may be the malformed input that made it one.
+                payload_is_json: false,
             };
             let started = Instant::now();
             let mut delay = policy.initial;

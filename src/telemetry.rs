@@ -192,8 +192,13 @@ where
             .with_current_span(false)
             .with_filter(filter)
             .boxed(),
+        // Colours only on a terminal: piped into a log collector they would be escape codes.
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_target(false)
             .with_filter(filter)
             .boxed(),

@@ -3,8 +3,17 @@
 //!
 //! One writer thread owns the files. Publishes queue to it; it writes everything queued, then makes
 //! the batch durable with one `fsync` per touched file (group commit), then confirms each publish.
-//! A line is `{"topic","key","event_id","headers":{..},"payload":"<original text>"}`; `payload`
-//! holds the original bytes exactly (as `payload_base64` when they are not UTF-8).
+//! A line is `{"topic","key","event_id","headers":{..},"payload_json":<original JSON>}`. Every
+//! line holds the original bytes exactly, in one of three fields:
+//! - `payload_json`: the payload itself, embedded as JSON, when it is known to be one JSON
+//!   document ([`Message::payload_is_json`]) with no line break and no whitespace around it. This
+//!   is the usual case (every event the bridge parsed), and the cheapest to write and to read
+//!   (`jq .payload_json.current`); read as a raw value it gives back the bytes unchanged.
+//! - `payload`: the payload as a JSON string, when it is UTF-8 but not embeddable (pretty-printed
+//!   JSON with line breaks, or not JSON);
+//! - `payload_base64`: when it is not UTF-8.
+//!
+//! [`FileRecord::payload_bytes`] returns the original bytes whichever field holds them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -16,13 +25,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Message, Sink, SinkError};
 use crate::config::{FileSinkConfig, FsyncPolicy};
 
-/// One line of a file sink's output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One line of a file sink's output (see the module docs for which payload field is used).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRecord {
     pub topic: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,6 +40,9 @@ pub struct FileRecord {
     pub event_id: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The payload embedded as JSON, exactly as it was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_json: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,12 +52,13 @@ pub struct FileRecord {
 impl FileRecord {
     /// The original payload bytes.
     pub fn payload_bytes(&self) -> Vec<u8> {
-        match (&self.payload, &self.payload_base64) {
-            (Some(p), _) => p.as_bytes().to_vec(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+        match (&self.payload_json, &self.payload, &self.payload_base64) {
+            (Some(j), _, _) => j.get().as_bytes().to_vec(),
+            (None, Some(p), _) => p.as_bytes().to_vec(),
+            (None, None, Some(b)) => base64::engine::general_purpose::STANDARD
                 .decode(b)
                 .unwrap_or_default(),
-            (None, None) => Vec::new(),
+            (None, None, None) => Vec::new(),
         }
     }
 }
@@ -344,12 +358,17 @@ fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
         #[serde(skip_serializing_if = "Option::is_none")]
         payload_base64: Option<String>,
     }
-    let (payload, payload_base64) = match std::str::from_utf8(&msg.payload) {
-        Ok(s) => (Some(s), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
-        ),
+    let embed = msg.payload_is_json && embeddable_json(&msg.payload);
+    let (payload, payload_base64) = if embed {
+        (None, None)
+    } else {
+        match std::str::from_utf8(&msg.payload) {
+            Ok(s) => (Some(s), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
+            ),
+        }
     };
     let rec = Line {
         topic: &msg.topic,
@@ -366,8 +385,30 @@ fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
     let mut line = Vec::with_capacity(msg.payload.len() + 512);
     serde_json::to_writer(&mut line, &rec)
         .map_err(|e| SinkError::Fatal(format!("cannot encode record: {e}")))?;
+    if embed {
+        // `{..}` becomes `{..,"payload_json":<payload>}`: the payload is copied, not escaped.
+        line.pop();
+        line.extend_from_slice(b",\"payload_json\":");
+        line.extend_from_slice(&msg.payload);
+        line.push(b'}');
+    }
     line.push(b'\n');
     Ok(line)
+}
+
+/// Whether a payload known to be one JSON document can be embedded in a line as it is: no line
+/// break (it would split the line), and no whitespace before or after the value (a reader's raw
+/// value would not give that back, so the bytes would not round-trip exactly). A line break can
+/// only be whitespace in valid JSON: inside strings it is always escaped.
+fn embeddable_json(payload: &[u8]) -> bool {
+    match (payload.first(), payload.last()) {
+        (Some(first), Some(last)) => {
+            !first.is_ascii_whitespace()
+                && !last.is_ascii_whitespace()
+                && memchr::memchr2(b'\n', b'\r', payload).is_none()
+        }
+        _ => false,
+    }
 }
 
 #[async_trait]
@@ -443,6 +484,8 @@ mod tests {
             headers: vec![("fondo-event-id".into(), id.into())],
             payload: bytes::Bytes::copy_from_slice(payload),
             event_id: Arc::from(id),
+            // What the dispatcher promises: the parser accepted it.
+            payload_is_json: serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
         }
     }
 
@@ -488,6 +531,48 @@ mod tests {
             sink.publish(&msg("x", "e4", b"{}")).await.is_err(),
             "closed sink refuses"
         );
+    }
+
+    /// Each payload lands in the field its kind calls for, and comes back byte for byte.
+    #[test]
+    fn json_payloads_are_embedded_and_everything_round_trips() {
+        let compact = r#"{"type":"order.update","current":{"id":7,"note":"r\u00e4ntan \"h\u00f6g\"\t","n":[1.50,-0e3,null]}}"#;
+        let cases: [(&[u8], bool, &str); 7] = [
+            (compact.as_bytes(), true, "payload_json"),
+            (b"[1,2,3]", true, "payload_json"),
+            (b"\"just a string\"", true, "payload_json"),
+            // Known JSON, but not embeddable as it is.
+            (b" {\"a\":1}", true, "payload"),
+            (b"{\"a\":1}\t", true, "payload"),
+            (b"{\r\n\"a\": 1\r\n}", true, "payload"),
+            // Not promised to be JSON: never embedded, even when it is.
+            (b"{\"a\":1}", false, "payload"),
+        ];
+        for (payload, is_json, field) in cases {
+            let mut m = msg("t", "e", payload);
+            m.payload_is_json = is_json;
+            let line = encode_line(&m).unwrap();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(
+                line.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "one line: {}",
+                String::from_utf8_lossy(&line)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            let keys: Vec<&str> = ["payload_json", "payload", "payload_base64"]
+                .into_iter()
+                .filter(|k| v.get(*k).is_some())
+                .collect();
+            assert_eq!(keys, [field], "{}", String::from_utf8_lossy(payload));
+            let rec: FileRecord = serde_json::from_slice(&line).unwrap();
+            assert_eq!(rec.payload_bytes(), payload, "{field}");
+            assert_eq!(rec.event_id, "e");
+        }
+        // The embedded payload is the parsed document, readable without a second parse.
+        let line = encode_line(&msg("t", "e", compact.as_bytes())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["payload_json"]["current"]["id"], 7);
     }
 
     #[tokio::test]

@@ -44,6 +44,10 @@ pub struct Message {
     pub payload: Bytes,
     /// The stable event id: AMQP `message_id`, `Nats-Msg-Id`, `fondo-event-id`.
     pub event_id: Arc<str>,
+    /// `payload` is known to be one valid JSON document: the parser accepted it, or serde_json
+    /// wrote it. Lets the file sink embed it as JSON instead of escaping it into a string.
+    /// `false` promises nothing (the payload may still be JSON).
+    pub payload_is_json: bool,
 }
 
 impl Message {

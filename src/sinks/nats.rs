@@ -802,6 +802,7 @@ mod tests {
                 .collect(),
             payload: Bytes::from_static(b"{}"),
             event_id: Arc::from("ev-1"),
+            payload_is_json: true,
         }
     }
 
