@@ -1,6 +1,8 @@
 //! The real binary, run as in production: signed webhooks in, files out, SIGTERM in the middle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,14 +12,6 @@ use fondo_bridge::simulator::webhook_sender::{Outgoing, SenderOptions, Signer, W
 use fondo_bridge::sinks::file::FileRecord;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Running {
     child: Child,
@@ -60,8 +54,8 @@ delivery: {{ drain_timeout_ms: 10000 }}
 
 fn start(latency_free: bool) -> Running {
     let out = tempfile::tempdir().unwrap();
-    let webhook = free_port();
-    let admin = free_port();
+    let webhook = common::free_port();
+    let admin = common::free_port();
     let cfg = config_text(
         webhook,
         admin,

@@ -8,6 +8,8 @@
 //!   its logs, even at debug level, and its JSON logs are one JSON object per line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -378,14 +380,6 @@ fn load(dir: &std::path::Path, yaml: &str) -> Config {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // counters match what happened
 
@@ -620,7 +614,7 @@ impl Nats {
     fn start() -> Self {
         let mut n = Self {
             child: None,
-            port: free_port(),
+            port: common::free_port(),
             dir: tempfile::tempdir().unwrap(),
         };
         n.up();
@@ -758,7 +752,7 @@ admin: {{ listen: 127.0.0.1:0 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_logs_never_contain_secrets_or_payloads() {
     let dir = tempfile::tempdir().unwrap();
-    let (webhook, admin) = (free_port(), free_port());
+    let (webhook, admin) = (common::free_port(), common::free_port());
     let otlp_token = "otlp-token-7Jx9QpZr2sLw";
     let header_token = "cfg-header-token-Vb3nM8kT";
     let payload_marker = "PAYLOAD-MARKER-c0ffee-4242";
@@ -784,7 +778,7 @@ telemetry: {{ log_format: json }}
     )
     .unwrap();
     // An OTLP endpoint nobody listens on: export fails, and must not log the header either.
-    let dead = free_port();
+    let dead = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fondo-bridge"))
         .args(["run", "--config"])
         .arg(dir.path().join("bridge.yaml"))

@@ -894,14 +894,6 @@ async fn nats_message_carries_the_publish_span_context() {
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The binary exports over OTLP/HTTP when only `OTEL_EXPORTER_OTLP_*` are set, uses
 /// `OTEL_SERVICE_NAME` and `OTEL_EXPORTER_OTLP_HEADERS`, continues the webhook's `traceparent`,
 /// writes the publish span's context into the record, and flushes its spans on SIGTERM (the batch
@@ -914,7 +906,7 @@ async fn binary_exports_over_http_from_env_and_flushes_on_sigterm() {
     tokio::spawn(serve_http(collector.clone(), listener));
 
     let dir = tempfile::tempdir().unwrap();
-    let (webhook, admin) = (free_port(), free_port());
+    let (webhook, admin) = (common::free_port(), common::free_port());
     let cfg = format!(
         r#"
 sources:

@@ -10,6 +10,7 @@
 //! (default 120; 1800 for the full form). See docs/reliability.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "reliability/support.rs"]
 mod support;
 

@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -189,14 +188,6 @@ fn nats_server_bin() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A nats-server owned by one test: its own port and store, killed on drop.
 struct OwnServer {
     child: Option<Child>,
@@ -209,7 +200,7 @@ impl OwnServer {
     fn start(extra: &[&str]) -> Self {
         let mut s = Self {
             child: None,
-            port: free_port(),
+            port: common::free_port(),
             dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
@@ -650,7 +641,7 @@ async fn bad_config_unreachable_server_and_wrong_credentials_are_clear_errors() 
     }
 
     // Unreachable: a port nobody listens on; fails within the connect timeout, no endless retry.
-    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let dead = format!("nats://127.0.0.1:{}", common::free_port());
     let started = Instant::now();
     match NatsSink::connect("nats", &sink_config(&dead)).await {
         Err(SinkError::Retriable(r)) => {

@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -164,14 +163,6 @@ fn message_id(d: &Delivery) -> String {
         .as_ref()
         .map(|s| s.as_str().to_owned())
         .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,7 +534,7 @@ async fn connect_errors_are_clear() {
     );
 
     // Nothing listening.
-    let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port());
     let started = Instant::now();
     let e = RabbitMqSink::connect("rabbit", &sink_config(&closed, "amq.topic"))
         .await
@@ -792,8 +783,8 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
     }
     let node = Node {
         name: format!("fbtest{}", std::process::id()),
-        port: free_port(),
-        dist: free_port(),
+        port: common::free_port(),
+        dist: common::free_port(),
         base: std::env::temp_dir().join(common::unique("fondo-rabbitmq")),
     };
     node.start();

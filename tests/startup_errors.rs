@@ -10,14 +10,6 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `fondo-bridge run` with `sinks` as the config's sink section and one route to `sink`;
 /// returns its exit code and stderr. Fails the test if it is still running after `within`.
 fn run_until_exit(sinks: &str, sink: &str, topic: &str, within: Duration) -> (Option<i32>, String) {
@@ -35,8 +27,8 @@ routes:
 dead_letter: {{ fallback_file: {dir}/dead-letter.jsonl }}
 admin: {{ listen: 127.0.0.1:{admin} }}
 "#,
-        webhook = free_port(),
-        admin = free_port(),
+        webhook = common::free_port(),
+        admin = common::free_port(),
         dir = dir.path().display(),
     );
     let path = dir.path().join("bridge.yaml");
@@ -51,20 +43,13 @@ admin: {{ listen: 127.0.0.1:{admin} }}
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let status = loop {
+    let exited = loop {
         if let Some(st) = child.try_wait().unwrap() {
-            break st;
+            break Some(st);
         }
         if started.elapsed() > within {
             let _ = child.kill();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("still running after {within:?} instead of exiting; stderr:\n{err}");
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -75,6 +60,9 @@ admin: {{ listen: 127.0.0.1:{admin} }}
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
+    let Some(status) = exited else {
+        panic!("still running after {within:?} instead of exiting; stderr:\n{err}");
+    };
     (status.code(), err)
 }
 
@@ -139,7 +127,7 @@ fn rabbitmq_missing_exchange_exits_non_zero_naming_it() {
 #[test]
 fn nats_unreachable_server_exits_non_zero_naming_it() {
     // No broker needed: nobody listens on this port.
-    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let dead = format!("nats://127.0.0.1:{}", common::free_port());
     let sinks = format!("  nats: {{ type: nats, url: \"{dead}\" }}");
     let (code, stderr) = run_until_exit(&sinks, "nats", "fondo.{entity}", Duration::from_secs(30));
     assert_clear_failure(

@@ -37,3 +37,13 @@ pub fn unique(prefix: &str) -> String {
             % 1_000_000_000
     )
 }
+
+/// A loopback port nobody listens on at the moment of asking (for a server a test starts, or for
+/// "nothing listens here").
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

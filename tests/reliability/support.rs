@@ -85,13 +85,7 @@ pub fn tansu_bin() -> Option<PathBuf> {
     tool("tansu (Kafka-protocol broker)", &c)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 pub fn accepts(port: u16) -> bool {
     TcpStream::connect_timeout(
