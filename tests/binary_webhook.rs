@@ -215,6 +215,10 @@ async fn webhooks_arrive_once_with_original_bytes_and_metrics_match() {
             bodies[&r.event_id].to_vec(),
             "original bytes"
         );
+        assert!(
+            r.payload_json.is_some(),
+            "a compact JSON body is embedded as JSON, not escaped into a string"
+        );
         assert_eq!(
             r.headers.get("fondo-source").map(String::as_str),
             Some("webhook")
