@@ -10,9 +10,12 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a refused start may take before the test calls it a hang.
+const WITHIN: Duration = Duration::from_secs(30);
+
 /// Runs `fondo-bridge run` with `sinks` as the config's sink section and one route to `sink`;
-/// returns its exit code and stderr. Fails the test if it is still running after `within`.
-fn run_until_exit(sinks: &str, sink: &str, topic: &str, within: Duration) -> (Option<i32>, String) {
+/// returns its exit code and stderr. Fails the test if it is still running after [`WITHIN`].
+fn run_until_exit(sinks: &str, sink: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         r#"
@@ -23,7 +26,7 @@ sources:
 sinks:
 {sinks}
 routes:
-  - {{ name: all, match: ["*"], to: [{{ sink: {sink}, topic: "{topic}" }}] }}
+  - {{ name: all, match: ["*"], to: [{{ sink: {sink}, topic: "fondo.{{entity}}" }}] }}
 dead_letter: {{ fallback_file: {dir}/dead-letter.jsonl }}
 admin: {{ listen: 127.0.0.1:{admin} }}
 "#,
@@ -47,7 +50,7 @@ admin: {{ listen: 127.0.0.1:{admin} }}
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);
         }
-        if started.elapsed() > within {
+        if started.elapsed() > WITHIN {
             let _ = child.kill();
             break None;
         }
@@ -61,12 +64,13 @@ admin: {{ listen: 127.0.0.1:{admin} }}
         .read_to_string(&mut err)
         .unwrap();
     let Some(status) = exited else {
-        panic!("still running after {within:?} instead of exiting; stderr:\n{err}");
+        panic!("still running after {WITHIN:?} instead of exiting; stderr:\n{err}");
     };
     (status.code(), err)
 }
 
-fn assert_clear_failure(code: Option<i32>, stderr: &str, wants: &[&str], secret: &str) {
+/// `secret`: a password of the config that must not show in the output.
+fn assert_clear_failure(code: Option<i32>, stderr: &str, wants: &[&str], secret: Option<&str>) {
     eprintln!("exit {code:?}, stderr:\n{stderr}");
     assert!(
         matches!(code, Some(c) if c != 0),
@@ -80,10 +84,12 @@ fn assert_clear_failure(code: Option<i32>, stderr: &str, wants: &[&str], secret:
     for w in wants {
         assert!(stderr.contains(w), "stderr must mention {w:?}:\n{stderr}");
     }
-    assert!(
-        !stderr.contains(secret),
-        "the secret must not appear:\n{stderr}"
-    );
+    if let Some(secret) = secret {
+        assert!(
+            !stderr.contains(secret),
+            "the secret must not appear:\n{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -97,13 +103,12 @@ fn rabbitmq_wrong_credentials_exit_non_zero_with_the_reason() {
     let sinks = format!(
         "  rabbit: {{ type: rabbitmq, url: \"amqp://guest:{secret}@{host}:{port}/%2f\", exchange: amq.topic }}"
     );
-    let (code, stderr) =
-        run_until_exit(&sinks, "rabbit", "fondo.{entity}", Duration::from_secs(30));
+    let (code, stderr) = run_until_exit(&sinks, "rabbit");
     assert_clear_failure(
         code,
         &stderr,
         &["rabbit", "rabbitmq", "ACCESS_REFUSED"],
-        secret,
+        Some(secret),
     );
 }
 
@@ -112,15 +117,17 @@ fn rabbitmq_missing_exchange_exits_non_zero_naming_it() {
     let Some(url) = common::broker("AMQP") else {
         return;
     };
+    let parsed: lapin::uri::AMQPUri = url.parse().unwrap();
+    // The password as it would appear in the URL (here it may equal the user name).
+    let password = format!(":{}@", parsed.authority.userinfo.password);
     let exchange = common::unique("fb-no-such-exchange");
     let sinks = format!("  rabbit: {{ type: rabbitmq, url: \"{url}\", exchange: {exchange} }}");
-    let (code, stderr) =
-        run_until_exit(&sinks, "rabbit", "fondo.{entity}", Duration::from_secs(30));
+    let (code, stderr) = run_until_exit(&sinks, "rabbit");
     assert_clear_failure(
         code,
         &stderr,
         &["rabbit", &exchange, "does not exist"],
-        "guest:guest",
+        Some(&password),
     );
 }
 
@@ -129,11 +136,11 @@ fn nats_unreachable_server_exits_non_zero_naming_it() {
     // No broker needed: nobody listens on this port.
     let dead = format!("nats://127.0.0.1:{}", common::free_port());
     let sinks = format!("  nats: {{ type: nats, url: \"{dead}\" }}");
-    let (code, stderr) = run_until_exit(&sinks, "nats", "fondo.{entity}", Duration::from_secs(30));
+    let (code, stderr) = run_until_exit(&sinks, "nats");
     assert_clear_failure(
         code,
         &stderr,
         &["nats", "cannot connect to NATS", &dead],
-        "\u{0}",
+        None,
     );
 }

@@ -6,11 +6,12 @@
 //! A line is `{"topic","key","event_id","headers":{..},"payload_json":<original JSON>}`. Every
 //! line holds the original bytes exactly, in one of three fields:
 //! - `payload_json`: the payload itself, embedded as JSON, when it is known to be one JSON
-//!   document ([`Message::payload_is_json`]) with no line break and no whitespace around it. This
+//!   object or array ([`Message::payload_is_json`]) with no line break and no whitespace around
+//!   it. This
 //!   is the usual case (every event the bridge parsed), and the cheapest to write and to read
 //!   (`jq .payload_json.current`); read as a raw value it gives back the bytes unchanged.
 //! - `payload`: the payload as a JSON string, when it is UTF-8 but not embeddable (pretty-printed
-//!   JSON with line breaks, or not JSON);
+//!   JSON with line breaks, a bare JSON string or number, or not JSON);
 //! - `payload_base64`: when it is not UTF-8.
 //!
 //! [`FileRecord::payload_bytes`] returns the original bytes whichever field holds them.
@@ -396,19 +397,15 @@ fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
     Ok(line)
 }
 
-/// Whether a payload known to be one JSON document can be embedded in a line as it is: no line
-/// break (it would split the line), and no whitespace before or after the value (a reader's raw
-/// value would not give that back, so the bytes would not round-trip exactly). A line break can
-/// only be whitespace in valid JSON: inside strings it is always escaped.
+/// Whether a payload known to be one JSON document can be embedded in a line as it is: an object
+/// or an array (every event and dead-letter envelope is one; a top-level `null` would read back as
+/// a missing field), with no line break (it would split the line; in valid JSON a line break can
+/// only be whitespace, never inside a string) and no whitespace after it (a reader's raw value
+/// would not give that back, so the bytes would not round-trip exactly).
 fn embeddable_json(payload: &[u8]) -> bool {
-    match (payload.first(), payload.last()) {
-        (Some(first), Some(last)) => {
-            !first.is_ascii_whitespace()
-                && !last.is_ascii_whitespace()
-                && memchr::memchr2(b'\n', b'\r', payload).is_none()
-        }
-        _ => false,
-    }
+    matches!(payload.first(), Some(b'{' | b'['))
+        && payload.last().is_some_and(|b| !b.is_ascii_whitespace())
+        && memchr::memchr2(b'\n', b'\r', payload).is_none()
 }
 
 #[async_trait]
@@ -537,16 +534,20 @@ mod tests {
     #[test]
     fn json_payloads_are_embedded_and_everything_round_trips() {
         let compact = r#"{"type":"order.update","current":{"id":7,"note":"r\u00e4ntan \"h\u00f6g\"\t","n":[1.50,-0e3,null]}}"#;
-        let cases: [(&[u8], bool, &str); 7] = [
+        let cases: [(&[u8], bool, &str); 9] = [
             (compact.as_bytes(), true, "payload_json"),
             (b"[1,2,3]", true, "payload_json"),
-            (b"\"just a string\"", true, "payload_json"),
+            // Objects and arrays only: `null` would read back as a missing field.
+            (b"\"just a string\"", true, "payload"),
+            (b"null", true, "payload"),
             // Known JSON, but not embeddable as it is.
             (b" {\"a\":1}", true, "payload"),
             (b"{\"a\":1}\t", true, "payload"),
             (b"{\r\n\"a\": 1\r\n}", true, "payload"),
             // Not promised to be JSON: never embedded, even when it is.
             (b"{\"a\":1}", false, "payload"),
+            // Not UTF-8.
+            (b"{\"a\":\"\xff\"}", false, "payload_base64"),
         ];
         for (payload, is_json, field) in cases {
             let mut m = msg("t", "e", payload);
