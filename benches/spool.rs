@@ -42,6 +42,7 @@ fn bench_spool(c: &mut Criterion) {
         dir: dir.path().join("spool"),
         max_bytes: 1 << 30,
         segment_bytes: 16 << 20,
+        ..SpoolConfig::default()
     };
     let spool = match rt.block_on(async { Spool::open(&cfg, Arc::new(Metrics::new())) }) {
         Ok((s, _)) => s,

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod dlq_cli;
 pub mod event;
+pub mod group_commit;
 pub mod metrics;
 pub mod router;
 pub mod simulator;

@@ -1371,6 +1371,7 @@ async fn ws_bridge(dir: &Path) -> WsBridge {
         dir: dir.join("spool"),
         max_bytes: 512 * MB as u64,
         segment_bytes: 4 * MB as u64,
+        ..SpoolConfig::default()
     };
     let src = WebSocketSource::new(
         cfg,

@@ -22,6 +22,7 @@ fn cfg(dir: &Path, segment_bytes: u64) -> SpoolConfig {
         dir: dir.to_path_buf(),
         max_bytes: 1 << 30,
         segment_bytes,
+        ..SpoolConfig::default()
     }
 }
 

@@ -111,6 +111,7 @@ fn spool_cfg(dir: &Path, max_bytes: u64) -> SpoolConfig {
         dir: dir.join("spool"),
         max_bytes,
         segment_bytes: 64 * 1024,
+        ..SpoolConfig::default()
     }
 }
 

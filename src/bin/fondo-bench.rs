@@ -134,6 +134,9 @@ mod bench {
         /// scenarios (`taskset` list, e.g. `0`); default: wherever the process runs.
         #[arg(long)]
         load_cpus: Option<String>,
+        /// The spool's and the file sink's `group_commit_ms` (default: the bridge's default).
+        #[arg(long)]
+        group_commit_ms: Option<u64>,
         /// Free text recorded in the results: what else shared the machine, pinning.
         #[arg(long, default_value = "")]
         note: String,
@@ -970,7 +973,13 @@ mod bench {
                     "exchange": self.exchange, "max_in_flight": a.window}),
                 SinkKind::Nats => json!({"type": "nats", "url": a.nats,
                     "max_in_flight": a.window}),
-                SinkKind::File => json!({"type": "file", "dir": self.file_dir, "fsync": "batch"}),
+                SinkKind::File => {
+                    let mut j = json!({"type": "file", "dir": self.file_dir, "fsync": "batch"});
+                    if let Some(ms) = a.group_commit_ms {
+                        j["group_commit_ms"] = ms.into();
+                    }
+                    j
+                }
             }
         }
     }
@@ -991,6 +1000,10 @@ mod bench {
             .collect();
         rs.push(json!({"name": "all", "match": ["*"],
                        "to": [{"sink": "out", "topic": format!("{}.{{entity}}", dest.prefix)}]}));
+        let mut spool = json!({"dir": tmp.join("spool")});
+        if let Some(ms) = a.group_commit_ms {
+            spool["group_commit_ms"] = ms.into();
+        }
         let cfg = json!({
             "sources": source,
             "sinks": {"out": dest.sink_json(a)},
@@ -998,7 +1011,7 @@ mod bench {
             "unmatched": "dead_letter",
             "dead_letter": {"fallback_file": tmp.join("dead-letter.jsonl")},
             "delivery": {"max_in_flight": a.intake(), "drain_timeout_ms": 30000},
-            "spool": {"dir": tmp.join("spool")},
+            "spool": spool,
         });
         Config::from_str_with_env(&cfg.to_string(), "yaml", Vec::<(String, String)>::new())
             .map_err(|e| anyhow!("bench config: {e}"))

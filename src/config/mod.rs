@@ -234,6 +234,11 @@ pub struct FileSinkConfig {
     /// With `fsync: interval`, how often.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
+    /// With `fsync: batch`, the shortest time between two group commits: under load, writes that
+    /// arrive meanwhile join the next batch, so each file is fsynced at most this often; a write
+    /// after a quiet period is committed at once. 0: commit as soon as the writer is free.
+    #[serde(default = "default_group_commit_ms")]
+    pub group_commit_ms: u64,
 }
 
 /// When the file sink makes writes durable before confirming them.
@@ -367,6 +372,11 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     #[serde(default = "default_spool_segment_bytes")]
     pub segment_bytes: u64,
+    /// The shortest time between two group commits (fsyncs) of the spool. Under load, appends that
+    /// arrive meanwhile join the next commit, so the spool fsyncs at most this often; an append
+    /// after a quiet period is committed at once. 0: commit as soon as the writer is free.
+    #[serde(default = "default_group_commit_ms")]
+    pub group_commit_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -376,6 +386,7 @@ impl Default for SpoolConfig {
             dir: default_spool_dir(),
             max_bytes: default_spool_max_bytes(),
             segment_bytes: default_spool_segment_bytes(),
+            group_commit_ms: default_group_commit_ms(),
         }
     }
 }
@@ -562,6 +573,12 @@ fn default_spool_dir() -> PathBuf {
 fn default_spool_max_bytes() -> u64 {
     1024 * 1024 * 1024
 }
+/// 5 ms: at most 200 group commits a second under load, and at most 5 ms added to one commit.
+/// Measured on WebSocket → file (docs/benchmarks.md): 0 ms gave one fsync per 4 events.
+fn default_group_commit_ms() -> u64 {
+    5
+}
+
 fn default_spool_segment_bytes() -> u64 {
     16 * 1024 * 1024
 }
