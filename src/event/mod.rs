@@ -196,6 +196,33 @@ impl Event {
         opts: &ParseOptions,
         ctx: &ParseContext<'_>,
     ) -> Result<Self, ParseError> {
+        Self::parse_from(raw, None, opts, ctx)
+    }
+
+    /// [`Event::parse`] of text already known to be UTF-8 (a WebSocket text frame, which the
+    /// WebSocket library validated), copied into the event's own bytes. The copy lets the
+    /// caller's buffer go: a frame that stayed referenced would keep the library from reusing its
+    /// read buffer, so it would read one frame per system call.
+    pub fn parse_text(
+        text: &str,
+        opts: &ParseOptions,
+        ctx: &ParseContext<'_>,
+    ) -> Result<Self, ParseError> {
+        Self::parse_from(
+            Bytes::copy_from_slice(text.as_bytes()),
+            Some(text),
+            opts,
+            ctx,
+        )
+    }
+
+    /// `text`, when given, holds the same bytes as `raw`, known to be UTF-8.
+    fn parse_from(
+        raw: Bytes,
+        text: Option<&str>,
+        opts: &ParseOptions,
+        ctx: &ParseContext<'_>,
+    ) -> Result<Self, ParseError> {
         if raw.len() > opts.max_bytes {
             return Err(ParseError::TooLarge {
                 size: raw.len(),
@@ -203,7 +230,11 @@ impl Event {
             });
         }
         // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot overflow the stack.
-        let body = Node::parse(&raw).map_err(|e| ParseError::Malformed(strip_payload(&e)))?;
+        let parsed = match text {
+            Some(t) => Node::parse_str(t),
+            None => Node::parse(&raw),
+        };
+        let body = parsed.map_err(|e| ParseError::Malformed(strip_payload(&e)))?;
         if !body.is_object() {
             return Err(ParseError::NotAnObject);
         }

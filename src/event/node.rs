@@ -38,10 +38,15 @@ impl<'a> Node<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Self, serde_json::Error> {
         match std::str::from_utf8(raw) {
             // One pass over the whole body instead of a UTF-8 check per string.
-            Ok(text) => serde_json::from_str(text),
+            Ok(text) => Self::parse_str(text),
             // Not UTF-8: serde_json's byte parser fails on it too, with the position it reports.
             Err(_) => serde_json::from_slice(raw),
         }
+    }
+
+    /// Parses text already known to be UTF-8 (as [`Node::parse`], without checking that again).
+    pub fn parse_str(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
     }
 
     /// The value of `key` when this is an object that has it.

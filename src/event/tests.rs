@@ -244,3 +244,45 @@ fn serde_private_keys_are_plain_keys() {
         content_event_id(e.event_type.as_str(), e.body())
     );
 }
+
+#[test]
+fn parse_text_is_parse_of_the_same_bytes() {
+    let opts = ParseOptions {
+        max_bytes: 4096,
+        ..ParseOptions::default()
+    };
+    let ctx = ParseContext {
+        client_id: Some("c-1"),
+        ..ParseContext::default()
+    };
+    let big = format!(
+        "{{\"eventType\":\"order.update\",\"pad\":\"{}\"}}",
+        "x".repeat(5000)
+    );
+    for body in [
+        ORDER,
+        ACCOUNT,
+        CT_DELETE,
+        HEARTBEAT,
+        NO_TYPE,
+        "{\"eventType\":\"x.y\",\"current\":{\"id\":\"\\u00e9\"}}",
+        "not json",
+        "[1]",
+        "{\"eventType\":\"order.update\",\"current\":3}",
+        &big,
+    ] {
+        let a = Event::parse(Bytes::from(body.to_owned()), &opts, &ctx);
+        let b = Event::parse_text(body, &opts, &ctx);
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.event_type, b.event_type, "{body}");
+                assert_eq!(a.event_id, b.event_id, "{body}");
+                assert_eq!(a.client_id, b.client_id, "{body}");
+                assert_eq!(a.object_ref(), b.object_ref(), "{body}");
+                assert_eq!(a.raw, b.raw, "{body}");
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b, "{body}"),
+            (a, b) => panic!("{body}: parse {a:?}, parse_text {b:?}"),
+        }
+    }
+}

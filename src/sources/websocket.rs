@@ -802,8 +802,7 @@ impl Ctx {
                         }
                         Some(Ok(Message::Text(text))) => {
                             WebSocketStats::inc(&self.stats.frames);
-                            let raw = Bytes::from(text);
-                            match self.frame(client_id, raw, &ctx, tx).await {
+                            match self.frame(client_id, text, &ctx, tx).await {
                                 Some(a) => a,
                                 None => return End::Shutdown,
                             }
@@ -855,24 +854,32 @@ impl Ctx {
 
     /// Handles one text frame. `Some(true)` when it was an event or heartbeat (watchdog food),
     /// `None` when the pipeline is gone (shutting down).
+    ///
+    /// The event gets a copy of the frame's bytes, and the frame is dropped when this returns,
+    /// before the next read: a frame kept alive pins the WebSocket library's read buffer, and it
+    /// then reads one frame per system call (a profile showed one `recvfrom`, a fresh buffer and
+    /// its zeroing per event).
     async fn frame(
         &self,
         client_id: &str,
-        raw: Bytes,
+        text: Utf8Bytes,
         ctx: &ParseContext<'_>,
         tx: &mpsc::Sender<Item>,
     ) -> Option<bool> {
         let max = self.cfg.max_frame_bytes.max(1);
-        if raw.len() > max {
+        if text.len() > max {
             self.dead_letter(
                 client_id,
-                &raw,
-                format!("frame of {} bytes exceeds max_frame_bytes {max}", raw.len()),
+                text.as_bytes(),
+                format!(
+                    "frame of {} bytes exceeds max_frame_bytes {max}",
+                    text.len()
+                ),
             )
             .await;
             return Some(false);
         }
-        match Event::parse(raw.clone(), &self.parse, ctx) {
+        match Event::parse_text(text.as_str(), &self.parse, ctx) {
             Ok(event) if event.event_type.is_heartbeat() => {
                 WebSocketStats::inc(&self.stats.heartbeats);
                 Some(true)
@@ -885,7 +892,7 @@ impl Ctx {
                 }
             }
             Err(e) => {
-                self.dead_letter(client_id, &raw, format!("{} ({e})", e.kind()))
+                self.dead_letter(client_id, text.as_bytes(), format!("{} ({e})", e.kind()))
                     .await;
                 Some(false)
             }
