@@ -4,13 +4,23 @@
 //! When fsyncs are cheap the batches stay small: a profile of WebSocket → file at 15k events/s
 //! showed about one fsync per 4 events, and the kernel's work for them (virtio notifications,
 //! journal commits, the wake-ups of the threads that wait on them) as most of the bridge's CPU.
-//! [`CommitPacer`] spaces the commits out instead: a commit starts no sooner than `min_interval`
-//! after the previous one started, and what arrives meanwhile joins it. After a quiet period a
-//! write is committed at once, so pacing adds latency only under load, and at most `min_interval`.
+//! [`CommitPacer`] lets a batch grow while writes keep arriving:
+//!
+//! - after a quiet period (no commit started within `min_interval`) a write is committed at once;
+//! - otherwise the writer looks again every [`POLL`] and commits as soon as a look finds nothing
+//!   new (the writers upstream are waiting for this commit, as closed-loop clients such as webhook
+//!   senders do), or the batch is full, or `min_interval` has passed since the previous commit
+//!   started (a steady stream: at most one commit per `min_interval`).
+//!
+//! So pacing adds at most `min_interval` to a commit, and about one [`POLL`] when nothing else is
+//! coming.
 
 use std::time::{Duration, Instant};
 
-/// Spaces group commits at least `min_interval` apart (see the module docs).
+/// How often a writer looks for more writes while it lets a batch grow.
+pub const POLL: Duration = Duration::from_micros(200);
+
+/// Decides when a writer thread's next group commit starts (see the module docs).
 #[derive(Debug)]
 pub struct CommitPacer {
     min_interval: Duration,
@@ -25,19 +35,24 @@ impl CommitPacer {
         }
     }
 
-    /// How long a commit that wants to start at `now` must wait.
-    pub fn delay(&self, now: Instant) -> Duration {
-        self.last_start.map_or(Duration::ZERO, |last| {
-            (last + self.min_interval).saturating_duration_since(now)
-        })
-    }
-
-    /// Blocks (this is for writer threads, not async tasks) until `min_interval` has passed since
-    /// the previous commit started, then counts a new commit as started.
-    pub fn wait_turn(&mut self) {
-        let wait = self.delay(Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+    /// Lets the next batch grow, then counts a commit as started. `drain` moves what has arrived
+    /// into the caller's batch and returns the batch's size and whether it is full. Blocks: this
+    /// is for writer threads, not async tasks.
+    pub fn gather(&mut self, mut drain: impl FnMut() -> (usize, bool)) {
+        let (mut size, mut full) = drain();
+        let due = self.last_start.map(|t| t + self.min_interval);
+        loop {
+            let now = Instant::now();
+            let left = due.map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+            if full || left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(POLL));
+            let before = size;
+            (size, full) = drain();
+            if size == before {
+                break;
+            }
         }
         self.last_start = Some(Instant::now());
     }
@@ -50,30 +65,77 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn only_a_commit_within_the_interval_of_the_previous_one_waits() {
-        let mut p = CommitPacer::new(2 * MS);
-        let t0 = Instant::now();
-        assert_eq!(p.delay(t0), Duration::ZERO, "the first commit");
-        p.last_start = Some(t0);
-        assert_eq!(p.delay(t0), 2 * MS);
-        assert_eq!(p.delay(t0 + MS / 2), 2 * MS - MS / 2);
-        assert_eq!(p.delay(t0 + 2 * MS), Duration::ZERO);
+    fn the_first_commit_and_one_after_a_quiet_period_take_what_is_there() {
+        let mut p = CommitPacer::new(MS * 10_000);
+        let mut looks = 0;
+        p.gather(|| {
+            looks += 1;
+            (1 + looks, false)
+        });
+        assert_eq!(looks, 1, "the first commit does not wait");
+        p.last_start = Some(Instant::now() - MS * 20_000);
+        p.gather(|| {
+            looks += 1;
+            (1 + looks, false)
+        });
         assert_eq!(
-            p.delay(t0 + 50 * MS),
-            Duration::ZERO,
-            "after a quiet period"
+            looks, 2,
+            "nor does one after a quiet period, however much keeps arriving"
         );
-        assert_eq!(CommitPacer::new(Duration::ZERO).delay(t0), Duration::ZERO);
     }
 
     #[test]
-    fn back_to_back_commits_are_spaced_by_the_interval() {
-        let mut p = CommitPacer::new(10 * MS);
+    fn a_batch_grows_while_writes_arrive_and_goes_when_they_stop() {
+        let mut p = CommitPacer::new(MS * 10_000);
+        p.gather(|| (1, false));
+        // Three looks find more, the fourth finds nothing new: commit then, long before the
+        // interval (10 s) is over.
+        let sizes = [5, 9, 12, 12, 40];
+        let mut looks = 0;
+        p.gather(|| {
+            looks += 1;
+            (sizes[looks - 1], false)
+        });
+        assert_eq!(looks, 4);
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once() {
+        let mut p = CommitPacer::new(MS * 10_000);
+        p.gather(|| (1, false));
+        let mut looks = 0;
+        p.gather(|| {
+            looks += 1;
+            (looks * 10, looks == 3)
+        });
+        assert_eq!(looks, 3);
+    }
+
+    #[test]
+    fn a_steady_stream_commits_once_per_interval() {
+        let mut p = CommitPacer::new(20 * MS);
+        p.gather(|| (1, false));
         let t = Instant::now();
-        for _ in 0..4 {
-            p.wait_turn();
+        let mut n = 0;
+        p.gather(|| {
+            n += 1;
+            (n, false)
+        });
+        // Something new at every look: it waits for the interval (a sleep never returns early).
+        assert!(t.elapsed() >= 15 * MS, "{:?}", t.elapsed());
+        assert!(n > 1);
+    }
+
+    #[test]
+    fn zero_interval_never_waits() {
+        let mut p = CommitPacer::new(Duration::ZERO);
+        let mut looks = 0;
+        for _ in 0..3 {
+            p.gather(|| {
+                looks += 1;
+                (looks, false)
+            });
         }
-        // Three gaps of at least the interval; a sleep never returns early.
-        assert!(t.elapsed() >= 30 * MS, "{:?}", t.elapsed());
+        assert_eq!(looks, 3);
     }
 }

@@ -832,8 +832,6 @@ impl Writer {
         let mut buf = Vec::with_capacity(1024 * 1024);
         let mut pacer = CommitPacer::new(self.shared.group_commit);
         while let Some(cmd) = rx.blocking_recv() {
-            // Under load, what arrives while this waits joins the batch: fewer, larger fsyncs.
-            pacer.wait_turn();
             let mut bytes = 0usize;
             let push = |cmd: Cmd, batch: &mut Vec<_>, bytes: &mut usize| {
                 if let Cmd::Append {
@@ -847,11 +845,19 @@ impl Writer {
                 }
             };
             push(cmd, &mut batch, &mut bytes);
-            while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(cmd) => push(cmd, &mut batch, &mut bytes),
-                    Err(_) => break,
+            let mut drain = || {
+                while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(cmd) => push(cmd, &mut batch, &mut bytes),
+                        Err(_) => break,
+                    }
                 }
+                let full = batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES;
+                (batch.len(), full)
+            };
+            if drain().0 > 0 {
+                // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
+                pacer.gather(drain);
             }
             self.maintain();
             if !batch.is_empty() {

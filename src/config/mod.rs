@@ -234,9 +234,9 @@ pub struct FileSinkConfig {
     /// With `fsync: interval`, how often.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
-    /// With `fsync: batch`, the shortest time between two group commits: under load, writes that
-    /// arrive meanwhile join the next batch, so each file is fsynced at most this often; a write
-    /// after a quiet period is committed at once. 0: commit as soon as the writer is free.
+    /// With `fsync: batch`, how long a group commit may wait for more writes: while writes keep
+    /// arriving, each file is fsynced at most once per this interval; when they stop, or after a
+    /// quiet period, the batch is committed at once. 0: commit as soon as the writer is free.
     #[serde(default = "default_group_commit_ms")]
     pub group_commit_ms: u64,
 }
@@ -372,9 +372,9 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     #[serde(default = "default_spool_segment_bytes")]
     pub segment_bytes: u64,
-    /// The shortest time between two group commits (fsyncs) of the spool. Under load, appends that
-    /// arrive meanwhile join the next commit, so the spool fsyncs at most this often; an append
-    /// after a quiet period is committed at once. 0: commit as soon as the writer is free.
+    /// How long a group commit (fsync) of the spool may wait for more appends: while appends keep
+    /// arriving, the spool fsyncs at most once per this interval; when they stop, or after a quiet
+    /// period, it commits at once (see `group_commit.rs`). 0: commit as soon as the writer is free.
     #[serde(default = "default_group_commit_ms")]
     pub group_commit_ms: u64,
 }
@@ -573,8 +573,8 @@ fn default_spool_dir() -> PathBuf {
 fn default_spool_max_bytes() -> u64 {
     1024 * 1024 * 1024
 }
-/// 5 ms: at most 200 group commits a second under load, and at most 5 ms added to one commit.
-/// Measured on WebSocket → file (docs/benchmarks.md): 0 ms gave one fsync per 4 events.
+/// 5 ms: at most 200 group commits a second under a steady stream, and at most 5 ms added to one
+/// commit. Measured on WebSocket → file (docs/benchmarks.md): 0 ms gave one fsync per 4 events.
 fn default_group_commit_ms() -> u64 {
     5
 }

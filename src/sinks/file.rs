@@ -230,6 +230,9 @@ impl Drop for SyncPool {
     }
 }
 
+/// The most writes one batch takes.
+const MAX_BATCH: usize = 4096;
+
 fn writer_loop(
     mut rx: mpsc::Receiver<Request>,
     dir: PathBuf,
@@ -243,16 +246,21 @@ fn writer_loop(
     let mut last_sync = Instant::now();
     let mut pacer = CommitPacer::new(group_commit);
     while let Some(first) = rx.blocking_recv() {
-        if policy == FsyncPolicy::Batch {
-            // Under load, what arrives while this waits joins the batch: fewer, larger fsyncs.
-            pacer.wait_turn();
-        }
         let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let mut drain = || {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
+            (batch.len(), batch.len() >= MAX_BATCH)
+        };
+        if policy == FsyncPolicy::Batch {
+            // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
+            pacer.gather(drain);
+        } else {
+            drain();
         }
         let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
         for (topic, line, _) in &batch {
