@@ -1147,7 +1147,8 @@ impl Pump {
         // it returns, every completion lapin has started is finished, and so is every
         // returned-message hand-out that belongs to the confirms in hand.
         let _ = self.link.channel.wait_for_confirms().now_or_never();
-        let mut ready = vec![first];
+        let mut ready = Vec::with_capacity(self.confirms.len() + 1);
+        ready.push(first);
         loop {
             let mut progressed = false;
             while let Some(Some(sent)) = self.sends.next().now_or_never() {
