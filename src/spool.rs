@@ -21,9 +21,10 @@
 //!
 //! One writer thread owns the active segment. Appends queue up while it is busy; it takes every
 //! queued append (up to a batch limit), writes them with one `write`, and `fsync`s once for the whole
-//! batch (group commit). Commits start at least `group_commit_ms` apart
-//! ([`crate::group_commit::CommitPacer`]), so under load a batch collects what arrives meanwhile. An append resolves only after the fsync of its batch. When the active
-//! segment reaches `segment_bytes` it is sealed and a new one is started with the next append.
+//! batch (group commit). While appends keep arriving, a batch waits for them, up to
+//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]). An
+//! append resolves only after the fsync of its batch. When the active segment reaches
+//! `segment_bytes` it is sealed and a new one is started with the next append.
 //!
 //! # Releasing
 //!
@@ -201,7 +202,7 @@ struct Shared {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
-    /// The shortest time between two group commits.
+    /// How long a group commit may wait for more appends (`group_commit_ms`).
     group_commit: std::time::Duration,
     state: Mutex<State>,
     space: Notify,

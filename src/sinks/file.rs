@@ -3,12 +3,13 @@
 //!
 //! One writer thread owns the files. Publishes queue to it; it writes everything queued, then makes
 //! the batch durable with one `fsync` per touched file (group commit), then confirms each publish.
+//! With `fsync: batch`, a batch waits for more publishes while they keep arriving, up to
+//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]).
 //! A line is `{"topic","key","event_id","headers":{..},"payload_json":<original JSON>}`. Every
 //! line holds the original bytes exactly, in one of three fields:
 //! - `payload_json`: the payload itself, embedded as JSON, when it is known to be one JSON
 //!   object or array ([`Message::payload_is_json`]) with no line break and no whitespace around
-//!   it. This
-//!   is the usual case (every event the bridge parsed), and the cheapest to write and to read
+//!   it. This is the usual case (every event the bridge parsed), and the cheapest to write and to read
 //!   (`jq .payload_json.current`); read as a raw value it gives back the bytes unchanged.
 //! - `payload`: the payload as a JSON string, when it is UTF-8 but not embeddable (pretty-printed
 //!   JSON with line breaks, a bare JSON string or number, or not JSON);
