@@ -127,6 +127,12 @@ mod bench {
         /// Objects the events are about; one object's events share a key and are kept in order.
         #[arg(long, default_value_t = 1000)]
         objects: usize,
+        /// Raw-client / bridge-core pairs per broker. The first pair runs raw first; further pairs
+        /// alternate the order (core first, then raw first, ...), so a machine that drifts within
+        /// the run, or a broker still busy with the previous scenario, favours neither side. The
+        /// report gives each pair's ratio, their median and their minimum.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        pairs: u32,
         /// Comma-separated subset of the scenario kinds: raw,core,ws (for profiling one of them).
         #[arg(long, default_value = "raw,core,ws")]
         scenarios: String,
@@ -660,7 +666,8 @@ mod bench {
             let r = windowed(n, window, |i| {
                 let ev = &pool[(i as usize) % pool.len()];
                 let rk = format!("{prefix}.{}", ev.entity);
-                let id = format!("raw-{i}");
+                // As long as the bridge's ids (32 hex digits), so both send messages of one size.
+                let id = format!("{i:032x}");
                 async move {
                     let mut table = FieldTable::default();
                     table.insert(
@@ -679,11 +686,24 @@ mod bench {
                         "fondo-source".into(),
                         AMQPValue::LongString("websocket".into()),
                     );
+                    table.insert(
+                        "fondo-key".into(),
+                        AMQPValue::LongString(ev.key.as_str().into()),
+                    );
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    // The properties and headers the bridge's RabbitMQ sink sets, so the broker
+                    // handles the same message in both scenarios and the ratio is the bridge's own.
                     let props = BasicProperties::default()
                         .with_content_type(ShortString::from("application/json"))
                         .with_delivery_mode(2)
                         .with_message_id(ShortString::from(id.as_str()))
-                        .with_headers(table);
+                        .with_timestamp(now)
+                        .with_app_id(ShortString::from("fondo-bridge"))
+                        .with_headers(table)
+                        .with_type(ShortString::from(ev.etype));
                     let confirm = ch
                         .basic_publish(
                             exchange.into(),
@@ -1188,6 +1208,60 @@ mod bench {
         }
     }
 
+    /// The bridge-core / raw ratio of every pair run for one broker (`main` and `pair-N` rows).
+    struct PairRatios {
+        /// Per pair, in run order, in percent.
+        ratios: Vec<f64>,
+    }
+
+    impl PairRatios {
+        fn of(rows: &[Row], sink: &str) -> Option<Self> {
+            let mut ratios = Vec::new();
+            for group in
+                std::iter::once("main".to_owned()).chain((2..=20).map(|i| format!("pair-{i}")))
+            {
+                let find = |scenario: &str| {
+                    rows.iter().find(|r| {
+                        r.group == group
+                            && r.sink == sink
+                            && r.scenario == scenario
+                            && r.msgs_per_s > 0.0
+                    })
+                };
+                if let (Some(raw), Some(core)) = (find("raw"), find("bridge-core")) {
+                    ratios.push(100.0 * core.msgs_per_s / raw.msgs_per_s);
+                }
+            }
+            (ratios.len() > 1).then_some(Self { ratios })
+        }
+
+        fn median(&self) -> f64 {
+            let mut v = self.ratios.clone();
+            v.sort_by(f64::total_cmp);
+            let m = v.len() / 2;
+            if v.len() % 2 == 0 {
+                (v[m - 1] + v[m]) / 2.0
+            } else {
+                v[m]
+            }
+        }
+
+        fn min(&self) -> f64 {
+            self.ratios.iter().copied().fold(f64::INFINITY, f64::min)
+        }
+
+        fn describe(&self) -> String {
+            let each: Vec<String> = self.ratios.iter().map(|r| format!("{r:.0}%")).collect();
+            format!(
+                "bridge/raw over {} pairs: {} (median {:.0}%, min {:.0}%)",
+                self.ratios.len(),
+                each.join(", "),
+                self.median(),
+                self.min()
+            )
+        }
+    }
+
     async fn raw(
         c: &Ctx,
         kind: SinkKind,
@@ -1662,6 +1736,26 @@ mod bench {
                 );
             }
             push(&mut s, "");
+            let repeated: Vec<String> = ["kafka", "rabbitmq", "nats"]
+                .iter()
+                .filter_map(|kind| {
+                    PairRatios::of(rows, kind).map(|p| format!("- {kind}: {}", p.describe()))
+                })
+                .collect();
+            if !repeated.is_empty() {
+                push(
+                    &mut s,
+                    &format!(
+                        "Repeated pairs (`--pairs {}`; the table shows the first; later pairs alternate \
+                         which side runs first; every row is in `bench-results/results.json`):\n",
+                        a.pairs
+                    ),
+                );
+                for line in repeated {
+                    push(&mut s, &line);
+                }
+                push(&mut s, "");
+            }
         }
         push(&mut s, "## Bridge vs. raw client (WebSocket source)\n");
         push(
@@ -1864,6 +1958,32 @@ mod bench {
                     "bridge core",
                     &mut rows,
                 );
+            }
+            if k != SinkKind::File && a.runs("raw") && a.runs("core") {
+                for pair in 2..=a.pairs {
+                    let group = format!("pair-{pair}");
+                    let raw_first = pair % 2 == 1;
+                    for raw_turn in [raw_first, !raw_first] {
+                        if raw_turn {
+                            eprintln!("{}: raw, pair {pair}", k.name());
+                            record(
+                                raw(&c, k, a.payload_bytes, n, &group).await,
+                                "raw",
+                                &mut rows,
+                            );
+                        } else {
+                            eprintln!("{}: bridge core, pair {pair}", k.name());
+                            record(
+                                bridge_core(&c, k, a.payload_bytes, n, &group).await,
+                                "bridge core",
+                                &mut rows,
+                            );
+                        }
+                    }
+                }
+                if let Some(p) = PairRatios::of(&rows, k.name()) {
+                    eprintln!("  {}", p.describe());
+                }
             }
             if a.runs("ws") {
                 eprintln!("{}: bridge from the WebSocket source", k.name());
