@@ -1690,7 +1690,9 @@ mod bench {
                 &mut s,
                 "Both sides publish the same pre-generated payloads to the same broker with the same \
                  confirm window (messages awaiting the broker's confirm: the raw client's window, the \
-                 bridge sink's `max_in_flight`), in the same run. The bridge holds at most \
+                 bridge sink's `max_in_flight`), in the same run. On RabbitMQ the raw client also \
+                 sets the properties and headers the bridge's sink sets (with ids of the same \
+                 length), so the broker handles the same messages on both sides. The bridge holds at most \
                  `delivery.max_in_flight` events inside (above; by default the same number), \
                  including those queued behind an earlier event of the same object. Raw: the bare client. Bridge core: each body is \
                  parsed (`Event::parse`), submitted to the dispatcher (routing, per-key ordering, \
