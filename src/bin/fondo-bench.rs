@@ -131,7 +131,7 @@ mod bench {
         /// alternate the order (core first, then raw first, ...), so a machine that drifts within
         /// the run, or a broker still busy with the previous scenario, favours neither side. The
         /// report gives each pair's ratio, their median and their minimum.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
         pairs: u32,
         /// Comma-separated subset of the scenario kinds: raw,core,ws (for profiling one of them).
         #[arg(long, default_value = "raw,core,ws")]
@@ -1898,7 +1898,7 @@ mod bench {
         push(&mut s, "## Running\n");
         push(
             &mut s,
-            "```sh\nscripts/bench.sh --quick   # main comparison, < 10 minutes with broker start\nscripts/bench.sh --full    # plus payload 256 B..8 KB and 1/10/100/1000 routes\n```\n",
+            "```sh\nscripts/bench.sh --quick   # main comparison (3 raw/core pairs per broker), < 10 minutes with broker start\nscripts/bench.sh --quick --pairs 5   # more pairs where one is not enough to judge\nscripts/bench.sh --full    # plus payload 256 B..8 KB and 1/10/100/1000 routes\n```\n",
         );
         s
     }
