@@ -730,6 +730,94 @@ mod bench {
         }
     }
 
+    mod file {
+        use super::*;
+        use std::collections::HashMap;
+        use std::io::Write as _;
+
+        /// The bare-disk counterpart of the file sink: the lines the sink writes (topic, key, event
+        /// id, the four `fondo-*` headers, the payload embedded as JSON), appended to one file per
+        /// topic, `window` messages per group commit, and every file written in a batch
+        /// fdatasynced, in parallel as the sink's helper threads do, before the next batch starts.
+        /// No parse, no dispatcher, no spool: what the disk and the kernel cost on their own.
+        /// Latency is each message's batch, write to the last fdatasync (exact).
+        pub fn raw(
+            dir: &Path,
+            prefix: &str,
+            pool: &[Ev],
+            n: u64,
+            window: usize,
+        ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
+            let mut files: HashMap<&'static str, std::fs::File> = HashMap::new();
+            let mut lines: HashMap<&'static str, Vec<u8>> = HashMap::new();
+            let mut lat = Vec::with_capacity(n as usize);
+            let t0 = Instant::now();
+            let mut i = 0u64;
+            while i < n {
+                let end = (i + window.max(1) as u64).min(n);
+                let started = Instant::now();
+                for j in i..end {
+                    let ev = &pool[(j as usize) % pool.len()];
+                    let topic = format!("{prefix}.{}", ev.entity);
+                    let headers = [
+                        ("fondo-client-id", CLIENT_ID),
+                        ("fondo-event-id", &format!("{j:032x}")),
+                        ("fondo-event-type", ev.etype),
+                        ("fondo-source", "websocket"),
+                    ];
+                    let meta = json!({
+                        "topic": topic,
+                        "key": ev.key,
+                        "event_id": format!("{j:032x}"),
+                        "headers": headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect::<std::collections::BTreeMap<_, _>>(),
+                    });
+                    let buf = lines.entry(ev.entity).or_default();
+                    let mut m = serde_json::to_vec(&meta)?;
+                    // `{...}` → `{...,"payload_json":<body>}`: the body is compact JSON.
+                    m.pop();
+                    buf.extend_from_slice(&m);
+                    buf.extend_from_slice(b",\"payload_json\":");
+                    buf.extend_from_slice(&ev.body);
+                    buf.extend_from_slice(b"}\n");
+                }
+                let mut dirty = Vec::new();
+                for (entity, buf) in lines.iter_mut().filter(|(_, b)| !b.is_empty()) {
+                    if !files.contains_key(entity) {
+                        let path = dir.join(format!("{prefix}.{entity}.jsonl"));
+                        let f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .with_context(|| format!("open {}", path.display()))?;
+                        files.insert(entity, f);
+                    }
+                    if let Some(f) = files.get_mut(entity) {
+                        f.write_all(buf)?;
+                        dirty.push(*entity);
+                    }
+                    buf.clear();
+                }
+                std::thread::scope(|sc| -> anyhow::Result<()> {
+                    let syncs: Vec<_> = dirty
+                        .iter()
+                        .filter_map(|e| files.get(e))
+                        .map(|f| sc.spawn(move || f.sync_data()))
+                        .collect();
+                    for h in syncs {
+                        h.join()
+                            .map_err(|_| anyhow!("fdatasync thread panicked"))??;
+                    }
+                    Ok(())
+                })?;
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                lat.extend(std::iter::repeat_n(ms, (end - i) as usize));
+                i = end;
+            }
+            Ok((t0.elapsed().as_secs_f64(), lat, 0))
+        }
+    }
+
     mod nats {
         use super::*;
         use async_nats::jetstream::{self, stream};
@@ -1279,6 +1367,7 @@ mod bench {
         // Spawned, so the publishing loop runs on a runtime worker as a bridge source does (the
         // bridge-core scenario does the same), not on the thread that blocks on `main`.
         let (args, prefix, exchange) = (a.clone(), dest.prefix.clone(), dest.exchange.clone());
+        let file_dir = dest.file_dir.clone();
         let p = std::sync::Arc::new(p);
         let p2 = std::sync::Arc::clone(&p);
         let (elapsed, mut lat, errors) = tokio::spawn(async move {
@@ -1289,7 +1378,13 @@ mod bench {
                     rabbit::raw(&a.amqp, &exchange, &prefix, &p2, n, a.window).await
                 }
                 SinkKind::Nats => nats::raw(&a.nats, &prefix, &p2, n, a.window).await,
-                SinkKind::File => Err(anyhow!("no raw file client")),
+                SinkKind::File => {
+                    let window = a.window;
+                    tokio::task::spawn_blocking(move || {
+                        file::raw(&file_dir, &prefix, &p2, n, window)
+                    })
+                    .await?
+                }
             }
         })
         .await??;
@@ -1303,7 +1398,12 @@ mod bench {
             "raw", kind, group, payload, avg, 1, a.window, n, confirmed, errors, elapsed, cpu_p,
             0.0, rss,
         );
-        row.latency = "publish→confirm (exact)".into();
+        row.latency = if kind == SinkKind::File {
+            "batch write→last fdatasync (exact)"
+        } else {
+            "publish→confirm (exact)"
+        }
+        .into();
         (row.p50_ms, row.p99_ms, row.p999_ms) = quantiles_ms(&mut lat);
         row.note = "payloads pre-generated (pool of 20k, cycled) before timing".into();
         verify(&mut row, count);
@@ -1738,7 +1838,7 @@ mod bench {
                 );
             }
             push(&mut s, "");
-            let repeated: Vec<String> = ["kafka", "rabbitmq", "nats"]
+            let repeated: Vec<String> = ["kafka", "rabbitmq", "nats", "file"]
                 .iter()
                 .filter_map(|kind| {
                     PairRatios::of(rows, kind).map(|p| format!("- {kind}: {}", p.describe()))
@@ -1886,7 +1986,7 @@ mod bench {
         }
         push(&mut s, "## How it is measured\n");
         for l in [
-            "- **Raw**: the bare client, one connection, at most `window` messages awaiting their confirm: rdkafka `FutureProducer` (`acks=all`, `enable.idempotence=true`, the sink's queue limits), lapin with publisher confirms, `mandatory`, persistent messages to a durable topic exchange with one durable classic queue bound `#`, async-nats JetStream publish + PubAck (file storage, `Nats-Msg-Id`). Same payloads (Generator, padded to the payload size), same keys, same 4-5 headers (on RabbitMQ also the sink's `fondo-key` header and its `message_id`, `type`, `app_id` and `timestamp` properties, with ids as long as the bridge's); payloads pre-generated before timing.",
+            "- **Raw**: the bare client, one connection, at most `window` messages awaiting their confirm: rdkafka `FutureProducer` (`acks=all`, `enable.idempotence=true`, the sink's queue limits), lapin with publisher confirms, `mandatory`, persistent messages to a durable topic exchange with one durable classic queue bound `#`, async-nats JetStream publish + PubAck (file storage, `Nats-Msg-Id`); for the file sink, the sink's lines appended to one file per topic, `window` lines per group commit, the files written fdatasynced in parallel before the next batch (the disk's own cost: no parse, no dispatcher, no spool). Same payloads (Generator, padded to the payload size), same keys, same 4-5 headers (on RabbitMQ also the sink's `fondo-key` header and its `message_id`, `type`, `app_id` and `timestamp` properties, with ids as long as the bridge's); payloads pre-generated before timing.",
             "- **Bridge**: `Bridge::start` in-process; the simulator streams `N` events over a WebSocket on loopback (rate unlimited); the WebSocket source spools to disk (spool on, temp dir); one catch-all route `<prefix>.{entity}`; the sink's confirm window (`max_in_flight`) = `window`, `delivery.max_in_flight` as in the run table. Timing starts at the simulator's first event and stops when `delivered_total` (broker-confirmed) reaches `N`.",
             "- **Verified**: after the bridge drained, the broker's own count (Kafka: sum of high watermarks of the 7 topics × 3 partitions; RabbitMQ: message count of the bound queue; JetStream: stream message count; file: lines written) is at least the confirmed count, which is at least `N`. At-least-once may show a few duplicates (count > N).",
             "- **Sharing**: the simulator (and the webhook sender) run in the same process on their own thread and runtime, and their CPU is subtracted; `scripts/bench.sh` moves that thread off the bridge's CPU (`--load-cpus`, in the note above), as a separate load generator would be, so it shares a CPU with tansu instead. The brokers run on the same machine. Kafka is tansu (memory storage), not Apache Kafka.",
@@ -1945,7 +2045,7 @@ mod bench {
             if !a.wants(k.name()) {
                 continue;
             }
-            if k != SinkKind::File && a.runs("raw") {
+            if a.runs("raw") {
                 eprintln!("{}: raw ({n} events)", k.name());
                 record(
                     raw(&c, k, a.payload_bytes, n, "main").await,
@@ -1961,7 +2061,7 @@ mod bench {
                     &mut rows,
                 );
             }
-            if k != SinkKind::File && a.runs("raw") && a.runs("core") {
+            if a.runs("raw") && a.runs("core") {
                 for pair in 2..=a.pairs {
                     let group = format!("pair-{pair}");
                     let raw_first = pair % 2 == 1;
