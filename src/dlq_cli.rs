@@ -640,6 +640,11 @@ fn decode_payloads(payloads: Vec<Vec<u8>>, from: &str) -> (Vec<DeadLetter>, usiz
     (ok, bad)
 }
 
+// `from` is read by the broker arms only: a build without broker features has none.
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "rabbitmq", feature = "nats")),
+    allow(unused_variables)
+)]
 async fn read_sink(
     name: &str,
     sc: &SinkConfig,
@@ -651,7 +656,8 @@ async fn read_sink(
         from: label.clone(),
         error,
     };
-    let payloads: Vec<Vec<u8>> = match sc {
+    // The payloads read, and how many records were not the sink's own (file sink only).
+    let (payloads, unreadable): (Vec<Vec<u8>>, usize) = match sc {
         SinkConfig::File(f) => {
             let path = crate::sinks::file::topic_file(&f.dir, topic);
             let text = match std::fs::read_to_string(&path) {
@@ -677,14 +683,16 @@ async fn read_sink(
                     }
                 }
             }
-            let (ok, bad2) = decode_payloads(v, &label);
-            return Ok((ok, bad + bad2));
+            (v, bad)
         }
         #[cfg(feature = "kafka")]
-        SinkConfig::Kafka(k) => tokio::time::timeout(from.read_timeout, kafka::read(k, topic))
-            .await
-            .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-            .map_err(read_err)?,
+        SinkConfig::Kafka(k) => (
+            tokio::time::timeout(from.read_timeout, kafka::read(k, topic))
+                .await
+                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+                .map_err(read_err)?,
+            0,
+        ),
         #[cfg(feature = "rabbitmq")]
         SinkConfig::Rabbitmq(r) => {
             let Some(queue) = &from.queue else {
@@ -694,16 +702,22 @@ async fn read_sink(
                     r.exchange
                 )));
             };
-            tokio::time::timeout(from.read_timeout, rabbitmq::read(r, queue))
-                .await
-                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-                .map_err(read_err)?
+            (
+                tokio::time::timeout(from.read_timeout, rabbitmq::read(r, queue))
+                    .await
+                    .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+                    .map_err(read_err)?,
+                0,
+            )
         }
         #[cfg(feature = "nats")]
-        SinkConfig::Nats(n) => tokio::time::timeout(from.read_timeout, nats::read(name, n, topic))
-            .await
-            .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-            .map_err(read_err)?,
+        SinkConfig::Nats(n) => (
+            tokio::time::timeout(from.read_timeout, nats::read(name, n, topic))
+                .await
+                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+                .map_err(read_err)?,
+            0,
+        ),
         #[allow(unreachable_patterns)]
         other => {
             return Err(DlqCliError::Config(format!(
@@ -712,7 +726,8 @@ async fn read_sink(
             )));
         }
     };
-    Ok(decode_payloads(payloads, &label))
+    let (ok, bad) = decode_payloads(payloads, &label);
+    Ok((ok, unreadable + bad))
 }
 
 #[cfg(feature = "kafka")]
