@@ -808,3 +808,68 @@ admin: {{ listen: null }}
     let (after, _) = run(list(None), &fixed_cfg).await;
     assert_eq!(after.dead_letters.len(), listed.dead_letters.len());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The file sink as the dead-letter destination (no broker)
+
+/// Dead letters written to a file sink's topic are listed; a line that is not a file-sink record
+/// and a record whose payload is not a dead letter are both counted as unreadable, not dropped
+/// silently and not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_dead_letters_listed_and_foreign_lines_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let fallback = dir.path().join("fallback.jsonl");
+    let cfg = config(&format!(
+        r#"
+sinks:
+  files: {{ type: file, dir: "{}" }}
+routes:
+  - name: orders
+    match: ["order.*"]
+    to: [{{ sink: files, topic: "orders" }}]
+dead_letter: {{ sink: files, topic: "dead", fallback_file: "{}" }}
+spool: {{ enabled: false }}
+admin: {{ listen: null }}
+"#,
+        out.display(),
+        fallback.display()
+    ));
+    let sinks = app::build_sinks(&cfg).await.expect("sinks start");
+    let writer = DeadLetterWriter::new(
+        sinks.get("files").cloned(),
+        "dead".into(),
+        1,
+        fallback.clone(),
+        Arc::new(Metrics::new()),
+    );
+    for (i, raw) in [&b"{not json"[..], b"\xff\xfe binary"].iter().enumerate() {
+        let dl = DeadLetter::unparseable(
+            raw,
+            format!("unparseable:{i}"),
+            None,
+            SourceKind::Webhook,
+            SystemTime::now(),
+            &TraceContext::default(),
+            "body is not valid JSON",
+        );
+        writer.write(&dl).await.unwrap();
+    }
+    // A line that is not a file-sink record, and a record whose payload is not a dead letter.
+    let dead = fondo_bridge::sinks::file::topic_file(&out, "dead");
+    let mut text = std::fs::read_to_string(&dead).expect("dead letters in the file sink");
+    text.push_str("this is not a record\n");
+    text.push_str(r#"{"topic":"dead","event_id":"x","headers":{},"payload_json":{"eventType":"order.create"}}"#);
+    text.push('\n');
+    std::fs::write(&dead, text).unwrap();
+
+    let (o, printed) = run(list(None), &cfg).await;
+    let mut ids: Vec<&str> = o.dead_letters.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["unparseable:0", "unparseable:1"], "{printed}");
+    assert_eq!(o.unreadable, 2, "{printed}");
+    assert!(
+        !fallback.exists() || std::fs::read_to_string(&fallback).unwrap().is_empty(),
+        "the file sink took the dead letters; nothing went to the fallback file"
+    );
+}

@@ -373,7 +373,12 @@ async fn refused_token_is_retried_slowly_and_a_fixed_token_file_is_picked_up() {
         state.as_ref().is_err_and(|e| e.contains("401")),
         "{state:?}"
     );
-    assert!(src.stats.auth_failures.load(Ordering::SeqCst) >= 2);
+    // The simulator records a refused handshake when it answers 401, before the source has read
+    // that answer and counted it.
+    eventually("two auth failures counted", Duration::from_secs(5), || {
+        src.stats.auth_failures.load(Ordering::SeqCst) >= 2
+    })
+    .await;
 
     // The token file is re-read on every attempt.
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
