@@ -122,7 +122,12 @@ async fn unparseable_to_fallback(path: &Path, raw: &[u8], id: &str) {
         path.to_path_buf(),
         Arc::new(Metrics::new()),
     );
-    let dl = DeadLetter::unparseable(
+    w.write(&unparseable(raw, id)).await.unwrap();
+}
+
+/// The dead letter of a webhook body that is not JSON.
+fn unparseable(raw: &[u8], id: &str) -> DeadLetter {
+    DeadLetter::unparseable(
         raw,
         id.into(),
         None,
@@ -130,8 +135,7 @@ async fn unparseable_to_fallback(path: &Path, raw: &[u8], id: &str) {
         SystemTime::now(),
         &TraceContext::default(),
         "body is not valid JSON",
-    );
-    w.write(&dl).await.unwrap();
+    )
 }
 
 async fn run(cmd: DlqCommand, cfg: &Config) -> (DlqOutcome, String) {
@@ -844,16 +848,10 @@ admin: {{ listen: null }}
         Arc::new(Metrics::new()),
     );
     for (i, raw) in [&b"{not json"[..], b"\xff\xfe binary"].iter().enumerate() {
-        let dl = DeadLetter::unparseable(
-            raw,
-            format!("unparseable:{i}"),
-            None,
-            SourceKind::Webhook,
-            SystemTime::now(),
-            &TraceContext::default(),
-            "body is not valid JSON",
-        );
-        writer.write(&dl).await.unwrap();
+        writer
+            .write(&unparseable(raw, &format!("unparseable:{i}")))
+            .await
+            .unwrap();
     }
     // A line that is not a file-sink record, and a record whose payload is not a dead letter.
     let dead = fondo_bridge::sinks::file::topic_file(&out, "dead");
