@@ -732,12 +732,14 @@ mod bench {
 
     mod file {
         use super::*;
+        use fondo_bridge::sinks::Message;
+        use fondo_bridge::sinks::file::{encode_line, topic_file};
         use std::collections::HashMap;
         use std::io::Write as _;
 
-        /// The bare-disk counterpart of the file sink: the lines the sink writes (topic, key, event
-        /// id, the four `fondo-*` headers, the payload embedded as JSON), appended to one file per
-        /// topic, `window` messages per group commit, and every file written in a batch
+        /// The bare-disk counterpart of the file sink: the sink's own lines (`encode_line`: topic,
+        /// key, event id, the four `fondo-*` headers, the payload embedded as JSON), appended to one
+        /// file per topic, `window` messages per group commit, and every file written in a batch
         /// fdatasynced, in parallel as the sink's helper threads do, before the next batch starts.
         /// No parse, no dispatcher, no spool: what the disk and the kernel cost on their own.
         /// Latency is each message's batch, write to the last fdatasync (exact).
@@ -748,8 +750,8 @@ mod bench {
             n: u64,
             window: usize,
         ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
-            let mut files: HashMap<&'static str, std::fs::File> = HashMap::new();
-            let mut lines: HashMap<&'static str, Vec<u8>> = HashMap::new();
+            let mut files: HashMap<String, std::fs::File> = HashMap::new();
+            let mut lines: HashMap<String, Vec<u8>> = HashMap::new();
             let mut lat = Vec::with_capacity(n as usize);
             let t0 = Instant::now();
             let mut i = 0u64;
@@ -758,50 +760,44 @@ mod bench {
                 let started = Instant::now();
                 for j in i..end {
                     let ev = &pool[(j as usize) % pool.len()];
-                    let topic = format!("{prefix}.{}", ev.entity);
-                    let headers = [
-                        ("fondo-client-id", CLIENT_ID),
-                        ("fondo-event-id", &format!("{j:032x}")),
-                        ("fondo-event-type", ev.etype),
-                        ("fondo-source", "websocket"),
-                    ];
-                    let meta = json!({
-                        "topic": topic,
-                        "key": ev.key,
-                        "event_id": format!("{j:032x}"),
-                        "headers": headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                            .collect::<std::collections::BTreeMap<_, _>>(),
-                    });
-                    let buf = lines.entry(ev.entity).or_default();
-                    let mut m = serde_json::to_vec(&meta)?;
-                    // `{...}` → `{...,"payload_json":<body>}`: the body is compact JSON.
-                    m.pop();
-                    buf.extend_from_slice(&m);
-                    buf.extend_from_slice(b",\"payload_json\":");
-                    buf.extend_from_slice(&ev.body);
-                    buf.extend_from_slice(b"}\n");
+                    let id = format!("{j:032x}");
+                    let msg = Message {
+                        topic: format!("{prefix}.{}", ev.entity),
+                        key: Some(ev.key.clone()),
+                        headers: vec![
+                            ("fondo-event-id".into(), id.clone()),
+                            ("fondo-event-type".into(), ev.etype.into()),
+                            ("fondo-client-id".into(), CLIENT_ID.into()),
+                            ("fondo-source".into(), "websocket".into()),
+                        ],
+                        payload: ev.body.clone(),
+                        event_id: id.into(),
+                        payload_is_json: true,
+                    };
+                    let line = encode_line(&msg).map_err(|e| anyhow!("encode: {e}"))?;
+                    lines.entry(msg.topic).or_default().extend_from_slice(&line);
                 }
                 let mut dirty = Vec::new();
-                for (entity, buf) in lines.iter_mut().filter(|(_, b)| !b.is_empty()) {
-                    if !files.contains_key(entity) {
-                        let path = dir.join(format!("{prefix}.{entity}.jsonl"));
+                for (topic, buf) in lines.iter_mut().filter(|(_, b)| !b.is_empty()) {
+                    if !files.contains_key(topic) {
+                        let path = topic_file(dir, topic);
                         let f = std::fs::OpenOptions::new()
                             .create(true)
                             .append(true)
                             .open(&path)
                             .with_context(|| format!("open {}", path.display()))?;
-                        files.insert(entity, f);
+                        files.insert(topic.clone(), f);
                     }
-                    if let Some(f) = files.get_mut(entity) {
+                    if let Some(f) = files.get_mut(topic) {
                         f.write_all(buf)?;
-                        dirty.push(*entity);
+                        dirty.push(topic.clone());
                     }
                     buf.clear();
                 }
                 std::thread::scope(|sc| -> anyhow::Result<()> {
                     let syncs: Vec<_> = dirty
                         .iter()
-                        .filter_map(|e| files.get(e))
+                        .filter_map(|t| files.get(t))
                         .map(|f| sc.spawn(move || f.sync_data()))
                         .collect();
                     for h in syncs {

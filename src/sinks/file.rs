@@ -361,8 +361,9 @@ fn write_line(
     Ok(())
 }
 
-/// One message as its JSON line (newline included): the same JSON as [`FileRecord`].
-fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
+/// One message as its JSON line (newline included): the same JSON as [`FileRecord`]. Public so
+/// the benchmark's bare file writer writes exactly the sink's lines.
+pub fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
     // Borrowed view of the record, without copying the payload.
     #[derive(Serialize)]
     struct Line<'a> {
