@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fondo_bridge::config::SpoolConfig;
+use fondo_bridge::group_commit::Pace;
 use fondo_bridge::metrics::Metrics;
 use fondo_bridge::spool::Spool;
 
@@ -64,7 +65,10 @@ fn bench_spool(c: &mut Criterion) {
                             rt.block_on(async {
                                 let mut pending = Vec::with_capacity(batch);
                                 for _ in 0..batch {
-                                    match spool.begin_append("bench-client", body.clone()).await {
+                                    match spool
+                                        .begin_append("bench-client", body.clone(), Pace::Prompt)
+                                        .await
+                                    {
                                         Ok(p) => pending.push(p),
                                         Err(e) => panic!("append: {e}"),
                                     }

@@ -31,6 +31,7 @@ use tracing::{Instrument as _, Span};
 use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
 use crate::event::{AckHandle, AckStatus, Envelope, Event, SourceKind, TraceContext};
+use crate::group_commit::Pace;
 use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceReasonLabels};
 use crate::router::{Destination, Router};
 use crate::sinks::{DynSink, Message, SinkError, headers};
@@ -615,6 +616,12 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
             event_id: Arc::clone(&e.event_id),
             // The parser accepted the original bytes; a redacted body is serde_json's output.
             payload_is_json: true,
+            // The WebSocket source reads on while its (spooled) events are delivered; a webhook
+            // sender and a replay wait for each answer.
+            pace: match ctx.source {
+                SourceKind::WebSocket => Pace::Patient,
+                SourceKind::Webhook | SourceKind::Replay => Pace::Prompt,
+            },
         },
         d.sink,
     )

@@ -298,6 +298,7 @@ impl DeadLetterWriter {
                 payload: Bytes::from(line.clone()),
                 event_id: Arc::from(dl.message_id()),
                 payload_is_json: true,
+                pace: crate::group_commit::Pace::Prompt,
             };
             for attempt in 0..self.attempts {
                 match sink.publish(&msg).await {

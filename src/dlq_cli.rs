@@ -1542,6 +1542,7 @@ async fn send_direct(
                 event_id: Arc::from(d.event_id.as_str()),
                 // A dead letter's body may be the malformed input that made it one.
                 payload_is_json: false,
+                pace: crate::group_commit::Pace::Prompt,
             };
             let started = Instant::now();
             let mut delay = policy.initial;

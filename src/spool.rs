@@ -22,8 +22,10 @@
 //! One writer thread owns the active segment. Appends queue up while it is busy; it takes every
 //! queued append (up to a batch limit), writes them with one `write`, and `fsync`s once for the whole
 //! batch (group commit). While appends keep arriving, a batch waits for them, up to
-//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]). An
-//! append resolves only after the fsync of its batch. When the active segment reaches
+//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]); a
+//! batch of [`Pace::Patient`] appends (the WebSocket source, which reads on meanwhile) waits for
+//! that whole interval under a steady stream. An append resolves only after the fsync of its
+//! batch. When the active segment reaches
 //! `segment_bytes` it is sealed and a new one is started with the next append.
 //!
 //! # Releasing
@@ -53,7 +55,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::SpoolConfig;
-use crate::group_commit::CommitPacer;
+use crate::group_commit::{CommitPacer, Gathered, Pace};
 use crate::metrics::{Metrics, SourceReasonLabels};
 
 /// The magic at the start of every segment file.
@@ -245,6 +247,7 @@ enum Cmd {
     Append {
         client_id: String,
         payload: Bytes,
+        pace: Pace,
         reply: oneshot::Sender<Result<u64, SpoolError>>,
     },
     /// Something was released: check whether the active segment can be retired.
@@ -351,16 +354,21 @@ impl Spool {
 
     /// Appends a record and waits until it is durable; returns its id.
     pub async fn append(&self, client_id: &str, payload: Bytes) -> Result<u64, SpoolError> {
-        self.begin_append(client_id, payload).await?.wait().await
+        self.begin_append(client_id, payload, Pace::Prompt)
+            .await?
+            .wait()
+            .await
     }
 
     /// Waits for space (backpressure), then queues the record for the next group commit. The
     /// returned [`PendingAppend`] resolves after the fsync; appends queued from one task are
-    /// written in the order they were queued.
+    /// written in the order they were queued. `pace` says whether the caller waits for this
+    /// commit before it appends more ([`Pace::Prompt`]) or keeps appending ([`Pace::Patient`]).
     pub async fn begin_append(
         &self,
         client_id: &str,
         payload: Bytes,
+        pace: Pace,
     ) -> Result<PendingAppend, SpoolError> {
         if client_id.len() > usize::from(u16::MAX) {
             return Err(SpoolError::ClientIdTooLong);
@@ -371,6 +379,7 @@ impl Spool {
         let cmd = Cmd::Append {
             client_id: client_id.to_owned(),
             payload,
+            pace,
             reply,
         };
         if self.tx.send(cmd).await.is_err() {
@@ -834,29 +843,35 @@ impl Writer {
         let mut pacer = CommitPacer::new(self.shared.group_commit);
         while let Some(cmd) = rx.blocking_recv() {
             let mut bytes = 0usize;
-            let push = |cmd: Cmd, batch: &mut Vec<_>, bytes: &mut usize| {
+            let mut patient = true;
+            let push = |cmd: Cmd, batch: &mut Vec<_>, bytes: &mut usize, patient: &mut bool| {
                 if let Cmd::Append {
                     client_id,
                     payload,
+                    pace,
                     reply,
                 } = cmd
                 {
                     *bytes += payload.len() + HEADER;
+                    *patient &= pace == Pace::Patient;
                     batch.push((client_id, payload, reply));
                 }
             };
-            push(cmd, &mut batch, &mut bytes);
+            push(cmd, &mut batch, &mut bytes, &mut patient);
             let mut drain = || {
                 while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(cmd) => push(cmd, &mut batch, &mut bytes),
+                        Ok(cmd) => push(cmd, &mut batch, &mut bytes, &mut patient),
                         Err(_) => break,
                     }
                 }
-                let full = batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES;
-                (batch.len(), full)
+                Gathered {
+                    size: batch.len(),
+                    full: batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES,
+                    patient,
+                }
             };
-            if drain().0 > 0 {
+            if drain().size > 0 {
                 // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
                 pacer.gather(drain);
             }
@@ -1099,7 +1114,11 @@ mod tests {
         let (s, _) = open(&cfg(dir.path(), 1 << 30, 1 << 20));
         let mut pending = Vec::new();
         for i in 0..2000 {
-            pending.push(s.begin_append("c", payload(i, 1000)).await.unwrap());
+            pending.push(
+                s.begin_append("c", payload(i, 1000), Pace::Prompt)
+                    .await
+                    .unwrap(),
+            );
         }
         let mut ids = Vec::new();
         for p in pending {

@@ -63,6 +63,7 @@ fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
         payload: Bytes::from(payload),
         event_id,
         payload_is_json: false,
+        pace: fondo_bridge::group_commit::Pace::Prompt,
     }
 }
 

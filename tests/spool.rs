@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fondo_bridge::config::SpoolConfig;
+use fondo_bridge::group_commit::Pace;
 use fondo_bridge::metrics::Metrics;
 use fondo_bridge::spool::Spool;
 
@@ -63,7 +64,13 @@ fn spool_child_writer() {
         loop {
             let mut pending = Vec::new();
             for _ in 0..64 {
-                pending.push((n, spool.begin_append("c1", body(n)).await.unwrap()));
+                pending.push((
+                    n,
+                    spool
+                        .begin_append("c1", body(n), Pace::Prompt)
+                        .await
+                        .unwrap(),
+                ));
                 n += 1;
             }
             for (n, p) in pending {

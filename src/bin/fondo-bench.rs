@@ -773,6 +773,7 @@ mod bench {
                         payload: ev.body.clone(),
                         event_id: id.into(),
                         payload_is_json: true,
+                        pace: fondo_bridge::group_commit::Pace::Patient,
                     };
                     let line = encode_line(&msg).map_err(|e| anyhow!("encode: {e}"))?;
                     lines.entry(msg.topic).or_default().extend_from_slice(&line);

@@ -235,8 +235,9 @@ pub struct FileSinkConfig {
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
     /// With `fsync: batch`, how long a group commit may wait for more writes: while writes keep
-    /// arriving, each file is fsynced at most once per this interval; when they stop, or after a
-    /// quiet period, the batch is committed at once. 0: commit as soon as the writer is free.
+    /// arriving, each file is fsynced at most once per this interval; after a quiet period the
+    /// batch is committed at once, and so is a batch holding a webhook's event once nothing more
+    /// is coming (its sender waits for the answer). 0: commit as soon as the writer is free.
     #[serde(default = "default_group_commit_ms")]
     pub group_commit_ms: u64,
 }
@@ -373,8 +374,8 @@ pub struct SpoolConfig {
     #[serde(default = "default_spool_segment_bytes")]
     pub segment_bytes: u64,
     /// How long a group commit (fsync) of the spool may wait for more appends: while appends keep
-    /// arriving, the spool fsyncs at most once per this interval; when they stop, or after a quiet
-    /// period, it commits at once (see `group_commit.rs`). 0: commit as soon as the writer is free.
+    /// arriving, the spool fsyncs at most once per this interval; after a quiet period it commits
+    /// at once (see `group_commit.rs`). 0: commit as soon as the writer is free.
     #[serde(default = "default_group_commit_ms")]
     pub group_commit_ms: u64,
 }

@@ -151,6 +151,39 @@ async fn delivers_to_every_destination_with_headers() {
 }
 
 #[tokio::test]
+async fn websocket_events_are_patient_and_webhook_and_replayed_ones_prompt() {
+    let s = Arc::new(TestSink::new("a", Faults::default()));
+    let rig = rig(
+        vec![route("all", &["*"], "a", "t")],
+        vec![("a", s.clone())],
+        None,
+        3,
+        100,
+    );
+    let sources = [
+        (SourceKind::WebSocket, Pace::Patient),
+        (SourceKind::Webhook, Pace::Prompt),
+        (SourceKind::Replay, Pace::Prompt),
+    ];
+    for (i, (source, _)) in sources.iter().enumerate() {
+        let (ack, rx) = AckHandle::new();
+        let e = event("order.update", &format!("o{i}"), 1);
+        rig.d
+            .submit(Envelope::new(e, ack, *source))
+            .await
+            .map_err(|_| "submit failed")
+            .unwrap();
+        assert_eq!(rx.wait().await, AckStatus::Delivered);
+    }
+    let delivered = s.delivered();
+    assert_eq!(delivered.len(), sources.len());
+    for (m, (source, pace)) in delivered.iter().zip(sources) {
+        assert_eq!(m.header("fondo-source"), Some(source.as_str()));
+        assert_eq!(m.pace, pace, "{source:?}");
+    }
+}
+
+#[tokio::test]
 async fn order_per_key_is_kept_though_the_first_failed_twice() {
     let s = Arc::new(TestSink::new(
         "s",

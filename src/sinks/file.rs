@@ -4,7 +4,8 @@
 //! One writer thread owns the files. Publishes queue to it; it writes everything queued, then makes
 //! the batch durable with one `fsync` per touched file (group commit), then confirms each publish.
 //! With `fsync: batch`, a batch waits for more publishes while they keep arriving, up to
-//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]).
+//! `group_commit_ms` after the previous commit started ([`crate::group_commit::CommitPacer`]); a
+//! batch of [`Pace::Patient`] messages (from the WebSocket source) waits for that whole interval.
 //! A line is `{"topic","key","event_id","headers":{..},"payload_json":<original JSON>}`. Every
 //! line holds the original bytes exactly, in one of three fields:
 //! - `payload_json`: the payload itself, embedded as JSON, when it is known to be one JSON
@@ -32,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Message, Sink, SinkError};
 use crate::config::{FileSinkConfig, FsyncPolicy};
-use crate::group_commit::CommitPacer;
+use crate::group_commit::{CommitPacer, Gathered, Pace};
 
 /// One line of a file sink's output (see the module docs for which payload field is used).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +89,12 @@ pub fn topic_file(dir: &Path, topic: &str) -> PathBuf {
 
 /// A record encoded by the publishing task (topic, the JSON line with its newline), so the writer
 /// thread only writes and syncs, and no message is copied to cross threads.
-type Request = (String, Vec<u8>, oneshot::Sender<Result<(), SinkError>>);
+type Request = (
+    String,
+    Vec<u8>,
+    Pace,
+    oneshot::Sender<Result<(), SinkError>>,
+);
 
 pub struct FileSink {
     name: String,
@@ -247,15 +253,23 @@ fn writer_loop(
     let mut last_sync = Instant::now();
     let mut pacer = CommitPacer::new(group_commit);
     while let Some(first) = rx.blocking_recv() {
+        let mut patient = first.2 == Pace::Patient;
         let mut batch = vec![first];
         let mut drain = || {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => {
+                        patient &= r.2 == Pace::Patient;
+                        batch.push(r);
+                    }
                     Err(_) => break,
                 }
             }
-            (batch.len(), batch.len() >= MAX_BATCH)
+            Gathered {
+                size: batch.len(),
+                full: batch.len() >= MAX_BATCH,
+                patient,
+            }
         };
         if policy == FsyncPolicy::Batch {
             // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
@@ -264,7 +278,7 @@ fn writer_loop(
             drain();
         }
         let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
-        for (topic, line, _) in &batch {
+        for (topic, line, _, _) in &batch {
             results.push(write_line(&mut files, &dir, topic, line));
         }
         // Flush every touched file, and fsync as the policy says; a failure fails the whole batch
@@ -309,7 +323,7 @@ fn writer_loop(
             // Reopen on the next write: the buffered state is unknown.
             files.remove(topic);
         }
-        for ((topic, _, reply), mut result) in batch.into_iter().zip(results) {
+        for ((topic, _, _, reply), mut result) in batch.into_iter().zip(results) {
             if let Some(e) = failed.get(&topic) {
                 if result.is_ok() {
                     result = Err(SinkError::Retriable(format!("flush failed: {e}")));
@@ -442,7 +456,7 @@ impl Sink for FileSink {
             .ok_or_else(|| SinkError::Retriable("file sink is closed".into()))?;
         let line = encode_line(msg)?;
         let (reply, rx) = oneshot::channel();
-        tx.send((msg.topic.clone(), line, reply))
+        tx.send((msg.topic.clone(), line, msg.pace, reply))
             .await
             .map_err(|_| SinkError::Retriable("file sink writer stopped".into()))?;
         rx.await
@@ -501,6 +515,7 @@ mod tests {
             event_id: Arc::from(id),
             // What the dispatcher promises: the parser accepted it.
             payload_is_json: serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
+            pace: Pace::Prompt,
         }
     }
 

@@ -11,6 +11,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::group_commit::Pace;
+
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -48,6 +50,11 @@ pub struct Message {
     /// wrote it. Lets the file sink embed it as JSON instead of escaping it into a string.
     /// `false` promises nothing (the payload may still be JSON).
     pub payload_is_json: bool,
+    /// Whether the source waits for this confirmation before it takes more: [`Pace::Prompt`]
+    /// (a webhook sender holds its request open) or [`Pace::Patient`] (the WebSocket source reads
+    /// on while its spooled events are delivered). A sink that group-commits (the file sink) may
+    /// let a batch of patient messages wait for its whole interval; brokers ignore it.
+    pub pace: Pace,
 }
 
 impl Message {

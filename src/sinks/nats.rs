@@ -803,6 +803,7 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             event_id: Arc::from("ev-1"),
             payload_is_json: true,
+            pace: crate::group_commit::Pace::Prompt,
         }
     }
 

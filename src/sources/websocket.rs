@@ -55,6 +55,7 @@ use crate::dlq::{DeadLetter, rfc3339};
 use crate::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
 };
+use crate::group_commit::Pace;
 use crate::metrics::{ClientLabels, SourceReasonLabels};
 use crate::spool::{PendingAppend, Spool, SpoolError};
 
@@ -736,7 +737,11 @@ impl Ctx {
     /// Spools an event (waiting for space when the spool is full) and queues it for submission.
     async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
         let pending = match &self.spool {
-            Some(spool) => match spool.begin_append(client_id, event.raw.clone()).await {
+            // The source reads on while its events commit: the spool may let a batch grow.
+            Some(spool) => match spool
+                .begin_append(client_id, event.raw.clone(), Pace::Patient)
+                .await
+            {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::error!(client_id, error = %e,
