@@ -9,20 +9,25 @@
 # taskset: the bench process (bridge, raw clients) on $BENCH_CPUS (default: the last CPU), its
 # simulator thread (the load generator of the WebSocket and webhook scenarios) and tansu on the
 # others ($BENCH_BROKER_CPUS). RabbitMQ and NATS are the machine's services and are not re-pinned.
+# Then (when the file sink is in --only) WebSocket -> file runs $BENCH_MACHINE_RUNS times (default
+# 5) on the whole machine, unpinned: issue #3's measurement.
 # Writes bench-results/results.json and docs/benchmarks.md.
 #
 # Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average
 # is below this, e.g. 2.5; default: don't wait), BENCH_WAIT_MAX_S (give up waiting after this many
-# seconds and run anyway; default 600), BENCH_SKIP_BUILD=1 (use the binary already built).
+# seconds and run anyway; default 600), BENCH_SKIP_BUILD=1 (use the binary already built),
+# BENCH_MACHINE_RUNS (default 5; 0 skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=--quick
 ARGS=()
+MACHINE=(--machine-runs "${BENCH_MACHINE_RUNS:-5}")
 for a in "$@"; do
     case $a in
     --quick | --full) MODE=$a ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --machine-runs | --machine-runs=*) MACHINE=(); ARGS+=("$a") ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$a") ;;
     esac
 done
@@ -75,5 +80,5 @@ say "running $MODE ($PINNING)"
     --kafka "127.0.0.1:$PORT" \
     --kafka-restart-cmd "$RESTART" \
     --note "$PINNING; busiest processes at start: $OTHERS" \
-    "${LOAD[@]}" "${ARGS[@]}"
+    "${LOAD[@]}" "${MACHINE[@]}" "${ARGS[@]}"
 scripts/kafka-broker.sh stop "$PORT" >/dev/null 2>&1 || true
