@@ -1349,6 +1349,28 @@ mod tests {
         drop(s);
     }
 
+    /// Opens a spool, appends `n` records of `size` bytes, releases those `release` picks (from
+    /// the last to the first, so out of order) and closes it cleanly; returns the ids.
+    async fn fill_and_release(
+        c: &SpoolConfig,
+        n: u64,
+        size: usize,
+        release: impl Fn(u64) -> bool,
+    ) -> Vec<u64> {
+        let (s, _) = open(c);
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(s.append("c", payload(i as usize, size)).await.unwrap());
+        }
+        for (i, &id) in ids.iter().enumerate().rev() {
+            if release(i as u64) {
+                s.release(id);
+            }
+        }
+        drop(s);
+        ids
+    }
+
     /// Waits up to 5 s until at most `n` segment files remain; returns them.
     async fn files_eventually(dir: &Path, n: usize) -> Vec<PathBuf> {
         let t = std::time::Instant::now();
@@ -1366,16 +1388,8 @@ mod tests {
     async fn a_clean_close_keeps_segments_with_live_records() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), 1 << 30, 4096);
-        let (s, _) = open(&c);
-        let mut ids = Vec::new();
-        for i in 0..40 {
-            ids.push(s.append("c", payload(i, 500)).await.unwrap());
-        }
         // Every record but the last is released: only the last one's segment must survive.
-        for &id in &ids[..39] {
-            s.release(id);
-        }
-        drop(s);
+        fill_and_release(&c, 40, 500, |i| i < 39).await;
         let (s, report) = open(&c);
         let got: Vec<_> = s.replay().map(Result::unwrap).collect();
         assert!(
@@ -1390,15 +1404,7 @@ mod tests {
     async fn partially_released_segment_is_replayed_whole_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), 1 << 30, 1 << 20);
-        let (s, _) = open(&c);
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            ids.push(s.append("c", payload(i, 100)).await.unwrap());
-        }
-        for &id in &ids[..5] {
-            s.release(id);
-        }
-        drop(s);
+        fill_and_release(&c, 10, 100, |i| i < 5).await;
         // A crash leaves no live-set file: every record comes back.
         let seg = seg_files(dir.path()).pop().unwrap();
         fs::remove_file(live_path(&seg)).unwrap();
@@ -1419,18 +1425,8 @@ mod tests {
     async fn a_clean_close_replays_only_what_was_not_released() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), 1 << 30, 1 << 20);
-        let (s, _) = open(&c);
-        let mut ids = Vec::new();
-        for i in 0..100 {
-            ids.push(s.append("c", payload(i, 100)).await.unwrap());
-        }
-        // Released out of order, every third one kept.
-        for (i, &id) in ids.iter().enumerate().rev() {
-            if i % 3 != 0 {
-                s.release(id);
-            }
-        }
-        drop(s);
+        // Every third one kept.
+        fill_and_release(&c, 100, 100, |i| i % 3 != 0).await;
         let (s, report) = open(&c);
         assert_eq!((report.records, report.released), (34, 66));
         let got: Vec<_> = s.replay().map(Result::unwrap).collect();
@@ -1466,15 +1462,7 @@ mod tests {
     async fn a_damaged_or_mismatched_live_set_replays_the_whole_segment() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), 1 << 30, 1 << 20);
-        let (s, _) = open(&c);
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            ids.push(s.append("c", payload(i, 100)).await.unwrap());
-        }
-        for &id in &ids[..9] {
-            s.release(id);
-        }
-        drop(s);
+        fill_and_release(&c, 10, 100, |i| i < 9).await;
         let seg = seg_files(dir.path()).pop().unwrap();
         let live = live_path(&seg);
         let good = fs::read(&live).unwrap();

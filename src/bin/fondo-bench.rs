@@ -1726,6 +1726,18 @@ mod bench {
         format!("{} / {} / {}", f(r.p50_ms), f(r.p99_ms), f(r.p999_ms))
     }
 
+    /// The last cells of a bridge row: SUT CPU s (cores/10k) | peak RSS MB | verified (count).
+    fn cpu_rss_verified(r: &Row) -> String {
+        format!(
+            "{:.2} ({:.2}) | {:.0} | {} ({})",
+            r.cpu_s_sut,
+            r.sut_cores_per_10k,
+            r.peak_rss_mb,
+            ok(r),
+            r.broker_count.map(|c| c.to_string()).unwrap_or_default()
+        )
+    }
+
     fn ok(r: &Row) -> &'static str {
         match r.verified {
             Some(true) => "yes",
@@ -1936,18 +1948,14 @@ mod bench {
                 push(
                     &mut s,
                     &format!(
-                        "| {} | {} | {} | {} | {} / {} | {:.2} ({:.2}) | {:.0} | {} ({}) |",
+                        "| {} | {} | {} | {} | {} / {} | {} |",
                         r.sink,
                         r.window,
                         r.msgs_per_s,
                         lat(r),
                         f(r.publish_p50_ms),
                         f(r.publish_p99_ms),
-                        r.cpu_s_sut,
-                        r.sut_cores_per_10k,
-                        r.peak_rss_mb,
-                        ok(r),
-                        r.broker_count.map(|c| c.to_string()).unwrap_or_default(),
+                        cpu_rss_verified(r),
                     ),
                 );
             }
@@ -1976,15 +1984,11 @@ mod bench {
                 push(
                     &mut s,
                     &format!(
-                        "| {} | {:.0} | {} | {:.2} ({:.2}) | {:.0} | {} ({}) |",
+                        "| {} | {:.0} | {} | {} |",
                         i + 1,
                         r.msgs_per_s,
                         lat(r),
-                        r.cpu_s_sut,
-                        r.sut_cores_per_10k,
-                        r.peak_rss_mb,
-                        ok(r),
-                        r.broker_count.map(|c| c.to_string()).unwrap_or_default(),
+                        cpu_rss_verified(r),
                     ),
                 );
             }
