@@ -1331,14 +1331,7 @@ mod bench {
         }
 
         fn median(&self) -> f64 {
-            let mut v = self.ratios.clone();
-            v.sort_by(f64::total_cmp);
-            let m = v.len() / 2;
-            if v.len() % 2 == 0 {
-                (v[m - 1] + v[m]) / 2.0
-            } else {
-                v[m]
-            }
+            median(&self.ratios).unwrap_or(f64::NAN)
         }
 
         fn min(&self) -> f64 {
@@ -2206,6 +2199,18 @@ mod bench {
         Ok(())
     }
 
+    /// The median of `v`; `None` when it is empty.
+    fn median(v: &[f64]) -> Option<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[m]),
+            _ => Some((v[m - 1] + v[m]) / 2.0),
+        }
+    }
+
     /// `--machine-runs`: WebSocket → file in child processes allowed every CPU (see the option).
     async fn machine_runs(a: &Args, n: u64, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("locating fondo-bench")?;
@@ -2330,16 +2335,6 @@ mod bench {
             })
         }
 
-        fn median(&self) -> Option<f64> {
-            let mut v = self.rates.clone();
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => None,
-                n if n % 2 == 1 => Some(v[n / 2]),
-                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-            }
-        }
-
         fn describe(&self) -> String {
             let each: Vec<String> = self.rates.iter().map(|r| format!("{r:.0}")).collect();
             let min = self.rates.iter().copied().reduce(f64::min);
@@ -2349,7 +2344,7 @@ mod bench {
                  {met} of {} at or above {:.0}{}",
                 self.requested,
                 each.join(", "),
-                self.median().map_or("n/a".into(), |m| format!("{m:.0}")),
+                median(&self.rates).map_or("n/a".into(), |m| format!("{m:.0}")),
                 min.map_or("n/a".into(), |m| format!("{m:.0}")),
                 self.requested,
                 MACHINE_TARGET,
@@ -2387,6 +2382,13 @@ mod bench {
             assert_eq!(p50, Some(1.0));
             let p75 = hist_quantile_ms(t, "fondo_bridge_x_seconds", "websocket", 0.75);
             assert_eq!(p75, Some(1.5));
+        }
+
+        #[test]
+        fn medians_of_odd_even_and_no_runs() {
+            assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+            assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+            assert_eq!(median(&[]), None);
         }
 
         #[test]
