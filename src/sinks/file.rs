@@ -631,6 +631,20 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_publishes_over_many_topics_are_all_confirmed_and_on_disk() {
+        // Prompt writes (webhooks), patient ones (the WebSocket source) and the two mixed.
+        publish_many_and_check(|_| Pace::Prompt).await;
+        publish_many_and_check(|_| Pace::Patient).await;
+        publish_many_and_check(|i| {
+            if i % 3 == 0 {
+                Pace::Prompt
+            } else {
+                Pace::Patient
+            }
+        })
+        .await;
+    }
+
+    async fn publish_many_and_check(pace_of: fn(usize) -> Pace) {
         let dir = tempfile::tempdir().unwrap();
         let sink = Arc::new(
             FileSink::new(
@@ -649,7 +663,8 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..600usize {
             let sink = Arc::clone(&sink);
-            let m = msg(&topics[i % topics.len()], &format!("e{i}"), b"{}");
+            let mut m = msg(&topics[i % topics.len()], &format!("e{i}"), b"{}");
+            m.pace = pace_of(i);
             tasks.spawn(async move { sink.publish(&m).await });
         }
         let mut confirmed = 0;
