@@ -8,9 +8,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fondo_bridge::config::Config;
-use fondo_bridge::event::{
-    Event, Node, ParseContext, ParseOptions, content_event_id, node_event_id,
-};
+use fondo_bridge::event::{Event, Node, ParseContext, ParseOptions, content_key, node_content_key};
 use fondo_bridge::router::Router;
 
 const ACCOUNT: &str = include_str!("../tests/fixtures/fondo/account.update.json");
@@ -70,13 +68,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("value_then_serialised_id", |b| {
         b.iter(|| {
             let v: serde_json::Value = serde_json::from_slice(&account).expect("sample parses");
-            black_box(content_event_id("account.update", &v))
+            black_box(content_key("account.update", &v))
         })
     });
     g.bench_function("node_then_direct_id", |b| {
         b.iter(|| {
             let n = Node::parse(&account).expect("sample parses");
-            black_box(node_event_id("account.update", &n, account.len()))
+            black_box(node_content_key("account.update", &n, account.len()))
         })
     });
     g.finish();

@@ -132,8 +132,7 @@ impl Bridge {
             dead_letters,
             policy: RetryPolicy::from_config(&cfg),
             max_in_flight: cfg.delivery.max_in_flight,
-            dedupe_ttl: Duration::from_secs(cfg.dedupe.ttl_s.max(1)),
-            dedupe_capacity: cfg.dedupe.capacity,
+            identity: crate::dispatch::IdentityConfig::from_config(&cfg),
             metrics: Arc::clone(&metrics),
         });
         let tasks = TaskTracker::new();

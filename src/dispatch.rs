@@ -8,9 +8,11 @@
 //!   events of its own key; a fatal failure, or running out of attempts, writes a dead letter.
 //! - The source's ack resolves when every destination delivered or durably dead-lettered the event;
 //!   a dead letter that could be written nowhere leaves the event unacknowledged (`Retry`).
-//! - The same event id, seen twice (webhook retries, both sources), is published once: ids are
-//!   remembered only after their delivery was confirmed, and a duplicate that arrives while the
-//!   first is still in flight waits for the first's outcome.
+//! - Identity ([`identity`]): before an event is spooled or submitted, [`Dispatcher::identify`]
+//!   decides which occurrence it is (a new change, a webhook retry, or the other source's copy of
+//!   a change). Copies of one occurrence are published once: occurrence ids are remembered only
+//!   after their delivery was confirmed, and a copy that arrives while its occurrence is in flight
+//!   waits for that outcome. Content alone never makes an event a duplicate.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -30,7 +32,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
-use crate::event::{AckHandle, AckStatus, Envelope, Event, SourceKind, TraceContext};
+use crate::event::{AckHandle, AckStatus, Envelope, Event, IdOrigin, SourceKind, TraceContext};
 use crate::group_commit::Pace;
 use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceReasonLabels};
 use crate::router::{Destination, Router};
@@ -86,8 +88,7 @@ pub struct DispatcherParts {
     pub dead_letters: Arc<DeadLetterWriter>,
     pub policy: RetryPolicy,
     pub max_in_flight: usize,
-    pub dedupe_ttl: Duration,
-    pub dedupe_capacity: u64,
+    pub identity: IdentityConfig,
     pub metrics: Arc<Metrics>,
 }
 
@@ -106,8 +107,10 @@ struct Inner {
     closed: AtomicBool,
     shared: Arc<Shared>,
     tasks: TaskTracker,
-    /// Ids in flight (with the copies that wait for their outcome) and ids delivered lately.
+    /// Occurrence ids in flight (with the copies that wait for their outcome) and delivered lately.
     ids: std::sync::Mutex<dedupe::Ids<Parked>>,
+    /// Which occurrence a copy belongs to: webhook retries and cross-source pairing.
+    identities: Identities,
 }
 
 /// What every delivery needs, shared by the workers.
@@ -196,12 +199,26 @@ impl Dispatcher {
         let mut sinks = HashMap::new();
         for (name, sink) in parts.sinks {
             let name: Arc<str> = Arc::from(name);
+            sink.count_broker_duplicates(
+                shared
+                    .metrics
+                    .broker_duplicates
+                    .get_or_create(&SinkLabels {
+                        sink: name.to_string(),
+                    })
+                    .clone(),
+            );
             let (tx, rx) = mpsc::unbounded_channel();
             tasks.spawn(run_worker(Arc::clone(&sink), rx, Arc::clone(&shared)));
             workers.insert(Arc::clone(&name), tx);
             sinks.insert(name, sink);
         }
         let max = parts.max_in_flight.max(1);
+        // A delivered occurrence is remembered as long as a copy of it may still come: a webhook
+        // retry (the replay cache's time) or the other source's copy (the pair window).
+        let remember = parts.identity.replay_ttl.max(parts.identity.pair_window);
+        let capacity = parts.identity.capacity as u64;
+        let identities = Identities::new(parts.identity, Arc::clone(&shared.metrics));
         Self {
             inner: Arc::new(Inner {
                 router: ArcSwap::from_pointee(parts.router),
@@ -212,10 +229,8 @@ impl Dispatcher {
                 closed: AtomicBool::new(false),
                 shared,
                 tasks,
-                ids: std::sync::Mutex::new(dedupe::Ids::new(
-                    parts.dedupe_ttl,
-                    parts.dedupe_capacity,
-                )),
+                ids: std::sync::Mutex::new(dedupe::Ids::new(remember, capacity)),
+                identities,
             }),
         }
     }
@@ -240,6 +255,36 @@ impl Dispatcher {
     /// Swaps the routing table atomically: events already routed finish on the old one.
     pub fn swap_router(&self, router: Router) {
         self.inner.router.store(Arc::new(router));
+    }
+
+    /// Decides which occurrence `event` is, from `source` and (webhooks) its signed delivery id,
+    /// and gives it that occurrence's id. Call it once per copy, before the copy is spooled or
+    /// submitted; a spool replay keeps the id it was spooled with and is not identified again.
+    pub fn identify(&self, event: &mut Event, source: SourceKind, delivery_id: Option<&str>) {
+        if event.id_origin == IdOrigin::Body {
+            // Fondo's own occurrence id: every copy carries it already.
+            return;
+        }
+        let r = self.inner.identities.resolve(
+            identity::Copy {
+                source,
+                content_key: event.content_key,
+                object: event.object_ref(),
+                delivery_id,
+                id: &event.event_id,
+            },
+            Instant::now(),
+        );
+        event.late = r.late;
+        if r.how != Resolution::New {
+            event.event_id = r.id;
+            event.id_origin = IdOrigin::Given;
+        }
+    }
+
+    /// Unpaired occurrences waiting for their copy from the other source.
+    pub fn unpaired(&self) -> usize {
+        self.inner.identities.unpaired()
     }
 
     /// Events inside the bridge now.
@@ -342,8 +387,10 @@ impl Dispatcher {
         });
     }
 
-    /// Publishes an event unless the same id was delivered already (then it is acknowledged as a
-    /// duplicate) or is in flight now (then it waits for that outcome, parked without a task).
+    /// Publishes an event unless its occurrence was delivered already (then it is acknowledged as
+    /// a copy of it) or is in flight now (then it waits for that outcome, parked without a task).
+    /// The id is an occurrence id ([`Dispatcher::identify`]), never the content: a body that repeats
+    /// a delivered one is published again.
     fn admit_tracked(&self, p: Parked) {
         let id = Arc::clone(&p.env.event.event_id);
         let admitted = {
@@ -415,7 +462,7 @@ impl Dispatcher {
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
         let m = &self.inner.shared.metrics;
         m.deduplicated_from(env.source).inc();
-        tracing::debug!(event_id = %env.event.event_id, source = %env.source, "duplicate event: already delivered, not published again");
+        tracing::debug!(event_id = %env.event.event_id, source = %env.source, "another copy of an occurrence already delivered: not published again");
         span.mark(Outcome::Duplicate);
         span.finish(AckStatus::Delivered);
         self.count_ack(env.source, AckStatus::Delivered);
@@ -600,6 +647,9 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
         h.push((headers::CLIENT_ID.to_owned(), (**c).to_owned()));
     }
     h.push((headers::SOURCE.to_owned(), ctx.source.as_str().to_owned()));
+    if e.late {
+        h.push((headers::LATE.to_owned(), "true".to_owned()));
+    }
     if let Some(tp) = &ctx.trace.traceparent {
         h.push((headers::TRACEPARENT.to_owned(), tp.clone()));
     }
@@ -607,8 +657,10 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
         h.push((headers::TRACESTATE.to_owned(), ts.clone()));
     }
     h.extend(d.headers);
+    let message_id = Arc::from(crate::event::message_id(&e.event_id, &d.route, &d.topic));
     (
         Message {
+            message_id,
             topic: d.topic,
             key: d.key,
             headers: h,
@@ -1035,6 +1087,10 @@ mod propagation {
 }
 
 mod dedupe;
+pub mod identity;
+
+use identity::Identities;
+pub use identity::{IdentityConfig, Resolution};
 
 #[cfg(test)]
 mod tests;

@@ -297,6 +297,7 @@ impl DeadLetterWriter {
                 headers: dead_letter_headers(dl),
                 payload: Bytes::from(line.clone()),
                 event_id: Arc::from(dl.message_id()),
+                message_id: Arc::from(dl.message_id()),
                 payload_is_json: true,
                 pace: crate::group_commit::Pace::Prompt,
             };

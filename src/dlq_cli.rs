@@ -1331,8 +1331,7 @@ async fn replay(
                 dead_letters: Arc::clone(&writer),
                 policy: RetryPolicy::from_config(cfg),
                 max_in_flight: cfg.delivery.max_in_flight,
-                dedupe_ttl: Duration::from_secs(cfg.dedupe.ttl_s.max(1)),
-                dedupe_capacity: cfg.dedupe.capacity,
+                identity: crate::dispatch::IdentityConfig::from_config(cfg),
                 metrics: Arc::clone(&metrics),
             });
             let router = dispatcher.router();
@@ -1540,6 +1539,11 @@ async fn send_direct(
                 headers: h,
                 payload: Bytes::from(d.body_bytes()),
                 event_id: Arc::from(d.event_id.as_str()),
+                message_id: Arc::from(crate::event::message_id(
+                    &d.event_id,
+                    d.destination.route.as_deref().unwrap_or("-"),
+                    topic,
+                )),
                 // A dead letter's body may be the malformed input that made it one.
                 payload_is_json: false,
                 pace: crate::group_commit::Pace::Prompt,

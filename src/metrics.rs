@@ -48,6 +48,11 @@ pub struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -73,6 +78,11 @@ pub struct Metrics {
     pub dead_letter_writes: Family<DestinationLabels, Counter>,
     pub dead_letter_failures: Counter,
     pub deduplicated: Family<SourceLabels, Counter>,
+    pub identity_paired: Family<SourceLabels, Counter>,
+    pub identity_retries: Counter,
+    pub identity_forgotten: Family<TableLabels, Counter>,
+    pub late: Counter,
+    pub broker_duplicates: Family<SinkLabels, Counter>,
     pub unmatched: Counter,
     pub dropped_unmatched: Counter,
     pub filtered: Counter,
@@ -163,6 +173,11 @@ impl Metrics {
             dead_letter_writes: Family::default(),
             dead_letter_failures: Counter::default(),
             deduplicated: Family::default(),
+            identity_paired: Family::default(),
+            identity_retries: Counter::default(),
+            identity_forgotten: Family::default(),
+            late: Counter::default(),
+            broker_duplicates: Family::default(),
             unmatched: Counter::default(),
             dropped_unmatched: Counter::default(),
             filtered: Counter::default(),
@@ -222,6 +237,31 @@ impl Metrics {
             "deduplicated",
             "Events recognised as already delivered and not published again",
             m.deduplicated.clone(),
+        );
+        registry.register(
+            "identity_paired",
+            "Copies that paired with an occurrence the other source brought (both sources on), by the copy's source",
+            m.identity_paired.clone(),
+        );
+        registry.register(
+            "identity_retries",
+            "Webhook deliveries recognised by their delivery id as a retry of an earlier copy",
+            m.identity_retries.clone(),
+        );
+        registry.register(
+            "identity_forgotten",
+            "Identity entries forgotten for capacity before their time (a later copy becomes a duplicate, never a loss)",
+            m.identity_forgotten.clone(),
+        );
+        registry.register(
+            "late",
+            "Changes published after a later change of their object (lost on the stream, carried by their webhook); marked with the fondo-late header",
+            m.late.clone(),
+        );
+        registry.register(
+            "broker_duplicates",
+            "Publishes the broker collapsed as a repeat of the same occurrence to the same destination (JetStream Nats-Msg-Id)",
+            m.broker_duplicates.clone(),
         );
         registry.register("unmatched", "Events no route matched", m.unmatched.clone());
         registry.register(
@@ -314,6 +354,24 @@ impl Metrics {
     /// `deduplicated{source}`.
     pub fn deduplicated_from(&self, s: SourceKind) -> &Counter {
         &self.per_source[source_index(s)].deduplicated
+    }
+
+    /// `identity_paired{source}` (not on the per-event path of one source alone).
+    pub fn identity_paired_from(&self, s: SourceKind) -> Counter {
+        self.identity_paired
+            .get_or_create(&SourceLabels {
+                source: s.as_str().into(),
+            })
+            .clone()
+    }
+
+    /// `identity_forgotten{table}`.
+    pub fn identity_forgotten_in(&self, table: &str) -> Counter {
+        self.identity_forgotten
+            .get_or_create(&TableLabels {
+                table: table.into(),
+            })
+            .clone()
     }
 
     /// `acked{source, reason}`.

@@ -78,8 +78,7 @@ async fn run_events(cfg: &Config, bodies: &[Vec<u8>]) -> Vec<String> {
         dead_letters: writer,
         policy: RetryPolicy::from_config(cfg),
         max_in_flight: 1000,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 10_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics,
     });
     let mut ids = Vec::new();

@@ -532,8 +532,7 @@ fn rig(dir: &Path) -> Rig {
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: 1000,
-        dedupe_ttl: Duration::from_secs(600),
-        dedupe_capacity: 100_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics,
     });
     Rig {

@@ -568,8 +568,7 @@ async fn retries_and_fatal_failures_are_counted_per_sink_and_route() {
             max_elapsed: None,
         },
         max_in_flight: 10,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 100,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics: metrics.clone(),
     });
     for i in 0..3 {

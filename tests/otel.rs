@@ -328,8 +328,7 @@ fn rig(routes: Vec<RouteConfig>, sinks: Vec<(&str, DynSink)>, max_attempts: u32)
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: 100,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 10_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics: metrics.clone(),
     });
     Rig {

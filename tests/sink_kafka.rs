@@ -61,6 +61,7 @@ fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
             ("x-seq".into(), seq.to_string()),
         ],
         payload: Bytes::from(payload),
+        message_id: Arc::clone(&event_id),
         event_id,
         payload_is_json: false,
         pace: fondo_bridge::group_commit::Pace::Prompt,

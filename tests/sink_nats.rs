@@ -56,6 +56,7 @@ fn message(subject: &str, key: &str, seq: usize, event_id: &str) -> Message {
         ],
         payload: Bytes::from(body),
         event_id: Arc::from(event_id),
+        message_id: Arc::from(event_id),
         payload_is_json: false,
         pace: fondo_bridge::group_commit::Pace::Prompt,
     }

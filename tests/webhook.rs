@@ -181,8 +181,7 @@ async fn bridge(o: Opts) -> Bridge {
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: o.max_in_flight,
-        dedupe_ttl: Duration::from_secs(600),
-        dedupe_capacity: 100_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

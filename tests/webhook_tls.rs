@@ -82,8 +82,7 @@ fn dispatcher(sink: Arc<TestSink>, dir: &Path) -> Dispatcher {
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: 1000,
-        dedupe_ttl: Duration::from_secs(600),
-        dedupe_capacity: 10_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics,
     })
 }

@@ -72,8 +72,7 @@ fn rig(faults: Faults, dir: &Path) -> Rig {
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: 10_000,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 100_000,
+        identity: fondo_bridge::dispatch::IdentityConfig::default(),
         metrics,
     });
     Rig {

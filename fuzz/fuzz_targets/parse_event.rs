@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use fondo_bridge::dlq::DeadLetter;
 use fondo_bridge::event::{
-    Event, ParseContext, ParseOptions, SourceKind, TraceContext, canonical_json, content_event_id,
+    Event, ParseContext, ParseOptions, SourceKind, TraceContext, canonical_json, content_key,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -96,7 +96,7 @@ fn check_event(e: &Event, data: &[u8]) {
         canon,
         "canonical JSON is not a fixed point"
     );
-    assert_eq!(content_event_id(t, &again), content_event_id(t, e.body()));
+    assert_eq!(content_key(t, &again), content_key(t, e.body()));
     let node = fondo_bridge::event::Node::parse(data).expect("parsed once already");
-    assert_eq!(fondo_bridge::event::node_event_id(t, &node, data.len()), content_event_id(t, e.body()), "Node and Value ids differ");
+    assert_eq!(fondo_bridge::event::node_content_key(t, &node, data.len()), content_key(t, e.body()), "Node and Value ids differ");
 }

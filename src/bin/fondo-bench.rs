@@ -781,6 +781,7 @@ mod bench {
                             ("fondo-source".into(), "websocket".into()),
                         ],
                         payload: ev.body.clone(),
+                        message_id: id.clone().into(),
                         event_id: id.into(),
                         payload_is_json: true,
                         pace: fondo_bridge::group_commit::Pace::Patient,

@@ -357,7 +357,9 @@ pub struct EventConfig {
     /// JSON pointer to an id Fondo provides; without it the id is a content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_pointer: Option<String>,
-    /// Header carrying an id (webhooks); preferred over the pointer.
+    /// The webhook header that carries the delivery id (the same on every retry of a delivery).
+    /// Standard Webhooks always uses its signed `webhook-id`; under `hmac` no header is covered
+    /// by the signature, so none may be named; with `none` (insecure) any header may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_header: Option<String>,
 }
@@ -473,9 +475,19 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
-    /// How long a delivered event id is remembered.
-    #[serde(default = "default_dedupe_ttl_s")]
-    pub ttl_s: u64,
+    /// How long Fondo may keep retrying one webhook delivery. A delivery id is remembered for the
+    /// signature tolerance plus this, so every retry of it is recognised. (`ttl_s` is the old name.)
+    #[serde(default = "default_retry_horizon_s", alias = "ttl_s")]
+    pub retry_horizon_s: u64,
+    /// Both sources on: how long an occurrence seen on one source waits for its copy from the
+    /// other. Default 10 min: a webhook normally trails the stream by well under a second, but a
+    /// delivery the bridge refused with 503 (broker trouble, which delays the stream copy too) comes
+    /// back on Fondo's retry schedule, whose first retries fall within minutes. A copy later than
+    /// the window is published again (a duplicate), never dropped.
+    #[serde(default = "default_pair_window_ms")]
+    pub pair_window_ms: u64,
+    /// The most entries each identity table holds (delivery ids, unpaired occurrences, delivered
+    /// occurrences); the oldest is forgotten first.
     #[serde(default = "default_dedupe_capacity")]
     pub capacity: u64,
 }
@@ -483,7 +495,8 @@ pub struct DedupeConfig {
 impl Default for DedupeConfig {
     fn default() -> Self {
         Self {
-            ttl_s: default_dedupe_ttl_s(),
+            retry_horizon_s: default_retry_horizon_s(),
+            pair_window_ms: default_pair_window_ms(),
             capacity: default_dedupe_capacity(),
         }
     }
@@ -592,8 +605,11 @@ fn default_log_level() -> String {
 fn default_service_name() -> String {
     "fondo-bridge".into()
 }
-fn default_dedupe_ttl_s() -> u64 {
+fn default_retry_horizon_s() -> u64 {
     24 * 3600
+}
+fn default_pair_window_ms() -> u64 {
+    10 * 60 * 1000
 }
 fn default_dedupe_capacity() -> u64 {
     1_000_000

@@ -236,6 +236,31 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             "configure at least one of `websocket` and `webhook`".into(),
         );
     }
+    if let (Some(h), Some(wh)) = (&cfg.event.id_header, &cfg.sources.webhook) {
+        match &wh.signature {
+            SignatureConfig::StandardWebhooks { .. } if !h.eq_ignore_ascii_case("webhook-id") => {
+                add(
+                    "event.id_header",
+                    format!(
+                        "{h:?}: under standard-webhooks the delivery id is the signed `webhook-id`; name that header or none"
+                    ),
+                )
+            }
+            SignatureConfig::Hmac { .. } => add(
+                "event.id_header",
+                format!(
+                    "{h:?}: the hmac signature does not cover headers, so a delivery id from a header could be altered and make a real change look like a retry; remove it (retries are then published again, never dropped)"
+                ),
+            ),
+            _ => {}
+        }
+    }
+    if cfg.dedupe.pair_window_ms == 0 {
+        add(
+            "dedupe.pair_window_ms",
+            "must be at least 1 (copies from the two sources could never pair)".into(),
+        );
+    }
     if let Some(ptr) = &cfg.event.id_pointer {
         if !ptr.starts_with('/') {
             add(

@@ -44,6 +44,28 @@ fn rig_with_dedupe(
     max_in_flight: usize,
     dedupe_capacity: u64,
 ) -> Rig {
+    let identity = crate::dispatch::IdentityConfig {
+        capacity: dedupe_capacity as usize,
+        ..Default::default()
+    };
+    rig_with_identity(
+        routes,
+        sinks,
+        dl_sink,
+        max_attempts,
+        max_in_flight,
+        identity,
+    )
+}
+
+fn rig_with_identity(
+    routes: Vec<RouteConfig>,
+    sinks: Vec<(&str, Arc<TestSink>)>,
+    dl_sink: Option<Arc<TestSink>>,
+    max_attempts: u32,
+    max_in_flight: usize,
+    identity: crate::dispatch::IdentityConfig,
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let dl_file = dir.path().join("dead-letter.jsonl");
     let names: Vec<String> = sinks.iter().map(|(n, _)| n.to_string()).collect();
@@ -72,8 +94,7 @@ fn rig_with_dedupe(
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity,
+        identity,
         metrics,
     });
     Rig {
@@ -81,6 +102,21 @@ fn rig_with_dedupe(
         dl_file,
         _dir: dir,
     }
+}
+
+/// A copy of the occurrence `occ` (as a webhook retry or a paired copy carries it).
+fn copy_of(occ: &str, t: &str, id: &str, seq: u32) -> Event {
+    let raw = format!(r#"{{"eventType":"{t}","current":{{"id":"{id}","seq":{seq}}}}}"#);
+    Event::parse(
+        Bytes::from(raw),
+        &ParseOptions::default(),
+        &ParseContext {
+            client_id: Some("c1"),
+            id_hint: Some(occ),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn event(t: &str, id: &str, seq: u32) -> Event {
@@ -367,8 +403,7 @@ async fn failed_dead_letter_leaves_the_event_unacknowledged() {
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight: 10,
-        dedupe_ttl: Duration::from_secs(60),
-        dedupe_capacity: 100,
+        identity: crate::dispatch::IdentityConfig::default(),
         metrics,
     });
     assert_eq!(
@@ -462,8 +497,66 @@ async fn a_stalled_sink_blocks_the_producer_at_max_in_flight() {
     assert_eq!(hung.delivered().len(), 17);
 }
 
+/// The guard against content-as-identity: bodies that repeat (A B A B, and one body 31 times), from
+/// either source, each identified as the sources do it and never retried, are all published. Any
+/// path that acknowledges an event because its content was seen before fails this test.
 #[tokio::test]
-async fn the_same_event_twice_is_published_once() {
+async fn repeated_bodies_are_published_every_time() {
+    for pair_sources in [false, true] {
+        let sink = Arc::new(TestSink::new("s", Faults::default()));
+        let mut rig = rig(
+            vec![route("r", &["*"], "s", "t")],
+            vec![("s", sink.clone())],
+            None,
+            2,
+            100,
+        );
+        if pair_sources {
+            rig = rig_with_identity(
+                vec![route("r", &["*"], "s", "t")],
+                vec![("s", sink.clone())],
+                None,
+                2,
+                100,
+                crate::dispatch::IdentityConfig {
+                    pair_sources: true,
+                    ..Default::default()
+                },
+            );
+        }
+        let bodies: Vec<Event> = [1, 2, 1, 2]
+            .iter()
+            .map(|s| event("account.update", "a1", *s))
+            .chain((0..31).map(|_| event("x.unknown", "z", 0)))
+            .collect();
+        let mut n = 0;
+        for source in [SourceKind::WebSocket, SourceKind::Webhook] {
+            for (i, e) in bodies.iter().enumerate() {
+                let mut e = e.clone();
+                e.event_id = Arc::from(crate::event::mint_occurrence_id());
+                // Each webhook copy is its own delivery, as Fondo sends distinct changes.
+                let delivery = format!("msg_{source}_{i}");
+                let d = (source == SourceKind::Webhook).then_some(delivery.as_str());
+                rig.d.identify(&mut e, source, d);
+                let (ack, rx) = AckHandle::new();
+                rig.d.submit(Envelope::new(e, ack, source)).await.unwrap();
+                assert_eq!(rx.wait().await, AckStatus::Delivered);
+                n += 1;
+            }
+        }
+        // With pairing on, a webhook copy within the window is the stream's copy of the same
+        // change: the stream brought 35 changes and the webhooks the same 35.
+        let expected = if pair_sources { n / 2 } else { n };
+        assert_eq!(
+            sink.delivered().len(),
+            expected,
+            "pair_sources={pair_sources}: a repeated body was acknowledged without being published"
+        );
+    }
+}
+
+#[tokio::test]
+async fn copies_of_one_occurrence_are_published_once() {
     let slow = Arc::new(TestSink::new(
         "s",
         Faults {
@@ -479,13 +572,13 @@ async fn the_same_event_twice_is_published_once() {
         100,
     );
     // Concurrently: the second waits for the first's outcome.
-    let a = send(&rig.d, event("order.create", "o1", 1)).await;
-    let b = send(&rig.d, event("order.create", "o1", 1)).await;
+    let a = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
+    let b = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
     assert_eq!(a.wait().await, AckStatus::Delivered);
     assert_eq!(b.wait().await, AckStatus::Delivered);
     // Sequentially, after delivery.
     assert_eq!(
-        send(&rig.d, event("order.create", "o1", 1))
+        send(&rig.d, copy_of("occ-1", "order.create", "o1", 1))
             .await
             .wait()
             .await,
@@ -522,8 +615,8 @@ async fn a_failed_first_copy_lets_the_duplicate_through() {
     );
     let blocker = rig._dir.path().join("dead-letter.jsonl");
     std::fs::create_dir_all(&blocker).unwrap(); // a directory where the file should be
-    let a = send(&rig.d, event("order.create", "o1", 1)).await;
-    let b = send(&rig.d, event("order.create", "o1", 1)).await;
+    let a = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
+    let b = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
     assert_eq!(a.wait().await, AckStatus::Retry);
     s.recover();
     assert_eq!(
@@ -574,7 +667,7 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
 /// recent event is not published again. (A cache with an admission policy, such as moka's
 /// TinyLFU, may refuse a new, once-seen key when full; the dispatcher forgets the oldest first.)
 #[tokio::test]
-async fn a_full_dedupe_cache_still_remembers_the_newest_ids() {
+async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
     let sink = Arc::new(TestSink::new("s", Faults::default()));
     let rig = rig_with_dedupe(
         vec![route("r", &["*"], "s", "t")],
@@ -585,12 +678,20 @@ async fn a_full_dedupe_cache_still_remembers_the_newest_ids() {
         16,
     );
     for i in 0..300 {
-        let ack = send(&rig.d, event("order.create", &format!("o{i}"), 1)).await;
+        let ack = send(
+            &rig.d,
+            copy_of(&format!("occ-{i}"), "order.create", &format!("o{i}"), 1),
+        )
+        .await;
         assert_eq!(ack.wait().await, AckStatus::Delivered);
     }
     assert_eq!(sink.delivered().len(), 300);
     for i in 296..300 {
-        let ack = send(&rig.d, event("order.create", &format!("o{i}"), 1)).await;
+        let ack = send(
+            &rig.d,
+            copy_of(&format!("occ-{i}"), "order.create", &format!("o{i}"), 1),
+        )
+        .await;
         assert_eq!(ack.wait().await, AckStatus::Delivered);
     }
     assert_eq!(

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use ack::{AckHandle, AckReceiver, AckStatus};
-pub use id::{canonical_json, content_event_id, node_event_id};
+pub use id::{canonical_json, content_key, message_id, mint_occurrence_id, node_content_key};
 pub use node::Node;
 
 /// Every event type the Fondo Partner API reference lists.
@@ -147,7 +147,8 @@ impl ParseError {
 #[derive(Debug, Clone)]
 pub struct ParseOptions {
     pub max_bytes: usize,
-    /// JSON pointer to an id Fondo provides (e.g. `/id`); absent or missing: content hash.
+    /// JSON pointer to an occurrence id Fondo provides (e.g. `/eventId`); absent or missing: a
+    /// new occurrence id is minted.
     pub id_pointer: Option<String>,
 }
 
@@ -167,7 +168,8 @@ pub struct ParseContext<'a> {
     pub client_id: Option<&'a str>,
     /// The event type from a configured header, used when the body has no `eventType`.
     pub type_hint: Option<&'a str>,
-    /// An id from a configured header (e.g. `webhook-id`), preferred over the content hash.
+    /// The occurrence id this copy is known to carry (a dead letter's id when it is replayed),
+    /// preferred over the pointer and over minting.
     pub id_hint: Option<&'a str>,
 }
 
@@ -176,7 +178,18 @@ pub struct ParseContext<'a> {
 pub struct Event {
     pub event_type: EventType,
     pub client_id: Option<Arc<str>>,
+    /// The occurrence id (see [`id`]): minted at parse unless the transport or the body gave one;
+    /// the dispatcher's identity step may replace it with the id of the occurrence this copy
+    /// pairs with or retries.
     pub event_id: Arc<str>,
+    /// Where `event_id` came from.
+    pub id_origin: IdOrigin,
+    /// Hash of the event type and the canonical body: copies with equal keys *could* be one
+    /// occurrence (see [`id`]); never an identity on its own.
+    pub content_key: u128,
+    /// Published after a later change of its object had been published (both-sources mode: a
+    /// change the stream lost, carried by its webhook). Set by the identity step.
+    pub late: bool,
     /// The original bytes, published verbatim unless a route transforms them.
     pub raw: Bytes,
     /// `ref` or `id` of `current`, else of `previous` (the default ordering key).
@@ -260,28 +273,31 @@ impl Event {
             .client_id
             .map(Arc::from)
             .or_else(|| body_client_id(&body).map(Arc::from));
-        let event_id: Arc<str> = match (&opts.id_pointer, ctx.id_hint) {
-            (_, Some(id)) if !id.is_empty() => Arc::from(id),
+        let minted = || (Arc::from(mint_occurrence_id()), IdOrigin::Minted);
+        let (event_id, id_origin): (Arc<str>, IdOrigin) = match (&opts.id_pointer, ctx.id_hint) {
+            (_, Some(id)) if !id.is_empty() => (Arc::from(id), IdOrigin::Given),
             (Some(ptr), _) => match body.pointer(ptr) {
-                Some(Node::String(s)) if !s.is_empty() => Arc::from(s.as_ref()),
-                Some(Node::Number(n)) => Arc::from(n.to_string()),
-                None | Some(Node::Null) => {
-                    Arc::from(node_event_id(event_type.as_str(), &body, raw.len()))
-                }
+                Some(Node::String(s)) if !s.is_empty() => (Arc::from(s.as_ref()), IdOrigin::Body),
+                Some(Node::Number(n)) => (Arc::from(n.to_string()), IdOrigin::Body),
+                None | Some(Node::Null) => minted(),
                 Some(_) => {
                     return Err(ParseError::BadEventId {
                         pointer: ptr.clone(),
                     });
                 }
             },
-            _ => Arc::from(node_event_id(event_type.as_str(), &body, raw.len())),
+            _ => minted(),
         };
+        let content_key = node_content_key(event_type.as_str(), &body, raw.len());
         let object_ref = node_object_ref(&body);
         drop(body);
         Ok(Self {
             event_type,
             client_id,
             event_id,
+            id_origin,
+            content_key,
+            late: false,
             raw,
             object_ref,
             body: OnceLock::new(),
@@ -356,6 +372,17 @@ fn strip_payload(e: &serde_json::Error) -> String {
     } else {
         format!("{what} at line {} column {}", e.line(), e.column())
     }
+}
+
+/// Where an event's occurrence id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// Minted at parse: this copy is a new occurrence unless the identity step pairs it.
+    Minted,
+    /// Read from the body (`event.id_pointer`): Fondo's own occurrence id.
+    Body,
+    /// Given by the transport: a webhook delivery id, a spool record's id, a dead letter's id.
+    Given,
 }
 
 /// Where an event came from.

@@ -60,15 +60,21 @@ fn unknown_type_is_kept() {
 }
 
 #[test]
-fn event_id_ignores_key_order_and_whitespace() {
+fn content_key_ignores_key_order_and_whitespace_and_is_never_the_id() {
     let a = parse(r#"{"eventType":"order.update","current":{"id":"o1","amount":5,"status":"x"},"previous":{"id":"o1"}}"#).unwrap();
     let b = parse(
         "{ \"previous\" : {\"id\":\"o1\"},\n  \"current\": {\"status\":\"x\", \"amount\": 5, \"id\": \"o1\"},\n \"eventType\": \"order.update\" }",
     )
     .unwrap();
-    assert_eq!(a.event_id, b.event_id);
+    assert_eq!(a.content_key, b.content_key);
     let c = parse(r#"{"eventType":"order.update","current":{"id":"o1","amount":6,"status":"x"},"previous":{"id":"o1"}}"#).unwrap();
-    assert_ne!(a.event_id, c.event_id, "different content, different id");
+    assert_ne!(
+        a.content_key, c.content_key,
+        "different content, different key"
+    );
+    // The same body twice is two occurrences until something proves otherwise.
+    assert_ne!(a.event_id, b.event_id);
+    assert_eq!(a.id_origin, crate::event::IdOrigin::Minted);
     assert_eq!(a.event_id.len(), 32);
 }
 
@@ -81,13 +87,14 @@ fn event_id_from_pointer_or_header() {
     let raw = Bytes::from_static(br#"{"eventType":"order.update","eventId":"evt-1"}"#);
     let e = Event::parse(raw.clone(), &opts, &ParseContext::default()).unwrap();
     assert_eq!(&*e.event_id, "evt-1");
+    assert_eq!(e.id_origin, crate::event::IdOrigin::Body);
     let ctx = ParseContext {
         id_hint: Some("msg_2"),
         ..ParseContext::default()
     };
     let e = Event::parse(raw, &opts, &ctx).unwrap();
     assert_eq!(&*e.event_id, "msg_2", "header wins over pointer");
-    // Pointer configured but absent: content hash.
+    // Pointer configured but absent: a minted occurrence id.
     let e = Event::parse(
         Bytes::from_static(br#"{"eventType":"order.update"}"#),
         &opts,
@@ -95,6 +102,7 @@ fn event_id_from_pointer_or_header() {
     )
     .unwrap();
     assert_eq!(e.event_id.len(), 32);
+    assert_eq!(e.id_origin, crate::event::IdOrigin::Minted);
     // Pointer at an object: a clear error.
     let err = Event::parse(
         Bytes::from_static(br#"{"eventType":"order.update","eventId":{}}"#),
@@ -211,8 +219,8 @@ fn numbers_parse_exactly_so_ids_are_stable() {
         let again: Value = serde_json::from_slice(&canon).unwrap();
         assert_eq!(canonical_json(&again), canon, "{lit}");
         assert_eq!(
-            content_event_id(e.event_type.as_str(), &again),
-            &*e.event_id,
+            content_key(e.event_type.as_str(), &again),
+            e.content_key,
             "{lit}"
         );
         // The same number in the shortest form that reads back to it: the same event, the same id.
@@ -221,7 +229,7 @@ fn numbers_parse_exactly_so_ids_are_stable() {
             .trim_start_matches(r#"{"eventType":"order.update","n":"#)
             .trim_end_matches('}');
         let e2 = parse(&format!(r#"{{"n":{shortest},"eventType":"order.update"}}"#)).unwrap();
-        assert_eq!(e2.event_id, e.event_id, "{lit} and {shortest}");
+        assert_eq!(e2.content_key, e.content_key, "{lit} and {shortest}");
     }
 }
 
@@ -250,8 +258,8 @@ fn node_ids_equal_value_ids() {
         };
         let v: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(
-            &*e.event_id,
-            content_event_id(e.event_type.as_str(), &v),
+            e.content_key,
+            content_key(e.event_type.as_str(), &v),
             "{}",
             e.event_type
         );
@@ -270,10 +278,7 @@ fn serde_private_keys_are_plain_keys() {
     let e = parse(raw).unwrap();
     assert!(e.body().is_object());
     assert_eq!(e.body()["$serde_json::private::RawValue"], "[1]");
-    assert_eq!(
-        &*e.event_id,
-        content_event_id(e.event_type.as_str(), e.body())
-    );
+    assert_eq!(e.content_key, content_key(e.event_type.as_str(), e.body()));
 }
 
 #[test]
@@ -307,7 +312,7 @@ fn parse_text_is_parse_of_the_same_bytes() {
         match (a, b) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a.event_type, b.event_type, "{body}");
-                assert_eq!(a.event_id, b.event_id, "{body}");
+                assert_eq!(a.content_key, b.content_key, "{body}");
                 assert_eq!(a.client_id, b.client_id, "{body}");
                 assert_eq!(a.object_ref(), b.object_ref(), "{body}");
                 assert_eq!(a.raw, b.raw, "{body}");

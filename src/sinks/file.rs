@@ -513,6 +513,7 @@ mod tests {
             headers: vec![("fondo-event-id".into(), id.into())],
             payload: bytes::Bytes::copy_from_slice(payload),
             event_id: Arc::from(id),
+            message_id: Arc::from(id),
             // What the dispatcher promises: the parser accepted it.
             payload_is_json: serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
             pace: Pace::Prompt,

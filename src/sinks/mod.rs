@@ -29,6 +29,9 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "fondo-event-type";
     pub const CLIENT_ID: &str = "fondo-client-id";
     pub const SOURCE: &str = "fondo-source";
+    /// `true` on a change published after a later change of its object had been published (both
+    /// sources on: the stream lost it and its webhook brought it).
+    pub const LATE: &str = "fondo-late";
     pub const REPLAYED_AT: &str = "fondo-replayed-at";
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
@@ -44,8 +47,12 @@ pub struct Message {
     /// `fondo-*` headers, `traceparent`, then the route's own headers.
     pub headers: Vec<(String, String)>,
     pub payload: Bytes,
-    /// The stable event id: AMQP `message_id`, `Nats-Msg-Id`, `fondo-event-id`.
+    /// The occurrence id (`fondo-event-id`): the same on every destination of one change, so
+    /// consumers can correlate its copies across topics.
     pub event_id: Arc<str>,
+    /// Unique per occurrence and destination (AMQP `message_id`, `Nats-Msg-Id`): the broker
+    /// collapses only a replay of one occurrence to one destination, never a fan-out.
+    pub message_id: Arc<str>,
     /// `payload` is known to be one valid JSON document: the parser accepted it, or serde_json
     /// wrote it. Lets the file sink embed it as JSON instead of escaping it into a string.
     /// `false` promises nothing (the payload may still be JSON).
@@ -106,6 +113,10 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Flushes what is in flight and closes, giving up at `deadline`.
     async fn close(&self, deadline: Instant) -> Result<(), SinkError>;
+
+    /// Hands the sink the counter of publishes its broker collapsed as a repeat of a message id
+    /// it already holds (a replayed occurrence). Brokers without message-id deduplication ignore it.
+    fn count_broker_duplicates(&self, _counter: prometheus_client::metrics::counter::Counter) {}
 }
 
 pub type DynSink = Arc<dyn Sink>;

@@ -3,8 +3,11 @@
 //!
 //! The route's topic is the subject. Every message carries the dispatcher's headers (`fondo-event-id`,
 //! `fondo-event-type`, `fondo-client-id`, `fondo-source`, `traceparent`, route headers), the key as
-//! `fondo-key`, and in JetStream mode `Nats-Msg-Id` = the event id, so the stream's duplicate window
-//! drops redeliveries.
+//! `fondo-key`, and in JetStream mode `Nats-Msg-Id` = the message id (unique per occurrence and
+//! destination, see `event::message_id`), so the stream's duplicate window drops a replay of one
+//! occurrence to one subject, while one event fanned out to two subjects of one stream is stored
+//! twice. A duplicate PubAck is a confirmed delivery (the stream holds the message) and is counted
+//! in `fondo_bridge_broker_duplicates_total{sink}`.
 //!
 //! Publishes pipeline: each call sends at once and then waits for its own PubAck, with at most
 //! `max_in_flight` waiting at a time. When the connection drops, publishes still waiting for a PubAck
@@ -69,6 +72,8 @@ pub struct NatsSink {
     closed: AtomicBool,
     /// The servers, without credentials, for messages.
     servers: String,
+    /// Duplicate PubAcks (`fondo_bridge_broker_duplicates_total`), once the dispatcher attached it.
+    duplicates: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -200,6 +205,7 @@ impl NatsSink {
             reconnect_wait: Duration::from_millis(cfg.reconnect_wait_ms),
             closed: AtomicBool::new(false),
             servers,
+            duplicates: std::sync::OnceLock::new(),
         };
 
         match cfg.mode {
@@ -379,6 +385,9 @@ impl NatsSink {
         match result {
             Ok(ack) => {
                 if ack.duplicate {
+                    if let Some(c) = self.duplicates.get() {
+                        c.inc();
+                    }
                     debug!(
                         sink = %self.name,
                         subject = %subject,
@@ -488,6 +497,10 @@ impl Sink for NatsSink {
 
     fn system(&self) -> &'static str {
         "nats"
+    }
+
+    fn count_broker_duplicates(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.duplicates.set(counter);
     }
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
@@ -713,14 +726,14 @@ fn build_headers(msg: &Message, jetstream: bool) -> Result<HeaderMap, SinkError>
         h.insert(KEY_HEADER, value(KEY_HEADER, key)?);
     }
     if jetstream {
-        if msg.event_id.is_empty() {
+        if msg.message_id.is_empty() {
             return Err(SinkError::Fatal(
-                "empty event id: cannot set Nats-Msg-Id".into(),
+                "empty message id: cannot set Nats-Msg-Id".into(),
             ));
         }
         h.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            value("Nats-Msg-Id", &msg.event_id)?,
+            value("Nats-Msg-Id", &msg.message_id)?,
         );
     }
     Ok(h)
@@ -802,6 +815,7 @@ mod tests {
                 .collect(),
             payload: Bytes::from_static(b"{}"),
             event_id: Arc::from("ev-1"),
+            message_id: Arc::from("ev-1"),
             payload_is_json: true,
             pace: crate::group_commit::Pace::Prompt,
         }

@@ -1,7 +1,7 @@
 //! The `rabbitmq` sink: AMQP 0-9-1 (lapin) with publisher confirms and `mandatory` publishing.
 //!
 //! Every message goes to the configured exchange with the route's topic as routing key, persistent
-//! (`delivery_mode` 2), `content_type: application/json`, `message_id` = the event id, the AMQP
+//! (`delivery_mode` 2), `content_type: application/json`, `message_id` = the message id (unique per occurrence and destination), the AMQP
 //! `type` = the event type, and the dispatcher's headers (`fondo-event-id`, `fondo-event-type`,
 //! `fondo-client-id`, `fondo-source`, `traceparent`, route headers) plus the key as `fondo-key`.
 //!
@@ -279,10 +279,10 @@ impl RabbitMqSink {
 
     /// The AMQP properties of `msg`; fatal when a value cannot be carried by AMQP.
     fn properties(&self, msg: &Message) -> Result<BasicProperties, SinkError> {
-        let message_id = ShortString::try_new(msg.event_id.as_ref()).map_err(|_| {
+        let message_id = ShortString::try_new(msg.message_id.as_ref()).map_err(|_| {
             SinkError::Fatal(format!(
-                "the event id is {} bytes long; an AMQP message_id holds at most {AMQP_SHORTSTR_MAX}",
-                msg.event_id.len()
+                "the message id is {} bytes long; an AMQP message_id holds at most {AMQP_SHORTSTR_MAX}",
+                msg.message_id.len()
             ))
         })?;
         let mut table = FieldTable::default();
@@ -370,7 +370,7 @@ impl Sink for RabbitMqSink {
             routing_key,
             payload: msg.payload.clone(),
             properties,
-            ident: (msg.event_id.to_string(), msg.topic.clone()),
+            ident: (msg.message_id.to_string(), msg.topic.clone()),
             reply,
         };
         if link.jobs.send(job).is_err() {

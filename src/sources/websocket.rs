@@ -735,7 +735,11 @@ impl Ctx {
     }
 
     /// Spools an event (waiting for space when the spool is full) and queues it for submission.
-    async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
+    /// The event is identified first (with both sources on it may be the copy of a change a webhook
+    /// brought), so the spool record holds the occurrence id a replay publishes it under.
+    async fn enqueue(&self, client_id: &str, mut event: Event, tx: &mpsc::Sender<Item>) -> bool {
+        self.dispatcher
+            .identify(&mut event, SourceKind::WebSocket, None);
         let pending = match &self.spool {
             // The source reads on while its events commit: the spool may let a batch grow.
             Some(spool) => match spool

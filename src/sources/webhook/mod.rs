@@ -155,6 +155,11 @@ impl WebhookSource {
                 cfg.listen
             );
         }
+        if matches!(cfg.signature, SignatureConfig::Hmac { .. }) && event.id_header.is_some() {
+            return Err(WebhookError::Config(
+                "event.id_header cannot be used with the hmac scheme: its signature does not cover headers".into(),
+            ));
+        }
         let id_header = optional_header(event.id_header.as_deref(), "event.id_header")?;
         let type_header = optional_header(cfg.event_type_header.as_deref(), "event_type_header")?;
         let parse = ParseOptions {
@@ -452,8 +457,11 @@ async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
         .as_ref()
         .and_then(|h| single_value(&parts.headers, h).ok().flatten());
     let trace = trace_context(&parts.headers);
+    // The delivery id: the signed `webhook-id` (Standard Webhooks), else the configured header
+    // (only allowed where no signature could cover it: scheme `none`).
+    let delivery = verified.webhook_id().map(str::to_owned);
     let hints = Hints {
-        id: id_hint,
+        id: delivery.as_deref().or(id_hint),
         event_type: type_hint,
         trace,
         started,
@@ -478,7 +486,7 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
         type_hint: hints.event_type,
         id_hint: hints.id,
     };
-    let event = match Event::parse(raw.clone(), &s.parse, &ctx) {
+    let mut event = match Event::parse(raw.clone(), &s.parse, &ctx) {
         Ok(e) => e,
         Err(e) => {
             let id = hints
@@ -507,6 +515,9 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
             };
         }
     };
+    // A retry of this delivery, or the stream's copy of this change, gives the occurrence's id.
+    s.dispatcher
+        .identify(&mut event, SourceKind::Webhook, hints.id);
     let (ack, rx) = AckHandle::new();
     let mut env = Envelope::new(event, ack, SourceKind::Webhook);
     env.received_at = hints.started;
@@ -742,8 +753,7 @@ mod tests {
             )),
             policy: RetryPolicy::from_config(&Config::default()),
             max_in_flight: 10,
-            dedupe_ttl: Duration::from_secs(60),
-            dedupe_capacity: 100,
+            identity: crate::dispatch::IdentityConfig::default(),
             metrics,
         });
         let mut source = WebhookSource::new(
