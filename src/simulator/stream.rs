@@ -115,6 +115,10 @@ pub struct StreamConfig {
     pub client_ids: Vec<String>,
     /// Keep every event and malformed frame sent, for tests (costs memory).
     pub record: bool,
+    /// When not empty, every client id is sent exactly these bodies, in order, instead of generated
+    /// events (then `count` defaults to their number): scripted histories such as a state that
+    /// flips back and forth, whose bodies repeat.
+    pub script: Arc<Vec<Bytes>>,
 }
 
 impl Default for StreamConfig {
@@ -135,6 +139,7 @@ impl Default for StreamConfig {
             stall: None,
             client_ids: Vec::new(),
             record: true,
+            script: Arc::default(),
         }
     }
 }
@@ -157,6 +162,7 @@ impl From<&SimulateArgs> for StreamConfig {
             stall: (a.stall_ms > 0).then(|| Duration::from_millis(a.stall_ms)),
             client_ids: a.client_ids.clone(),
             record: false,
+            script: Arc::default(),
         }
     }
 }
@@ -698,10 +704,17 @@ async fn send_batch(
     let mut recorded = Vec::new();
     let mut sent = 0u64;
     for _ in 0..n {
-        if cfg.count.is_some_and(|c| state.generated >= c) {
+        let limit = cfg
+            .count
+            .or((!cfg.script.is_empty()).then_some(cfg.script.len() as u64));
+        if limit.is_some_and(|c| state.generated >= c) {
             break;
         }
-        let body = state.generator.next_event();
+        let body = if cfg.script.is_empty() {
+            state.generator.next_event()
+        } else {
+            cfg.script[(state.generated % cfg.script.len() as u64) as usize].clone()
+        };
         state.generated += 1;
         *on_conn += 1;
         let text = Utf8Bytes::try_from(body.clone()).map_err(|_| ())?;
