@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -505,8 +504,8 @@ impl Ctx {
 
     /// Dead-letters a frame that is not an event; the connection goes on.
     async fn dead_letter(&self, client_id: &str, raw: &[u8], reason: String) {
-        let digest = Sha256::digest(raw);
-        let id = format!("unparseable:{}", hex::encode(&digest[..16]));
+        // Minted, never a hash of the bytes: two frames with the same bytes are two dead letters.
+        let id = format!("unparseable:{}", crate::event::mint_occurrence_id());
         tracing::warn!(client_id, bytes = raw.len(), reason = %reason, "WebSocket frame is not an event; dead-lettering it");
         let dl = DeadLetter::unparseable(
             raw,
