@@ -265,6 +265,10 @@ impl Dispatcher {
             // Fondo's own occurrence id: every copy carries it already.
             return;
         }
+        if delivery_id.is_none() && !self.inner.identities.config().pair_sources {
+            // One source and no delivery id: the copy is a new occurrence, nothing to look up.
+            return;
+        }
         let r = self.inner.identities.resolve(
             identity::Copy {
                 source,

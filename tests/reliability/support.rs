@@ -852,13 +852,18 @@ impl Record {
 
 /// A JetStream stream capturing `subject`, file storage (survives a server restart).
 pub async fn nats_stream(url: &str, name: &str, subject: &str) {
+    nats_stream_window(url, name, subject, Duration::from_secs(120)).await;
+}
+
+/// [`nats_stream`] with a duplicate window of its own (a short one keeps every re-publication).
+pub async fn nats_stream_window(url: &str, name: &str, subject: &str, window: Duration) {
     let client = async_nats::connect(url).await.expect("connect to nats");
     let js = async_nats::jetstream::new(client);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: name.to_owned(),
         subjects: vec![subject.to_owned()],
         storage: async_nats::jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: window,
         ..Default::default()
     })
     .await
@@ -1105,6 +1110,8 @@ pub struct ConfigBuilder {
     pub delivery: String,
     pub spool: String,
     pub extra_ws: String,
+    /// More destinations of the one route, as YAML flow mappings (`, { sink: main, topic: x }`).
+    pub extra_destinations: String,
 }
 
 impl ConfigBuilder {
@@ -1123,6 +1130,7 @@ impl ConfigBuilder {
             delivery: "{ max_attempts: 1000, backoff_initial_ms: 50, backoff_max_ms: 1000, max_in_flight: 5000, drain_timeout_ms: 5000 }".into(),
             spool: format!("{{ dir: {}/spool }}", dir.display()),
             extra_ws: String::new(),
+            extra_destinations: String::new(),
         }
     }
 
@@ -1140,8 +1148,8 @@ impl ConfigBuilder {
             ));
         }
         s.push_str(&format!(
-            "sinks:\n  main: {}\nroutes:\n  - {{ name: all, match: [\"*\"], to: [{{ sink: main, topic: \"{}\" }}] }}\n",
-            self.sink_yaml, self.topic
+            "sinks:\n  main: {}\nroutes:\n  - {{ name: all, match: [\"*\"], to: [{{ sink: main, topic: \"{}\" }}{}] }}\n",
+            self.sink_yaml, self.topic, self.extra_destinations
         ));
         s.push_str(&format!(
             "dead_letter: {}\ndelivery: {}\nspool: {}\nadmin: {{ listen: 127.0.0.1:{} }}\ntelemetry: {{ log_level: info }}\n",
