@@ -38,6 +38,11 @@ fn body(n: u64) -> Bytes {
     Bytes::from(s)
 }
 
+/// The occurrence id record `n` is spooled with (fixed width: every record has the same size).
+fn occ(n: u64) -> String {
+    format!("occ-{n:012}")
+}
+
 fn n_of(payload: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
     v.pointer("/current/seq").unwrap().as_u64().unwrap()
@@ -67,7 +72,7 @@ fn spool_child_writer() {
                 pending.push((
                     n,
                     spool
-                        .begin_append("c1", body(n), Pace::Prompt)
+                        .begin_append("c1", &occ(n), body(n), Pace::Prompt)
                         .await
                         .unwrap(),
                 ));
@@ -149,7 +154,10 @@ fn sigkill_while_appending_loses_nothing_acknowledged() {
         // A torn tail, if the kill hit a write, was cut; no later record survived a bad one.
         assert!(report.corrupt_segments <= 1, "{report:?}");
         // Appending after the crash works.
-        spool.append("c1", body(u64::MAX / 2)).await.unwrap();
+        spool
+            .append("c1", "after-crash", body(u64::MAX / 2))
+            .await
+            .unwrap();
     });
 }
 
@@ -159,7 +167,7 @@ async fn torn_tail_at_every_offset_recovers_the_good_prefix() {
     {
         let (s, _) = Spool::open(&cfg(src.path(), 1 << 20), Arc::new(Metrics::new())).unwrap();
         for n in 0..3 {
-            s.append("c1", body(n)).await.unwrap();
+            s.append("c1", &occ(n), body(n)).await.unwrap();
         }
     }
     let seg = std::fs::read_dir(src.path())
@@ -168,7 +176,7 @@ async fn torn_tail_at_every_offset_recovers_the_good_prefix() {
         .find(|p| p.extension().is_some_and(|e| e == "seg"))
         .unwrap();
     let full = std::fs::read(&seg).unwrap();
-    let record = Spool::record_size("c1", &body(0)) as usize;
+    let record = Spool::record_size("c1", &occ(0), &body(0)) as usize;
     let two = full.len() - record;
     // Cut the file at every offset inside the third record: two records always survive.
     for cut in (two..full.len()).step_by(7) {
@@ -197,7 +205,7 @@ async fn many_writers_each_see_their_own_order() {
                 let mut ids = Vec::new();
                 for n in 0..250 {
                     ids.push(
-                        s.append(&format!("c{w}"), body(w * 1000 + n))
+                        s.append(&format!("c{w}"), &occ(w * 1000 + n), body(w * 1000 + n))
                             .await
                             .unwrap(),
                     );
