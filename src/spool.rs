@@ -2289,7 +2289,7 @@ mod tests {
         // The next append's commit carries the releases.
         let last = s.append("c", &occ(n), payload(n, 200)).await.unwrap();
         let crashed = crash_copy(dir.path());
-        let (s2, report) = open(&c_for(crashed.path()));
+        let (s2, report) = open(&cfg(crashed.path(), 1 << 30, 16 * 1024));
         let want: Vec<_> = (0..n)
             .filter(|&i| keep(i))
             .map(|i| (ids[i], Some(occ(i)), payload(i, 200)))
@@ -2301,10 +2301,6 @@ mod tests {
             (n - (0..n).filter(|&i| keep(i)).count()) as u64
         );
         assert_eq!(replayed(&s2), want);
-    }
-
-    fn c_for(dir: &Path) -> SpoolConfig {
-        cfg(dir, 1 << 30, 16 * 1024)
     }
 
     #[tokio::test]
