@@ -66,7 +66,12 @@ fn bench_spool(c: &mut Criterion) {
                                 let mut pending = Vec::with_capacity(batch);
                                 for _ in 0..batch {
                                     match spool
-                                        .begin_append("bench-client", body.clone(), Pace::Prompt)
+                                        .begin_append(
+                                            "bench-client",
+                                            "bench-occurrence-0001",
+                                            body.clone(),
+                                            Pace::Prompt,
+                                        )
                                         .await
                                     {
                                         Ok(p) => pending.push(p),

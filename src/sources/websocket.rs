@@ -360,6 +360,7 @@ impl Ctx {
                 client_id: Some(&rec.client_id),
                 ..Default::default()
             };
+            // occurrence_id: rec.occurrence_id
             match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
                 Ok(event) => {
                     if self.submit(event, Some(rec.id)).await.is_err() {
@@ -742,7 +743,7 @@ impl Ctx {
         let pending = match &self.spool {
             // The source reads on while its events commit: the spool may let a batch grow.
             Some(spool) => match spool
-                .begin_append(client_id, event.raw.clone(), Pace::Patient)
+                .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Patient)
                 .await
             {
                 Ok(p) => Some(p),
