@@ -41,6 +41,22 @@ pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "journey.delete",
 ];
 
+/// A longer occurrence id is replaced by a hash of it (a spool record holds 255 bytes).
+const MAX_ID_LEN: usize = 128;
+
+/// `id`, or `h:` and its XXH3-128 when longer than [`MAX_ID_LEN`]: still one id per occurrence,
+/// short enough for a spool record, an AMQP short string and a header.
+fn bounded_id(id: &str) -> Arc<str> {
+    if id.len() <= MAX_ID_LEN {
+        Arc::from(id)
+    } else {
+        Arc::from(format!(
+            "h:{:032x}",
+            xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+        ))
+    }
+}
+
 /// The longest event type we accept; anything longer is not a Fondo event type.
 const MAX_EVENT_TYPE_LEN: usize = 128;
 
@@ -275,9 +291,9 @@ impl Event {
             .or_else(|| body_client_id(&body).map(Arc::from));
         let minted = || (Arc::from(mint_occurrence_id()), IdOrigin::Minted);
         let (event_id, id_origin): (Arc<str>, IdOrigin) = match (&opts.id_pointer, ctx.id_hint) {
-            (_, Some(id)) if !id.is_empty() => (Arc::from(id), IdOrigin::Given),
+            (_, Some(id)) if !id.is_empty() => (bounded_id(id), IdOrigin::Given),
             (Some(ptr), _) => match body.pointer(ptr) {
-                Some(Node::String(s)) if !s.is_empty() => (Arc::from(s.as_ref()), IdOrigin::Body),
+                Some(Node::String(s)) if !s.is_empty() => (bounded_id(s), IdOrigin::Body),
                 Some(Node::Number(n)) => (Arc::from(n.to_string()), IdOrigin::Body),
                 None | Some(Node::Null) => minted(),
                 Some(_) => {

@@ -356,11 +356,14 @@ impl Ctx {
                     continue;
                 }
             };
+            // The occurrence id it was spooled with, so the replay is published under the same id
+            // (and the same broker message ids). A record from a build before occurrence ids has
+            // none and gets a new one. Replays are not identified again: they never pair.
             let ctx = ParseContext {
                 client_id: Some(&rec.client_id),
+                id_hint: rec.occurrence_id.as_deref(),
                 ..Default::default()
             };
-            // occurrence_id: rec.occurrence_id
             match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
                 Ok(event) => {
                     if self.submit(event, Some(rec.id)).await.is_err() {
