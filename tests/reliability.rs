@@ -467,21 +467,28 @@ async fn bridge_sigkilled_three_times() {
     drop(bridge);
 }
 
-/// A crash replays what was in flight, not whole spool segments: the bridge (WebSocket → NATS,
-/// each event to two subjects) is SIGKILLed three times mid-stream and restarted. Stream `RAW`
-/// keeps every re-publication (1 ms duplicate window), so the test counts them on the broker and
-/// holds them to the bound: per kill, the events in flight (`delivery.max_in_flight`) plus the
-/// releases of one commit window (generously one second of the stream, for a loaded CI disk).
-/// Stream `REL` has a 120 s duplicate window: a replayed record keeps its occurrence id, hence its
-/// `Nats-Msg-Id`, so the broker collapses every re-publication there.
+/// A crash replays what was in flight, not whole spool segments. The bridge (WebSocket → NATS)
+/// sends each event to two subjects of server A and one of server B. B is frozen (SIGSTOP) and
+/// the bridge SIGKILLed while events are published on A but still waiting for B, then twice more
+/// at random moments; each time it is restarted. Stream `RAW` on A keeps every re-publication
+/// (100 ms duplicate window, the least JetStream allows; a replay comes seconds later), so the test
+/// counts them on the broker: there must be some (the frozen B made sure), and no more per kill
+/// than the events in flight (`delivery.max_in_flight`) plus the releases of one commit window
+/// (generously a second of the stream, for a loaded CI disk). Stream `REL` on A has a 120 s
+/// duplicate window: a replayed record keeps its occurrence id, hence its `Nats-Msg-Id`, so the
+/// broker collapses every one of those re-publications there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_replays_only_what_was_in_flight() {
     let Some(nats) = blocking(NatsServer::start) else {
         return;
     };
+    let Some(slow) = blocking(NatsServer::start) else {
+        return;
+    };
     let url = nats.url();
     nats_stream(&url, "REL", "fondo.events").await;
-    nats_stream_window(&url, "RAW", "fondo.raw", Duration::from_millis(1)).await;
+    nats_stream_window(&url, "RAW", "fondo.raw", Duration::from_millis(100)).await;
+    nats_stream(&slow.url(), "SLOW", "fondo.slow").await;
     let dir = tempfile::tempdir().unwrap();
     const N: u64 = 8_000;
     const MAX_IN_FLIGHT: usize = 200;
@@ -493,22 +500,52 @@ async fn sigkill_replays_only_what_was_in_flight() {
         &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000 }}"),
     );
     cfg.ws = Some(sim.base_url());
-    cfg.extra_destinations = ", { sink: main, topic: fondo.raw }".into();
-    cfg.delivery = format!("{{ max_attempts: 1000, backoff_initial_ms: 50, backoff_max_ms: 1000, max_in_flight: {MAX_IN_FLIGHT}, drain_timeout_ms: 5000 }}");
+    cfg.extra_sinks = format!(
+        "  slow: {{ type: nats, url: \"{}\", ack_timeout_ms: 1000, reconnect_wait_ms: 1000 }}\n",
+        slow.url()
+    );
+    cfg.extra_destinations =
+        ", { sink: main, topic: fondo.raw }, { sink: slow, topic: fondo.slow }".into();
+    cfg.delivery = format!(
+        "{{ max_attempts: 1000, backoff_initial_ms: 50, backoff_max_ms: 500, max_in_flight: {MAX_IN_FLIGHT}, drain_timeout_ms: 5000 }}"
+    );
     let t0 = Instant::now();
     let mut bridge = start_bridge(dir.path(), &cfg, &ws_env());
     let mut rng = fastrand::Rng::new();
     for k in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.u64(1200..2200))).await;
+        if k == 0 {
+            // Published on A, stuck on B: these are in flight when the bridge dies.
+            slow.pause();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
         let sent = sim.events_sent();
         blocking(|| bridge.sigkill());
+        if k == 0 {
+            slow.resume();
+        }
         blocking(|| bridge.spawn());
         eprintln!("SIGKILL #{} at {sent} events sent; restarted", k + 1);
     }
     wait_sent(&sim, N, Duration::from_secs(120)).await;
+    // Events not spooled at a kill are gone (the stream has no replay), so "everything arrived"
+    // cannot end the wait: wait until the bridge holds nothing, then read what the streams have.
+    let idle = Instant::now();
+    loop {
+        let left = bridge.metric("fondo_bridge_spool_events").unwrap_or(-1.0)
+            + bridge.metric("fondo_bridge_in_flight").unwrap_or(-1.0);
+        if left == 0.0 {
+            break;
+        }
+        assert!(
+            idle.elapsed() < COLLECT,
+            "the bridge still holds {left} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let sent = sim.sent_events(CID);
-    let raw = nats_collect(&url, "RAW", COLLECT, Want::of(&sent, &[])).await;
-    let rel = nats_collect(&url, "REL", COLLECT, Want::of(&sent, &[])).await;
+    let raw = nats_collect(&url, "RAW", COLLECT, Want::drain()).await;
+    let rel = nats_collect(&url, "REL", COLLECT, Want::drain()).await;
     let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
     let raw_t = tally(&sent, &raw, &dead);
     let rel_t = tally(&sent, &rel, &dead);
@@ -531,7 +568,7 @@ async fn sigkill_replays_only_what_was_in_flight() {
         recovery: None,
         elapsed: t0.elapsed(),
         notes: format!(
-            "republished_on_RAW={} (bound {bound}) collapsed_on_REL_dups={} spool_replayed={replayed}",
+            "republished_on_RAW={} (bound {bound}) republished_on_REL={} spool_replayed={replayed}",
             raw_t.duplicated, rel_t.duplicated
         ),
     };
@@ -539,7 +576,14 @@ async fn sigkill_replays_only_what_was_in_flight() {
     // Loss at a kill is what was not spooled yet (Fondo's stream has no replay); the other
     // SIGKILL test bounds it. Here: what was delivered, once, and re-published within the bound.
     assert_eq!(raw_t.corrupted + raw_t.unexpected + rel_t.unexpected, 0);
-    assert_eq!(raw_t.delivered, rel_t.delivered, "both subjects got the same changes");
+    assert_eq!(
+        raw_t.delivered, rel_t.delivered,
+        "both subjects got the same changes"
+    );
+    assert!(
+        raw_t.duplicated > 0,
+        "events published on A while stuck on B were in flight at the kill: their replay must re-publish"
+    );
     assert!(
         raw_t.duplicated <= bound,
         "re-published {} after {KILLS} kills: more than {KILLS} x (max_in_flight {MAX_IN_FLIGHT} + one second of events)",

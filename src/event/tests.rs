@@ -333,6 +333,9 @@ fn long_occurrence_ids_are_hashed_to_a_bounded_id() {
     let raw = Bytes::from_static(br#"{"eventType":"order.update"}"#);
     let a = Event::parse(raw.clone(), &ParseOptions::default(), &ctx).unwrap();
     let b = Event::parse(raw, &ParseOptions::default(), &ctx).unwrap();
-    assert_eq!(a.event_id, b.event_id, "the same long id, the same occurrence");
+    assert_eq!(
+        a.event_id, b.event_id,
+        "the same long id, the same occurrence"
+    );
     assert!(a.event_id.len() <= 128 && a.event_id.starts_with("h:"));
 }

@@ -1112,6 +1112,8 @@ pub struct ConfigBuilder {
     pub extra_ws: String,
     /// More destinations of the one route, as YAML flow mappings (`, { sink: main, topic: x }`).
     pub extra_destinations: String,
+    /// More sinks, as YAML lines under `sinks:` (`  other: { type: nats, ... }\n`).
+    pub extra_sinks: String,
 }
 
 impl ConfigBuilder {
@@ -1131,6 +1133,7 @@ impl ConfigBuilder {
             spool: format!("{{ dir: {}/spool }}", dir.display()),
             extra_ws: String::new(),
             extra_destinations: String::new(),
+            extra_sinks: String::new(),
         }
     }
 
@@ -1148,8 +1151,8 @@ impl ConfigBuilder {
             ));
         }
         s.push_str(&format!(
-            "sinks:\n  main: {}\nroutes:\n  - {{ name: all, match: [\"*\"], to: [{{ sink: main, topic: \"{}\" }}{}] }}\n",
-            self.sink_yaml, self.topic, self.extra_destinations
+            "sinks:\n  main: {}\n{}routes:\n  - {{ name: all, match: [\"*\"], to: [{{ sink: main, topic: \"{}\" }}{}] }}\n",
+            self.sink_yaml, self.extra_sinks, self.topic, self.extra_destinations
         ));
         s.push_str(&format!(
             "dead_letter: {}\ndelivery: {}\nspool: {}\nadmin: {{ listen: 127.0.0.1:{} }}\ntelemetry: {{ log_level: info }}\n",
