@@ -99,6 +99,15 @@ pub struct Bridge {
     intake: CancellationToken,
 }
 
+/// Where the webhook replay cache is kept across a clean restart: beside the spool (the volume the
+/// chart gives a pod), when the webhook source is on.
+fn identity_snapshot_path(cfg: &Config) -> Option<std::path::PathBuf> {
+    cfg.sources
+        .webhook
+        .as_ref()
+        .map(|_| cfg.spool.dir.join("identity.jsonl"))
+}
+
 impl Bridge {
     /// Builds and starts everything the config describes. Sources start last, so nothing is read
     /// before every sink is ready.
@@ -135,6 +144,15 @@ impl Bridge {
             identity: crate::dispatch::IdentityConfig::from_config(&cfg),
             metrics: Arc::clone(&metrics),
         });
+        if let Some(path) = identity_snapshot_path(&cfg) {
+            match dispatcher.load_identity(&path) {
+                Ok(n) => tracing::info!(path = %path.display(), deliveries = n,
+                    "webhook deliveries of the last run remembered again (their retries are recognised)"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "cannot read the identity snapshot; retries of earlier deliveries will be published again"),
+            }
+        }
         let tasks = TaskTracker::new();
         let intake = CancellationToken::new();
 
@@ -220,6 +238,17 @@ impl Bridge {
         );
         self.intake.cancel();
         let left = self.dispatcher.drain(deadline).await;
+        if let Some(path) = identity_snapshot_path(&self.cfg) {
+            let saved = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| self.dispatcher.save_identity(&path));
+            match saved {
+                Ok(n) => tracing::info!(path = %path.display(), deliveries = n, "webhook deliveries saved for the next start"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "cannot save the identity snapshot; after the restart, retries of deliveries made now will be published again"),
+            }
+        }
         self.dispatcher.shutdown(deadline).await;
         self.tasks.close();
         let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);

@@ -286,6 +286,56 @@ impl Dispatcher {
         }
     }
 
+    /// Saves the webhook deliveries whose occurrence was delivered (see [`snapshot`]); call it
+    /// after the drain. Returns how many were saved.
+    pub fn save_identity(&self, path: &std::path::Path) -> std::io::Result<usize> {
+        let clock = snapshot::Clock::now();
+        let entries: Vec<snapshot::Entry> = {
+            let deliveries = self.inner.identities.deliveries(Instant::now());
+            let ids = self.ids();
+            deliveries
+                .into_iter()
+                .filter_map(|(d, o, seen)| {
+                    let delivered = ids.delivered_at(&o)?;
+                    Some(snapshot::Entry {
+                        d: d.to_string(),
+                        o: o.to_string(),
+                        seen_ms: clock.to_unix_ms(seen),
+                        delivered_ms: clock.to_unix_ms(delivered),
+                    })
+                })
+                .collect()
+        };
+        snapshot::write(path, &entries)?;
+        Ok(entries.len())
+    }
+
+    /// Restores what [`Dispatcher::save_identity`] saved; call it before any source starts.
+    /// Returns how many deliveries are remembered again.
+    pub fn load_identity(&self, path: &std::path::Path) -> std::io::Result<usize> {
+        let (entries, bad) = snapshot::read(path)?;
+        if bad > 0 {
+            tracing::warn!(path = %path.display(), lines = bad, "identity snapshot lines that do not parse were skipped");
+        }
+        let clock = snapshot::Clock::now();
+        let mut n = 0;
+        for e in entries {
+            let (Some(seen), Some(delivered)) =
+                (clock.to_instant(e.seen_ms), clock.to_instant(e.delivered_ms))
+            else {
+                continue;
+            };
+            let occurrence = snapshot::arc(e.o);
+            self.ids()
+                .restore_delivered(Arc::clone(&occurrence), delivered);
+            self.inner
+                .identities
+                .restore_delivery(snapshot::arc(e.d), occurrence, seen);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Unpaired occurrences waiting for their copy from the other source.
     pub fn unpaired(&self) -> usize {
         self.inner.identities.unpaired()
@@ -1092,6 +1142,7 @@ mod propagation {
 
 mod dedupe;
 pub mod identity;
+mod snapshot;
 
 use identity::Identities;
 pub use identity::{IdentityConfig, Resolution};

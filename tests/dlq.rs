@@ -371,6 +371,8 @@ async fn nats_missing_stream_listed_replayed_when_broken_and_when_fixed() {
     assert_eq!((s.selected, s.succeeded, s.failed), (6, 0, 6), "{text}");
     assert!(text.contains("6 failed"), "{text}");
     let (again, _) = run(list(None), &cfg).await;
+    for d in &again.dead_letters { eprintln!("DBG {} {} {:?} {:?}", d.event_id, d.source, d.destination.route, d.destination.sink); }
+    eprintln!("DBG fallback: {}", std::fs::read_to_string(&fallback).unwrap_or_default().lines().count());
     assert_eq!(again.dead_letters.len(), 13);
     let replayed: Vec<_> = again
         .dead_letters
@@ -529,9 +531,14 @@ async fn nats_replay_interrupted_then_rerun_delivers_each_once() {
     let got = nats::read_all(&orders).await;
     let got_ids: HashSet<String> = got
         .iter()
-        .map(|m| nats::header(m, "Nats-Msg-Id").unwrap().to_owned())
+        .map(|m| nats::header(m, "fondo-event-id").unwrap().to_owned())
         .collect();
     assert_eq!(got_ids, ids.iter().cloned().collect::<HashSet<_>>());
+    let msg_ids: HashSet<&str> = got
+        .iter()
+        .map(|m| nats::header(m, "Nats-Msg-Id").unwrap())
+        .collect();
+    assert_eq!(msg_ids.len(), 20, "one message id per occurrence and destination");
     let _ = js.delete_stream(&dead_stream).await;
     let _ = js.delete_stream(format!("{prefix}-ORDERS")).await;
 }
@@ -670,15 +677,13 @@ admin: {{ listen: null }}
         .await
         .unwrap()
     {
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
-        assert_eq!(by_id[id.as_str()].as_slice(), m.delivery.data.as_slice());
         let h = m.delivery.properties.headers().as_ref().unwrap();
+        let id = match h.inner().get("fondo-event-id") {
+            Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("fondo-event-id header: {other:?}"),
+        };
+        assert!(m.delivery.properties.message_id().is_some());
+        assert_eq!(by_id[id.as_str()].as_slice(), m.delivery.data.as_slice());
         assert!(h.inner().contains_key("fondo-replayed-at"));
         assert!(got.insert(id));
     }

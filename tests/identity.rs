@@ -43,7 +43,21 @@ struct Rig {
     stream: stream::Stream,
     prefix: String,
     sender: Option<WebhookSender>,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+fn sender_for(bridge: &Bridge) -> Option<WebhookSender> {
+    bridge.webhook_addr.map(|a| {
+        let mut opts = SenderOptions::new(
+            format!("http://{a}/fondo/webhooks/callback"),
+            Signer::standard(SECRET).unwrap(),
+        );
+        opts.max_attempts = 5;
+        opts.backoff_initial = Duration::from_millis(50);
+        opts.backoff_max = Duration::from_millis(300);
+        WebhookSender::new(opts).unwrap()
+    })
 }
 
 /// Which sources the bridge runs.
@@ -100,22 +114,14 @@ admin: {{ listen: null }}
         Err(e) => panic!("config: {:?}", e.problems()),
     };
     let bridge = Bridge::start(cfg).await.expect("bridge starts");
-    let sender = bridge.webhook_addr.map(|a| {
-        let mut opts = SenderOptions::new(
-            format!("http://{a}/fondo/webhooks/callback"),
-            Signer::standard(SECRET).unwrap(),
-        );
-        opts.max_attempts = 5;
-        opts.backoff_initial = Duration::from_millis(50);
-        opts.backoff_max = Duration::from_millis(300);
-        WebhookSender::new(opts).unwrap()
-    });
+    let sender = sender_for(&bridge);
     Some(Rig {
         bridge: Some(bridge),
         js,
         stream,
         prefix,
         sender,
+        config: path,
         _dir: dir,
     })
 }
@@ -134,6 +140,17 @@ impl Rig {
             .send(&Outgoing::new(id, body.clone()))
             .await;
         assert!(d.acknowledged, "delivery {id}: {:?}", d.statuses);
+    }
+
+    /// A clean restart: SIGTERM's path (drain, save), then a new bridge on the same config.
+    async fn restart(&mut self) {
+        if let Some(b) = self.bridge.take() {
+            b.shutdown().await.expect("drained");
+        }
+        let cfg = Config::load(&self.config).expect("config");
+        let bridge = Bridge::start(cfg).await.expect("bridge restarts");
+        self.sender = sender_for(&bridge);
+        self.bridge = Some(bridge);
     }
 
     fn counter(&self, f: impl Fn(&fondo_bridge::metrics::Metrics) -> u64) -> u64 {
@@ -289,6 +306,29 @@ async fn webhook_retries_are_recognised_by_delivery_id_not_by_body() {
     );
     assert_eq!(rig.counter(|m| m.identity_retries.get()), 3);
     assert_eq!(rig.counter(deduplicated), 3);
+    // After a clean restart the delivery ids are still remembered (the replay cache is saved
+    // beside the spool), so Fondo's retries that straddle a rolling update are not republished.
+    let mut rig = rig;
+    rig.restart().await;
+    for _ in 0..3 {
+        rig.post("msg_2", &changes[2]).await;
+    }
+    assert_eq!(
+        rig.stored("account").await.len(),
+        4,
+        "a retry after a restart is not a change"
+    );
+    // Recognised by the bridge itself, not collapsed by JetStream's duplicate window.
+    assert_eq!(rig.counter(|m| m.identity_retries.get()), 3);
+    assert_eq!(rig.counter(deduplicated), 3);
+    let collapsed = rig.counter(|m| {
+        m.broker_duplicates
+            .get_or_create(&fondo_bridge::metrics::SinkLabels {
+                sink: "nats".into(),
+            })
+            .get()
+    });
+    assert_eq!(collapsed, 0, "nothing was sent to the broker again");
     rig.post("msg_9", &changes[0]).await;
     let stored = rig.stored("account").await;
     assert_eq!(

@@ -110,6 +110,25 @@ impl<P> Ids<P> {
         }
     }
 
+    /// When `id` was delivered, if that is remembered.
+    pub(super) fn delivered_at(&self, id: &str) -> Option<Instant> {
+        match self.map.get(id) {
+            Some(Slot::Delivered(at)) => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Remembers `id` as delivered at `at` (restored from a snapshot; `at` may lie in the past).
+    /// Restores must come oldest first, as deliveries do.
+    pub(super) fn restore_delivered(&mut self, id: Arc<str>, at: Instant) {
+        if self.capacity == 0 || self.map.contains_key(&id) {
+            return;
+        }
+        self.map.insert(Arc::clone(&id), Slot::Delivered(at));
+        self.expiry.push_back((at, id));
+        self.expire(Instant::now());
+    }
+
     /// Delivered ids remembered now (stale queue entries included until they reach the front).
     #[cfg(test)]
     pub(super) fn remembered(&self) -> usize {

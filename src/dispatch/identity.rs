@@ -344,6 +344,33 @@ impl Identities {
         }
     }
 
+    /// The webhook delivery ids remembered now: (delivery id, occurrence id, when first seen).
+    pub fn deliveries(&self, now: Instant) -> Vec<(Arc<str>, Arc<str>, Instant)> {
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .replay
+            .map
+            .iter()
+            .filter(|(_, (_, at, _))| now.saturating_duration_since(*at) < self.cfg.replay_ttl)
+            .map(|(d, (_, at, occ))| (Arc::clone(d), Arc::clone(occ), *at))
+            .collect();
+        out.sort_by_key(|(_, _, at)| *at);
+        out
+    }
+
+    /// Remembers a delivery id seen at `at` (restored from a snapshot, oldest first).
+    pub fn restore_delivery(&self, delivery: Arc<str>, occurrence: Arc<str>, at: Instant) {
+        let now = Instant::now();
+        if now.saturating_duration_since(at) >= self.cfg.replay_ttl {
+            return;
+        }
+        let mut st = self.lock();
+        st.seq += 1;
+        let seq = st.seq;
+        st.replay.insert(seq, delivery, occurrence, at);
+        self.expire(&mut st, now);
+    }
+
     /// Unpaired occurrences waiting for their twin now.
     pub fn unpaired(&self) -> usize {
         self.lock().unpaired_len
