@@ -244,7 +244,9 @@ impl Bridge {
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| self.dispatcher.save_identity(&path));
             match saved {
-                Ok(n) => tracing::info!(path = %path.display(), deliveries = n, "webhook deliveries saved for the next start"),
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), deliveries = n, "webhook deliveries saved for the next start")
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e,
                     "cannot save the identity snapshot; after the restart, retries of deliveries made now will be published again"),
             }

@@ -320,9 +320,10 @@ impl Dispatcher {
         let clock = snapshot::Clock::now();
         let mut n = 0;
         for e in entries {
-            let (Some(seen), Some(delivered)) =
-                (clock.to_instant(e.seen_ms), clock.to_instant(e.delivered_ms))
-            else {
+            let (Some(seen), Some(delivered)) = (
+                clock.to_instant(e.seen_ms),
+                clock.to_instant(e.delivered_ms),
+            ) else {
                 continue;
             };
             let occurrence = snapshot::arc(e.o);

@@ -371,8 +371,19 @@ async fn nats_missing_stream_listed_replayed_when_broken_and_when_fixed() {
     assert_eq!((s.selected, s.succeeded, s.failed), (6, 0, 6), "{text}");
     assert!(text.contains("6 failed"), "{text}");
     let (again, _) = run(list(None), &cfg).await;
-    for d in &again.dead_letters { eprintln!("DBG {} {} {:?} {:?}", d.event_id, d.source, d.destination.route, d.destination.sink); }
-    eprintln!("DBG fallback: {}", std::fs::read_to_string(&fallback).unwrap_or_default().lines().count());
+    for d in &again.dead_letters {
+        eprintln!(
+            "DBG {} {} {:?} {:?}",
+            d.event_id, d.source, d.destination.route, d.destination.sink
+        );
+    }
+    eprintln!(
+        "DBG fallback: {}",
+        std::fs::read_to_string(&fallback)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    );
     assert_eq!(again.dead_letters.len(), 13);
     let replayed: Vec<_> = again
         .dead_letters
@@ -538,7 +549,11 @@ async fn nats_replay_interrupted_then_rerun_delivers_each_once() {
         .iter()
         .map(|m| nats::header(m, "Nats-Msg-Id").unwrap())
         .collect();
-    assert_eq!(msg_ids.len(), 20, "one message id per occurrence and destination");
+    assert_eq!(
+        msg_ids.len(),
+        20,
+        "one message id per occurrence and destination"
+    );
     let _ = js.delete_stream(&dead_stream).await;
     let _ = js.delete_stream(format!("{prefix}-ORDERS")).await;
 }

@@ -600,6 +600,147 @@ async fn sigkill_replays_only_what_was_in_flight() {
     drop(bridge);
 }
 
+/// Both sources on, the lossless mode: every event the simulator streams is also POSTed as a
+/// signed webhook (each its own delivery, trailing the stream, retried until 2xx as Fondo does),
+/// and the bridge is SIGKILLed three times mid-stream. What the stream loses at a kill (read, not
+/// yet spooled) still comes by webhook, so nothing is lost. Duplicates come from two places,
+/// counted on a stream that keeps them (100 ms duplicate window): spool replays, and webhook copies
+/// whose stream twin was paired in the killed process's memory (the in-memory identity state dies
+/// with the process; a shared store would keep it). Both are bounded: the replays by what was in
+/// flight, the orphaned twins by the webhooks' lag behind the stream (here at most a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sources_sigkilled_lose_nothing() {
+    let Some(nats) = blocking(NatsServer::start) else {
+        return;
+    };
+    let url = nats.url();
+    nats_stream_window(&url, "RAW", "fondo.raw", Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    const N: u64 = 5_000;
+    const MAX_IN_FLIGHT: usize = 500;
+    const KILLS: usize = 3;
+    let sim = std::sync::Arc::new(sim(RATE, N, |_| {}).await);
+    let webhook = free_port();
+    let mut cfg = ConfigBuilder::new(
+        dir.path(),
+        free_port(),
+        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000 }}"),
+    );
+    cfg.topic = "fondo.raw".into();
+    cfg.ws = Some(sim.base_url());
+    cfg.webhook = Some(webhook);
+    cfg.delivery = format!(
+        "{{ max_attempts: 1000, backoff_initial_ms: 50, backoff_max_ms: 500, max_in_flight: {MAX_IN_FLIGHT}, drain_timeout_ms: 5000 }}"
+    );
+    let secrets = format!("[\"{WEBHOOK_SECRET}\"]");
+    let env = [WS_TOKEN_ENV, (WEBHOOK_SECRETS_ENV, secrets.as_str())];
+    let t0 = Instant::now();
+    let mut bridge = start_bridge(dir.path(), &cfg, &env);
+
+    let mut opts = SenderOptions::new(
+        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
+        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    );
+    opts.concurrency = 8;
+    opts.max_attempts = 10_000;
+    opts.backoff_initial = Duration::from_millis(50);
+    opts.backoff_max = Duration::from_millis(500);
+    opts.request_timeout = Duration::from_secs(10);
+    let sender = std::sync::Arc::new(WebhookSender::new(opts).unwrap());
+    // The webhooks mirror the stream: whatever the simulator streamed is POSTed 50 ms later.
+    let mirror_sim = std::sync::Arc::clone(&sim);
+    let mirror = tokio::spawn(async move {
+        let mut mirrored = 0usize;
+        let mut batches = Vec::new();
+        while (mirrored as u64) < N {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let sent = mirror_sim.sent_events(CID);
+            if sent.len() > mirrored {
+                let batch: Vec<Outgoing> = sent[mirrored..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| Outgoing::new(format!("msg_{}", mirrored + i), b.clone()))
+                    .collect();
+                mirrored = sent.len();
+                let sender = std::sync::Arc::clone(&sender);
+                batches.push(tokio::spawn(
+                    async move { sender.send_all(batch, None).await },
+                ));
+            }
+        }
+        let mut acknowledged = 0;
+        for b in batches {
+            acknowledged += b.await.unwrap().acknowledged;
+        }
+        acknowledged
+    });
+
+    let mut rng = fastrand::Rng::new();
+    for k in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.u64(800..1500))).await;
+        let sent = sim.events_sent();
+        blocking(|| bridge.sigkill());
+        blocking(|| bridge.spawn());
+        eprintln!("SIGKILL #{} at {sent} events streamed; restarted", k + 1);
+    }
+    wait_sent(&sim, N, Duration::from_secs(120)).await;
+    let acknowledged = mirror.await.unwrap();
+    assert_eq!(
+        acknowledged as u64, N,
+        "every webhook was answered 2xx in the end"
+    );
+    let idle = Instant::now();
+    loop {
+        let left = bridge.metric("fondo_bridge_spool_events").unwrap_or(-1.0)
+            + bridge.metric("fondo_bridge_in_flight").unwrap_or(-1.0);
+        if left == 0.0 {
+            break;
+        }
+        assert!(
+            idle.elapsed() < COLLECT,
+            "the bridge still holds {left} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = sim.sent_events(CID);
+    let got = nats_collect(&url, "RAW", COLLECT, Want::of(&sent, &[])).await;
+    let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
+    let t = tally(&sent, &got, &dead);
+    let replayed: u64 = bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("replayed unreleased events from the spool"))
+        .filter_map(|l| {
+            l.split("events=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    let orphan_bound = KILLS * RATE as usize;
+    let rec = Record {
+        scenario: "both-sources-sigkill-x3".into(),
+        broker: "nats".into(),
+        tally: t.clone(),
+        recovery: None,
+        elapsed: t0.elapsed(),
+        notes: format!(
+            "spool_replayed={replayed} duplicates={} (bound: replays + {KILLS} x one second of the stream = {})",
+            t.duplicated,
+            replayed as usize + orphan_bound
+        ),
+    };
+    rec.emit();
+    assert_eq!(t.lost, 0, "a change either source brought was lost: {t:?}");
+    assert_eq!(t.corrupted + t.unexpected + t.dead_lettered, 0, "{t:?}");
+    assert!(
+        t.duplicated <= replayed as usize + orphan_bound,
+        "duplicates {} beyond spool replays {replayed} + orphaned webhook twins {orphan_bound}",
+        t.duplicated
+    );
+    drop(bridge);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. WebSocket dropped every 100 events; a Fondo that stops heartbeats
 

@@ -69,7 +69,9 @@ pub(super) fn write(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
         serde_json::to_writer(&mut f, e)?;
         f.write_all(b"\n")?;
     }
-    let f = f.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+    let f = f
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
