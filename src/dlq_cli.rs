@@ -1092,6 +1092,7 @@ impl Sink for DeadLetterSink {
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let mut msg = msg.clone();
         msg.event_id = Arc::from(format!("{}{}", msg.event_id, self.suffix));
+        msg.message_id = Arc::from(format!("{}{}", msg.message_id, self.suffix));
         self.inner.publish(&msg).await
     }
 
