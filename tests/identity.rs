@@ -228,6 +228,18 @@ fn deduplicated(m: &fondo_bridge::metrics::Metrics) -> u64 {
         .sum()
 }
 
+/// A bridge with both sources on: the stream from `sim`, and webhooks.
+async fn both(sim: &SimHandle) -> Option<Rig> {
+    rig(
+        Sources {
+            websocket: Some(sim),
+            webhook: true,
+        },
+        None,
+    )
+    .await
+}
+
 async fn sim(script: Vec<Bytes>) -> SimHandle {
     let (_, sim) = start(StreamConfig {
         rate: 200.0,
@@ -352,15 +364,7 @@ async fn webhook_retries_are_recognised_by_delivery_id_not_by_body() {
 async fn flip_flop_on_both_sources_is_published_once_per_change_in_order() {
     let changes = flip_flop("acc-3");
     let sim = sim(changes.clone()).await;
-    let Some(rig) = rig(
-        Sources {
-            websocket: Some(&sim),
-            webhook: true,
-        },
-        None,
-    )
-    .await
-    else {
+    let Some(rig) = both(&sim).await else {
         return;
     };
     rig.wait_acked(4).await;
@@ -398,15 +402,7 @@ async fn changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marke
         .map(|(_, b)| b.clone())
         .collect();
     let sim = sim(streamed.clone()).await;
-    let Some(rig) = rig(
-        Sources {
-            websocket: Some(&sim),
-            webhook: true,
-        },
-        None,
-    )
-    .await
-    else {
+    let Some(rig) = both(&sim).await else {
         return;
     };
     // The stream runs ahead; the webhooks trail it, one delivery after another.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fondo_bridge::simulator::generator::Generator;
 use fondo_bridge::simulator::stream::{self, SimHandle, StreamConfig};
-use fondo_bridge::simulator::webhook_sender::{Outgoing, SenderOptions, Signer, WebhookSender};
+use fondo_bridge::simulator::webhook_sender::Outgoing;
 use support::*;
 
 /// Runs blocking work (process control, broker scripts) without starving the runtime's tasks.
@@ -353,16 +353,12 @@ async fn bridge_sigkilled_three_times() {
         .map(|i| Outgoing::new(format!("msg_{i:05}"), g.next_event()))
         .collect();
     let wh_sent: Vec<Bytes> = outgoing.iter().map(|o| o.body.clone()).collect();
-    let mut opts = SenderOptions::new(
-        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
-        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    let sender = fondo_sender(
+        webhook,
+        8,
+        Duration::from_millis(50),
+        Duration::from_millis(500),
     );
-    opts.concurrency = 8;
-    opts.max_attempts = 10_000;
-    opts.backoff_initial = Duration::from_millis(50);
-    opts.backoff_max = Duration::from_millis(500);
-    opts.request_timeout = Duration::from_secs(10);
-    let sender = WebhookSender::new(opts).unwrap();
     let send = tokio::spawn(async move { sender.send_all(outgoing, Some(300.0)).await });
 
     let mut rng = fastrand::Rng::new();
@@ -528,38 +524,14 @@ async fn sigkill_replays_only_what_was_in_flight() {
         eprintln!("SIGKILL #{} at {sent} events sent; restarted", k + 1);
     }
     wait_sent(&sim, N, Duration::from_secs(120)).await;
-    // Events not spooled at a kill are gone (the stream has no replay), so "everything arrived"
-    // cannot end the wait: wait until the bridge holds nothing, then read what the streams have.
-    let idle = Instant::now();
-    loop {
-        let left = bridge.metric("fondo_bridge_spool_events").unwrap_or(-1.0)
-            + bridge.metric("fondo_bridge_in_flight").unwrap_or(-1.0);
-        if left == 0.0 {
-            break;
-        }
-        assert!(
-            idle.elapsed() < COLLECT,
-            "the bridge still holds {left} events"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_idle(&bridge, COLLECT).await;
     let sent = sim.sent_events(CID);
     let raw = nats_collect(&url, "RAW", COLLECT, Want::drain()).await;
     let rel = nats_collect(&url, "REL", COLLECT, Want::drain()).await;
     let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
     let raw_t = tally(&sent, &raw, &dead);
     let rel_t = tally(&sent, &rel, &dead);
-    let replayed: u64 = bridge
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("replayed unreleased events from the spool"))
-        .filter_map(|l| {
-            l.split("events=")
-                .nth(1)
-                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum();
+    let replayed = spool_replayed(&bridge);
     let bound = KILLS * (MAX_IN_FLIGHT + RATE as usize);
     let rec = Record {
         scenario: "sigkill-replay-bound".into(),
@@ -637,16 +609,12 @@ async fn both_sources_sigkilled_lose_nothing() {
     let t0 = Instant::now();
     let mut bridge = start_bridge(dir.path(), &cfg, &env);
 
-    let mut opts = SenderOptions::new(
-        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
-        Signer::standard(WEBHOOK_SECRET).unwrap(),
-    );
-    opts.concurrency = 8;
-    opts.max_attempts = 10_000;
-    opts.backoff_initial = Duration::from_millis(50);
-    opts.backoff_max = Duration::from_millis(500);
-    opts.request_timeout = Duration::from_secs(10);
-    let sender = std::sync::Arc::new(WebhookSender::new(opts).unwrap());
+    let sender = std::sync::Arc::new(fondo_sender(
+        webhook,
+        8,
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    ));
     // The webhooks mirror the stream: whatever the simulator streamed is POSTed 50 ms later.
     let mirror_sim = std::sync::Arc::clone(&sim);
     let mirror = tokio::spawn(async move {
@@ -689,34 +657,12 @@ async fn both_sources_sigkilled_lose_nothing() {
         acknowledged as u64, N,
         "every webhook was answered 2xx in the end"
     );
-    let idle = Instant::now();
-    loop {
-        let left = bridge.metric("fondo_bridge_spool_events").unwrap_or(-1.0)
-            + bridge.metric("fondo_bridge_in_flight").unwrap_or(-1.0);
-        if left == 0.0 {
-            break;
-        }
-        assert!(
-            idle.elapsed() < COLLECT,
-            "the bridge still holds {left} events"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_idle(&bridge, COLLECT).await;
     let sent = sim.sent_events(CID);
     let got = nats_collect(&url, "RAW", COLLECT, Want::of(&sent, &[])).await;
     let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
     let t = tally(&sent, &got, &dead);
-    let replayed: u64 = bridge
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("replayed unreleased events from the spool"))
-        .filter_map(|l| {
-            l.split("events=")
-                .nth(1)
-                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum();
+    let replayed = spool_replayed(&bridge);
     let orphan_bound = KILLS * RATE as usize;
     let rec = Record {
         scenario: "both-sources-sigkill-x3".into(),
@@ -881,16 +827,12 @@ async fn dead_letter_destination_down_with_main() {
         .map(|i| Outgoing::new(format!("msg_{i:05}"), g.next_event()))
         .collect();
     let sent: Vec<Bytes> = outgoing.iter().map(|o| o.body.clone()).collect();
-    let mut opts = SenderOptions::new(
-        format!("http://127.0.0.1:{webhook}/fondo/webhooks/callback"),
-        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    let sender = fondo_sender(
+        webhook,
+        16,
+        Duration::from_millis(100),
+        Duration::from_millis(1000),
     );
-    opts.concurrency = 16;
-    opts.max_attempts = 10_000;
-    opts.backoff_initial = Duration::from_millis(100);
-    opts.backoff_max = Duration::from_millis(1000);
-    opts.request_timeout = Duration::from_secs(10);
-    let sender = WebhookSender::new(opts).unwrap();
     let send = tokio::spawn(async move { sender.send_all(outgoing, Some(300.0)).await });
 
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -33,19 +33,8 @@ fn rig(
     max_attempts: u32,
     max_in_flight: usize,
 ) -> Rig {
-    rig_with_dedupe(routes, sinks, dl_sink, max_attempts, max_in_flight, 10_000)
-}
-
-fn rig_with_dedupe(
-    routes: Vec<RouteConfig>,
-    sinks: Vec<(&str, Arc<TestSink>)>,
-    dl_sink: Option<Arc<TestSink>>,
-    max_attempts: u32,
-    max_in_flight: usize,
-    dedupe_capacity: u64,
-) -> Rig {
     let identity = crate::dispatch::IdentityConfig {
-        capacity: dedupe_capacity as usize,
+        capacity: 10_000,
         ..Default::default()
     };
     rig_with_identity(
@@ -669,13 +658,16 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
 #[tokio::test]
 async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
     let sink = Arc::new(TestSink::new("s", Faults::default()));
-    let rig = rig_with_dedupe(
+    let rig = rig_with_identity(
         vec![route("r", &["*"], "s", "t")],
         vec![("s", sink.clone())],
         None,
         2,
         100,
-        16,
+        crate::dispatch::IdentityConfig {
+            capacity: 16,
+            ..Default::default()
+        },
     );
     for i in 0..300 {
         let ack = send(

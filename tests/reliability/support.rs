@@ -477,6 +477,40 @@ impl Drop for BridgeProc {
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1:port; the whole response (status line included).
+/// Events the bridge's runs replayed from the spool, summed over its log's start-up lines.
+pub fn spool_replayed(bridge: &BridgeProc) -> u64 {
+    bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("replayed unreleased events from the spool"))
+        .filter_map(|l| {
+            l.split("events=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Waits until the bridge holds nothing (spool empty, nothing in flight), at most `within`.
+/// After a SIGKILL some stream events are gone for good, so "everything arrived" cannot end a
+/// wait; an idle bridge can.
+pub async fn wait_idle(bridge: &BridgeProc, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let left = bridge.metric("fondo_bridge_spool_events").unwrap_or(-1.0)
+            + bridge.metric("fondo_bridge_in_flight").unwrap_or(-1.0);
+        if left == 0.0 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the bridge still holds {left} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -1160,6 +1194,27 @@ impl ConfigBuilder {
         ));
         s
     }
+}
+
+/// A sender that retries like Fondo (until a 2xx, backing off from `initial` to `max`) to the
+/// bridge's webhook on `port`, signed with [`WEBHOOK_SECRET`].
+pub fn fondo_sender(
+    port: u16,
+    concurrency: usize,
+    initial: Duration,
+    max: Duration,
+) -> fondo_bridge::simulator::webhook_sender::WebhookSender {
+    use fondo_bridge::simulator::webhook_sender::{SenderOptions, Signer, WebhookSender};
+    let mut opts = SenderOptions::new(
+        format!("http://127.0.0.1:{port}/fondo/webhooks/callback"),
+        Signer::standard(WEBHOOK_SECRET).unwrap(),
+    );
+    opts.concurrency = concurrency;
+    opts.max_attempts = 10_000;
+    opts.backoff_initial = initial;
+    opts.backoff_max = max;
+    opts.request_timeout = Duration::from_secs(10);
+    WebhookSender::new(opts).unwrap()
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
