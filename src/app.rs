@@ -99,13 +99,13 @@ pub struct Bridge {
     intake: CancellationToken,
 }
 
-/// Where the webhook replay cache is kept across a clean restart: beside the spool (the volume the
-/// chart gives a pod), when the webhook source is on.
+/// Where the webhook replay cache is kept across a clean restart (`dedupe.snapshot_file`), when
+/// the webhook source is on.
 fn identity_snapshot_path(cfg: &Config) -> Option<std::path::PathBuf> {
     cfg.sources
         .webhook
         .as_ref()
-        .map(|_| cfg.spool.dir.join("identity.jsonl"))
+        .and(cfg.dedupe.snapshot_file.clone())
 }
 
 impl Bridge {

@@ -295,12 +295,13 @@ impl Dispatcher {
             let ids = self.ids();
             deliveries
                 .into_iter()
-                .filter_map(|(d, o, seen)| {
-                    let delivered = ids.delivered_at(&o)?;
+                .filter_map(|d| {
+                    let delivered = ids.delivered_at(&d.occurrence)?;
                     Some(snapshot::Entry {
-                        d: d.to_string(),
-                        o: o.to_string(),
-                        seen_ms: clock.to_unix_ms(seen),
+                        d: d.id.to_string(),
+                        o: d.occurrence.to_string(),
+                        k: format!("{:032x}", d.content_key),
+                        seen_ms: clock.to_unix_ms(d.seen),
                         delivered_ms: clock.to_unix_ms(delivered),
                     })
                 })
@@ -320,18 +321,22 @@ impl Dispatcher {
         let clock = snapshot::Clock::now();
         let mut n = 0;
         for e in entries {
-            let (Some(seen), Some(delivered)) = (
+            let (Some(seen), Some(delivered), Ok(content_key)) = (
                 clock.to_instant(e.seen_ms),
                 clock.to_instant(e.delivered_ms),
+                u128::from_str_radix(&e.k, 16),
             ) else {
                 continue;
             };
             let occurrence = snapshot::arc(e.o);
             self.ids()
                 .restore_delivered(Arc::clone(&occurrence), delivered);
-            self.inner
-                .identities
-                .restore_delivery(snapshot::arc(e.d), occurrence, seen);
+            self.inner.identities.restore_delivery(identity::Delivery {
+                id: snapshot::arc(e.d),
+                occurrence,
+                content_key,
+                seen,
+            });
             n += 1;
         }
         Ok(n)

@@ -102,6 +102,7 @@ routes:
 {extra}
 dead_letter: {{ fallback_file: {dir}/dead-letter.jsonl }}
 spool: {{ dir: {dir}/spool }}
+dedupe: {{ snapshot_file: {dir}/identity.jsonl }}
 admin: {{ listen: null }}
 "#,
         extra = extra_route.unwrap_or_default().replace("PREFIX", &prefix),

@@ -490,6 +490,11 @@ pub struct DedupeConfig {
     /// occurrences); the oldest is forgotten first.
     #[serde(default = "default_dedupe_capacity")]
     pub capacity: u64,
+    /// Where the webhook replay cache is saved on a clean shutdown and read back on start, so
+    /// Fondo's retries that straddle a rolling restart are recognised. Unset: kept in memory only.
+    /// Put it on the pod's volume (the chart uses the spool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<PathBuf>,
 }
 
 impl Default for DedupeConfig {
@@ -498,6 +503,7 @@ impl Default for DedupeConfig {
             retry_horizon_s: default_retry_horizon_s(),
             pair_window_ms: default_pair_window_ms(),
             capacity: default_dedupe_capacity(),
+            snapshot_file: None,
         }
     }
 }

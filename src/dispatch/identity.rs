@@ -5,7 +5,10 @@
 //! - **WebSocket**: the stream has no retries, so a WebSocket copy is never a repeat of an earlier
 //!   WebSocket copy; it is a new occurrence under the id minted at parse.
 //! - **Webhook retries**: a delivery id (Standard Webhooks `webhook-id`) seen within the replay
-//!   cache's time to live is the same delivery again and takes the occurrence id of its first copy.
+//!   cache's time to live, with the same content, is the same delivery again and takes the
+//!   occurrence id of its first copy. The same id with other content is not a retry (a retry
+//!   resends its body; the id was reused, or a saved cache came from elsewhere): it is published
+//!   and counted as `identity_forgotten{table="reused_delivery_id"}`, never dropped.
 //! - **Both sources at once**: a copy from one source *pairs* with the oldest unpaired occurrence of
 //!   the same content key from the other source seen within `pair_window`, and adopts its id;
 //!   otherwise it is a new occurrence and waits, unpaired, for its twin. Per content key the
@@ -95,6 +98,16 @@ pub struct Resolved {
     pub late: bool,
 }
 
+/// A remembered webhook delivery.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Arc<str>,
+    pub occurrence: Arc<str>,
+    pub content_key: u128,
+    /// When its first copy arrived.
+    pub seen: Instant,
+}
+
 /// What is known of one copy.
 #[derive(Debug, Clone, Copy)]
 pub struct Copy<'a> {
@@ -118,7 +131,8 @@ pub struct Identities {
 #[derive(Default)]
 struct State {
     seq: u64,
-    replay: Fifo<Arc<str>, Arc<str>>,
+    /// Delivery id → (occurrence id, content key of the delivery's body).
+    replay: Fifo<Arc<str>, (Arc<str>, u128)>,
     /// Unpaired occurrences per content key, oldest first, one queue per source side.
     unpaired: HashMap<u128, [VecDeque<Waiting>; 2], foldhash::fast::RandomState>,
     /// Every unpaired entry in arrival order (entries paired since are skipped when met).
@@ -232,15 +246,27 @@ impl Identities {
         let seq = st.seq;
         self.expire(&mut st, now);
         if let Some(d) = copy.delivery_id {
-            if let Some(id) = st.replay.get(&Arc::from(d), now, cfg.replay_ttl) {
-                let id = Arc::clone(id);
-                drop(st);
-                self.metrics.identity_retries.inc();
-                return Resolved {
-                    id,
-                    how: Resolution::Retry,
-                    late: false,
-                };
+            match st.replay.get(&Arc::from(d), now, cfg.replay_ttl) {
+                Some((id, key)) if *key == copy.content_key => {
+                    let id = Arc::clone(id);
+                    drop(st);
+                    self.metrics.identity_retries.inc();
+                    return Resolved {
+                        id,
+                        how: Resolution::Retry,
+                        late: false,
+                    };
+                }
+                Some(_) => {
+                    self.metrics
+                        .identity_forgotten_in("reused_delivery_id")
+                        .inc();
+                    tracing::warn!(
+                        delivery_id = d,
+                        "a webhook delivery id came again with another body: published as a new change"
+                    );
+                }
+                None => {}
             }
         }
         let mut out = new(false);
@@ -287,8 +313,12 @@ impl Identities {
             }
         }
         if let Some(d) = copy.delivery_id {
-            st.replay
-                .insert(seq, Arc::from(d), Arc::clone(&out.id), now);
+            st.replay.insert(
+                seq,
+                Arc::from(d),
+                (Arc::clone(&out.id), copy.content_key),
+                now,
+            );
         }
         self.expire(&mut st, now);
         drop(st);
@@ -344,22 +374,33 @@ impl Identities {
         }
     }
 
-    /// The webhook delivery ids remembered now: (delivery id, occurrence id, when first seen).
-    pub fn deliveries(&self, now: Instant) -> Vec<(Arc<str>, Arc<str>, Instant)> {
+    /// The webhook deliveries remembered now, oldest first.
+    pub fn deliveries(&self, now: Instant) -> Vec<Delivery> {
         let st = self.lock();
         let mut out: Vec<_> = st
             .replay
             .map
             .iter()
             .filter(|(_, (_, at, _))| now.saturating_duration_since(*at) < self.cfg.replay_ttl)
-            .map(|(d, (_, at, occ))| (Arc::clone(d), Arc::clone(occ), *at))
+            .map(|(d, (_, at, (occ, key)))| Delivery {
+                id: Arc::clone(d),
+                occurrence: Arc::clone(occ),
+                content_key: *key,
+                seen: *at,
+            })
             .collect();
-        out.sort_by_key(|(_, _, at)| *at);
+        out.sort_by_key(|d| d.seen);
         out
     }
 
-    /// Remembers a delivery id seen at `at` (restored from a snapshot, oldest first).
-    pub fn restore_delivery(&self, delivery: Arc<str>, occurrence: Arc<str>, at: Instant) {
+    /// Remembers a delivery (restored from a snapshot, oldest first).
+    pub fn restore_delivery(&self, d: Delivery) {
+        let Delivery {
+            id: delivery,
+            occurrence,
+            content_key,
+            seen: at,
+        } = d;
         let now = Instant::now();
         if now.saturating_duration_since(at) >= self.cfg.replay_ttl {
             return;
@@ -367,7 +408,8 @@ impl Identities {
         let mut st = self.lock();
         st.seq += 1;
         let seq = st.seq;
-        st.replay.insert(seq, delivery, occurrence, at);
+        st.replay
+            .insert(seq, delivery, (occurrence, content_key), at);
         self.expire(&mut st, now);
     }
 
@@ -454,6 +496,10 @@ mod tests {
             assert_eq!(again.how, Resolution::Retry);
             assert_eq!(again.id, first.id);
         }
+        // The same delivery id with another body is not a retry.
+        let reused = f.copy(WH, 8, Some("msg_1"));
+        assert_eq!(reused.how, Resolution::New);
+        assert_ne!(reused.id, first.id);
         let other = f.copy(WH, 7, Some("msg_2"));
         assert_eq!(other.how, Resolution::New);
         assert_ne!(other.id, first.id);

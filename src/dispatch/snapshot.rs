@@ -23,6 +23,8 @@ pub(super) struct Entry {
     pub d: String,
     /// The occurrence id.
     pub o: String,
+    /// The content key of the delivery's body, 32 hex digits.
+    pub k: String,
     /// When the delivery was first seen.
     pub seen_ms: u64,
     /// When its occurrence was delivered.

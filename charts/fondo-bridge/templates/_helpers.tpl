@@ -81,6 +81,13 @@ secret file paths added where the config names no secret of its own. Templates r
 {{- $_ := set . "token_file" (include "fondo-bridge.tokenFile" $) }}
 {{- end }}
 {{- end }}
+{{- if $sources.webhook }}
+{{- $dedupe := $cfg.dedupe | default dict }}
+{{- if not (hasKey $dedupe "snapshot_file") }}
+{{- $_ := set $dedupe "snapshot_file" "/var/lib/fondo-bridge/identity.jsonl" }}
+{{- $_ := set $cfg "dedupe" $dedupe }}
+{{- end }}
+{{- end }}
 {{- with $sources.webhook }}
 {{- with .signature }}
 {{- if and (has (toString .scheme) (list "standard-webhooks" "hmac")) (not (or .secrets .secrets_file)) }}
