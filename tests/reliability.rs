@@ -937,6 +937,71 @@ async fn spool_full_pauses_reading() {
     );
 }
 
+/// The spool's disk really fills: the spool sits on a 512 KiB tmpfs while its own cap is far above
+/// that, and the broker stops for 8 s, so appends fail with "no space left". The source must keep
+/// each event it read and append it again until it is durable, stop reading meanwhile, and lose
+/// nothing once the broker is back and delivered events free the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_disk_full_pauses_reading_and_loses_nothing() {
+    const N: u64 = 8_000;
+    let mut tmpfs = None;
+    let Some(mut run) = NatsWs::start(
+        N,
+        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        |_| {},
+        |cfg, dir| {
+            let spool = dir.join("spool");
+            tmpfs = Tmpfs::mount(&spool, 512);
+            cfg.spool = format!(
+                "{{ dir: {}, max_bytes: 67108864, segment_bytes: 65536 }}",
+                spool.display()
+            );
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(_tmpfs) = tmpfs else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    blocking(|| run.nats.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let recv = "fondo_bridge_received_total";
+    let received_a = run.bridge.metric(recv).unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let received_during = run.bridge.metric(recv).unwrap_or(0.0) - received_a;
+    let failed_writes = run
+        .bridge
+        .metric("fondo_bridge_rejected_total")
+        .unwrap_or(0.0);
+    let ready = http_get(run.bridge.admin, "/readyz").unwrap_or_default();
+    blocking(|| run.nats.spawn());
+    let t_up = Instant::now();
+    let tally = run.outcome().await;
+    run.report(
+        "spool-disk-full",
+        tally,
+        Some(t_up.elapsed()),
+        format!(
+            "failed_spool_writes={failed_writes} received_in_last_5s_of_outage={received_during}"
+        ),
+    );
+    assert!(
+        failed_writes > 0.0,
+        "the 512 KiB disk never filled, so the test proved nothing"
+    );
+    assert!(
+        ready.contains("spool writes failing"),
+        "/readyz names the failing spool: {ready}"
+    );
+    assert!(
+        received_during < RATE * 5.0 * 0.1,
+        "reading paused while the disk was full, yet {received_during} events were received in 5 s"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. soak
 

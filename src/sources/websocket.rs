@@ -33,7 +33,7 @@
 //!   dispatcher still takes them, and otherwise stay in the spool for the next start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -252,6 +252,7 @@ impl WebSocketSource {
             spool: self.spool,
             stats: self.stats,
             acks: TaskTracker::new(),
+            spool_failing: AtomicBool::new(false),
             shutdown: shutdown.clone(),
         });
         // Dropping this future (an aborted task) stops the connections too.
@@ -281,6 +282,8 @@ impl WebSocketSource {
 
 /// Events read but not yet submitted, per stream (beyond this the reader waits).
 const PIPELINE: usize = 1024;
+/// The readiness entry that reports failing spool writes.
+const SPOOL_READY: &str = "spool";
 /// First delay before resubmitting an event acknowledged `Retry`.
 const RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// Longest delay between resubmissions.
@@ -294,7 +297,15 @@ const BLOCKED: Duration = Duration::from_millis(50);
 /// An event read from the socket, on its way to the dispatcher.
 struct Item {
     event: Event,
-    pending: Option<PendingAppend>,
+    pending: Option<Pending>,
+}
+
+/// Where an event's spool record stands when it is queued for submission.
+enum Pending {
+    /// Queued for the next group commit.
+    Append(PendingAppend),
+    /// Already on disk (appended while the reader waited for the spool to write again).
+    Durable(u64),
 }
 
 struct Ctx {
@@ -306,6 +317,9 @@ struct Ctx {
     spool: Option<Spool>,
     stats: Arc<WebSocketStats>,
     acks: TaskTracker,
+    /// Set when a spool append failed (a full disk, an I/O error): the reader stops reading and
+    /// makes its next event durable first, retrying until the spool writes again.
+    spool_failing: AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -466,15 +480,18 @@ impl Ctx {
         let mut grace: Option<tokio::time::Instant> = None;
         while let Some(item) = rx.recv().await {
             let id = match item.pending {
-                Some(p) => match p.wait().await {
+                Some(Pending::Append(p)) => match p.wait().await {
                     Ok(id) => Some(id),
                     Err(e) => {
-                        // Not durable, but already read from the socket: deliver it anyway.
+                        // Read, and Fondo will not send it again: delivered now, in order, but
+                        // not crash-safe. The reader stops reading until the spool writes again.
+                        self.spool_failed(&e);
                         tracing::error!(error = %e, event_id = %item.event.event_id,
-                            "spool append failed; the event is delivered without crash protection");
+                            "spool append failed; the event is delivered without crash protection and reading pauses until the spool writes again");
                         None
                     }
                 },
+                Some(Pending::Durable(id)) => Some(id),
                 None => None,
             };
             WebSocketStats::inc(&self.stats.events);
@@ -744,12 +761,19 @@ impl Ctx {
         self.dispatcher
             .identify(&mut event, SourceKind::WebSocket, None);
         let pending = match &self.spool {
+            Some(spool) if self.spool_failing.load(Ordering::Acquire) => {
+                match self.append_until_durable(spool, client_id, &event).await {
+                    Some(id) => Some(Pending::Durable(id)),
+                    // Shutting down: handed on unprotected, as the drain delivers it or not.
+                    None => None,
+                }
+            }
             // The source reads on while its events commit: the spool may let a batch grow.
             Some(spool) => match spool
                 .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Patient)
                 .await
             {
-                Ok(p) => Some(p),
+                Ok(p) => Some(Pending::Append(p)),
                 Err(e) => {
                     tracing::error!(client_id, error = %e,
                         "cannot spool an event; it is delivered without crash protection");
@@ -759,6 +783,69 @@ impl Ctx {
             None => None,
         };
         tx.send(Item { event, pending }).await.is_ok()
+    }
+
+    /// Records that the spool could not write: `/readyz` says so, a counter counts it, and the
+    /// reader stops reading until [`Ctx::append_until_durable`] succeeds.
+    fn spool_failed(&self, e: &SpoolError) {
+        self.spool_failing.store(true, Ordering::Release);
+        self.readiness.set(
+            SPOOL_READY.to_owned(),
+            Err(format!("spool writes failing: {e}")),
+        );
+        self.dispatcher
+            .metrics()
+            .rejected
+            .get_or_create(&SourceReasonLabels {
+                source: "websocket".into(),
+                reason: "spool_write_failed".into(),
+            })
+            .inc();
+    }
+
+    /// While the spool cannot write, the reader appends its next event and waits for it to be
+    /// durable, trying again with backoff: nothing further is read (paused reads, TCP backpressure
+    /// to Fondo) until it is. The events read before the failure are delivered meanwhile, so
+    /// their records are released and their segments deleted, which frees the disk they held.
+    /// `None` only when shutting down.
+    async fn append_until_durable(
+        &self,
+        spool: &Spool,
+        client_id: &str,
+        event: &Event,
+    ) -> Option<u64> {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0u32;
+        loop {
+            let appended = match spool
+                .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Prompt)
+                .await
+            {
+                Ok(p) => p.wait().await,
+                Err(e) => Err(e),
+            };
+            match appended {
+                Ok(id) => {
+                    self.spool_failing.store(false, Ordering::Release);
+                    self.readiness.set(SPOOL_READY.to_owned(), Ok(()));
+                    tracing::info!(tries, "spool writes work again; reading resumes");
+                    return Some(id);
+                }
+                Err(e) => {
+                    tries += 1;
+                    self.spool_failed(&e);
+                    if tries.is_power_of_two() {
+                        tracing::error!(error = %e, tries,
+                            "spool still cannot write; reading stays paused");
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Reads one connection until it ends.

@@ -536,6 +536,44 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A tmpfs of a fixed size mounted by the test (root is needed), so a disk really fills:
+/// unmounted (lazily) when dropped. `None` where it cannot be mounted (a loud skip; under `CI=true`
+/// the test fails instead).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, kib: u64) -> Option<Self> {
+        std::fs::create_dir_all(at).expect("create the mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                !ci(),
+                "cannot mount a {kib} KiB tmpfs at {} (the disk-full test needs root)",
+                at.display()
+            );
+            eprintln!("\n!!! SKIPPING: cannot mount a tmpfs (needs root)\n");
+            return None;
+        }
+        Some(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // sampling the bridge while it runs
 
