@@ -762,11 +762,10 @@ impl Ctx {
             .identify(&mut event, SourceKind::WebSocket, None);
         let pending = match &self.spool {
             Some(spool) if self.spool_failing.load(Ordering::Acquire) => {
-                match self.append_until_durable(spool, client_id, &event).await {
-                    Some(id) => Some(Pending::Durable(id)),
-                    // Shutting down: handed on unprotected, as the drain delivers it or not.
-                    None => None,
-                }
+                // `None` when shutting down: handed on unprotected, for the drain to deliver.
+                self.append_until_durable(spool, client_id, &event)
+                    .await
+                    .map(Pending::Durable)
             }
             // The source reads on while its events commit: the spool may let a batch grow.
             Some(spool) => match spool
