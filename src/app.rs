@@ -241,7 +241,7 @@ impl Bridge {
         if let Some(path) = identity_snapshot_path(&self.cfg) {
             let saved = path
                 .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_or(Ok(()), crate::private_fs::create_dir_all)
                 .and_then(|()| self.dispatcher.save_identity(&path));
             match saved {
                 Ok(n) => {

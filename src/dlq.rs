@@ -363,9 +363,9 @@ impl DeadLetterWriter {
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                crate::private_fs::create_dir_all(dir)?;
             }
-            let mut f = std::fs::OpenOptions::new()
+            let mut f = crate::private_fs::options()
                 .create(true)
                 .append(true)
                 .open(&path)?;

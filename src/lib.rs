@@ -15,6 +15,7 @@ pub mod dlq_cli;
 pub mod event;
 pub mod group_commit;
 pub mod metrics;
+pub mod private_fs;
 pub mod router;
 pub mod simulator;
 pub mod sinks;

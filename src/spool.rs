@@ -558,7 +558,8 @@ impl Spool {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, RecoveryReport), SpoolError> {
         let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(io_err("creating the spool directory", &dir))?;
+        crate::private_fs::create_dir_all(&dir)
+            .map_err(io_err("creating the spool directory", &dir))?;
         let (segments, next_id, report) = recover(&dir, &metrics)?;
         let mut st = State::default();
         for seg in segments {
@@ -1056,7 +1057,11 @@ fn write_live_set(segment: &Path, count: u64, live: &[u64]) -> std::io::Result<(
     let mut tmp = path.clone().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::private_fs::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)?;
     f.write_all(&buf)?;
     f.sync_all()?;
     fs::rename(&tmp, &path)
@@ -1305,10 +1310,14 @@ fn quarantine_tail(dir: &Path, path: &Path, offset: u64) -> Option<PathBuf> {
     let name = path.file_name()?.to_string_lossy().into_owned();
     let target = qdir.join(format!("{name}.{offset}.bad"));
     let copy = || -> std::io::Result<()> {
-        fs::create_dir_all(&qdir)?;
+        crate::private_fs::create_dir_all(&qdir)?;
         let mut src = File::open(path)?;
         src.seek(SeekFrom::Start(offset))?;
-        let mut dst = File::create(&target)?;
+        let mut dst = crate::private_fs::options()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&target)?;
         std::io::copy(&mut src, &mut dst)?;
         dst.sync_all()
     };
@@ -1521,7 +1530,7 @@ impl Writer {
     fn open_segment(&mut self) -> Result<(), SpoolError> {
         let first_id = self.next_id;
         let path = segment_path(&self.shared.dir, first_id);
-        let mut file = OpenOptions::new()
+        let mut file = crate::private_fs::options()
             .create(true)
             .truncate(true)
             .write(true)

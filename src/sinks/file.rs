@@ -19,7 +19,7 @@
 //! [`FileRecord::payload_bytes`] returns the original bytes whichever field holds them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,7 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn new(name: &str, cfg: &FileSinkConfig) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+        crate::private_fs::create_dir_all(&cfg.dir).map_err(|e| {
             SinkError::Fatal(format!(
                 "cannot create directory {}: {e}",
                 cfg.dir.display()
@@ -351,7 +351,7 @@ fn write_line(
         Some(w) => w,
         None => {
             let path = topic_file(dir, topic);
-            let f = OpenOptions::new()
+            let f = crate::private_fs::options()
                 .create(true)
                 .append(true)
                 .open(&path)
