@@ -156,15 +156,19 @@ struct EventCtx {
 }
 
 impl EventCtx {
+    /// `body`: what the destination would have published (a redacting route's redacted body);
+    /// `None` for the original bytes.
     fn dead_letter(
         &self,
         destination: IntendedDestination,
+        body: Option<&[u8]>,
         kind: ReasonKind,
         reason: String,
         failures: &Failures,
     ) -> DeadLetter {
-        DeadLetter::for_event(
+        DeadLetter::for_event_body(
             &self.event,
+            body.unwrap_or(&self.event.raw),
             self.source,
             self.received_wall,
             &self.trace,
@@ -578,7 +582,7 @@ impl Dispatcher {
                     self.spawn_dead_letter(
                         env.ack,
                         ctx,
-                        IntendedDestination::default(),
+                        (IntendedDestination::default(), None),
                         ReasonKind::Unmatched,
                         reason,
                         Failures::default(),
@@ -595,12 +599,15 @@ impl Dispatcher {
             self.spawn_dead_letter(
                 ack,
                 Arc::clone(&ctx),
-                IntendedDestination {
-                    route: Some(f.route.to_string()),
-                    sink: Some(f.sink.to_string()),
-                    topic: None,
-                    key: None,
-                },
+                (
+                    IntendedDestination {
+                        route: Some(f.route.to_string()),
+                        sink: Some(f.sink.to_string()),
+                        topic: None,
+                        key: None,
+                    },
+                    Some(f.body),
+                ),
                 ReasonKind::Render,
                 f.reason,
                 Failures::default(),
@@ -635,7 +642,7 @@ impl Dispatcher {
                     self.spawn_dead_letter(
                         job.ack,
                         job.ctx,
-                        dest,
+                        (dest, Some(job.msg.payload.clone())),
                         ReasonKind::NoSink,
                         format!("sink {sink_name} is not running"),
                         Failures::default(),
@@ -645,11 +652,13 @@ impl Dispatcher {
         }
     }
 
+    /// `dest`: where the event was going, and the body it would have had there (`None`: the
+    /// original bytes).
     fn spawn_dead_letter(
         &self,
         ack: AckHandle,
         ctx: Arc<EventCtx>,
-        dest: IntendedDestination,
+        dest: (IntendedDestination, Option<bytes::Bytes>),
         kind: ReasonKind,
         reason: String,
         failures: Failures,
@@ -931,7 +940,15 @@ async fn deliver(
         topic: Some(msg.topic.clone()),
         key: msg.key.clone(),
     };
-    let status = write_dead_letter(&shared, &ctx, dest, kind, reason, &failures).await;
+    let status = write_dead_letter(
+        &shared,
+        &ctx,
+        (dest, Some(msg.payload.clone())),
+        kind,
+        reason,
+        &failures,
+    )
+    .await;
     ack.finish(status);
     key
 }
@@ -940,7 +957,7 @@ async fn deliver(
 async fn write_dead_letter(
     shared: &Shared,
     ctx: &EventCtx,
-    dest: IntendedDestination,
+    (dest, body): (IntendedDestination, Option<bytes::Bytes>),
     kind: ReasonKind,
     reason: String,
     failures: &Failures,
@@ -959,7 +976,7 @@ async fn write_dead_letter(
         otel.status_code = "error",
     );
     ctx.span.mark(Outcome::DeadLettered);
-    let dl = ctx.dead_letter(dest, kind, reason, failures);
+    let dl = ctx.dead_letter(dest, body.as_deref(), kind, reason, failures);
     let written = shared
         .dead_letters
         .write(&dl)

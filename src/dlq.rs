@@ -144,7 +144,35 @@ impl DeadLetter {
         reason: impl Into<String>,
         failures: &Failures,
     ) -> Self {
-        let (body, body_base64) = encode_body(&event.raw);
+        Self::for_event_body(
+            event,
+            &event.raw,
+            source,
+            received,
+            trace,
+            destination,
+            reason_kind,
+            reason,
+            failures,
+        )
+    }
+
+    /// [`DeadLetter::for_event`] keeping `body` instead of the original bytes: a route that
+    /// redacts fields dead-letters its redacted body, so the personal data it removes does not
+    /// reach the dead-letter topic or file either.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_event_body(
+        event: &Event,
+        body: &[u8],
+        source: SourceKind,
+        received: SystemTime,
+        trace: &TraceContext,
+        destination: IntendedDestination,
+        reason_kind: ReasonKind,
+        reason: impl Into<String>,
+        failures: &Failures,
+    ) -> Self {
+        let (body, body_base64) = encode_body(body);
         Self {
             event_id: event.event_id.to_string(),
             event_type: Some(event.event_type.to_string()),

@@ -280,6 +280,9 @@ pub struct RenderFailure {
     pub route: Arc<str>,
     pub sink: Arc<str>,
     pub reason: String,
+    /// The body as the route would have published it (redacted when the route redacts): what
+    /// its dead letter keeps.
+    pub body: Bytes,
 }
 
 /// Where one event goes.
@@ -447,6 +450,7 @@ impl Router {
                         route: Arc::clone(&r.name),
                         sink: Arc::clone(&d.sink),
                         reason,
+                        body: body.clone(),
                     }),
                 }
             }

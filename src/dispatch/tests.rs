@@ -692,3 +692,78 @@ async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
         "a redelivered recent event was published again"
     );
 }
+
+/// A route that redacts a personal number dead-letters its redacted body: the number reaches
+/// neither the sink nor the dead letter, whether the publish failed or the key could not be
+/// rendered. An unmatched event has no route to redact for and keeps its bytes.
+#[tokio::test]
+async fn a_redacting_routes_dead_letters_hold_no_redacted_field() {
+    let sink = Arc::new(TestSink::new(
+        "s",
+        Faults {
+            fatal_topics: vec!["refused".into()],
+            ..Faults::default()
+        },
+    ));
+    let mut refused = route("refused", &["account.*"], "s", "refused");
+    refused.redact = vec!["/current/ssn".into()];
+    let mut unrenderable = route("unrenderable", &["account.*"], "s", "ok");
+    unrenderable.redact = vec!["/current/ssn".into()];
+    unrenderable.to[0].key = Some("{/current/missing}".into());
+    let rig = rig(
+        vec![refused, unrenderable],
+        vec![("s", sink.clone())],
+        None,
+        1,
+        100,
+    );
+    let raw = r#"{"eventType":"account.update","current":{"id":"a1","ssn":"19121212-1212"}}"#;
+    let ev = Event::parse(
+        Bytes::from(raw),
+        &ParseOptions::default(),
+        &ParseContext::default(),
+    )
+    .unwrap();
+    let (ack, rx) = AckHandle::new();
+    rig.d
+        .submit(Envelope::new(ev, ack, SourceKind::Webhook))
+        .await
+        .unwrap();
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    let other = r#"{"eventType":"nobody.routes","current":{"id":"x","ssn":"19121212-1212"}}"#;
+    let ev = Event::parse(
+        Bytes::from(other),
+        &ParseOptions::default(),
+        &ParseContext::default(),
+    )
+    .unwrap();
+    let (ack, rx) = AckHandle::new();
+    rig.d
+        .submit(Envelope::new(ev, ack, SourceKind::Webhook))
+        .await
+        .unwrap();
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    let (dls, bad) = crate::dlq::read_fallback_file(&rig.dl_file).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(dls.len(), 3, "{dls:?}");
+    for d in &dls {
+        let body = String::from_utf8(d.body_bytes()).unwrap();
+        match d.destination.route.as_deref() {
+            Some("refused" | "unrenderable") => {
+                assert!(!body.contains("19121212"), "{body}");
+                assert!(
+                    body.contains("\"a1\""),
+                    "the rest of the body is kept: {body}"
+                );
+            }
+            _ => assert!(
+                body.contains("19121212"),
+                "unmatched keeps its bytes: {body}"
+            ),
+        }
+    }
+    assert!(
+        sink.delivered().is_empty(),
+        "nothing was published: the refused topic fails, the other cannot render"
+    );
+}
