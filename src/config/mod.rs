@@ -188,10 +188,55 @@ pub enum SignatureEncoding {
     Base64,
 }
 
-/// A secret value: never printed by `Debug`.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A secret value: never printed by `Debug`, and never echoed by a parse error. A value the
+/// config layers read as a number or a boolean (an all-digit password in the environment) is taken
+/// as its text, not refused with a message that would show it.
+#[derive(Clone, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Keys whose environment values are taken as text, exactly (a password `0123` stays `0123`).
+const SECRET_KEYS: &[&str] = &["token", "password", "nkey_seed"];
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -735,7 +780,11 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> figment::value:
         let Some((last, parents)) = parts.split_last() else {
             continue;
         };
-        let value: Value = v.parse().unwrap_or_else(|_| Value::from(v.clone()));
+        let value: Value = if SECRET_KEYS.contains(&last.as_str()) {
+            Value::from(v.clone())
+        } else {
+            v.parse().unwrap_or_else(|_| Value::from(v.clone()))
+        };
         insert_path(&mut root, parents, last, value);
     }
     root

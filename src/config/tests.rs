@@ -185,3 +185,43 @@ dead_letter: { sink: nats, topic: "dl.>" }
         "{problems:?}"
     );
 }
+
+/// An all-digit password from the environment is taken as its exact text (leading zero kept), and
+/// a secret the file gives as a number is its text too: no parse error that would print it.
+#[test]
+fn numeric_secrets_are_text_and_never_echoed() {
+    let yaml = r#"
+sources:
+  webhook: { listen: 127.0.0.1:0, signature: { scheme: standard-webhooks, secrets: [74312095] } }
+sinks:
+  r: { type: rabbitmq, url: "amqp://guest@127.0.0.1:5672/%2f", exchange: fondo }
+routes:
+  - { name: all, match: ["*"], to: [{ sink: r, topic: x }] }
+dead_letter: { fallback_file: /tmp/dl.jsonl }
+"#;
+    let env = vec![(
+        "FONDO_BRIDGE__SINKS__R__PASSWORD".to_owned(),
+        "0048151623".to_owned(),
+    )];
+    let c = Config::from_str_with_env(yaml, "yaml", env).unwrap();
+    let Some(SinkConfig::Rabbitmq(r)) = c.sinks.get("r") else {
+        panic!("rabbitmq sink")
+    };
+    assert_eq!(r.password.as_ref().map(Secret::expose), Some("0048151623"));
+    let Some(SignatureConfig::StandardWebhooks { secrets, .. }) =
+        c.sources.webhook.as_ref().map(|w| &w.signature)
+    else {
+        panic!("standard webhooks")
+    };
+    assert_eq!(secrets[0].expose(), "74312095");
+    // A config that fails elsewhere names the problem, never the secret's value.
+    let bad = yaml.replace("topic: x", "topic: \"{nope}\"");
+    let env = vec![(
+        "FONDO_BRIDGE__SINKS__R__PASSWORD".to_owned(),
+        "0048151623".to_owned(),
+    )];
+    let e = Config::from_str_with_env(&bad, "yaml", env).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains("48151623"), "{text}");
+    assert!(!text.contains("74312095"), "{text}");
+}
