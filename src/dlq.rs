@@ -132,35 +132,10 @@ impl Failures {
 }
 
 impl DeadLetter {
-    /// A parsed event that failed for one destination (or for all, when unmatched).
+    /// A parsed event that failed for one destination (or for all, when unmatched). `body` is what
+    /// the destination would have published: the original bytes, or a redacting route's redacted
+    /// body, so the fields it removes do not reach the dead-letter topic or file either.
     #[allow(clippy::too_many_arguments)] // one per field group of the record; a builder adds nothing
-    pub fn for_event(
-        event: &Event,
-        source: SourceKind,
-        received: SystemTime,
-        trace: &TraceContext,
-        destination: IntendedDestination,
-        reason_kind: ReasonKind,
-        reason: impl Into<String>,
-        failures: &Failures,
-    ) -> Self {
-        Self::for_event_body(
-            event,
-            &event.raw,
-            source,
-            received,
-            trace,
-            destination,
-            reason_kind,
-            reason,
-            failures,
-        )
-    }
-
-    /// [`DeadLetter::for_event`] keeping `body` instead of the original bytes: a route that
-    /// redacts fields dead-letters its redacted body, so the personal data it removes does not
-    /// reach the dead-letter topic or file either.
-    #[allow(clippy::too_many_arguments)]
     pub fn for_event_body(
         event: &Event,
         body: &[u8],
