@@ -22,7 +22,7 @@
 //! get the CPU in time, and every extra commit costs fsyncs and the wake-ups around them. A batch
 //! of patient writes therefore waits out `min_interval` in one sleep. On one CPU that halved the
 //! commits of the WebSocket → file path and raised its throughput by about a fifth
-//! (`docs/benchmarks.md`, session 10).
+//! (`docs/benchmarks.md`).
 
 use std::time::{Duration, Instant};
 

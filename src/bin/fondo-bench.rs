@@ -1,4 +1,4 @@
-//! `fondo-bench`: the benchmark harness (issue #10).
+//! `fondo-bench`: the benchmark harness.
 //!
 //! For each broker it measures, in one run and against the same broker:
 //! - the **raw ceiling**: the bare client (rdkafka `FutureProducer` with `acks=all` and idempotence,

@@ -8,10 +8,9 @@
 //! therefore the whole eviction policy; nothing is refreshed on lookup (as with a time-to-live
 //! cache, an id is forgotten `ttl` after its delivery however often it is seen again).
 //!
-//! This replaced a `moka` cache beside a separate map of ids in flight: moka's concurrent
-//! structure (a lock-free table, access and write queues, epoch-based reclamation, housekeeping)
-//! cost about 5 % of the bridge's CPU per event in the profile of issues #5 and #7, for a policy
-//! that is a FIFO here.
+//! A general concurrent cache (a lock-free table, access and write queues, epoch-based
+//! reclamation, housekeeping) would cost several percent of the bridge's CPU per event for a
+//! policy that is a FIFO here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
