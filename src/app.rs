@@ -29,6 +29,8 @@ pub enum AppError {
     },
     #[error("routing table: {0}")]
     Routes(String),
+    #[error("dedupe store: {0}")]
+    Store(String),
     #[error("source {0} could not start: {1}")]
     Source(&'static str, String),
     #[error("cannot listen on {addr}: {error}")]
@@ -102,10 +104,46 @@ pub struct Bridge {
 /// Where the webhook replay cache is kept across a clean restart (`dedupe.snapshot_file`), when
 /// the webhook source is on.
 fn identity_snapshot_path(cfg: &Config) -> Option<std::path::PathBuf> {
+    if cfg.dedupe.store != crate::config::DedupeStore::Memory {
+        // The shared store outlives a restart itself.
+        return None;
+    }
     cfg.sources
         .webhook
         .as_ref()
         .and(cfg.dedupe.snapshot_file.clone())
+}
+
+/// Keeps identity state on Redis when `dedupe.store: redis` (connections are made on first use:
+/// an unreachable Redis does not keep the bridge from starting).
+fn attach_shared_store(
+    cfg: &Config,
+    dispatcher: &Dispatcher,
+    metrics: &Arc<Metrics>,
+) -> Result<(), AppError> {
+    if cfg.dedupe.store != crate::config::DedupeStore::Redis {
+        return Ok(());
+    }
+    #[cfg(feature = "redis")]
+    {
+        let store = crate::dispatch::redis_store::RedisStore::new(
+            &cfg.dedupe.redis,
+            crate::dispatch::IdentityConfig::from_config(cfg),
+            Arc::clone(metrics),
+        )
+        .map_err(|e| AppError::Store(e.to_string()))?;
+        tracing::info!(prefix = %cfg.dedupe.redis.prefix, owner = store.owner(),
+            "identity state is shared on Redis");
+        dispatcher.use_shared_store(store);
+        Ok(())
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (dispatcher, metrics);
+        Err(AppError::Store(
+            "dedupe.store: redis needs a build with the `redis` feature".into(),
+        ))
+    }
 }
 
 impl Bridge {
@@ -144,6 +182,7 @@ impl Bridge {
             identity: crate::dispatch::IdentityConfig::from_config(&cfg),
             metrics: Arc::clone(&metrics),
         });
+        attach_shared_store(&cfg, &dispatcher, &metrics)?;
         if let Some(path) = identity_snapshot_path(&cfg) {
             match dispatcher.load_identity(&path) {
                 Ok(n) => tracing::info!(path = %path.display(), deliveries = n,
@@ -496,8 +535,16 @@ mod sources {
     use crate::sources::webhook::WebhookSource;
 
     pub(super) async fn start(bridge: &mut Bridge, parse: ParseOptions) -> Result<(), AppError> {
-        if let Some(ws) = bridge.cfg.sources.websocket.clone() {
-            let ws = shard(ws)?;
+        let ws = match bridge.cfg.sources.websocket.clone() {
+            Some(ws) => Some(shard(ws)?),
+            None => None,
+        };
+        if ws.as_ref().is_some_and(|ws| ws.client_ids.is_empty()) {
+            // More replicas than streams: this one takes webhooks only (and pairs them with the
+            // streams the other replicas read, through the shared store).
+            tracing::info!("no WebSocket stream is this replica's; it serves webhooks only");
+        }
+        if let Some(ws) = ws.filter(|ws| !ws.client_ids.is_empty()) {
             let source = crate::sources::websocket::WebSocketSource::new(
                 ws,
                 bridge.cfg.spool.clone(),

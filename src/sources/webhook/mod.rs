@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventConfig, SignatureConfig, WebhookSourceConfig};
-use crate::dispatch::{Dispatcher, SubmitError};
+use crate::dispatch::{Dispatcher, Identity, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
@@ -515,8 +515,15 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
         }
     };
     // A retry of this delivery, or the stream's copy of this change, gives the occurrence's id.
-    s.dispatcher
-        .identify(&mut event, SourceKind::Webhook, hints.id);
+    if s.dispatcher
+        .identify(&mut event, SourceKind::Webhook, hints.id)
+        .await
+        == Identity::Covered
+    {
+        // Another replica delivered this occurrence.
+        s.dispatcher.covered(SourceKind::Webhook);
+        return reply(StatusCode::OK, r#"{"status":"delivered"}"#);
+    }
     let (ack, rx) = AckHandle::new();
     let mut env = Envelope::new(event, ack, SourceKind::Webhook);
     env.received_at = hints.started;
