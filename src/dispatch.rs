@@ -622,6 +622,13 @@ impl Dispatcher {
     }
 
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
+        if let Some(mark) = &env.event.done_mark {
+            if mark.delivery.is_some() {
+                // The occurrence is done; this copy's own delivery id says so too, for its
+                // retries on other replicas.
+                self.mark_done(&env.event.event_id, mark.clone());
+            }
+        }
         let m = &self.inner.shared.metrics;
         m.deduplicated_from(env.source).inc();
         tracing::debug!(event_id = %env.event.event_id, source = %env.source, "another copy of an occurrence already delivered: not published again");

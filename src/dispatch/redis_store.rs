@@ -24,8 +24,8 @@
 //!
 //! **Failure.** A lookup that fails or takes longer than `timeout_ms` publishes the event as a
 //! new occurrence: a possible duplicate, counted in `fondo_bridge_dedupe_store_errors_total`.
-//! After a failure the store is skipped for a second (every event meanwhile is published and
-//! counted), so a dead Redis costs no event more than one timeout.
+//! After a failure the store is skipped for 200 ms (every event meanwhile is published and
+//! counted), so a Redis that does not answer costs a timeout only five times a second.
 //!
 //! Keys (all under `{prefix}:`): `d:{delivery id}` the delivery's state, content key, owner and
 //! occurrence; `u:{content key}:{ws|wh}` unpaired occurrences of one source, oldest first;
@@ -154,8 +154,9 @@ return 0
 /// The most entries kept per unpaired list (one content key, one source): a body repeated more
 /// often than this within the pair window loses its oldest pairings (duplicates, not losses).
 const MAX_UNPAIRED_PER_KEY: u32 = 10_000;
-/// How long the store is skipped after a failure.
-const BACKOFF: Duration = Duration::from_secs(1);
+/// How long the store is skipped after a failure: long enough that a Redis that does not answer
+/// costs a timeout only every so often, short enough that lookups resume soon after it is back.
+const BACKOFF: Duration = Duration::from_millis(200);
 /// Done marks waiting to be written; beyond this they are dropped (and counted), which can only
 /// make a copy elsewhere wait its `owner_wait` and publish.
 const MARK_QUEUE: usize = 4096;
@@ -229,7 +230,7 @@ impl RedisStore {
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(Duration::from_millis(200));
         let mut conns = Vec::with_capacity(rc.connections.max(1));
         for _ in 0..rc.connections.max(1) {
             let c = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
@@ -296,10 +297,11 @@ impl RedisStore {
     fn failed(&self, op: &str, why: &str) {
         let now = self.now_ms();
         self.metrics.dedupe_store_errors_in(op).inc();
-        self.last_failure_ms.store(now.max(1), Ordering::Relaxed);
+        let previous = self.last_failure_ms.swap(now.max(1), Ordering::Relaxed);
         let skip = now.saturating_add(u64::try_from(BACKOFF.as_millis()).unwrap_or(1000));
-        let before = self.skip_until_ms.swap(skip, Ordering::Relaxed);
-        if before <= now {
+        self.skip_until_ms.store(skip, Ordering::Relaxed);
+        if previous == 0 || self.last_success_ms.load(Ordering::Relaxed) >= previous {
+            // The first failure after a success: one warning per outage.
             tracing::warn!(
                 op,
                 error = why,
