@@ -513,3 +513,81 @@ async fn pod_loss_gap_is_covered_by_webhooks_on_the_other_replica() {
     );
     drop((a, b));
 }
+
+/// The lookup is atomic: 200 stream copies and 200 webhook copies of one body (one content key),
+/// looked up all at once by two replicas' stores, make exactly 200 pairs: no copy paired twice,
+/// none left unpaired while a twin waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_pair_each_copy_exactly_once() {
+    use fondo_bridge::config::RedisStoreConfig;
+    use fondo_bridge::dispatch::identity::Copy;
+    use fondo_bridge::dispatch::redis_store::RedisStore;
+    use fondo_bridge::dispatch::{IdentityConfig, Resolution};
+    use fondo_bridge::event::SourceKind;
+    let Some(redis) = common::broker("REDIS") else {
+        return;
+    };
+    let rc = RedisStoreConfig {
+        url: Some(redis),
+        prefix: common::unique("fb-atomic"),
+        ..RedisStoreConfig::default()
+    };
+    let cfg = IdentityConfig {
+        pair_sources: true,
+        ..IdentityConfig::default()
+    };
+    let metrics = Arc::new(fondo_bridge::metrics::Metrics::new());
+    let stores = [
+        RedisStore::new(&rc, cfg.clone(), Arc::clone(&metrics)).unwrap(),
+        RedisStore::new(&rc, cfg, Arc::clone(&metrics)).unwrap(),
+    ];
+    const N: usize = 200;
+    let mut tasks = Vec::new();
+    for i in 0..2 * N {
+        let store = Arc::clone(&stores[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            let id: Arc<str> = Arc::from(format!("occ-{i}"));
+            let delivery = format!("d-{i}");
+            let (source, delivery) = if i % 4 < 2 {
+                (SourceKind::WebSocket, None)
+            } else {
+                (SourceKind::Webhook, Some(delivery.as_str()))
+            };
+            let found = store
+                .resolve(Copy {
+                    source,
+                    content_key: 0xfeed,
+                    object: Some("acc-1"),
+                    delivery_id: delivery,
+                    id: &id,
+                })
+                .await
+                .expect("Redis answers");
+            (source, found.resolved.how, found.resolved.id.to_string())
+        }));
+    }
+    let mut paired = 0;
+    let mut new = HashSet::new();
+    let mut adopted = Vec::new();
+    for t in tasks {
+        let (_, how, id) = t.await.unwrap();
+        match how {
+            Resolution::Paired => {
+                paired += 1;
+                adopted.push(id);
+            }
+            Resolution::New => {
+                new.insert(id);
+            }
+            Resolution::Retry => panic!("no delivery id was sent twice"),
+        }
+    }
+    assert_eq!(
+        paired, N,
+        "every copy of one source paired with one of the other"
+    );
+    assert_eq!(new.len(), N);
+    let distinct: HashSet<_> = adopted.iter().collect();
+    assert_eq!(distinct.len(), N, "no occurrence was paired twice");
+    assert!(adopted.iter().all(|id| new.contains(id)));
+}
