@@ -63,6 +63,14 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             }
         }
     }
+    // The shared identity store is reported but does not make the bridge unready: without it
+    // events are still delivered (a possible duplicate each, counted), and taking every replica
+    // out of the webhook Service would refuse them all instead.
+    match s.dispatcher.shared_store_health() {
+        Some(Ok(())) => lines.push("dedupe_store: ok".to_owned()),
+        Some(Err(e)) => lines.push(format!("dedupe_store: {e}")),
+        None => {}
+    }
     // Every sink at once: one slow broker must not make the probe wait for the others.
     let mut sinks: Vec<_> = s.dispatcher.sinks().cloned().collect();
     sinks.sort_by(|a, b| a.name().cmp(b.name()));

@@ -401,11 +401,26 @@ async fn redis_stopped_mid_stream_loses_nothing() {
     let at = sim.events_sent();
     blocking(|| redis.kill());
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let readyz = http_get(a.proc.admin, "/readyz").unwrap_or_default();
+    assert!(
+        readyz.contains("dedupe_store: unreachable"),
+        "/readyz reports the store: {readyz}"
+    );
+    assert!(
+        readyz.starts_with("HTTP/1.1 200") || readyz.starts_with("HTTP/1.0 200"),
+        "a missing store does not make the bridge unready (it still delivers): {readyz}"
+    );
     let bin = tool("redis-server", &["/usr/bin/redis-server".into()]).unwrap();
     blocking(|| redis.spawn(&bin));
     let back = sim.events_sent();
     eprintln!("Redis down from event {at} to {back} of the stream");
     assert_eq!(mirror.await.unwrap(), N, "every webhook answered 2xx");
+    wait_for(
+        "/readyz to report the store again",
+        Duration::from_secs(10),
+        || http_get(a.proc.admin, "/readyz").is_some_and(|r| r.contains("dedupe_store: ok")),
+    )
+    .await;
     let got = nats_collect(&url, "REP", COLLECT, Want::of(&all, &[])).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = nats_collect(&url, "REP", Duration::from_secs(5), Want::drain()).await;
