@@ -37,7 +37,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
-use super::{Message, Sink, SinkError};
+use super::{Message, Sink, SinkError, SinkStatus};
 use crate::config::KafkaSinkConfig;
 use crate::config::kafka::{is_secret_option, valid_topic_name};
 
@@ -82,6 +82,12 @@ impl Shared {
         let g = self.last_error.lock().ok()?;
         let (at, _, text) = g.kept.as_ref()?;
         Some(format!("{text} ({:.1}s ago)", at.elapsed().as_secs_f64()))
+    }
+
+    /// The code of the error [`Shared::last_error`] describes.
+    fn last_code(&self) -> Option<RDKafkaErrorCode> {
+        let g = self.last_error.lock().ok()?;
+        g.kept.as_ref().map(|(_, code, _)| *code)
     }
 
     /// Records `text`; false when it repeats the previous error (librdkafka may report twice).
@@ -280,6 +286,20 @@ fn classify(code: RDKafkaErrorCode) -> Class {
     }
 }
 
+/// Whether a client-level error says the cluster refused our security settings (TLS, SASL): a
+/// configuration problem, not a cluster that is down.
+fn is_config_refusal(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as E;
+    matches!(
+        code,
+        E::SSL
+            | E::Authentication
+            | E::SaslAuthenticationFailed
+            | E::UnsupportedSASLMechanism
+            | E::IllegalSASLState
+    )
+}
+
 /// A reason for `code` on `topic`, with a hint where one helps.
 fn describe(code: RDKafkaErrorCode, topic: &str) -> String {
     use RDKafkaErrorCode as E;
@@ -355,11 +375,11 @@ fn join_problems(problems: &[(String, String)]) -> String {
 
 impl KafkaSink {
     /// Builds the producer from `cfg`, checks that the cluster answers within
-    /// `cfg.connect_timeout_ms` and creates `cfg.create_topics`. Fails with
-    /// [`SinkError::Fatal`] and a reason naming the problem: invalid config, unknown or invalid
-    /// librdkafka option, unreadable password file, unreachable bootstrap servers (with the last
-    /// client error seen, e.g. connection refused or an SSL or SASL failure), a topic that cannot
-    /// be created.
+    /// `cfg.connect_timeout_ms` and creates `cfg.create_topics`. Fails with a reason naming the
+    /// problem: [`SinkError::Fatal`] for an invalid config, an unknown or invalid librdkafka
+    /// option, an unreadable password file, a TLS or SASL failure, a topic that cannot be
+    /// created; [`SinkError::Retriable`] for a cluster that does not answer (with the last client
+    /// error seen, e.g. connection refused).
     pub async fn connect(name: &str, cfg: &KafkaSinkConfig) -> Result<KafkaSink, SinkError> {
         let problems = cfg.validate();
         if !problems.is_empty() {
@@ -392,11 +412,18 @@ impl KafkaSink {
             health_timeout: timeout.min(HEALTHCHECK_TIMEOUT),
         };
         let brokers = sink.metadata_check(timeout).await.map_err(|e| {
-            SinkError::Fatal(format!(
+            let reason = format!(
                 "kafka sink {name:?}: cannot reach the cluster at {:?} within {timeout:?}: {}",
                 cfg.brokers,
                 e.reason()
-            ))
+            );
+            // TLS and SASL failures are configuration; anything else (refused, unresolvable, no
+            // answer) may be a cluster that is not up yet.
+            if sink.shared.last_code().is_some_and(is_config_refusal) {
+                SinkError::Fatal(reason)
+            } else {
+                SinkError::Retriable(reason)
+            }
         })?;
         tracing::info!(sink = &*name, brokers = %cfg.brokers, cluster_brokers = brokers, "kafka sink connected");
         if cfg.accept_at_most_once {
@@ -780,6 +807,33 @@ impl Sink for KafkaSink {
                     e.reason()
                 ))
             })
+    }
+
+    /// From librdkafka's last statistics (every second by default): connected while some broker
+    /// connection is up. Without statistics (`statistics.interval.ms: 0`, or none yet) only a
+    /// producer that cannot deliver any more counts as not connected.
+    fn status(&self) -> SinkStatus {
+        if self.closed.load(Ordering::Acquire) {
+            return SinkStatus::Closed;
+        }
+        if self.producer.load().unusable().is_some() {
+            return SinkStatus::NotConnected {
+                why: "the producer failed and is being replaced",
+            };
+        }
+        let up = self.shared.statistics.lock().ok().and_then(|g| {
+            g.as_ref().map(|st| {
+                st.brokers
+                    .values()
+                    .any(|b| b.nodeid >= 0 && b.state == "UP")
+            })
+        });
+        match up {
+            Some(false) => SinkStatus::NotConnected {
+                why: "no broker connection is up, reconnecting",
+            },
+            Some(true) | None => SinkStatus::Connected,
+        }
     }
 
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
