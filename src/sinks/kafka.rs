@@ -84,10 +84,10 @@ impl Shared {
         Some(format!("{text} ({:.1}s ago)", at.elapsed().as_secs_f64()))
     }
 
-    /// The code of the error [`Shared::last_error`] describes.
-    fn last_code(&self) -> Option<RDKafkaErrorCode> {
+    /// The code and text of the error [`Shared::last_error`] describes.
+    fn last_kept(&self) -> Option<(RDKafkaErrorCode, String)> {
         let g = self.last_error.lock().ok()?;
-        g.kept.as_ref().map(|(_, code, _)| *code)
+        g.kept.as_ref().map(|(_, code, text)| (*code, text.clone()))
     }
 
     /// Records `text`; false when it repeats the previous error (librdkafka may report twice).
@@ -286,9 +286,12 @@ fn classify(code: RDKafkaErrorCode) -> Class {
     }
 }
 
-/// Whether a client-level error says the cluster refused our security settings (TLS, SASL): a
-/// configuration problem, not a cluster that is down.
-fn is_config_refusal(code: RDKafkaErrorCode) -> bool {
+/// Whether a client-level error says a listener answered but refused our security settings (a
+/// TLS or SASL failure, or a connection dropped in the TLS or SASL handshake or at the first
+/// request, which librdkafka reports as a transport failure naming the state): configuration, not
+/// a cluster that is down. A connection refused, a name that does not resolve, no answer at all:
+/// not up yet.
+fn is_config_refusal(code: RDKafkaErrorCode, text: &str) -> bool {
     use RDKafkaErrorCode as E;
     matches!(
         code,
@@ -297,7 +300,13 @@ fn is_config_refusal(code: RDKafkaErrorCode) -> bool {
             | E::SaslAuthenticationFailed
             | E::UnsupportedSASLMechanism
             | E::IllegalSASLState
-    )
+    ) || [
+        "in state SSL_HANDSHAKE",
+        "in state AUTH",
+        "incorrect security.protocol",
+    ]
+    .iter()
+    .any(|state| text.contains(state))
 }
 
 /// A reason for `code` on `topic`, with a hint where one helps.
@@ -419,7 +428,11 @@ impl KafkaSink {
             );
             // TLS and SASL failures are configuration; anything else (refused, unresolvable, no
             // answer) may be a cluster that is not up yet.
-            if sink.shared.last_code().is_some_and(is_config_refusal) {
+            if sink
+                .shared
+                .last_kept()
+                .is_some_and(|(code, text)| is_config_refusal(code, &text))
+            {
                 SinkError::Fatal(reason)
             } else {
                 SinkError::Retriable(reason)
@@ -958,9 +971,55 @@ mod tests {
     async fn unreachable_bootstrap_fails_at_connect() {
         let started = Instant::now();
         let e = connect_err(&cfg("127.0.0.1:1", &[])).await;
-        assert!(!e.is_retriable());
+        // Nothing listens: the cluster may not be up yet, so the bridge starts and keeps trying.
+        assert!(e.is_retriable());
         assert!(e.reason().contains("cannot reach"), "{}", e.reason());
         assert!(e.reason().contains("127.0.0.1:1"), "{}", e.reason());
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A TLS client against a plaintext listener is configuration: fatal, not "not up yet".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_against_a_plaintext_listener_is_fatal_at_connect() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let e = connect_err(&cfg(
+            &mock.bootstrap_servers(),
+            &[("security.protocol", "SSL")],
+        ))
+        .await;
+        assert!(!e.is_retriable(), "{}", e.reason());
+        assert!(e.reason().contains("cannot reach"), "{}", e.reason());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_follows_the_broker_connection() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let sink = KafkaSink::connect(
+            "t",
+            &cfg(
+                &mock.bootstrap_servers(),
+                &[("statistics.interval.ms", "100")],
+            ),
+        )
+        .await
+        .unwrap();
+        let becomes = |want: bool| {
+            let sink = &sink;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while sink.status().is_connected() != want {
+                    assert!(Instant::now() < deadline, "status {:?}", sink.status());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        becomes(true).await;
+        mock.broker_down(1).unwrap();
+        becomes(false).await;
+        mock.broker_up(1).unwrap();
+        let t = Instant::now();
+        becomes(true).await;
+        eprintln!("idle producer up again after {:?}", t.elapsed());
     }
 }
