@@ -823,7 +823,7 @@ impl Sink for KafkaSink {
     }
 
     /// From librdkafka's last statistics (every second by default): connected while some broker
-    /// connection is up. Without statistics (`statistics.interval.ms: 0`, or none yet) only a
+    /// connection (bootstrap or learned) is up. Without statistics (`statistics.interval.ms: 0`, or none yet) only a
     /// producer that cannot deliver any more counts as not connected.
     fn status(&self) -> SinkStatus {
         if self.closed.load(Ordering::Acquire) {
@@ -836,9 +836,11 @@ impl Sink for KafkaSink {
         }
         let up = self.shared.statistics.lock().ok().and_then(|g| {
             g.as_ref().map(|st| {
-                st.brokers
-                    .values()
-                    .any(|b| b.nodeid >= 0 && b.state == "UP")
+                st.brokers.values().any(|b| {
+                    // Bootstrap ("configured") or learned; librdkafka's own internal and logical
+                    // brokers say UP without a connection.
+                    matches!(b.source.as_str(), "configured" | "learned") && b.state == "UP"
+                })
             })
         });
         match up {
