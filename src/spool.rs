@@ -388,7 +388,9 @@ impl Shared {
             .set(i64::try_from(st.disk).unwrap_or(i64::MAX));
     }
 
-    /// An append is handed to the writer; an idle writer's progress clock starts now.
+    /// An append was handed to the writer; an idle writer's progress clock starts now. Counted
+    /// after the hand-over (nothing to undo if the caller gives up waiting), so the writer may
+    /// count it done first: the gauge can dip below zero for a moment.
     fn queued(&self) {
         if self.metrics.spool_writer_pending.inc() <= 0 {
             self.metrics.spool_writer_progress.set(unix_seconds());
@@ -682,13 +684,12 @@ impl Spool {
             pace,
             reply,
         };
-        self.shared.queued();
         if self.tx.send(cmd).await.is_err() {
-            self.shared.progressed(1);
             let mut st = self.shared.lock();
             st.used = st.used.saturating_sub(size + RELEASE_SLOT);
             return Err(SpoolError::Closed);
         }
+        self.shared.queued();
         Ok(PendingAppend { rx })
     }
 
