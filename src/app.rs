@@ -16,6 +16,7 @@ use crate::dlq::DeadLetterWriter;
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::sinks::deferred::{Connect, DeferredSink, RetryConnect};
 use crate::sinks::{DynSink, SinkError};
 use crate::sources::Readiness;
 
@@ -44,46 +45,109 @@ pub enum AppError {
     DrainTimeout(usize),
 }
 
-/// Starts every configured sink; the first failure stops start-up with a clear error.
+/// Connects one configured sink.
+async fn connect_sink(name: &str, sc: &SinkConfig) -> Result<DynSink, SinkError> {
+    let sink: DynSink = match sc {
+        SinkConfig::File(f) => Arc::new(crate::sinks::file::FileSink::new(name, f)?),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(k) => Arc::new(crate::sinks::kafka::KafkaSink::connect(name, k).await?),
+        #[cfg(feature = "rabbitmq")]
+        SinkConfig::Rabbitmq(r) => {
+            Arc::new(crate::sinks::rabbitmq::RabbitMqSink::connect(name, r).await?)
+        }
+        #[cfg(feature = "nats")]
+        SinkConfig::Nats(n) => Arc::new(crate::sinks::nats::NatsSink::connect(name, n).await?),
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(SinkError::Fatal(format!(
+                "this build has no {} support",
+                other.type_name()
+            )));
+        }
+    };
+    Ok(sink)
+}
+
+/// How a broker sink that cannot connect at start keeps trying: the sink's own reconnect
+/// settings. `None` for sinks without a broker (a file sink that cannot start is configuration).
+fn retry_connect(sc: &SinkConfig) -> Option<RetryConnect> {
+    let ms = Duration::from_millis;
+    match sc {
+        SinkConfig::File(_) => None,
+        SinkConfig::Kafka(k) => Some(RetryConnect {
+            wait: ms(k.connect_timeout_ms),
+            initial: ms(500),
+            max: Duration::from_secs(30),
+        }),
+        SinkConfig::Rabbitmq(r) => Some(RetryConnect {
+            wait: ms(r.reconnect_wait_ms),
+            initial: ms(r.reconnect_delay_initial_ms.max(1)),
+            max: ms(r.reconnect_delay_max_ms.max(1)),
+        }),
+        SinkConfig::Nats(n) => Some(RetryConnect {
+            wait: ms(n.reconnect_wait_ms),
+            initial: ms(100),
+            max: ms(n.reconnect_delay_max_ms.max(100)),
+        }),
+    }
+}
+
+/// Starts every configured sink; the first failure stops with a clear error. For commands that
+/// need the brokers now (`dlq replay`).
 pub async fn build_sinks(cfg: &Config) -> Result<HashMap<String, DynSink>, AppError> {
     let mut sinks: HashMap<String, DynSink> = HashMap::new();
     for (name, sc) in &cfg.sinks {
-        let err = |error: SinkError| AppError::Sink {
-            name: name.clone(),
-            kind: sc.type_name(),
-            error,
-        };
-        let sink: DynSink = match sc {
-            SinkConfig::File(f) => {
-                Arc::new(crate::sinks::file::FileSink::new(name, f).map_err(err)?)
-            }
-            #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(k) => Arc::new(
-                crate::sinks::kafka::KafkaSink::connect(name, k)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[cfg(feature = "rabbitmq")]
-            SinkConfig::Rabbitmq(r) => Arc::new(
-                crate::sinks::rabbitmq::RabbitMqSink::connect(name, r)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[cfg(feature = "nats")]
-            SinkConfig::Nats(n) => Arc::new(
-                crate::sinks::nats::NatsSink::connect(name, n)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[allow(unreachable_patterns)]
-            other => {
-                return Err(err(SinkError::Fatal(format!(
-                    "this build has no {} support",
-                    other.type_name()
-                ))));
-            }
-        };
+        let sink = connect_sink(name, sc)
+            .await
+            .map_err(|error| AppError::Sink {
+                name: name.clone(),
+                kind: sc.type_name(),
+                error,
+            })?;
         tracing::info!(sink = %name, kind = sc.type_name(), "sink ready");
+        sinks.insert(name.clone(), sink);
+    }
+    Ok(sinks)
+}
+
+/// Starts every configured sink for the bridge, all at once (start-up waits for the slowest, not
+/// the sum). A broker that cannot be reached, or is not ready (a RabbitMQ exchange not declared
+/// yet), does not stop start-up: its sink connects in the background ([`DeferredSink`]) while the
+/// sources run. A configuration error (invalid URL, unreadable TLS or secret file, refused
+/// credentials) stops start-up with a clear error.
+pub async fn start_sinks(cfg: &Config) -> Result<HashMap<String, DynSink>, AppError> {
+    let attempts = futures::future::join_all(
+        cfg.sinks
+            .iter()
+            .map(|(name, sc)| async move { (name, sc, connect_sink(name, sc).await) }),
+    )
+    .await;
+    let mut sinks: HashMap<String, DynSink> = HashMap::new();
+    for (name, sc, attempt) in attempts {
+        let sink = match (attempt, retry_connect(sc)) {
+            (Ok(sink), _) => {
+                tracing::info!(sink = %name, kind = sc.type_name(), "sink ready");
+                sink
+            }
+            (Err(error @ SinkError::Retriable(_)), Some(retry)) => {
+                tracing::warn!(sink = %name, kind = sc.type_name(), error = %error.reason(),
+                    "sink cannot connect yet; starting without it and connecting in the background \
+                     (webhooks that need it get 503, WebSocket events are spooled and wait for it)");
+                let (n, c) = (name.clone(), sc.clone());
+                let connect: Connect = Box::new(move || {
+                    let (n, c) = (n.clone(), c.clone());
+                    Box::pin(async move { connect_sink(&n, &c).await })
+                });
+                DeferredSink::start(name, sc.type_name(), retry, &error, connect)
+            }
+            (Err(error), _) => {
+                return Err(AppError::Sink {
+                    name: name.clone(),
+                    kind: sc.type_name(),
+                    error,
+                });
+            }
+        };
         sinks.insert(name.clone(), sink);
     }
     Ok(sinks)
@@ -147,12 +211,14 @@ fn attach_shared_store(
 }
 
 impl Bridge {
-    /// Builds and starts everything the config describes. Sources start last, so nothing is read
-    /// before every sink is ready.
+    /// Builds and starts everything the config describes. Sources start last, once every sink is
+    /// connected or connecting in the background (see [`start_sinks`]).
     pub async fn start(cfg: Config) -> Result<Self, AppError> {
         let metrics = Arc::new(Metrics::new());
         let readiness = Arc::new(Readiness::default());
-        let sinks = build_sinks(&cfg).await?;
+        let tasks = TaskTracker::new();
+        let intake = CancellationToken::new();
+        let sinks = start_sinks(&cfg).await?;
         let router = Router::compile(&cfg).map_err(|errs| {
             AppError::Routes(
                 errs.iter()
@@ -192,11 +258,12 @@ impl Bridge {
                     "cannot read the identity snapshot; retries of earlier deliveries will be published again"),
             }
         }
-        let tasks = TaskTracker::new();
-        let intake = CancellationToken::new();
-
         let mut admin_addr = None;
         if let Some(addr) = cfg.admin.listen {
+            let liveness = Arc::new(admin::Liveness::new(Duration::from_millis(
+                cfg.admin.stuck_after_ms,
+            )));
+            tasks.spawn(admin::watchdog(Arc::clone(&liveness), intake.clone()));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|error| AppError::Listen { addr, error })?;
@@ -205,6 +272,7 @@ impl Bridge {
                 metrics: Arc::clone(&metrics),
                 readiness: Arc::clone(&readiness),
                 dispatcher: dispatcher.clone(),
+                liveness,
             });
             // The admin server outlives intake: probes keep answering while the bridge drains.
             let stop = intake.clone();
@@ -240,7 +308,11 @@ impl Bridge {
             tasks,
             intake,
         };
-        bridge.start_sources(parse).await?;
+        if let Err(e) = bridge.start_sources(parse).await {
+            // Stops what did start (the admin server, the watchdog).
+            bridge.intake.cancel();
+            return Err(e);
+        }
         Ok(bridge)
     }
 

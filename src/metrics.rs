@@ -98,6 +98,11 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub spool_events: Gauge,
     pub spool_bytes: Gauge,
+    /// Appends handed to the spool writer thread and not yet committed.
+    pub spool_writer_pending: Gauge,
+    /// When the spool writer last committed a batch, or, if it was idle, when work for it
+    /// arrived (Unix seconds): with appends pending, how long it has made no progress.
+    pub spool_writer_progress: Gauge<f64, AtomicU64>,
     pub ws_connected: Family<ClientLabels, Gauge>,
     pub ws_gap_seconds: Family<ClientLabels, Counter<f64, AtomicU64>>,
     pub ws_gaps: Family<ClientLabels, Counter>,
@@ -196,6 +201,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             spool_events: Gauge::default(),
             spool_bytes: Gauge::default(),
+            spool_writer_pending: Gauge::default(),
+            spool_writer_progress: Gauge::default(),
             ws_connected: Family::default(),
             ws_gap_seconds: Family::default(),
             ws_gaps: Family::default(),
@@ -319,6 +326,16 @@ impl Metrics {
             "spool_bytes",
             "Bytes of WebSocket spool segments on disk",
             m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_writer_pending",
+            "Appends handed to the spool writer and not yet committed",
+            m.spool_writer_pending.clone(),
+        );
+        registry.register(
+            "spool_writer_progress_timestamp_seconds",
+            "When the spool writer last committed, or work reached it while idle (Unix seconds)",
+            m.spool_writer_progress.clone(),
         );
         registry.register(
             "websocket_connected",

@@ -442,15 +442,21 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `/metrics`, `/healthz`, `/readyz`; `null` turns the admin server off.
+    /// `/metrics`, `/healthz`, `/readyz`; `null` turns the admin server off. Loopback by default:
+    /// in a container or a pod, set an address the probes and the scraper reach (the Helm chart
+    /// sets `0.0.0.0:9090`).
     #[serde(default = "default_admin_listen")]
     pub listen: Option<SocketAddr>,
+    /// `/healthz` fails when the runtime or the spool writer made no progress for this long.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            stuck_after_ms: default_stuck_after_ms(),
         }
     }
 }
@@ -731,7 +737,10 @@ fn default_spool_segment_bytes() -> u64 {
     16 * 1024 * 1024
 }
 fn default_admin_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([0, 0, 0, 0], 9090)))
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_stuck_after_ms() -> u64 {
+    30_000
 }
 fn default_log_level() -> String {
     "info".into()

@@ -116,6 +116,13 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         add("dead_letter.fallback_file", "must not be empty".into());
     }
 
+    if cfg.admin.stuck_after_ms < 1000 {
+        add(
+            "admin.stuck_after_ms",
+            "must be at least 1000 (a busy but healthy bridge must not look stuck)".into(),
+        );
+    }
+
     let d = &cfg.delivery;
     if d.max_attempts == 0 {
         add("delivery.max_attempts", "must be at least 1".into());
