@@ -410,7 +410,7 @@ fn ws_cfg(url: &str) -> WebSocketSourceConfig {
 fn spool_cfg(dir: &Path) -> SpoolConfig {
     SpoolConfig {
         enabled: true,
-        dir: dir.join("spool"),
+        dir: dir.to_path_buf(),
         max_bytes: 256 << 20,
         segment_bytes: 1 << 20,
         ..SpoolConfig::default()
@@ -419,24 +419,31 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
 
 struct Running {
     stats: Arc<WebSocketStats>,
+    readiness: Arc<Readiness>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), fondo_bridge::sources::websocket::WebSocketError>>,
 }
 
 impl Running {
     fn start(d: &Dispatcher, cfg: WebSocketSourceConfig, spool: SpoolConfig) -> Self {
+        let readiness = Arc::new(Readiness::default());
         let src = WebSocketSource::new(
             cfg,
             spool,
             ParseOptions::default(),
             d.clone(),
-            Arc::new(Readiness::default()),
+            Arc::clone(&readiness),
         )
         .unwrap();
         let stats = src.stats();
         let stop = CancellationToken::new();
         let task = tokio::spawn(src.run(stop.clone()));
-        Self { stats, stop, task }
+        Self {
+            stats,
+            readiness,
+            stop,
+            task,
+        }
     }
 
     async fn stop(self) {
@@ -455,7 +462,7 @@ impl Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_record_that_no_longer_parses_stays_until_its_dead_letter_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = spool_cfg(dir.path());
+    let spool = spool_cfg(&dir.path().join("spool"));
     {
         let (s, _) = Spool::open(&spool, Arc::new(Metrics::new())).unwrap();
         s.append(
@@ -551,7 +558,7 @@ async fn resubmissions_waiting_are_bounded_while_the_destination_is_down() {
     let src = Running::start(
         &d,
         ws_cfg(&sim.base_url().replace("ws://", "http://")),
-        spool_cfg(dir.path()),
+        spool_cfg(&dir.path().join("spool")),
     );
     let stats = Arc::clone(&src.stats);
     let waiting_limit = MAX_RETRY_WAITING as u64;
@@ -593,6 +600,107 @@ async fn resubmissions_waiting_are_bounded_while_the_destination_is_down() {
     assert!(
         stats.resubmitted.load(Ordering::SeqCst) > 0,
         "retries went on meanwhile"
+    );
+    src.stop().await;
+}
+
+/// The records a spool directory holds, as a crash would leave them: read from a copy.
+fn spooled_payloads(spool_dir: &Path) -> Vec<Bytes> {
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(spool_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let (spool, _) = Spool::open(&spool_cfg(copy.path()), Arc::new(Metrics::new())).unwrap();
+    spool.replay().map(|r| r.unwrap().payload).collect()
+}
+
+/// The WebSocket source's spool on a 512 KiB disk that fills while the destination is down and
+/// dead letters can be written nowhere (so nothing is ever released). The source stops reading,
+/// and every event it handed to the dispatcher (counted as received) is in the spool as a crash
+/// would find it: none was handed on before it was durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_handed_on_is_durable_when_the_spool_disk_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let Some(_tmpfs) = Tmpfs::mount(&disk, 512) else {
+        return;
+    };
+    let (_, sim) = stream::start(StreamConfig {
+        rate: 2000.0,
+        count: Some(100_000),
+        heartbeat: Some(Duration::from_millis(200)),
+        client_ids: vec!["c1".into()],
+        record: true,
+        ..StreamConfig::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), b"").unwrap();
+    let sink = Arc::new(TestSink::new(
+        "t",
+        Faults {
+            down: true,
+            ..Faults::default()
+        },
+    ));
+    let d = dispatcher(sink, dir.path().join("not-a-dir/dead-letter.jsonl"), 200);
+    let spool_dir = disk.join("spool");
+    let src = Running::start(
+        &d,
+        ws_cfg(&sim.base_url().replace("ws://", "http://")),
+        spool_cfg(&spool_dir),
+    );
+    let readiness = Arc::clone(&src.readiness);
+    eventually("the spool's disk is full", Duration::from_secs(60), || {
+        readiness.snapshot().get("spool").is_some_and(|s| {
+            s.as_ref()
+                .is_err_and(|e| e.contains("spool writes failing"))
+        })
+    })
+    .await;
+    // Reading stops: the frame count stays put.
+    let stats = Arc::clone(&src.stats);
+    let mut last = stats.frames.load(Ordering::SeqCst);
+    let mut still = 0;
+    let t0 = Instant::now();
+    while still < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the source kept reading on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = stats.frames.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    let handed_on = stats.events.load(Ordering::SeqCst) as usize;
+    let on_disk = spooled_payloads(&spool_dir);
+    let sent = sim.sent_events("c1");
+    let durable: std::collections::HashSet<&Bytes> = on_disk.iter().collect();
+    let missing: Vec<usize> = (0..handed_on)
+        .filter(|&i| !durable.contains(&sent[i]))
+        .collect();
+    println!(
+        "DISK-FULL websocket: read {last} frames, handed on {handed_on}, {} records on disk, {} handed on without a record",
+        on_disk.len(),
+        missing.len()
+    );
+    assert!(handed_on > 0);
+    assert_eq!(stats.acknowledged.load(Ordering::SeqCst), 0);
+    assert!(
+        missing.is_empty(),
+        "events handed on (received) that a crash now would lose: {} (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // At most the read pipeline (and the one event the reader holds) is read and not durable.
+    assert!(
+        last as usize <= on_disk.len() + PIPELINE + 1 + 200,
+        "read {last} frames (heartbeats included), {} durable",
+        on_disk.len()
     );
     src.stop().await;
 }

@@ -1138,6 +1138,12 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
         .filter_map(|s| s.rss_kb)
         .max()
         .unwrap_or(0);
+    // No event was handed on before it was durable (the bridge logs each one it would be).
+    let unprotected = bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("without crash protection"))
+        .count();
     // What the killed bridge had received and not acknowledged, and what it had dead-lettered.
     let spooled = spooled_bodies(&disk.join("spool"));
     let (dead_at_kill, bad) = fondo_bridge::dlq::read_fallback_file(&fallback).unwrap();
@@ -1202,7 +1208,7 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
         recovery: None,
         elapsed: t0.elapsed(),
         notes: format!(
-            "disk={DISK_KIB}KiB full_after={:.1}s paused_at_sent={sent_paused} spooled_at_kill={} dead_lettered_at_kill={} last_received_index={last_received} killed_connection_end={killed_end} lost_received={} never_received={} (socket buffers and read pipeline at the kill) rss_kb before={rss_before} max_while_full={rss_full_max} fallback_lines={} kill_to_restart={:.1}s",
+            "disk={DISK_KIB}KiB full_after={:.1}s paused_at_sent={sent_paused} spooled_at_kill={} dead_lettered_at_kill={} last_received_index={last_received} killed_connection_end={killed_end} handed_on_unprotected={unprotected} lost_received={} never_received={} (socket buffers and read pipeline at the kill) rss_kb before={rss_before} max_while_full={rss_full_max} fallback_lines={} kill_to_restart={:.1}s",
             (t_full - t_stop).as_secs_f64(),
             spooled.len(),
             dead_at_kill.len(),
@@ -1213,6 +1219,10 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
         ),
     };
     rec.emit();
+    assert_eq!(
+        unprotected, 0,
+        "events were handed on without crash protection before the kill"
+    );
     assert!(
         received_lost.is_empty(),
         "events the killed bridge had received are lost: send indexes {:?}",
