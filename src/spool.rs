@@ -1342,7 +1342,9 @@ fn quarantine_tail(dir: &Path, path: &Path, offset: u64) -> Option<PathBuf> {
             .write(true)
             .open(&target)?;
         std::io::copy(&mut src, &mut dst)?;
-        dst.sync_all()
+        dst.sync_all()?;
+        sync_dir(&qdir);
+        Ok(())
     };
     match copy() {
         Ok(()) => Some(target),
@@ -1479,14 +1481,21 @@ impl Writer {
                     continue;
                 }
             }
-            // Releases ride along with appends; without appends they go once due.
-            let releases =
-                if !batch.is_empty() || self.releases_due().is_some_and(|d| d <= Instant::now()) {
-                    self.take_releases()
-                } else {
-                    Vec::new()
-                };
+            // Releases ride along with appends (or with the next attempt after a failed write);
+            // without appends they go once due.
+            let releases = if !batch.is_empty()
+                || retry.is_some()
+                || self.releases_due().is_some_and(|d| d <= Instant::now())
+            {
+                self.take_releases()
+            } else {
+                Vec::new()
+            };
             if batch.is_empty() && releases.is_empty() {
+                // A failed write of releases alone whose releases are all gone: nothing to retry.
+                if retry.take().is_some() {
+                    self.shared.lock().write_error = None;
+                }
                 continue;
             }
             match self.write_batch(&mut batch, releases, &mut buf) {

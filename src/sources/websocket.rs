@@ -31,7 +31,8 @@
 //!   writes them again, in order, once it can; the reader makes its next event durable before it
 //!   reads on (readiness `spool` says why meanwhile). So per stream at most [`PIPELINE`] + 1
 //!   events are read and not yet durable at any moment, and none of them has been handed to the
-//!   dispatcher (an event is submitted, and counted as received, only once it is durable).
+//!   dispatcher (an event is submitted, and counted as received, only once it is durable; only a
+//!   shutdown that finds the spool still failing after its grace hands the rest on unprotected).
 //! - **Retries**: an event acknowledged `Retry` waits for its resubmission outside the
 //!   dispatcher's `max_in_flight`; new events wait (and the reader pauses once its pipeline is
 //!   full) while [`MAX_RETRY_WAITING`] events do, so a long outage holds a bounded number of
@@ -424,7 +425,7 @@ impl Ctx {
                     // Released only once its dead letter is written; otherwise it stays in the
                     // spool and is replayed on the next start.
                     let written = self
-                        .dead_letter(
+                        .try_dead_letter(
                             &rec.client_id,
                             &rec.payload,
                             format!("spooled frame no longer parses: {e}"),
@@ -594,9 +595,18 @@ impl Ctx {
         }
     }
 
-    /// Dead-letters a frame that is not an event; the connection goes on. `true` when the dead
-    /// letter was written.
-    async fn dead_letter(&self, client_id: &str, raw: &[u8], reason: String) -> bool {
+    /// Dead-letters a frame that is not an event; the connection goes on.
+    async fn dead_letter(&self, client_id: &str, raw: &[u8], reason: String) {
+        if !self.try_dead_letter(client_id, raw, reason).await {
+            tracing::error!(
+                client_id,
+                "a frame that is not an event could be dead-lettered nowhere; it is lost (Fondo does not redeliver)"
+            );
+        }
+    }
+
+    /// Dead-letters bytes that are not an event; `true` when the dead letter was written.
+    async fn try_dead_letter(&self, client_id: &str, raw: &[u8], reason: String) -> bool {
         // Minted, never a hash of the bytes: two frames with the same bytes are two dead letters.
         let id = format!("unparseable:{}", crate::event::mint_occurrence_id());
         tracing::warn!(client_id, bytes = raw.len(), reason = %reason, "WebSocket frame is not an event; dead-lettering it");
@@ -614,13 +624,7 @@ impl Ctx {
                 WebSocketStats::inc(&self.stats.dead_lettered);
                 true
             }
-            AckStatus::Retry => {
-                tracing::error!(
-                    client_id,
-                    "a frame that is not an event could be dead-lettered nowhere"
-                );
-                false
-            }
+            AckStatus::Retry => false,
         }
     }
 
