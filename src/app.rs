@@ -232,13 +232,16 @@ impl Bridge {
             .sink
             .as_ref()
             .and_then(|n| sinks.get(n).cloned());
-        let dead_letters = Arc::new(DeadLetterWriter::new(
-            dl_sink,
-            cfg.dead_letter.topic.clone(),
-            cfg.dead_letter.max_attempts,
-            cfg.dead_letter.fallback_file.clone(),
-            Arc::clone(&metrics),
-        ));
+        let dead_letters = Arc::new(
+            DeadLetterWriter::new(
+                dl_sink,
+                cfg.dead_letter.topic.clone(),
+                cfg.dead_letter.max_attempts,
+                cfg.dead_letter.fallback_file.clone(),
+                Arc::clone(&metrics),
+            )
+            .with_fallback_max_bytes(cfg.dead_letter.fallback_max_bytes),
+        );
         let dispatcher = Dispatcher::start(DispatcherParts {
             router,
             sinks,

@@ -3,6 +3,22 @@
 //! A dead letter goes to the configured dead-letter sink; if that fails, to a local JSON-lines file;
 //! if that fails too, the write fails and the caller must leave the event unacknowledged (the
 //! source keeps it and delivers it again). Dead-lettering is part of at-least-once.
+//!
+//! The fallback file holds one dead letter per line, each appended with one `write` and made
+//! durable with `fdatasync` before the write counts (a file it creates has its directory fsynced
+//! too). It always ends on a whole line, so every dead letter acknowledged is one line that
+//! parses:
+//! - an append that fails half-way (a full disk) is cut off again (`set_len` to the length before
+//!   it) and the write fails;
+//! - before each append, a last line without its newline (an append cut short by a crash) is
+//!   copied aside and cut off ([`crate::private_fs::cut_torn_line`]);
+//! - a dead letter that would take the file past `dead_letter.fallback_max_bytes` is not written
+//!   (the write fails, the event stays unacknowledged), so the file cannot fill the volume it
+//!   shares with the spool.
+//!
+//! One process appends at a time: the bridge serializes its own appends; `dlq` commands that
+//! write the fallback file are meant for a stopped bridge (two processes appending to a file
+//! being repaired could cut each other's lines).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,6 +263,7 @@ pub struct DeadLetterWriter {
     topic: String,
     attempts: u32,
     fallback: PathBuf,
+    fallback_max_bytes: u64,
     file_lock: Mutex<()>,
     metrics: Arc<Metrics>,
 }
@@ -264,9 +281,17 @@ impl DeadLetterWriter {
             topic,
             attempts: attempts.max(1),
             fallback,
+            fallback_max_bytes: crate::config::default_fallback_max_bytes(),
             file_lock: Mutex::new(()),
             metrics,
         }
+    }
+
+    /// Caps the fallback file at `max` bytes (`dead_letter.fallback_max_bytes`; without this, its
+    /// default).
+    pub fn with_fallback_max_bytes(mut self, max: u64) -> Self {
+        self.fallback_max_bytes = max.max(1);
+        self
     }
 
     pub fn fallback_path(&self) -> &Path {
@@ -363,21 +388,43 @@ impl DeadLetterWriter {
         line.push(b'\n');
         let _guard = self.file_lock.lock().await;
         let path = self.fallback.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                crate::private_fs::create_dir_all(dir)?;
-            }
-            let mut f = crate::private_fs::options()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            f.write_all(&line)?;
-            f.sync_data()
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        let max = self.fallback_max_bytes;
+        tokio::task::spawn_blocking(move || append_line(&path, &line, max))
+            .await
+            .map_err(std::io::Error::other)?
     }
+}
+
+/// Appends one line (newline included) to the fallback file durably, or leaves the file as it
+/// was and says why. See the module docs.
+fn append_line(path: &Path, line: &[u8], max: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_fs::create_dir_all(dir)?;
+    }
+    let mut f = crate::private_fs::open_append(path)?;
+    let len = crate::private_fs::cut_torn_line(&f, path)?;
+    let after = len.saturating_add(line.len() as u64);
+    if after > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "the fallback file holds {len} bytes; a dead letter of {} bytes would take it past dead_letter.fallback_max_bytes ({max})",
+                line.len()
+            ),
+        ));
+    }
+    let written = f.write_all(line).and_then(|()| f.sync_data());
+    if let Err(e) = written {
+        // Whatever part of the line reached the file is cut off again, so the next dead letter
+        // starts on a line of its own; a cut that fails leaves it to the next append's repair.
+        if let Err(cut) = f.set_len(len).and_then(|()| f.sync_data()) {
+            tracing::warn!(path = %path.display(), error = %cut,
+                "cannot cut a failed dead-letter append off the fallback file; the next append does");
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn dead_letter_headers(dl: &DeadLetter) -> Vec<(String, String)> {

@@ -1300,13 +1300,16 @@ async fn replay(
                 suffix: format!(":replay:{replayed_at}"),
             })
         });
-    let writer = Arc::new(DeadLetterWriter::new(
-        dl_sink,
-        cfg.dead_letter.topic.clone(),
-        cfg.dead_letter.max_attempts,
-        cfg.dead_letter.fallback_file.clone(),
-        Arc::clone(&metrics),
-    ));
+    let writer = Arc::new(
+        DeadLetterWriter::new(
+            dl_sink,
+            cfg.dead_letter.topic.clone(),
+            cfg.dead_letter.max_attempts,
+            cfg.dead_letter.fallback_file.clone(),
+            Arc::clone(&metrics),
+        )
+        .with_fallback_max_bytes(cfg.dead_letter.fallback_max_bytes),
+    );
     let sinks: HashMap<String, DynSink> = raw_sinks
         .iter()
         .map(|(n, s)| {

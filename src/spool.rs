@@ -49,6 +49,18 @@
 //! batch. When the active segment reaches
 //! `segment_bytes` it is sealed and a new one is started with the next append.
 //!
+//! # Failed writes
+//!
+//! A batch whose `write` or `fsync` fails (a full disk, an I/O error) is not failed back to its
+//! appenders: the writer cuts the bytes it wrote off the segment again (`set_len`, so a full disk
+//! gets them back and the file ends on a whole record), seals the segment, and keeps the batch.
+//! It writes it again, into a new segment, after a backoff (50 ms doubling to 1 s) or at once
+//! when deleting released segments freed space; appends queued meanwhile join the batch behind
+//! it, so records keep the order they were appended in. Releases keep working meanwhile: they are
+//! what frees a full disk. [`Spool::write_error`] says why while a batch waits, so a source can
+//! stop taking new events (the WebSocket source stops reading). Only when the spool is closed
+//! with a batch still waiting do its appends fail ([`SpoolError::WriteFailed`]).
+//!
 //! # Releasing
 //!
 //! [`Spool::release`] runs where the dispatcher acknowledges, on an async worker, so it never waits
@@ -208,7 +220,8 @@ pub enum SpoolError {
     /// The writer thread is gone (it hit an error it could not recover from, or the spool closed).
     #[error("the spool writer has stopped")]
     Closed,
-    /// The write or fsync of a batch failed; the record is not durable.
+    /// The spool closed while the record's batch still waited to be written again after failed
+    /// writes; the record is not durable.
     #[error("spool write failed: {0}")]
     WriteFailed(String),
 }
@@ -357,6 +370,8 @@ struct State {
     pending: Vec<u64>,
     /// When the oldest of `pending` was released.
     pending_since: Option<Instant>,
+    /// Why the last write failed, while the writer holds appends it could not write yet.
+    write_error: Option<String>,
 }
 
 struct Shared {
@@ -551,7 +566,9 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
-    /// Resolves with the record id once the record is on disk and fsynced.
+    /// Resolves with the record id once the record is on disk and fsynced. While the spool
+    /// cannot write this waits (see "Failed writes" in the module docs); it fails only when the
+    /// spool closes first.
     pub async fn wait(self) -> Result<u64, SpoolError> {
         self.rx.await.unwrap_or(Err(SpoolError::Closed))
     }
@@ -782,6 +799,12 @@ impl Spool {
     /// Segment files on disk.
     pub fn segment_count(&self) -> usize {
         self.shared.lock().segments.len()
+    }
+
+    /// Why the spool cannot write, while appends wait for it to write again: `None` when the last
+    /// write succeeded. See "Failed writes" in the module docs.
+    pub fn write_error(&self) -> Option<String> {
+        self.shared.lock().write_error.clone()
     }
 
     /// Appends waiting for space right now.
@@ -1343,7 +1366,9 @@ fn quarantine_tail(dir: &Path, path: &Path, offset: u64) -> Option<PathBuf> {
             .write(true)
             .open(&target)?;
         std::io::copy(&mut src, &mut dst)?;
-        dst.sync_all()
+        dst.sync_all()?;
+        sync_dir(&qdir);
+        Ok(())
     };
     match copy() {
         Ok(()) => Some(target),
@@ -1362,6 +1387,35 @@ type BatchItem = (
     oneshot::Sender<Result<u64, SpoolError>>,
 );
 
+/// The first wait before a failed batch is written again.
+const RETRY_INITIAL: Duration = Duration::from_millis(50);
+/// The longest wait between attempts: how late the spool notices room that something else freed
+/// (its own deleted segments wake it at once).
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A batch that could not be written, waiting for its next attempt.
+struct Retry {
+    at: Instant,
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            at: Instant::now(),
+            delay: RETRY_INITIAL,
+            attempts: 0,
+        }
+    }
+
+    fn failed(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.at = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+    }
+}
+
 struct ActiveFile {
     first_id: u64,
     file: File,
@@ -1379,9 +1433,16 @@ impl Writer {
         let mut batch = Vec::with_capacity(256);
         let mut buf = Vec::with_capacity(1024 * 1024);
         let mut pacer = CommitPacer::new(self.shared.group_commit);
+        // Set while a batch could not be written: it is kept and written again at `retry.at`.
+        let mut retry: Option<Retry> = None;
         loop {
-            // Wait for appends; while releases are queued, only until they are due.
-            let cmd = match self.releases_due() {
+            // Wait for appends; while releases are queued, only until they are due; while a
+            // failed batch waits, only until its next attempt (its releases go with it).
+            let due = match &retry {
+                Some(r) => Some(r.at),
+                None => self.releases_due(),
+            };
+            let cmd = match due {
                 None => match rt.block_on(rx.recv()) {
                     Some(cmd) => Some(cmd),
                     None => break,
@@ -1427,24 +1488,78 @@ impl Writer {
                         patient,
                     }
                 };
-                if drain().size > 0 {
-                    // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
+                // Under load the batch takes what keeps arriving: fewer, larger fsyncs. Not
+                // while writes fail: the failed batch waits for space, not for company.
+                if drain().size > 0 && retry.is_none() {
                     pacer.gather(drain);
                 }
             }
+            let disk_before = self.shared.lock().disk;
             self.maintain();
-            // Releases ride along with appends; without appends they go once due.
-            let releases =
-                if !batch.is_empty() || self.releases_due().is_some_and(|d| d <= Instant::now()) {
-                    self.take_releases()
-                } else {
-                    Vec::new()
-                };
-            if !batch.is_empty() || !releases.is_empty() {
-                let appends = batch.len();
-                self.write_batch(&mut batch, releases, &mut buf);
-                self.shared.progressed(appends);
+            if let Some(r) = &mut retry {
+                // Deleted segments may have made the room the failed batch needs: try now.
+                if self.shared.lock().disk < disk_before {
+                    r.at = Instant::now();
+                }
+                if Instant::now() < r.at {
+                    continue;
+                }
             }
+            // Releases ride along with appends (or with the next attempt after a failed write);
+            // without appends they go once due.
+            let releases = if !batch.is_empty()
+                || retry.is_some()
+                || self.releases_due().is_some_and(|d| d <= Instant::now())
+            {
+                self.take_releases()
+            } else {
+                Vec::new()
+            };
+            if batch.is_empty() && releases.is_empty() {
+                // A failed write of releases alone whose releases are all gone: nothing to retry.
+                if retry.take().is_some() {
+                    self.shared.lock().write_error = None;
+                }
+                continue;
+            }
+            let appends = batch.len();
+            match self.write_batch(&mut batch, releases, &mut buf) {
+                Ok(()) => {
+                    self.shared.progressed(appends);
+                    if let Some(r) = retry.take() {
+                        self.shared.lock().write_error = None;
+                        tracing::info!(
+                            failed_attempts = r.attempts,
+                            "spool writes work again; the appends that waited are durable"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Alive, not stuck: the writer keeps trying (readiness says the spool
+                    // cannot write; a restart would not give the disk room).
+                    self.shared.progressed(0);
+                    let r = retry.get_or_insert_with(Retry::new);
+                    r.failed();
+                    if r.attempts.is_power_of_two() {
+                        tracing::error!(error = %e, failed_attempts = r.attempts,
+                            appends_waiting = batch.len(),
+                            "spool write failed; its appends are kept and written again, in order, before any later one");
+                    }
+                    self.shared.lock().write_error = Some(e);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // Closed while writes failed: nothing of the batch is on disk (or it was cut off).
+            tracing::error!(
+                appends = batch.len(),
+                "spool closed while its writes were failing; these appends are not durable"
+            );
+            self.fail(
+                &mut batch,
+                "the spool closed while its writes were failing",
+                true,
+            );
         }
         // Every clone is gone, so nothing more is appended or released: delete the segments with
         // nothing live left (the active one too) and leave the rest, durable, for the next start.
@@ -1562,8 +1677,12 @@ impl Writer {
             .write(true)
             .open(&path)
             .map_err(io_err("creating a spool segment", &path))?;
-        file.write_all(MAGIC)
-            .map_err(io_err("writing a spool segment", &path))?;
+        if let Err(e) = file.write_all(MAGIC) {
+            // A segment without its magic would be quarantined as garbage on the next start.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(io_err("writing a spool segment", &path)(e));
+        }
         sync_dir(&self.shared.dir);
         let mut st = self.shared.lock();
         st.segments.insert(
@@ -1582,18 +1701,23 @@ impl Writer {
     }
 
     /// Writes `releases` as release records, then the batch's event records, with one write and
-    /// one fsync.
-    fn write_batch(&mut self, batch: &mut Vec<BatchItem>, releases: Vec<u64>, buf: &mut Vec<u8>) {
+    /// one fsync. On failure nothing is answered: the batch stays in `batch` for the next attempt,
+    /// the releases are queued again, and the segment is sealed with the failed bytes cut off.
+    fn write_batch(
+        &mut self,
+        batch: &mut Vec<BatchItem>,
+        releases: Vec<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), String> {
         if self.active.is_none() {
             if let Err(e) = self.open_segment() {
-                tracing::error!(error = %e, "cannot create a spool segment; appends fail");
-                self.fail(batch, &e.to_string(), true);
                 self.requeue_releases(releases);
-                return;
+                return Err(e.to_string());
             }
         }
         let Some(active) = self.active.as_mut() else {
-            return;
+            self.requeue_releases(releases);
+            return Err("no active spool segment".into());
         };
         buf.clear();
         encode_releases(buf, self.next_id, &releases);
@@ -1604,89 +1728,102 @@ impl Writer {
             self.next_id += 1;
         }
         let n = self.next_id - first;
+        let first_id = active.first_id;
+        let len_before = self
+            .shared
+            .lock()
+            .segments
+            .get(&first_id)
+            .map_or(MAGIC_LEN, |s| s.bytes);
         let written = active
             .file
             .write_all(buf)
             .and_then(|()| active.file.sync_data());
-        let first_id = active.first_id;
         let path = active.path.clone();
-        let mut st = self.shared.lock();
-        match written {
-            Ok(()) => {
-                let seal = if let Some(seg) = st.segments.get_mut(&first_id) {
-                    for i in 0..n {
-                        seg.set_live(first - seg.first_id + i);
-                    }
-                    seg.count += n;
-                    seg.bytes += buf.len() as u64;
-                    seg.has_releases |= !releases.is_empty();
-                    seg.bytes >= self.shared.segment_bytes
-                } else {
-                    false
-                };
-                st.disk += buf.len() as u64;
-                st.live += n;
-                // Reserved sizes equal encoded sizes, so `used` already covers the event records;
-                // the release records are paid for by the slots of the ids in them.
-                let slots = RELEASE_SLOT * releases.len() as u64;
-                st.used = (st.used + release_bytes).saturating_sub(slots);
-                self.shared.publish_gauges(&st);
-                if seal {
-                    if let Some(seg) = st.segments.get_mut(&first_id) {
-                        seg.active = false;
-                    }
-                    let empty = st
-                        .segments
-                        .get(&first_id)
-                        .is_some_and(|s| s.live_count == 0);
-                    if empty {
-                        self.shared.retire(&mut st, first_id);
-                    }
+        if let Err(e) = written {
+            // The file may hold part of the batch. Cut it off: a full disk gets that space back,
+            // and a crash finds whole records only. Then the segment is sealed (after a failed
+            // fsync its cached pages cannot be trusted) and the next attempt starts a new one.
+            let cut = active
+                .file
+                .set_len(len_before)
+                .and_then(|()| active.file.sync_data());
+            let torn = match cut {
+                Ok(()) => 0,
+                Err(cut_err) => {
+                    tracing::warn!(path = %path.display(), error = %cut_err,
+                        "cannot cut a failed spool write off its segment; recovery cuts it after a restart");
+                    buf.len() as u64
                 }
-                drop(st);
-                if seal {
-                    self.drop_active();
-                }
-                for (i, (_, _, _, reply)) in batch.drain(..).enumerate() {
-                    let _ = reply.send(Ok(first + i as u64));
-                }
-                self.shared.bury();
-                if slots > release_bytes {
-                    self.shared.space.notify_waiters();
-                }
+            };
+            let mut st = self.shared.lock();
+            if let Some(seg) = st.segments.get_mut(&first_id) {
+                seg.bytes += torn;
+                seg.active = false;
+                // Ids of the failed batch belong to no segment's range.
+                seg.count = first - seg.first_id;
+                // What was not cut may hold (part of) release records.
+                seg.has_releases |= torn > 0 && !releases.is_empty();
             }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e,
-                    "spool write or fsync failed; the batch is not durable, starting a new segment");
-                // The file may hold part of the batch: count the bytes as used by the segment (it is
-                // deleted once its earlier records are released; recovery cuts the torn part).
-                let len = buf.len() as u64;
-                if let Some(seg) = st.segments.get_mut(&first_id) {
-                    seg.bytes += len;
-                    seg.active = false;
-                    // Ids of the failed batch belong to no segment's range.
-                    seg.count = first - seg.first_id;
-                    // It may hold (part of) release records.
-                    seg.has_releases |= !releases.is_empty();
-                }
-                st.disk += len;
-                // The event records' bytes were reserved; the release records' were not.
-                st.used += release_bytes;
-                if st
-                    .segments
-                    .get(&first_id)
-                    .is_some_and(|s| s.live_count == 0)
-                {
-                    self.shared.retire(&mut st, first_id);
-                }
-                drop(st);
-                self.drop_active();
-                // Their reserved bytes stay counted: they are part of the segment's file now.
-                self.fail(batch, &e.to_string(), false);
-                self.requeue_releases(releases);
-                self.shared.bury();
+            // The batch keeps its reservation for the next attempt; bytes left on disk are extra.
+            st.disk += torn;
+            st.used += torn;
+            if st
+                .segments
+                .get(&first_id)
+                .is_some_and(|s| s.live_count == 0)
+            {
+                self.shared.retire(&mut st, first_id);
+            }
+            drop(st);
+            self.drop_active();
+            self.requeue_releases(releases);
+            self.shared.bury();
+            return Err(format!("writing {}: {e}", path.display()));
+        }
+        let mut st = self.shared.lock();
+        let seal = if let Some(seg) = st.segments.get_mut(&first_id) {
+            for i in 0..n {
+                seg.set_live(first - seg.first_id + i);
+            }
+            seg.count += n;
+            seg.bytes += buf.len() as u64;
+            seg.has_releases |= !releases.is_empty();
+            seg.bytes >= self.shared.segment_bytes
+        } else {
+            false
+        };
+        st.disk += buf.len() as u64;
+        st.live += n;
+        // Reserved sizes equal encoded sizes, so `used` already covers the event records;
+        // the release records are paid for by the slots of the ids in them.
+        let slots = RELEASE_SLOT * releases.len() as u64;
+        st.used = (st.used + release_bytes).saturating_sub(slots);
+        self.shared.publish_gauges(&st);
+        if seal {
+            if let Some(seg) = st.segments.get_mut(&first_id) {
+                seg.active = false;
+            }
+            let empty = st
+                .segments
+                .get(&first_id)
+                .is_some_and(|s| s.live_count == 0);
+            if empty {
+                self.shared.retire(&mut st, first_id);
             }
         }
+        drop(st);
+        if seal {
+            self.drop_active();
+        }
+        for (i, (_, _, _, reply)) in batch.drain(..).enumerate() {
+            let _ = reply.send(Ok(first + i as u64));
+        }
+        self.shared.bury();
+        if slots > release_bytes {
+            self.shared.space.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Fails a batch's appends and frees their release slots (and, with `unreserve`, their

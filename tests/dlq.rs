@@ -878,3 +878,52 @@ admin: {{ listen: null }}
         "the file sink took the dead letters; nothing went to the fallback file"
     );
 }
+
+/// A crash cut a dead-letter append short, so the fallback file ends in half a line. The next
+/// dead letter goes on a line of its own (the fragment, never acknowledged, is cut off and kept
+/// next to the file), and `dlq list` shows every dead letter, none unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_fallback_line_is_cut_aside_and_every_dead_letter_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fallback = dir.path().join("fallback.jsonl");
+    let cfg = config(&format!(
+        r#"
+sinks:
+  files: {{ type: file, dir: "{}" }}
+routes:
+  - name: orders
+    match: ["order.*"]
+    to: [{{ sink: files, topic: "orders" }}]
+dead_letter: {{ fallback_file: "{}" }}
+spool: {{ enabled: false }}
+admin: {{ listen: null }}
+"#,
+        dir.path().join("out").display(),
+        fallback.display()
+    ));
+    unparseable_to_fallback(&fallback, b"{first", "unparseable:0").await;
+    unparseable_to_fallback(&fallback, b"{second", "unparseable:1").await;
+    let mut text = std::fs::read(&fallback).unwrap();
+    let third = serde_json::to_vec(&unparseable(b"{third", "unparseable:2")).unwrap();
+    let fragment = &third[..third.len() / 2];
+    text.extend_from_slice(fragment);
+    std::fs::write(&fallback, &text).unwrap();
+    unparseable_to_fallback(&fallback, b"{fourth", "unparseable:3").await;
+
+    let (o, printed) = run(list(None), &cfg).await;
+    let mut ids: Vec<&str> = o.dead_letters.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["unparseable:0", "unparseable:1", "unparseable:3"],
+        "{printed}"
+    );
+    assert_eq!(o.unreadable, 0, "{printed}");
+    let torn: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("fallback.jsonl.torn-"))
+        .collect();
+    assert_eq!(torn.len(), 1, "the fragment is kept aside");
+    assert_eq!(std::fs::read(&torn[0]).unwrap(), fragment);
+}

@@ -349,6 +349,11 @@ pub struct DeadLetterConfig {
     /// Attempts at the dead-letter sink before falling back to the file.
     #[serde(default = "default_dead_letter_attempts")]
     pub max_attempts: u32,
+    /// The most bytes the fallback file may hold. A dead letter that would take it past this is
+    /// not written: the event stays unacknowledged (webhook 503, WebSocket event kept in the
+    /// spool) until the file is emptied (`dlq` tools) or the dead-letter sink is back.
+    #[serde(default = "default_fallback_max_bytes")]
+    pub fallback_max_bytes: u64,
 }
 
 impl Default for DeadLetterConfig {
@@ -358,6 +363,7 @@ impl Default for DeadLetterConfig {
             topic: default_dead_letter_topic(),
             fallback_file: default_fallback_file(),
             max_attempts: default_dead_letter_attempts(),
+            fallback_max_bytes: default_fallback_max_bytes(),
         }
     }
 }
@@ -705,6 +711,13 @@ fn default_fallback_file() -> PathBuf {
 }
 fn default_dead_letter_attempts() -> u32 {
     3
+}
+/// 512 MiB. The fallback file shares its volume with the spool (both under
+/// `/var/lib/fondo-bridge`): with the spool's default `max_bytes` of 1 GiB the two stay within
+/// 1.5 GiB of the chart's 2 GiB volume, so a dead-letter sink that stays down cannot fill the disk
+/// the spool needs. At a few KiB per dead letter it still holds on the order of 100 000 of them.
+pub fn default_fallback_max_bytes() -> u64 {
+    512 * 1024 * 1024
 }
 fn default_max_attempts() -> u32 {
     12

@@ -115,6 +115,12 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     if cfg.dead_letter.fallback_file.as_os_str().is_empty() {
         add("dead_letter.fallback_file", "must not be empty".into());
     }
+    if cfg.dead_letter.fallback_max_bytes == 0 {
+        add(
+            "dead_letter.fallback_max_bytes",
+            "must be at least 1 (0 would refuse every dead letter)".into(),
+        );
+    }
 
     if cfg.admin.stuck_after_ms < 1000 {
         add(

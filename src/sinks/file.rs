@@ -17,6 +17,14 @@
 //! - `payload_base64`: when it is not UTF-8.
 //!
 //! [`FileRecord::payload_bytes`] returns the original bytes whichever field holds them.
+//!
+//! A topic file always ends on a whole line. When a batch cannot be written, flushed or synced
+//! for a file (a full disk), its unconfirmed bytes are dropped and the file is cut back
+//! (`set_len`) to where the last confirmed batch ended; every publish of that batch to the file
+//! fails (retriably), and the file is opened again for the next one. When a file is opened, a last
+//! line without its newline (a write cut short by a crash, never confirmed) is copied aside and
+//! cut off ([`crate::private_fs::cut_torn_line`]). A topic file the sink creates has its
+//! directory fsynced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -145,6 +153,24 @@ struct Writer {
     /// The same file (a duplicated descriptor), for the fsync pool.
     sync: Arc<File>,
     dirty: bool,
+    /// The file's length after the last confirmed batch: where a failed batch is cut back to.
+    confirmed_len: u64,
+    /// Bytes written (or buffered) since then.
+    pending: u64,
+}
+
+impl Writer {
+    /// Drops what is buffered and cuts the file back to its confirmed length.
+    fn discard(self, path: &Path) {
+        let (file, _unwritten) = self.file.into_parts();
+        if let Err(e) = file
+            .set_len(self.confirmed_len)
+            .and_then(|()| file.sync_data())
+        {
+            tracing::warn!(path = %path.display(), error = %e,
+                "cannot cut a failed batch off a file-sink file; it is cut when the file is opened next");
+        }
+    }
 }
 
 /// How many files one batch fsyncs at once: the writer thread plus this many helpers.
@@ -278,8 +304,18 @@ fn writer_loop(
             drain();
         }
         let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
+        let mut failed: HashMap<String, String> = HashMap::new();
         for (topic, line, _, _) in &batch {
-            results.push(write_line(&mut files, &dir, topic, line));
+            // After a failed write the file's tail is unknown: nothing more goes into it in this
+            // batch (it is cut back below).
+            let r = match failed.get(topic) {
+                Some(e) => Err(SinkError::Retriable(format!("write failed: {e}"))),
+                None => write_line(&mut files, &dir, topic, line),
+            };
+            if let Err(e) = &r {
+                failed.entry(topic.clone()).or_insert_with(|| e.to_string());
+            }
+            results.push(r);
         }
         // Flush every touched file, and fsync as the policy says; a failure fails the whole batch
         // of that file, so nothing is confirmed that may not be on disk.
@@ -288,9 +324,10 @@ fn writer_loop(
             FsyncPolicy::Interval => last_sync.elapsed() >= interval,
             FsyncPolicy::Never => false,
         };
-        let mut failed: HashMap<String, String> = HashMap::new();
-        let mut dirty: Vec<(&String, &mut Writer)> =
-            files.iter_mut().filter(|(_, w)| w.dirty).collect();
+        let mut dirty: Vec<(&String, &mut Writer)> = files
+            .iter_mut()
+            .filter(|(t, w)| w.dirty && !failed.contains_key(*t))
+            .collect();
         let mut flushed = Vec::with_capacity(dirty.len());
         for (topic, w) in dirty.iter_mut() {
             flushed.push(w.file.flush().map_err(|e| e.to_string()));
@@ -310,7 +347,11 @@ fn writer_loop(
         };
         for (((topic, w), f), s) in dirty.into_iter().zip(flushed).zip(synced) {
             match f.and(s) {
-                Ok(()) => w.dirty = false,
+                Ok(()) => {
+                    w.dirty = false;
+                    w.confirmed_len += w.pending;
+                    w.pending = 0;
+                }
                 Err(e) => {
                     failed.insert(topic.clone(), e);
                 }
@@ -320,8 +361,11 @@ fn writer_loop(
             last_sync = Instant::now();
         }
         for topic in failed.keys() {
-            // Reopen on the next write: the buffered state is unknown.
-            files.remove(topic);
+            // Cut back to the last confirmed batch and reopen on the next write: the buffered
+            // state is unknown.
+            if let Some(w) = files.remove(topic) {
+                w.discard(&topic_file(&dir, topic));
+            }
         }
         for ((topic, _, _, reply), mut result) in batch.into_iter().zip(results) {
             if let Some(e) = failed.get(&topic) {
@@ -351,27 +395,27 @@ fn write_line(
         Some(w) => w,
         None => {
             let path = topic_file(dir, topic);
-            let f = crate::private_fs::options()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| {
-                    SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
-                })?;
-            let sync = f.try_clone().map(Arc::new).map_err(|e| {
+            let cannot_open = |e: std::io::Error| {
                 SinkError::Retriable(format!("cannot open {}: {e}", path.display()))
-            })?;
+            };
+            let f = crate::private_fs::open_append(&path).map_err(cannot_open)?;
+            let confirmed_len = crate::private_fs::cut_torn_line(&f, &path).map_err(cannot_open)?;
+            let sync = f.try_clone().map(Arc::new).map_err(cannot_open)?;
             files.entry(topic.to_owned()).or_insert(Writer {
                 sync,
                 file: BufWriter::with_capacity(256 * 1024, f),
                 dirty: false,
+                confirmed_len,
+                pending: 0,
             })
         }
     };
+    // Dirty before the write: a write that fails half-way still has bytes to cut back.
+    w.dirty = true;
+    w.pending += line.len() as u64;
     w.file
         .write_all(line)
         .map_err(|e| SinkError::Retriable(format!("write failed: {e}")))?;
-    w.dirty = true;
     Ok(())
 }
 

@@ -24,8 +24,19 @@
 //! - **Durability**: each event is appended to the [`Spool`] (group-committed fsync) before it is
 //!   submitted; its record is released when the dispatcher acknowledges it `Delivered` or
 //!   `Rejected`, and resubmitted after a backoff on `Retry`. On start, before connecting, every
-//!   unreleased record is replayed. When the spool is full the source stops reading the socket until
-//!   space frees (TCP backpressure reaches Fondo); nothing is dropped.
+//!   unreleased record is replayed (a record that no longer parses is dead-lettered, and released
+//!   only once its dead letter is written). When the spool is full the source stops reading the
+//!   socket until space frees (TCP backpressure reaches Fondo); nothing is dropped.
+//! - **Full disk**: when the spool cannot write, it keeps the appends it could not write and
+//!   writes them again, in order, once it can; the reader makes its next event durable before it
+//!   reads on (readiness `spool` says why meanwhile). So per stream at most [`PIPELINE`] + 1
+//!   events are read and not yet durable at any moment, and none of them has been handed to the
+//!   dispatcher (an event is submitted, and counted as received, only once it is durable; only a
+//!   shutdown that finds the spool still failing after its grace hands the rest on unprotected).
+//! - **Retries**: an event acknowledged `Retry` waits for its resubmission outside the
+//!   dispatcher's `max_in_flight`; new events wait (and the reader pauses once its pipeline is
+//!   full) while [`MAX_RETRY_WAITING`] events do, so a long outage holds a bounded number of
+//!   events in memory.
 //! - **Spool disabled** (`spool.enabled: false`): events go straight to the dispatcher. **A crash
 //!   or `kill -9` then loses every event that was read but not yet delivered**, because Fondo's
 //!   stream has no acknowledgements and does not redeliver.
@@ -115,6 +126,12 @@ pub struct WebSocketStats {
     pub acknowledged: AtomicU64,
     /// Events resubmitted after a `Retry` acknowledgement.
     pub resubmitted: AtomicU64,
+    /// Events acknowledged `Retry` that wait for their resubmission now (a gauge): held in memory
+    /// and in the spool, outside the dispatcher's `max_in_flight`. New events wait while
+    /// [`MAX_RETRY_WAITING`] do.
+    pub retry_waiting: AtomicU64,
+    /// The most events that ever waited for a resubmission at once.
+    pub retry_waiting_peak: AtomicU64,
 }
 
 impl WebSocketStats {
@@ -253,6 +270,8 @@ impl WebSocketSource {
             stats: self.stats,
             acks: TaskTracker::new(),
             spool_failing: AtomicBool::new(false),
+            retry_room: tokio::sync::Notify::new(),
+            shutdown_deadline: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),
         });
         // Dropping this future (an aborted task) stops the connections too.
@@ -281,7 +300,14 @@ impl WebSocketSource {
 }
 
 /// Events read but not yet submitted, per stream (beyond this the reader waits).
-const PIPELINE: usize = 1024;
+pub const PIPELINE: usize = 1024;
+/// Events acknowledged `Retry` that may wait for their resubmission before new events wait: a
+/// resubmission holds no in-flight permit while it waits, so this is what bounds them. With the
+/// events already in the dispatcher all turning into retries, the source holds at most this plus
+/// `delivery.max_in_flight` events outside its read pipeline. 1024 events of a few KiB are a few
+/// MiB; retries only pile up while destinations fail, when taking more events would not deliver
+/// them any sooner.
+pub const MAX_RETRY_WAITING: usize = 1024;
 /// The readiness entry that reports failing spool writes.
 const SPOOL_READY: &str = "spool";
 /// First delay before resubmitting an event acknowledged `Retry`.
@@ -320,6 +346,10 @@ struct Ctx {
     /// Set when a spool append failed (a full disk, an I/O error): the reader stops reading and
     /// makes its next event durable first, retrying until the spool writes again.
     spool_failing: AtomicBool,
+    /// Signalled when an event waiting for its resubmission was handed on.
+    retry_room: tokio::sync::Notify,
+    /// Set on first use after shutdown began: when waiting for the spool ends.
+    shutdown_deadline: std::sync::OnceLock<tokio::time::Instant>,
     shutdown: CancellationToken,
 }
 
@@ -380,6 +410,7 @@ impl Ctx {
             };
             match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
                 Ok(event) => {
+                    self.room_for_new().await;
                     if self.submit(event, Some(rec.id)).await.is_err() {
                         tracing::warn!(
                             "dispatcher closed during spool replay; the rest stays spooled"
@@ -391,13 +422,23 @@ impl Ctx {
                 }
                 Err(e) => {
                     // It parsed when it was spooled; a changed parse config could refuse it now.
-                    self.dead_letter(
-                        &rec.client_id,
-                        &rec.payload,
-                        format!("spooled frame no longer parses: {e}"),
-                    )
-                    .await;
-                    spool.release(rec.id);
+                    // Released only once its dead letter is written; otherwise it stays in the
+                    // spool and is replayed on the next start.
+                    let written = self
+                        .try_dead_letter(
+                            &rec.client_id,
+                            &rec.payload,
+                            format!("spooled frame no longer parses: {e}"),
+                        )
+                        .await;
+                    if written {
+                        spool.release(rec.id);
+                    } else {
+                        tracing::error!(
+                            record = rec.id,
+                            "a spooled frame that no longer parses could be dead-lettered nowhere; it stays in the spool"
+                        );
+                    }
                 }
             }
         }
@@ -462,14 +503,43 @@ impl Ctx {
                 }
                 tracing::debug!(event_id = %event.event_id, delay_ms = delay.as_millis() as u64,
                     "event not delivered yet; resubmitting after a delay");
+                // Counted until it is handed on: new events wait while too many wait here.
+                let waiting = self.stats.retry_waiting.fetch_add(1, Ordering::AcqRel) + 1;
+                self.stats
+                    .retry_waiting_peak
+                    .fetch_max(waiting, Ordering::AcqRel);
                 let this = Arc::clone(&self);
                 self.acks.spawn(async move {
                     tokio::time::sleep(delay).await;
                     let next = (delay * 2).min(RETRY_MAX);
-                    if this.submit_tracked(event, id, next).await.is_ok() {
+                    let handed_on = this.submit_tracked(event, id, next).await.is_ok();
+                    this.stats.retry_waiting.fetch_sub(1, Ordering::AcqRel);
+                    this.retry_room.notify_waiters();
+                    if handed_on {
                         WebSocketStats::inc(&this.stats.resubmitted);
                     }
                 });
+            }
+        }
+    }
+
+    /// Waits while [`MAX_RETRY_WAITING`] events wait for their resubmission: a new event is
+    /// taken in only when there is room (the reader pauses once its pipeline is full). Returns
+    /// at once when shutting down.
+    async fn room_for_new(&self) {
+        let limit = MAX_RETRY_WAITING as u64;
+        loop {
+            let room = self.retry_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.stats.retry_waiting.load(Ordering::Acquire) < limit
+                || self.shutdown.is_cancelled()
+            {
+                return;
+            }
+            tokio::select! {
+                () = room => {}
+                () = self.shutdown.cancelled() => return,
             }
         }
     }
@@ -486,14 +556,15 @@ impl Ctx {
         let mut grace: Option<tokio::time::Instant> = None;
         while let Some(item) = rx.recv().await {
             let id = match item.pending {
-                Some(Pending::Append(p)) => match p.wait().await {
+                Some(Pending::Append(p)) => match self.appended(p).await {
                     Ok(id) => Some(id),
                     Err(e) => {
-                        // Read, and Fondo will not send it again: delivered now, in order, but
-                        // not crash-safe. The reader stops reading until the spool writes again.
+                        // Shutting down while the spool cannot write (or it closed): read, and
+                        // Fondo will not send it again, so it is delivered now if the dispatcher
+                        // still takes it, but not crash-safe.
                         self.spool_failed(&e);
                         tracing::error!(error = %e, event_id = %item.event.event_id,
-                            "spool append failed; the event is delivered without crash protection and reading pauses until the spool writes again");
+                            "spool append failed; the event is handed on without crash protection");
                         None
                     }
                 },
@@ -524,6 +595,7 @@ impl Ctx {
                 }
                 continue;
             }
+            self.room_for_new().await;
             if self.submit(event, id).await.is_err() {
                 abandoned += 1;
             }
@@ -545,6 +617,16 @@ impl Ctx {
 
     /// Dead-letters a frame that is not an event; the connection goes on.
     async fn dead_letter(&self, client_id: &str, raw: &[u8], reason: String) {
+        if !self.try_dead_letter(client_id, raw, reason).await {
+            tracing::error!(
+                client_id,
+                "a frame that is not an event could be dead-lettered nowhere; it is lost (Fondo does not redeliver)"
+            );
+        }
+    }
+
+    /// Dead-letters bytes that are not an event; `true` when the dead letter was written.
+    async fn try_dead_letter(&self, client_id: &str, raw: &[u8], reason: String) -> bool {
         // Minted, never a hash of the bytes: two frames with the same bytes are two dead letters.
         let id = format!("unparseable:{}", crate::event::mint_occurrence_id());
         tracing::warn!(client_id, bytes = raw.len(), reason = %reason, "WebSocket frame is not an event; dead-lettering it");
@@ -560,11 +642,9 @@ impl Ctx {
         match self.dispatcher.dead_letter_unparseable(dl).await {
             AckStatus::Delivered | AckStatus::Rejected => {
                 WebSocketStats::inc(&self.stats.dead_lettered);
+                true
             }
-            AckStatus::Retry => tracing::error!(
-                client_id,
-                "a frame that is not an event could be dead-lettered nowhere; it is lost (Fondo does not redeliver)"
-            ),
+            AckStatus::Retry => false,
         }
     }
 
@@ -779,7 +859,7 @@ impl Ctx {
     /// record is durable (see [`Ctx::submitter`]).
     async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
         let pending = match &self.spool {
-            Some(spool) if self.spool_failing.load(Ordering::Acquire) => {
+            Some(spool) if self.spool_paused(spool) => {
                 // `None` when shutting down: handed on unprotected, for the drain to deliver.
                 self.append_until_durable(spool, client_id, &event)
                     .await
@@ -820,11 +900,18 @@ impl Ctx {
             .inc();
     }
 
+    /// Whether the reader must make its next event durable before it reads on: a spool append
+    /// failed here, or the spool holds appends it could not write yet.
+    fn spool_paused(&self, spool: &Spool) -> bool {
+        self.spool_failing.load(Ordering::Acquire) || spool.write_error().is_some()
+    }
+
     /// While the spool cannot write, the reader appends its next event and waits for it to be
-    /// durable, trying again with backoff: nothing further is read (paused reads, TCP backpressure
-    /// to Fondo) until it is. The events read before the failure are delivered meanwhile, so
-    /// their records are released and their segments deleted, which frees the disk they held.
-    /// `None` only when shutting down.
+    /// durable: nothing further is read (paused reads, TCP backpressure to Fondo) until it is. The
+    /// spool keeps the appends it could not write, in order, and writes them again as soon as it
+    /// can, so the events read before (at most [`PIPELINE`] queued plus this one) become durable
+    /// first, in the order they were read. Meanwhile delivered events are released and their
+    /// segments deleted, which frees the disk they held. `None` only when shutting down.
     async fn append_until_durable(
         &self,
         spool: &Spool,
@@ -834,11 +921,17 @@ impl Ctx {
         let mut delay = Duration::from_millis(50);
         let mut tries = 0u32;
         loop {
+            if let Some(why) = spool.write_error() {
+                self.spool_failed(&SpoolError::WriteFailed(why));
+            }
             let appended = match spool
                 .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Prompt)
                 .await
             {
-                Ok(p) => p.wait().await,
+                Ok(p) => tokio::select! {
+                    r = p.wait() => r,
+                    () = self.shutdown.cancelled() => return None,
+                },
                 Err(e) => Err(e),
             };
             match appended {
@@ -863,6 +956,28 @@ impl Ctx {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Waits for a queued spool append to be durable. While the spool cannot write this waits
+    /// too (the reader has paused); once shutdown began it waits until the shutdown grace ends,
+    /// then gives up: the event is handed on without crash protection.
+    async fn appended(&self, p: PendingAppend) -> Result<u64, SpoolError> {
+        tokio::select! {
+            r = p.wait() => r,
+            () = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep_until(self.shutdown_deadline()).await;
+            } => Err(SpoolError::WriteFailed(
+                "shutting down while the spool cannot write".into(),
+            )),
+        }
+    }
+
+    /// When shutdown stops waiting for the spool: [`SHUTDOWN_GRACE`] after it was first asked.
+    fn shutdown_deadline(&self) -> tokio::time::Instant {
+        *self
+            .shutdown_deadline
+            .get_or_init(|| tokio::time::Instant::now() + SHUTDOWN_GRACE)
     }
 
     /// Reads one connection until it ends.

@@ -568,6 +568,18 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// Gives the filesystem a new size (`mount -o remount,size=`): room again for a full disk.
+    pub fn resize(&self, kib: u64) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
