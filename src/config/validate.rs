@@ -180,6 +180,9 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                 "must be at least 1 (slow clients would hold connections forever)".into(),
             );
         }
+        for (key, message) in wh.limit_problems() {
+            add(&format!("sources.webhook.{key}"), message);
+        }
         match &wh.signature {
             SignatureConfig::None { insecure } => {
                 if !insecure {
