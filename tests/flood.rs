@@ -135,7 +135,10 @@ admin: {{ listen: 127.0.0.1:{admin} }}
             "FONDO_BRIDGE__SOURCES__WEBHOOK__SIGNATURE__SECRETS",
             format!("[\"{SECRET}\"]"),
         )
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("FLOOD_BRIDGE_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -1095,8 +1098,9 @@ async fn idle_and_stalled_connections_are_closed() {
         .await
         .unwrap();
     st_wr.write_all(&[b' '; 10]).await.unwrap();
-    // HTTP/2: one with no stream at all, one after a request was answered (idle_timeout_ms,
-    // GOAWAY).
+    // HTTP/2: one with no stream at all that answers the server's PINGs as clients do, and one
+    // after a request was answered that never acknowledges the PING following the GOAWAY
+    // (idle_timeout_ms, GOAWAY, then dropped after header_read_timeout_ms).
     let h2_empty = tokio::spawn(h2_flood(addr, 0, 0));
     let h2_used = tokio::spawn(async move {
         let s = TcpStream::connect(addr).await.unwrap();
@@ -1146,7 +1150,10 @@ async fn idle_and_stalled_connections_are_closed() {
     let empty = tokio::time::timeout(idle, h2_empty).await.unwrap().unwrap();
     assert!(empty.closed, "idle h2c connection closed: {empty:?}");
     assert_eq!(empty.goaway, Some(0), "with GOAWAY(NO_ERROR): {empty:?}");
-    let (answered, goaway) = tokio::time::timeout(idle, h2_used).await.unwrap().unwrap();
+    let (answered, goaway) = tokio::time::timeout(idle + header_read, h2_used)
+        .await
+        .expect("an idle HTTP/2 connection that ignores the GOAWAY is closed")
+        .unwrap();
     assert!(answered, "the h2c request was answered");
     assert_eq!(goaway, Some(0), "then the idle connection got GOAWAY(NO_ERROR)");
     drop(st_wr);

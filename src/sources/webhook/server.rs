@@ -337,7 +337,8 @@ impl Conn {
 
     /// Serves the connection until it ends; asks it to finish (HTTP/1.1: after the request in
     /// flight; HTTP/2: GOAWAY) when shutdown starts or when no request was in flight for
-    /// `idle_timeout`.
+    /// `idle_timeout`. An idle connection that does not finish within `header_read_timeout`
+    /// (an HTTP/2 client that never acknowledges the PING following the GOAWAY) is dropped.
     async fn serve<I>(self, io: FirstBytesDeadline<I>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -359,6 +360,7 @@ impl Conn {
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
         let mut conn = std::pin::pin!(conn);
         let mut finishing = false;
+        let mut drop_at: Option<tokio::time::Instant> = None;
         let ended = loop {
             tokio::select! {
                 ended = conn.as_mut() => break ended,
@@ -370,6 +372,11 @@ impl Conn {
                     tracing::debug!("webhook connection idle; closing it");
                     conn.as_mut().graceful_shutdown();
                     finishing = true;
+                    drop_at = Some(tokio::time::Instant::now() + self.header_read_timeout);
+                }
+                () = sleep_until_some(drop_at), if drop_at.is_some() => {
+                    tracing::debug!("idle webhook connection did not finish in time; dropping it");
+                    return;
                 }
             }
         };
@@ -393,6 +400,14 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
