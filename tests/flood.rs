@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use base64::Engine as _;
+use fondo_bridge::config::REQUEST_ALLOWANCE_BYTES;
 use fondo_bridge::simulator::webhook_sender::sign_standard;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -253,7 +254,11 @@ fn ensure_fd_limit(needed: u64) {
         "the flood needs {needed} open files but the hard limit is {hard}: raise it (`ulimit -Hn`, or LimitNOFILE / the container's nofile ulimit) and run again"
     );
     let ok = Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--nofile={hard}:{hard}")])
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={hard}:{hard}"),
+        ])
         .status()
         .is_ok_and(|s| s.success());
     let (soft, _) = nofile(pid);
@@ -326,8 +331,8 @@ fn forged_signature() -> String {
 }
 
 fn flood_body() -> Arc<Vec<u8>> {
-    let mut body = format!(r#"{{"eventType":"order.update","note":"{FLOOD_MARKER}","pad":""#)
-        .into_bytes();
+    let mut body =
+        format!(r#"{{"eventType":"order.update","note":"{FLOOD_MARKER}","pad":""#).into_bytes();
     body.resize(FLOOD_BODY - 2, b'x');
     body.extend_from_slice(br#""}"#);
     Arc::new(body)
@@ -348,7 +353,12 @@ fn h1_head(id: &str, signature: &str, content_length: usize, extra: &str) -> Vec
 }
 
 fn signed_h1(id: &str, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut req = h1_head(id, &sign_standard(SECRET, id, now(), body), body.len(), extra);
+    let mut req = h1_head(
+        id,
+        &sign_standard(SECRET, id, now(), body),
+        body.len(),
+        extra,
+    );
     req.extend_from_slice(body);
     req
 }
@@ -434,7 +444,12 @@ async fn h1_staller(addr: std::net::SocketAddr, i: usize, body: Arc<Vec<u8>>) ->
     };
     out.connected = true;
     let (mut rd, mut wr) = s.into_split();
-    let head = h1_head(&format!("flood-h1-{i}"), &forged_signature(), FLOOD_BODY, "");
+    let head = h1_head(
+        &format!("flood-h1-{i}"),
+        &forged_signature(),
+        FLOOD_BODY,
+        "",
+    );
     // Written alongside the reads: the bridge may answer before taking the body.
     let writer = tokio::spawn(async move {
         if wr.write_all(&head).await.is_ok() {
@@ -647,7 +662,10 @@ async fn h2_flood(addr: std::net::SocketAddr, conn: usize, streams: u32) -> H2Ou
                 continue;
             };
             let left = FLOOD_BODY - 1 - *sent;
-            let n = left.min(MAX_FRAME).min(*window as usize).min(conn_window.max(0) as usize);
+            let n = left
+                .min(MAX_FRAME)
+                .min(*window as usize)
+                .min(conn_window.max(0) as usize);
             if n > 0 {
                 batch.extend(frame(DATA, 0, id, &body[*sent..*sent + n]));
                 *sent += n;
@@ -829,7 +847,10 @@ async fn flood_phase(rig: &Rig, flood: Flood) {
     .await;
     let genuine_start = started.elapsed();
     let url = bridge.url();
-    let (id_h1, id_h2) = (format!("genuine-h1-{flood:?}"), format!("genuine-h2-{flood:?}"));
+    let (id_h1, id_h2) = (
+        format!("genuine-h1-{flood:?}"),
+        format!("genuine-h2-{flood:?}"),
+    );
     let (refused_h1, refused_h2) = tokio::join!(
         deliver_like_fondo(&rig.h1, &url, &id_h1),
         deliver_like_fondo(&rig.h2, &url, &id_h2),
@@ -899,7 +920,10 @@ async fn flood_phase(rig: &Rig, flood: Flood) {
                 a.status == 503 || a.status == 408,
                 "a forged request was answered {a:?}"
             );
-            assert!(a.close, "a refused HTTP/1.1 request closes its connection: {a:?}");
+            assert!(
+                a.close,
+                "a refused HTTP/1.1 request closes its connection: {a:?}"
+            );
             if a.status == 503 {
                 assert_eq!(a.retry_after, Some(1), "503 carries Retry-After: {a:?}");
             }
@@ -911,12 +935,20 @@ async fn flood_phase(rig: &Rig, flood: Flood) {
     for o in &h2_out {
         assert_eq!(o.max_concurrent_streams, Some(H2_MAX_STREAMS), "{o:?}");
         assert_eq!(o.initial_window, Some(H2_STREAM_WINDOW), "{o:?}");
-        assert_eq!(o.refused + o.answered, H2_STREAMS, "every stream ended: {o:?}");
+        assert_eq!(
+            o.refused + o.answered,
+            H2_STREAMS,
+            "every stream ended: {o:?}"
+        );
         assert!(
             o.refused >= H2_STREAMS - H2_MAX_STREAMS,
             "streams over the limit are refused: {o:?}"
         );
-        assert_eq!(o.goaway, Some(0), "idle connection closed with GOAWAY(NO_ERROR): {o:?}");
+        assert_eq!(
+            o.goaway,
+            Some(0),
+            "idle connection closed with GOAWAY(NO_ERROR): {o:?}"
+        );
         assert!(o.closed, "{o:?}");
     }
 }
@@ -935,7 +967,10 @@ async fn flood_keeps_memory_bounded_and_genuine_webhooks_through() {
         .build()
         .unwrap();
     // Warm up (first request, first publish), then the baseline.
-    assert_eq!(deliver_like_fondo(&h1, &bridge.url(), "genuine-warm-up").await, 0);
+    assert_eq!(
+        deliver_like_fondo(&h1, &bridge.url(), "genuine-warm-up").await,
+        0
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rig = Rig {
         baseline_rss: vm_rss(pid),
@@ -952,7 +987,10 @@ async fn flood_keeps_memory_bounded_and_genuine_webhooks_through() {
     // The refusals were logged; no body was.
     let log = bridge.log_text();
     assert!(log.contains("body budget"), "the refusal is logged");
-    assert!(!log.contains(FLOOD_MARKER), "a request body reached the log");
+    assert!(
+        !log.contains(FLOOD_MARKER),
+        "a request body reached the log"
+    );
     bridge.delete_stream().await;
 }
 
@@ -967,7 +1005,12 @@ async fn reserve_with_expect(
 ) -> (OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
     let s = TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let head = h1_head(id, &forged_signature(), FLOOD_BODY, "expect: 100-continue\r\n");
+    let head = h1_head(
+        id,
+        &forged_signature(),
+        FLOOD_BODY,
+        "expect: 100-continue\r\n",
+    );
     wr.write_all(&head).await.unwrap();
     let mut buf = Vec::new();
     let a = tokio::time::timeout(PHASE, read_answer(&mut rd, &mut buf))
@@ -999,8 +1042,9 @@ async fn body_budget_refuses_with_503_and_gives_back() {
     let Some(nats) = common::broker("NATS") else {
         return;
     };
-    // Room for two bodies of the largest size.
-    let budget = 2 * FLOOD_BODY;
+    // Room for two requests with bodies of the largest size (each also counts a 16 KiB
+    // allowance for its head and state).
+    let budget = 2 * (FLOOD_BODY + REQUEST_ALLOWANCE_BYTES);
     let bridge = start_bridge(&nats, &format!("{{ body_budget_bytes: {budget} }}"));
     let addr = bridge.addr();
     let small = order("budget-small");
@@ -1030,9 +1074,12 @@ async fn body_budget_refuses_with_503_and_gives_back() {
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.retry_after, Some(1));
     // A body over max_body_bytes is still 413, whatever the budget.
-    let a = exchange(addr, &h1_head("budget-big", &forged_signature(), FLOOD_BODY + 1, ""))
-        .await
-        .unwrap();
+    let a = exchange(
+        addr,
+        &h1_head("budget-big", &forged_signature(), FLOOD_BODY + 1, ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 413, "{a:?}");
     assert_eq!(bridge.budget_refusals().await, 2.0);
 
@@ -1091,7 +1138,11 @@ async fn connections_over_the_limit_wait_in_the_backlog() {
     let mut buf = Vec::new();
     let early = tokio::time::timeout(Duration::from_secs(1), read_answer(&mut rd, &mut buf)).await;
     assert!(early.is_err(), "answered while at the limit: {early:?}");
-    assert_eq!(accept_queue(bridge.webhook), Some(1), "still queued, not accepted");
+    assert_eq!(
+        accept_queue(bridge.webhook),
+        Some(1),
+        "still queued, not accepted"
+    );
     // One of the two ends: the queued connection is served.
     drop((held_rd, held_wr));
     let a = tokio::time::timeout(PHASE, read_answer(&mut rd, &mut buf))
@@ -1188,7 +1239,10 @@ async fn idle_and_stalled_connections_are_closed() {
     .expect("the stalled body is answered")
     .unwrap();
     assert_eq!(a.status, 408, "{a:?}");
-    assert!(closed_within(&mut st_rd, margin).await, "stalled connection closed");
+    assert!(
+        closed_within(&mut st_rd, margin).await,
+        "stalled connection closed"
+    );
     let idle = Duration::from_millis(IDLE_TIMEOUT_MS) + margin;
     let empty = tokio::time::timeout(idle, h2_empty).await.unwrap().unwrap();
     assert!(empty.closed, "idle h2c connection closed: {empty:?}");
@@ -1198,7 +1252,11 @@ async fn idle_and_stalled_connections_are_closed() {
         .expect("an idle HTTP/2 connection that ignores the GOAWAY is closed")
         .unwrap();
     assert!(answered, "the h2c request was answered");
-    assert_eq!(goaway, Some(0), "then the idle connection got GOAWAY(NO_ERROR)");
+    assert_eq!(
+        goaway,
+        Some(0),
+        "then the idle connection got GOAWAY(NO_ERROR)"
+    );
     drop(st_wr);
     bridge.delete_stream().await;
 }

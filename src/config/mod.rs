@@ -141,10 +141,11 @@ pub struct WebhookLimits {
     /// it at `net.core.somaxconn`.
     #[serde(default = "default_listen_backlog")]
     pub listen_backlog: u32,
-    /// Request body bytes held in memory at once, over all connections and streams. A request
-    /// reserves its `Content-Length` (a body without one: each chunk as it arrives) before its body
-    /// is read and keeps the reservation until it is answered; when the budget cannot cover it,
-    /// it is answered 503 with `Retry-After` at once. At least `sources.webhook.max_body_bytes`.
+    /// Request bytes held in memory at once, over all connections and streams. A request
+    /// reserves its `Content-Length` (a body without one: each chunk as it arrives) plus a fixed
+    /// 16 KiB for its head and state ([`REQUEST_ALLOWANCE_BYTES`]) before its body is read, and
+    /// keeps the reservation until it is answered; when the budget cannot cover it, it is
+    /// answered 503 with `Retry-After` at once. At least `sources.webhook.max_body_bytes` + 16 KiB.
     #[serde(default = "default_body_budget_bytes")]
     pub body_budget_bytes: usize,
     /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY). HTTP/1.1
@@ -177,6 +178,12 @@ impl Default for WebhookLimits {
     }
 }
 
+/// What each webhook request in progress is charged from `body_budget_bytes` besides its body:
+/// its head (HTTP/1.1 heads and HTTP/2 header lists are limited to 16 KiB) and its state in the
+/// server (about 9 KiB measured). So the budget also bounds how many requests can be in progress
+/// at once (4 096 with the default budget and empty bodies), whatever the connections and streams.
+pub const REQUEST_ALLOWANCE_BYTES: usize = 16 * 1024;
+
 /// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 const MAX_HTTP2_WINDOW: u32 = (1 << 31) - 1;
 
@@ -188,17 +195,20 @@ impl WebhookSourceConfig {
             p.push(("limits.max_connections", "must be at least 1".into()));
         }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
-            p.push(("limits.listen_backlog", "must be between 1 and 65535".into()));
+            p.push((
+                "limits.listen_backlog",
+                "must be between 1 and 65535".into(),
+            ));
         }
         if u32::try_from(self.max_body_bytes).is_err() {
             p.push(("max_body_bytes", format!("must be at most {}", u32::MAX)));
         }
-        if self.limits.body_budget_bytes < self.max_body_bytes {
+        let largest = self.max_body_bytes.saturating_add(REQUEST_ALLOWANCE_BYTES);
+        if self.limits.body_budget_bytes < largest {
             p.push((
                 "limits.body_budget_bytes",
                 format!(
-                    "must be at least max_body_bytes ({}), or a body of the largest allowed size could never be read",
-                    self.max_body_bytes
+                    "must be at least max_body_bytes + {REQUEST_ALLOWANCE_BYTES} ({largest}), or a request with a body of the largest allowed size could never be read"
                 ),
             ));
         }
@@ -215,7 +225,10 @@ impl WebhookSourceConfig {
             ));
         }
         if self.limits.http2_max_concurrent_streams == 0 {
-            p.push(("limits.http2_max_concurrent_streams", "must be at least 1".into()));
+            p.push((
+                "limits.http2_max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
         }
         if !(1024..=MAX_HTTP2_WINDOW).contains(&self.limits.http2_stream_window_bytes) {
             p.push((
@@ -226,7 +239,9 @@ impl WebhookSourceConfig {
         if !(65_535..=MAX_HTTP2_WINDOW).contains(&self.limits.http2_connection_window_bytes) {
             p.push((
                 "limits.http2_connection_window_bytes",
-                format!("must be between 65535 (the protocol's initial window) and {MAX_HTTP2_WINDOW}"),
+                format!(
+                    "must be between 65535 (the protocol's initial window) and {MAX_HTTP2_WINDOW}"
+                ),
             ));
         }
         p
@@ -715,9 +730,10 @@ fn default_max_connections() -> usize {
 fn default_listen_backlog() -> u32 {
     1024
 }
-/// 64 bodies of the largest allowed size (1 MiB) at once, or tens of thousands of Fondo's usual
-/// few-KiB events: far more than Fondo sends concurrently, and a small share of the chart's 1 GiB
-/// memory limit, which must also hold the events in delivery and the connections.
+/// 63 requests with bodies of the largest allowed size (1 MiB) at once, or 4 096 requests with
+/// Fondo's usual bodies of a few KiB: far more than Fondo sends concurrently, and a small share of
+/// the chart's 1 GiB memory limit, which must also hold the events in delivery and the
+/// connections.
 fn default_body_budget_bytes() -> usize {
     64 * 1024 * 1024
 }

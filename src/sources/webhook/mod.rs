@@ -7,12 +7,13 @@
 //! 3. `Content-Length` over `max_body_bytes` → `413` before a byte of the body is read;
 //! 4. signature headers missing, repeated, malformed, or timestamp outside the tolerance → `401`
 //!    (also before the body is read);
-//! 5. the body's bytes are reserved from the shared body budget (`body_budget_bytes`): its whole
+//! 5. the request's bytes are reserved from the shared budget (`limits.body_budget_bytes`): a
+//!    fixed allowance for its head and state ([`REQUEST_ALLOWANCE_BYTES`]) and its whole
 //!    `Content-Length` up front, or each chunk as it arrives when no length is given. When the
 //!    budget cannot cover them the request is answered `503` with `Retry-After` at once (and, on
 //!    HTTP/1.1, the connection closed, its body unread); the reservation is held until the
 //!    request is answered. Forged requests that stall their bodies can so hold at most the
-//!    budget, never more memory, whatever the number of connections and streams;
+//!    budget, whatever the number of connections and streams;
 //! 6. the body is read as a stream with a running size limit (`413`, memory stays bounded by
 //!    `max_body_bytes` whatever the sender claims) and a deadline (`408` when it has not arrived
 //!    within `request_timeout_ms` of the request's start: slow senders cannot hold a handler);
@@ -54,7 +55,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EventConfig, SignatureConfig, WebhookSourceConfig};
+use crate::config::{EventConfig, REQUEST_ALLOWANCE_BYTES, SignatureConfig, WebhookSourceConfig};
 use crate::dispatch::{Dispatcher, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
@@ -422,42 +423,45 @@ impl Shared {
     }
 }
 
-/// The request body bytes the source may hold at once, as semaphore permits (one per byte).
+/// The request bytes the source may hold at once, as semaphore permits (one per byte): each
+/// request in progress holds [`REQUEST_ALLOWANCE_BYTES`] for its head and state plus its body.
 struct BodyBudget(Arc<Semaphore>);
 
-/// Bytes taken from the [`BodyBudget`]; given back when dropped.
-#[derive(Default)]
-struct Reservation(Option<OwnedSemaphorePermit>);
+/// A request's share of the [`BodyBudget`]; given back when dropped.
+struct Reservation {
+    permit: OwnedSemaphorePermit,
+    /// Body bytes covered.
+    body: usize,
+}
 
 impl BodyBudget {
     fn new(bytes: usize) -> Self {
-        Self(Arc::new(Semaphore::new(
-            bytes.min(Semaphore::MAX_PERMITS),
-        )))
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
     }
 
-    /// Adds `bytes` to `r`, without waiting; `false` when the budget cannot cover them now.
-    fn reserve(&self, r: &mut Reservation, bytes: usize) -> bool {
-        if bytes == 0 {
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).ok()?;
+        Arc::clone(&self.0).try_acquire_many_owned(n).ok()
+    }
+
+    /// Admits a request with `body` bytes of body, without waiting; `None` when the budget cannot
+    /// cover it now.
+    fn admit(&self, body: usize) -> Option<Reservation> {
+        let permit = self.take(REQUEST_ALLOWANCE_BYTES.checked_add(body)?)?;
+        Some(Reservation { permit, body })
+    }
+
+    /// Covers `more` body bytes of `r` too, without waiting; `false` when the budget cannot.
+    fn grow(&self, r: &mut Reservation, more: usize) -> bool {
+        if more == 0 {
             return true;
         }
-        let Ok(n) = u32::try_from(bytes) else {
+        let Some(permit) = self.take(more) else {
             return false;
         };
-        let Ok(permit) = Arc::clone(&self.0).try_acquire_many_owned(n) else {
-            return false;
-        };
-        match &mut r.0 {
-            Some(held) => held.merge(permit),
-            None => r.0 = Some(permit),
-        }
+        r.permit.merge(permit);
+        r.body += more;
         true
-    }
-}
-
-impl Reservation {
-    fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 }
 
@@ -502,10 +506,9 @@ async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     let capacity = declared.map_or(0, |d| usize::try_from(d).unwrap_or(max).min(max));
     // Held until the answer is returned (dropped with this function's locals).
-    let mut reservation = Reservation::default();
-    if !s.body_budget.reserve(&mut reservation, capacity) {
+    let Some(mut reservation) = s.body_budget.admit(capacity) else {
         return s.over_budget(http1);
-    }
+    };
     let left = s.request_timeout.saturating_sub(started.elapsed());
     let limits = BodyLimits {
         max,
@@ -753,8 +756,8 @@ async fn read_body(
         if len > limits.max {
             return Err(BodyError::TooLarge);
         }
-        let short = len.saturating_sub(reservation.bytes());
-        if !limits.budget.reserve(reservation, short) {
+        let short = len.saturating_sub(reservation.body);
+        if !limits.budget.grow(reservation, short) {
             return Err(BodyError::OverBudget);
         }
         match (&mut first, &mut buf) {
@@ -915,41 +918,48 @@ mod tests {
     #[tokio::test]
     async fn body_limit_streams() {
         let budget = BodyBudget::new(1 << 20);
-        let mut r = Reservation::default();
+        let mut r = budget.admit(0).unwrap();
         assert!(matches!(
             read_body(chunks(10, 100), limits(999, &budget), &mut r).await,
             Err(BodyError::TooLarge)
         ));
-        let mut r = Reservation::default();
+        let mut r = budget.admit(0).unwrap();
         let b = read_body(chunks(10, 100), limits(1000, &budget), &mut r)
             .await
             .ok()
             .unwrap();
         assert_eq!(b.len(), 1000);
-        assert_eq!(r.bytes(), 1000, "a body without a length is reserved as it arrives");
+        assert_eq!(
+            r.body, 1000,
+            "a body without a length is reserved as it arrives"
+        );
+        assert_eq!(r.permit.num_permits(), REQUEST_ALLOWANCE_BYTES + 1000);
     }
 
     #[tokio::test]
     async fn body_budget_refuses_and_gives_back() {
-        let budget = BodyBudget::new(1500);
-        let mut held = Reservation::default();
-        assert!(budget.reserve(&mut held, 1000));
+        let a = REQUEST_ALLOWANCE_BYTES;
+        let budget = BodyBudget::new(2 * a + 1500);
+        let held = budget.admit(1000).unwrap();
         // A declared length the budget cannot cover now.
-        let mut other = Reservation::default();
-        assert!(!budget.reserve(&mut other, 600));
-        assert_eq!(other.bytes(), 0);
+        assert!(budget.admit(600).is_none());
         // A body without a length: refused at the chunk that would pass the budget.
+        let mut other = budget.admit(0).unwrap();
         assert!(matches!(
             read_body(chunks(6, 100), limits(1000, &budget), &mut other).await,
             Err(BodyError::OverBudget)
         ));
-        assert_eq!(other.bytes(), 500);
+        assert_eq!(other.body, 500);
+        // Every request counts its allowance: none is left for a third, even with no body.
+        assert!(budget.admit(0).is_none());
         drop(other);
         drop(held);
         // Everything was given back.
-        let mut all = Reservation::default();
-        assert!(budget.reserve(&mut all, 1500));
-        assert!(budget.reserve(&mut all, 0));
-        assert!(!budget.reserve(&mut Reservation::default(), 1));
+        let mut all = budget.admit(1500 + a).unwrap();
+        assert!(budget.grow(&mut all, 0));
+        assert!(!budget.grow(&mut all, 1));
+        assert!(budget.admit(0).is_none());
+        drop(all);
+        assert!(budget.admit(1500 + a).is_some());
     }
 }
