@@ -337,8 +337,9 @@ impl Conn {
 
     /// Serves the connection until it ends; asks it to finish (HTTP/1.1: after the request in
     /// flight; HTTP/2: GOAWAY) when shutdown starts or when no request was in flight for
-    /// `idle_timeout`. An idle connection that does not finish within `header_read_timeout`
-    /// (an HTTP/2 client that never acknowledges the PING following the GOAWAY) is dropped.
+    /// `idle_timeout`. An idle connection asked to finish that then has no request in flight for
+    /// `header_read_timeout` more and is still open (an HTTP/2 client that never acknowledges the
+    /// PING following the GOAWAY) is dropped; requests it started meanwhile are answered first.
     async fn serve<I>(self, io: FirstBytesDeadline<I>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -359,24 +360,29 @@ impl Conn {
             .builder
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
         let mut conn = std::pin::pin!(conn);
-        let mut finishing = false;
-        let mut drop_at: Option<tokio::time::Instant> = None;
+        let mut state = ConnState::Serving;
         let ended = loop {
+            // What `idle_for` waits for: a first idle period, then, once asked to finish, a
+            // second one before the connection is dropped.
+            let idle_wait = match state {
+                ConnState::Serving => Some(self.idle_timeout),
+                ConnState::ClosingIdle => Some(self.header_read_timeout),
+                ConnState::Draining => None,
+            };
             tokio::select! {
                 ended = conn.as_mut() => break ended,
-                () = self.draining.cancelled(), if !finishing => {
+                () = self.draining.cancelled(), if state == ConnState::Serving => {
                     conn.as_mut().graceful_shutdown();
-                    finishing = true;
+                    state = ConnState::Draining;
                 }
-                () = idle_for(&mut activity, self.idle_timeout), if !finishing => {
+                () = idle_for(&mut activity, idle_wait.unwrap_or_default()), if idle_wait.is_some() => {
+                    if state == ConnState::ClosingIdle {
+                        tracing::debug!("idle webhook connection did not finish in time; dropping it");
+                        return;
+                    }
                     tracing::debug!("webhook connection idle; closing it");
                     conn.as_mut().graceful_shutdown();
-                    finishing = true;
-                    drop_at = Some(tokio::time::Instant::now() + self.header_read_timeout);
-                }
-                () = sleep_until_some(drop_at), if drop_at.is_some() => {
-                    tracing::debug!("idle webhook connection did not finish in time; dropping it");
-                    return;
+                    state = ConnState::ClosingIdle;
                 }
             }
         };
@@ -403,12 +409,14 @@ impl Drop for InFlight {
     }
 }
 
-/// Sleeps until `at`; never resolves for `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Serving,
+    /// Asked to finish because the server is shutting down.
+    Draining,
+    /// Asked to finish because it was idle.
+    ClosingIdle,
 }
 
 /// Resolves once no request has been in flight for `idle`.
