@@ -1015,9 +1015,9 @@ async fn flood_keeps_memory_bounded_and_genuine_webhooks_through() {
         h1,
         h2,
     };
+    flood_phase(&rig, Flood::Http1).await;
     flood_phase(&rig, Flood::H2c).await;
     flood_phase(&rig, Flood::H2cSmall).await;
-    flood_phase(&rig, Flood::Http1).await;
     let bridge = &rig.bridge;
     // The genuine webhooks are in the stream: the warm-up and two per phase.
     assert_eq!(bridge.stored().await, 7);
