@@ -719,9 +719,9 @@ fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 
-/// 1024 connections cost the bridge about 40 MiB at most (a 16 KiB read buffer, HTTP state and a
-/// task each, measured under a flood); Fondo, or an ingress in front of the bridge, needs a few
-/// dozen.
+/// 1024 connections cost the bridge about 45 MiB at most (12 KiB for a silent one, 38 KiB with a
+/// partial HTTP/1.1 head, 45 KiB for an idle HTTP/2 one: buffers, protocol state and a task each,
+/// measured); Fondo, or an ingress in front of the bridge, needs a few dozen.
 fn default_max_connections() -> usize {
     1024
 }
