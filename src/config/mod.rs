@@ -179,8 +179,8 @@ impl Default for WebhookLimits {
 }
 
 /// What each webhook request in progress is charged from `body_budget_bytes` besides its body:
-/// its head (HTTP/1.1 heads and HTTP/2 header lists are limited to 16 KiB) and its state in the
-/// server (about 9 KiB measured). So the budget also bounds how many requests can be in progress
+/// its HTTP/2 header list (limited to 16 KiB; an HTTP/1.1 head lives in its connection's read
+/// buffer, bounded per connection) and its state in the server (about 9 KiB measured). So the budget also bounds how many requests can be in progress
 /// at once (4 096 with the default budget and empty bodies), whatever the connections and streams.
 pub const REQUEST_ALLOWANCE_BYTES: usize = 16 * 1024;
 

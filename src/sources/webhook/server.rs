@@ -16,8 +16,9 @@
 //!   (`listen_backlog`). A connection with no request in flight for `idle_timeout_ms` is asked to
 //!   finish. HTTP/2 allows `http2_max_concurrent_streams` streams per connection (more are
 //!   refused with `REFUSED_STREAM`, which clients retry) and small flow-control windows, so a
-//!   stalled body pins little; HTTP/1.1 request heads and HTTP/2 header lists are limited to
-//!   16 KiB. Body bytes are bounded by the handler's budget (see the parent module).
+//!   stalled body pins little; HTTP/1.1 request heads are limited to 128 KiB (hyper's read
+//!   buffer) and HTTP/2 header lists to 16 KiB. Body bytes are bounded by the handler's budget
+//!   (see the parent module).
 //! - **Shutdown**: the listener is closed first; open connections are told to finish (HTTP/1.1
 //!   completes the request in flight then closes, HTTP/2 sends GOAWAY), and whatever is still open
 //!   at the deadline is dropped.
@@ -158,11 +159,13 @@ pub(super) struct ServeOptions {
     pub limits: Limits,
 }
 
-/// The longest HTTP/1.1 request head hyper buffers (its read buffer, default ~400 KiB), the same
-/// as HTTP/2's header list limit: a webhook's headers take a few hundred bytes, and every open
-/// connection may hold this much.
-const HTTP1_MAX_BUF_BYTES: usize = 16 * 1024;
-/// HTTP/2's header list limit (hyper's default, set here so it stays in step with HTTP/1.1).
+/// hyper's HTTP/1.1 read buffer (default ~400 KiB), and so the longest request head: every
+/// open connection may hold this much (128 MiB at 1024 connections, for as long as
+/// `header_read_timeout_ms` lets a head take). Room for a signature header with many entries;
+/// a webhook's headers take a few hundred bytes.
+const HTTP1_MAX_BUF_BYTES: usize = 128 * 1024;
+/// HTTP/2's header list limit, per stream (hyper's default, set here so it stays put: a
+/// connection has up to `http2_max_concurrent_streams` of them).
 const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// How often "connection limit reached" may be logged.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
