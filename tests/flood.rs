@@ -70,11 +70,11 @@ const BODY_BUDGET: usize = 64 * MIB;
 const H2_MAX_STREAMS: u32 = 32;
 const H2_STREAM_WINDOW: u32 = 64 * 1024;
 
-/// What one open connection may cost the bridge beyond the body budget: hyper's buffers and
-/// connection state (HTTP/2: its flow-control bookkeeping and the bytes its windows let in
-/// before a handler reads them), the task, with room to spare (measured on the debug build:
-/// 12 KiB silent, 38 KiB with a partial HTTP/1.1 head, 45 KiB for an idle HTTP/2 connection).
-const PER_CONNECTION: usize = 64 * KIB;
+/// What one open connection may cost the bridge beyond the body budget: hyper's HTTP/1.1 read
+/// buffer (it grows up to 128 KiB while a body streams through it), its buffers and protocol
+/// state otherwise (measured on the debug build: 12 KiB silent, 38 KiB with a partial HTTP/1.1
+/// head, 45 KiB for an idle HTTP/2 connection), the task.
+const PER_CONNECTION: usize = 192 * KIB;
 /// Allocator slack: freed memory mimalloc keeps for reuse, thread caches, the metrics registry.
 const SLACK: usize = 64 * MIB;
 
