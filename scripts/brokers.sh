@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure the brokers the tests need are running on 127.0.0.1 and prints the FONDO_BRIDGE_TEST_*
 # variables for them (eval "$(scripts/brokers.sh up)"):
-#   RabbitMQ on 5672 (guest/guest), NATS with JetStream on 4222, tansu (Kafka protocol) on $KAFKA_PORT.
+#   RabbitMQ on 5672 (guest/guest), NATS with JetStream on 4222, tansu (Kafka protocol) on $KAFKA_PORT,
+#   Redis on 6379 (or, when nothing answers there, a redis-server started on $REDIS_PORT, keeping
+#   nothing on disk).
 # `scripts/brokers.sh down` stops the tansu broker this script started (the others are the machine's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KAFKA_PORT=${KAFKA_PORT:-19092}
+REDIS_PORT=${REDIS_PORT:-16379}
 say() { echo "brokers: $*" >&2; }
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -36,11 +39,22 @@ up() {
             -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log >&2
     fi
     wait_port 4222 NATS
+    local redis=6379
+    if ! redis-cli -h 127.0.0.1 -p "$redis" ping >/dev/null 2>&1; then
+        redis=$REDIS_PORT
+        if ! redis-cli -h 127.0.0.1 -p "$redis" ping >/dev/null 2>&1; then
+            say "nothing answers on 127.0.0.1:6379; starting redis-server on $redis"
+            redis-server --daemonize yes --bind 127.0.0.1 --port "$redis" --save "" --appendonly no \
+                --dir /tmp --logfile "/tmp/fondo-bridge-redis-$redis.log" >&2
+        fi
+    fi
+    wait_port "$redis" Redis
     scripts/kafka-broker.sh start "$KAFKA_PORT" >/dev/null
     wait_port "$KAFKA_PORT" tansu
     echo "export FONDO_BRIDGE_TEST_AMQP='amqp://guest:guest@127.0.0.1:5672/%2f'"
     echo "export FONDO_BRIDGE_TEST_NATS='nats://127.0.0.1:4222'"
     echo "export FONDO_BRIDGE_TEST_KAFKA='127.0.0.1:$KAFKA_PORT'"
+    echo "export FONDO_BRIDGE_TEST_REDIS='redis://127.0.0.1:$redis/0'"
 }
 
 case ${1:-up} in

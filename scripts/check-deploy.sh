@@ -5,8 +5,14 @@
 #   3. helm template of each, validated with kubernetes-validate --strict against Kubernetes
 #      $KUBE_VERSION schemas (CRD kinds, i.e. the ServiceMonitor, against a schema kept below);
 #   4. the chart's own promises on the rendered manifests (restricted security context, probes,
-#      grace period above the drain, StatefulSet with sharding env for WebSocket sources, ...);
-#   5. values the chart must refuse (grace period too short, paths off the data volume, ...);
+#      grace period above the drain, StatefulSet with sharding env for WebSocket sources,
+#      the webhook Service and a separate admin Service, the ServiceMonitor on the admin Service
+#      alone, every path that holds accepted events on a claim per pod unless persistence is off,
+#      the NetworkPolicy's ingress per port and its egress to DNS, Fondo, brokers, Redis, OTLP, the
+#      Redis password from a Secret and no chart-held secret in the ConfigMap);
+#   5. values the chart must refuse (grace period too short, paths off the data volume, replicas
+#      that would publish duplicates without the shared Redis store, ...) and, for replicas and the
+#      identity store, the combinations it must accept;
 #   6. the bridge config: config/production.yaml against the chart's schema, and every rendered
 #      config.yaml through `fondo-bridge check` when a binary newer than the sources is at hand
 #      ($FONDO_BRIDGE_BIN, or target/debug or target/release).
@@ -190,6 +196,7 @@ for c in "${CASES[@]}"; do
         ${file:+-f "$file"} >"$out" 2>"$out.err"; then
         pass "helm template ($name): $(grep -c '^kind:' "$out") objects"
         RENDERED+=("$out")
+        printf '%s' "$file" >"$out.values"
     else
         fail "helm template ($name)"
         sed 's/^/        /' "$out.err"
@@ -266,9 +273,19 @@ done
 section "chart promises on the rendered manifests"
 for out in "${RENDERED[@]}"; do
     name=$(basename "$out" .yaml)
-    check "$name" "$PYTHON" - "$out" <<'PY'
-import sys, yaml
+    check "$name" "$PYTHON" - "$out" "$CHART/values.yaml" "$(cat "$out.values")" <<'PY'
+import re, sys, yaml, base64
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+# The values the case was rendered with: the chart's values.yaml under the case's file (Helm's
+# merge: maps key by key, everything else replaced).
+def merge(base, over):
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+vals = yaml.safe_load(open(sys.argv[2]))
+if len(sys.argv) > 3 and sys.argv[3]:
+    vals = merge(vals, yaml.safe_load(open(sys.argv[3])))
 by_kind, ports = {}, {}
 for d in docs:
     by_kind.setdefault(d["kind"], []).append(d)
@@ -276,20 +293,48 @@ problems = []
 def need(cond, msg):
     if not cond:
         problems.append(msg)
+def labels(d):
+    return d["metadata"].get("labels") or {}
+def selects(selector, lbls):
+    return bool(selector) and all(lbls.get(k) == v for k, v in selector.items())
+
+DATA = "/var/lib/fondo-bridge"
+SCHEME_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443, "amqp": 5672, "amqps": 5671,
+                "nats": 4222, "tls": 4222, "redis": 6379, "rediss": 6379}
+def ports_of(addresses, default):
+    """TCP ports of comma-separated addresses (host:port, scheme://user@host:port/path, [v6]:port)."""
+    found = set()
+    for entry in str(addresses).split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        scheme, _, rest = entry.rpartition("://")
+        host = re.split(r"[/?#]", rest, maxsplit=1)[0].rsplit("@", 1)[-1]
+        m = re.search(r"(?:^|[^:]):(\d{1,5})$", host)
+        found.add(int(m.group(1)) if m else SCHEME_PORTS.get(scheme.lower(), default))
+    return found
 
 workloads = by_kind.get("StatefulSet", []) + by_kind.get("Deployment", [])
 need(len(workloads) == 1, f"exactly one workload expected, found {len(workloads)}")
 cms = by_kind.get("ConfigMap", [])
 need(len(cms) == 1 and "config.yaml" in cms[0]["data"], "one ConfigMap with config.yaml")
-cfg = yaml.safe_load(cms[0]["data"]["config.yaml"]) if cms else {}
+cfg_text = cms[0]["data"]["config.yaml"] if cms else ""
+cfg = yaml.safe_load(cfg_text) if cms else {}
 sources = cfg.get("sources") or {}
+dedupe = cfg.get("dedupe") or {}
+store = dedupe.get("store", "memory")
+secrets = vals["secrets"]
+persist = vals["persistence"]["enabled"]
+secret_docs = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+pod_labels = {}
 for w in workloads:
     kind, spec = w["kind"], w["spec"]
     pod = spec["template"]["spec"]
+    pod_labels = spec["template"]["metadata"].get("labels") or {}
     ann = spec["template"]["metadata"].get("annotations") or {}
     need(len(ann.get("checksum/config", "")) == 64, "pod annotation checksum/config")
-    need(kind == ("StatefulSet" if sources.get("websocket") else "Deployment"),
-         f"{kind}: want a StatefulSet exactly when config.sources.websocket is set")
+    need(kind == ("StatefulSet" if sources.get("websocket") or persist else "Deployment"),
+         f"{kind}: want a StatefulSet exactly when config.sources.websocket is set or persistence.enabled")
     need(pod.get("enableServiceLinks") is False, "enableServiceLinks: false")
     need(pod.get("automountServiceAccountToken") is False, "automountServiceAccountToken: false")
     psc = pod.get("securityContext") or {}
@@ -317,35 +362,154 @@ for w in workloads:
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = (c.get(probe) or {}).get("httpGet") or {}
         need(get.get("path") == path and get.get("port") == "admin", f"{probe} GET {path} on admin")
+    live = c.get("livenessProbe") or {}
+    need(live.get("periodSeconds", 10) * live.get("failureThreshold", 3) >= 20,
+         "liveness allows at least 20 s of failures before a restart (a restart interrupts the stream)")
     env = {e["name"]: e for e in c.get("env") or []}
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
-    need("/var/lib/fondo-bridge" in mounts, "data volume at /var/lib/fondo-bridge")
+    need(DATA in mounts, f"data volume at {DATA}")
     need("/etc/fondo-bridge" in mounts, "config at /etc/fondo-bridge")
+    need(c.get("workingDir") == DATA, "workingDir is the data volume (relative paths land on it)")
     need(c.get("args") == ["run", "--config", "/etc/fondo-bridge/config.yaml"], "args run --config")
     ws = sources.get("websocket")
     if ws and ws.get("token_file") == "/var/run/secrets/fondo/token" or \
        ((sources.get("webhook") or {}).get("signature") or {}).get("secrets_file", "").startswith("/var/run/secrets/fondo/"):
         need("/var/run/secrets/fondo" in mounts, "secrets mounted at /var/run/secrets/fondo")
-    if kind == "StatefulSet":
+    # Every path that holds accepted events is on the data volume, and that volume outlives the pod
+    # (a claim per pod) unless persistence is off.
+    held = {"dead_letter.fallback_file": (cfg.get("dead_letter") or {}).get("fallback_file", f"{DATA}/dead-letter.jsonl")}
+    if ws and (cfg.get("spool") or {}).get("enabled", True):
+        held["spool.dir"] = (cfg.get("spool") or {}).get("dir", f"{DATA}/spool")
+    if sources.get("webhook"):
+        need(dedupe.get("snapshot_file"), "dedupe.snapshot_file set with a webhook source")
+        held["dedupe.snapshot_file"] = dedupe.get("snapshot_file", "")
+    for sink_name, sink in (cfg.get("sinks") or {}).items():
+        if isinstance(sink, dict) and sink.get("type") == "file":
+            held[f"sinks.{sink_name}.dir"] = sink.get("dir", "")
+    for key, path in held.items():
+        path = str(path)
+        need(path and (not path.startswith("/") or path == DATA or path.startswith(DATA + "/")),
+             f"{key} {path!r} is not on the data volume {DATA}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+    if persist:
+        need(kind == "StatefulSet" and "data" in claims and "data" not in volumes,
+             "persistence.enabled: the data volume is a claim per pod (volumeClaimTemplates), not an emptyDir")
+    else:
+        need("emptyDir" in volumes.get("data", {}), "persistence off: the data volume is an emptyDir")
+    if ws:
         need(env.get("FONDO_BRIDGE_POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
              "FONDO_BRIDGE_POD_NAME from metadata.name")
         need(env.get("FONDO_BRIDGE_REPLICAS", {}).get("value") == str(spec["replicas"]), "FONDO_BRIDGE_REPLICAS == replicas")
+    else:
+        need("FONDO_BRIDGE_POD_NAME" not in env and "FONDO_BRIDGE_REPLICAS" not in env, "sharding env only with a WebSocket source")
+    if kind == "StatefulSet":
         need(spec.get("serviceName") in {s["metadata"]["name"] for s in by_kind.get("Service", [])}, "serviceName is a rendered Service")
-    for name in env:
-        need(not name.startswith("FONDO_BRIDGE_") or name.startswith("FONDO_BRIDGE__") or
-             name in ("FONDO_BRIDGE_POD_NAME", "FONDO_BRIDGE_REPLICAS"), f"unexpected env {name}")
-for s in by_kind.get("Service", []):
+    for env_name in env:
+        need(not env_name.startswith("FONDO_BRIDGE_") or env_name.startswith("FONDO_BRIDGE__") or
+             env_name in ("FONDO_BRIDGE_POD_NAME", "FONDO_BRIDGE_REPLICAS"), f"unexpected env {env_name}")
+    # Replicas and the identity store (the chart refuses the rest; this checks what it rendered).
+    if spec["replicas"] > 1 and sources.get("webhook") and store != "redis":
+        need(not ws, "replicas > 1 with both sources needs config.dedupe.store redis")
+        need(vals["dedupe"]["allowDuplicatesAcrossReplicas"] is True,
+             "replicas > 1 with webhooks on the memory store needs dedupe.allowDuplicatesAcrossReplicas")
+    # The Redis password: from a Secret into FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD, never in the config.
+    need("password" not in (dedupe.get("redis") or {}), "no Redis password in the ConfigMap")
+    pw_env = env.get("FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD")
+    pw_secret = secrets.get("redisExistingSecret")
+    if not pw_secret and secrets.get("redisPassword") and not secrets.get("existingSecret"):
+        need(len(secret_docs) == 1, "the chart makes a Secret for the Redis password")
+        pw_secret = next(iter(secret_docs), None)
+    if store == "redis" and pw_secret:
+        ref = ((pw_env or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        need(ref.get("name") == pw_secret and ref.get("key") == secrets["redisPasswordKey"],
+             f"FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD from Secret {pw_secret} key {secrets['redisPasswordKey']}, got {ref}")
+        if not secrets.get("redisExistingSecret"):
+            need(secrets["redisPasswordKey"] in (secret_docs[pw_secret].get("data") or {}),
+                 "the chart-made Secret holds the Redis password")
+    elif not any(e.get("name") == "FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD" for e in vals.get("env") or []):
+        need(pw_env is None, "no Redis password env without config.dedupe.store redis and a password Secret")
+# No secret the chart holds shows up in the ConfigMap.
+for s in secret_docs.values():
+    for k, v in (s.get("data") or {}).items():
+        for value in base64.b64decode(v).decode().splitlines():
+            need(len(value) < 4 or value not in cfg_text, f"Secret key {k} appears in the ConfigMap")
+
+# Services: the webhook Service has only the webhook port, a separate ClusterIP admin Service only
+# the admin port, and the ServiceMonitor selects the admin Service alone.
+services = by_kind.get("Service", [])
+for s in services:
     for p in s["spec"].get("ports", []):
         need(p["targetPort"] in ports, f"Service {s['metadata']['name']} targets unknown port {p['targetPort']}")
-svc_ports = {p["name"] for s in by_kind.get("Service", []) for p in s["spec"].get("ports", [])}
+def with_port(port):
+    return [s for s in services if any(p["name"] == port for p in s["spec"].get("ports", []))]
+admin_svcs, webhook_svcs = with_port("admin"), with_port("webhook")
+need(len(admin_svcs) == 1 and [p["name"] for p in admin_svcs[0]["spec"]["ports"]] == ["admin"]
+     and admin_svcs[0]["spec"].get("type") == "ClusterIP", "one ClusterIP admin Service with only the admin port")
+if sources.get("webhook"):
+    need(len(webhook_svcs) == 1 and [p["name"] for p in webhook_svcs[0]["spec"]["ports"]] == ["webhook"],
+         "one webhook Service with only the webhook port")
+else:
+    need(not webhook_svcs, "no webhook Service without a webhook source")
 for sm in by_kind.get("ServiceMonitor", []):
+    chosen = [s["metadata"]["name"] for s in services if selects(sm["spec"]["selector"].get("matchLabels"), labels(s))]
+    need(chosen == [s["metadata"]["name"] for s in admin_svcs], f"ServiceMonitor selects the admin Service alone, not {chosen}")
     for e in sm["spec"]["endpoints"]:
-        need(e["port"] in svc_ports, f"ServiceMonitor port {e['port']} not on a Service")
+        need(e["port"] == "admin", f"ServiceMonitor port {e['port']} is not admin")
 for ing in by_kind.get("Ingress", []):
     for r in ing["spec"]["rules"]:
         for p in r["http"]["paths"]:
-            need(p["backend"]["service"]["port"].get("name") == "webhook", "Ingress backend is the webhook port")
+            svc = p["backend"]["service"]
+            need(svc["port"].get("name") == "webhook" and [svc["name"]] == [s["metadata"]["name"] for s in webhook_svcs],
+                 "Ingress backend is the webhook Service's webhook port")
 need(len(by_kind.get("PodDisruptionBudget", [])) <= 1, "at most one PDB")
+
+# NetworkPolicy: webhook port from webhookFrom, admin port from adminFrom, nothing open to all;
+# egress limited to ports, with DNS, Fondo, every broker, Redis and the OTLP collector allowed.
+npv = vals["networkPolicy"]
+nps = by_kind.get("NetworkPolicy", [])
+need(len(nps) == (1 if npv["enabled"] else 0), f"{len(nps)} NetworkPolicies with networkPolicy.enabled {npv['enabled']}")
+for np_ in nps:
+    sp = np_["spec"]
+    need(selects(sp["podSelector"].get("matchLabels"), pod_labels), "NetworkPolicy podSelector selects the bridge pods")
+    need("Ingress" in sp.get("policyTypes", []), "NetworkPolicy restricts ingress")
+    ingress = sp.get("ingress") or []
+    def rule_ports(r):
+        return {p.get("port") for p in r.get("ports") or []}
+    for r in ingress[:len(ingress) - len(npv.get("extraIngress") or [])]:
+        need(r.get("from") and rule_ports(r) in ({"webhook"}, {"admin"}),
+             f"ingress rule {r}: named sources, to the webhook or the admin port alone")
+    need(any(rule_ports(r) == {"admin"} for r in ingress) == bool(npv["adminFrom"]), "admin port open to adminFrom")
+    need(any(rule_ports(r) == {"webhook"} for r in ingress) == bool(sources.get("webhook") and npv["webhookFrom"]),
+         "webhook port open to webhookFrom, and only with a webhook source")
+    eg_vals = npv["egress"]
+    if not eg_vals["enabled"]:
+        need("Egress" not in sp.get("policyTypes", []), "egress not restricted with egress.enabled false")
+        continue
+    need("Egress" in sp.get("policyTypes", []), "NetworkPolicy restricts egress")
+    egress = sp.get("egress") or []
+    for r in egress:
+        need(r.get("ports"), f"egress rule {r} is limited to ports")
+    def allows(port, proto="TCP"):
+        return any(p.get("protocol", "TCP") == proto and isinstance(p.get("port"), int) and
+                   p["port"] <= port <= p.get("endPort", p["port"]) for r in egress for p in r.get("ports") or [])
+    def allows_all(what, rule_vals, derived):
+        wanted = {(p["port"], p.get("protocol", "TCP")) for p in rule_vals.get("ports") or []} or {(p, "TCP") for p in derived}
+        for port, proto in sorted(wanted):
+            need(allows(port, proto), f"egress to {what} on {port}/{proto}")
+    allows_all("DNS", eg_vals["dns"], {53})
+    if sources.get("websocket"):
+        allows_all("Fondo", eg_vals["fondo"], ports_of(sources["websocket"]["url"], 443))
+    for sink_name, sink in (cfg.get("sinks") or {}).items():
+        kind_ = sink.get("type") if isinstance(sink, dict) else None
+        if kind_ in ("kafka", "rabbitmq", "nats"):
+            addr = sink.get("brokers") if kind_ == "kafka" else sink.get("url")
+            allows_all(f"sink {sink_name}", (eg_vals["brokers"].get("sinks") or {}).get(sink_name) or {},
+                       ports_of(addr, {"kafka": 9092, "rabbitmq": 5672, "nats": 4222}[kind_]))
+    if store == "redis":
+        allows_all("Redis", eg_vals["redis"], ports_of(dedupe["redis"]["url"], 6379))
+    if (cfg.get("telemetry") or {}).get("otlp_endpoint"):
+        allows_all("the OTLP collector", eg_vals["otlp"], ports_of(cfg["telemetry"]["otlp_endpoint"], 4317))
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 PY
@@ -362,8 +526,39 @@ config:
   sinks: { files: { type: file, dir: /var/lib/fondo-bridge/out } }
   routes: [{ name: all, match: ["*"], to: [{ sink: files, topic: "{entity}" }] }]
 EOF
+cat >"$WORK/bad/both.yaml" <<'EOF'
+replicaCount: 2
+config:
+  sources:
+    websocket: { url: wss://api.sandbox.fondo.se, client_ids: [c1, c2] }
+    webhook: { signature: { scheme: standard-webhooks } }
+  sinks: { files: { type: file, dir: /var/lib/fondo-bridge/out } }
+  routes: [{ name: all, match: ["*"], to: [{ sink: files, topic: "{entity}" }] }]
+EOF
+cat >"$WORK/bad/webhook.yaml" <<'EOF'
+replicaCount: 2
+config:
+  sources:
+    webhook: { signature: { scheme: standard-webhooks } }
+  sinks: { files: { type: file, dir: /var/lib/fondo-bridge/out } }
+  routes: [{ name: all, match: ["*"], to: [{ sink: files, topic: "{entity}" }] }]
+EOF
+REDIS="--set config.dedupe.store=redis --set config.dedupe.redis.url=redis://redis:6379/0"
+BOTH_WHY="every pod keeps its own identity tables, so a change whose stream copy reaches one pod and whose webhook reaches another"
+BOTH_FIX="is published twice, every time. Fix: set config.dedupe.store: redis and config.dedupe.redis.url (one Redis shared by all pods; its password in secrets.redisPassword or secrets.redisExistingSecret), or run one replica (replicaCount: 1)."
+WEBHOOK_FIX="is published again. Fix: set config.dedupe.store: redis and config.dedupe.redis.url (one Redis shared by all pods), or run one replica (replicaCount: 1), or accept those duplicates with dedupe.allowDuplicatesAcrossReplicas: true"
 # "name|expected text in helm's error|helm arguments..."
 REFUSALS=(
+    "2 replicas, both sources, no identity store set|replicaCount is 2 with both sources (config.sources.websocket and config.sources.webhook) and config.dedupe.store memory: $BOTH_WHY $BOTH_FIX|-f $WORK/bad/both.yaml"
+    "3 replicas, both sources, dedupe.store memory|replicaCount is 3 with both sources (config.sources.websocket and config.sources.webhook) and config.dedupe.store memory: $BOTH_WHY $BOTH_FIX|-f $WORK/bad/both.yaml --set replicaCount=3 --set config.dedupe.store=memory"
+    "2 replicas, both sources, memory store, duplicates accepted (not enough with both sources)|$BOTH_FIX|-f $WORK/bad/both.yaml --set dedupe.allowDuplicatesAcrossReplicas=true"
+    "2 replicas, webhooks only, memory store|replicaCount is 2 with the webhook source and config.dedupe.store memory: every pod remembers only the deliveries it received, so a Fondo retry that the Service sends to another pod $WEBHOOK_FIX|-f $WORK/bad/webhook.yaml"
+    "Redis store without a URL|config.dedupe.store is redis but config.dedupe.redis.url is not set|-f $WORK/bad/both.yaml --set config.dedupe.store=redis"
+    "unknown identity store|config.dedupe.store must be one of the following|-f $WORK/bad/both.yaml --set config.dedupe.store=postgres"
+    "Redis password in the URL|config.dedupe.redis.url: Must not validate the schema|-f $WORK/bad/both.yaml --set config.dedupe.store=redis --set config.dedupe.redis.url=redis://:pw@redis:6379/0"
+    "inline Redis password|config.dedupe.redis.password: Must not validate|-f $WORK/bad/both.yaml $REDIS --set config.dedupe.redis.password=pw"
+    "Redis password beside an existing Secret|the chart makes no Secret|-f $WORK/bad/both.yaml $REDIS --set secrets.existingSecret=mine --set secrets.redisPassword=pw"
+    "Redis password in env and in secrets|keep one of them|-f $WORK/bad/both.yaml $REDIS --set secrets.redisPassword=pw --set env[0].name=FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD --set env[0].value=pw"
     "grace period equal to the drain|must be above preStopSleepSeconds|--set terminationGracePeriodSeconds=20"
     "grace period minus the preStop sleep below the drain|must be above preStopSleepSeconds|--set preStopSleepSeconds=15"
     "drain longer than the grace period|must be above preStopSleepSeconds|-f $WORK/bad/base.yaml --set config.delivery.drain_timeout_ms=45000"
@@ -387,6 +582,32 @@ for r in "${REFUSALS[@]}"; do
     else
         fail "refuses $what: failed without \"$expect\""
         printf '%s\n' "$out" | sed 's/^/        /'
+    fi
+done
+
+section "values the chart must accept (replicas and the identity store)"
+# "name|text the manifests must contain, or !text they must not, or empty|helm arguments..."
+ACCEPTS=(
+    "1 replica, both sources, memory store|kind: StatefulSet|-f $WORK/bad/both.yaml --set replicaCount=1"
+    "2 replicas, both sources, Redis store without a password|!FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD|-f $WORK/bad/both.yaml $REDIS"
+    "2 replicas, both sources, Redis password from an existing Secret|name: redis-auth|-f $WORK/bad/both.yaml $REDIS --set secrets.redisExistingSecret=redis-auth"
+    "2 replicas, both sources, Redis password in the chart-made Secret|redis-password: \"cHc=\"|-f $WORK/bad/both.yaml $REDIS --set secrets.redisPassword=pw"
+    "2 replicas, webhooks only, memory store, duplicates accepted|kind: StatefulSet|-f $WORK/bad/webhook.yaml --set dedupe.allowDuplicatesAcrossReplicas=true"
+    "2 replicas, webhooks only, Redis store|store: redis|-f $WORK/bad/webhook.yaml $REDIS"
+    "3 replicas, WebSocket only, memory store|value: \"3\"|-f $WORK/bad/base.yaml --set replicaCount=3"
+)
+for a in "${ACCEPTS[@]}"; do
+    IFS='|' read -r what expect args <<<"$a"
+    # shellcheck disable=SC2086 # args are word-split on purpose (no spaces inside one argument)
+    if ! out=$(helm template fondo-bridge "$CHART" --kube-version "$KUBE_VERSION" $args 2>&1); then
+        fail "accepts $what: it was refused"
+        printf '%s\n' "$out" | sed 's/^/        /'
+    elif [[ "$expect" == !* ]] && grep -qF -- "${expect#!}" <<<"$out"; then
+        fail "accepts $what: the manifests contain \"${expect#!}\""
+    elif [[ -n "$expect" && "$expect" != !* ]] && ! grep -qF -- "$expect" <<<"$out"; then
+        fail "accepts $what: the manifests lack \"$expect\""
+    else
+        pass "accepts $what"
     fi
 done
 

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/brokers.sh up)"
 trap 'scripts/brokers.sh down >/dev/null 2>&1 || true' EXIT
-echo "test brokers: kafka=$FONDO_BRIDGE_TEST_KAFKA amqp=127.0.0.1:5672 nats=$FONDO_BRIDGE_TEST_NATS" >&2
+echo "test brokers: kafka=$FONDO_BRIDGE_TEST_KAFKA amqp=127.0.0.1:5672 nats=$FONDO_BRIDGE_TEST_NATS redis=$FONDO_BRIDGE_TEST_REDIS" >&2
 cargo test --all-targets "$@"

@@ -16,6 +16,7 @@ use crate::dlq::DeadLetterWriter;
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::sinks::deferred::{Connect, DeferredSink, RetryConnect};
 use crate::sinks::{DynSink, SinkError};
 use crate::sources::Readiness;
 
@@ -29,6 +30,8 @@ pub enum AppError {
     },
     #[error("routing table: {0}")]
     Routes(String),
+    #[error("dedupe store: {0}")]
+    Store(String),
     #[error("source {0} could not start: {1}")]
     Source(&'static str, String),
     #[error("cannot listen on {addr}: {error}")]
@@ -42,46 +45,109 @@ pub enum AppError {
     DrainTimeout(usize),
 }
 
-/// Starts every configured sink; the first failure stops start-up with a clear error.
+/// Connects one configured sink.
+async fn connect_sink(name: &str, sc: &SinkConfig) -> Result<DynSink, SinkError> {
+    let sink: DynSink = match sc {
+        SinkConfig::File(f) => Arc::new(crate::sinks::file::FileSink::new(name, f)?),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(k) => Arc::new(crate::sinks::kafka::KafkaSink::connect(name, k).await?),
+        #[cfg(feature = "rabbitmq")]
+        SinkConfig::Rabbitmq(r) => {
+            Arc::new(crate::sinks::rabbitmq::RabbitMqSink::connect(name, r).await?)
+        }
+        #[cfg(feature = "nats")]
+        SinkConfig::Nats(n) => Arc::new(crate::sinks::nats::NatsSink::connect(name, n).await?),
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(SinkError::Fatal(format!(
+                "this build has no {} support",
+                other.type_name()
+            )));
+        }
+    };
+    Ok(sink)
+}
+
+/// How a broker sink that cannot connect at start keeps trying: the sink's own reconnect
+/// settings. `None` for sinks without a broker (a file sink that cannot start is configuration).
+fn retry_connect(sc: &SinkConfig) -> Option<RetryConnect> {
+    let ms = Duration::from_millis;
+    match sc {
+        SinkConfig::File(_) => None,
+        SinkConfig::Kafka(k) => Some(RetryConnect {
+            wait: ms(k.connect_timeout_ms),
+            initial: ms(500),
+            max: Duration::from_secs(30),
+        }),
+        SinkConfig::Rabbitmq(r) => Some(RetryConnect {
+            wait: ms(r.reconnect_wait_ms),
+            initial: ms(r.reconnect_delay_initial_ms.max(1)),
+            max: ms(r.reconnect_delay_max_ms.max(1)),
+        }),
+        SinkConfig::Nats(n) => Some(RetryConnect {
+            wait: ms(n.reconnect_wait_ms),
+            initial: ms(100),
+            max: ms(n.reconnect_delay_max_ms.max(100)),
+        }),
+    }
+}
+
+/// Starts every configured sink; the first failure stops with a clear error. For commands that
+/// need the brokers now (`dlq replay`).
 pub async fn build_sinks(cfg: &Config) -> Result<HashMap<String, DynSink>, AppError> {
     let mut sinks: HashMap<String, DynSink> = HashMap::new();
     for (name, sc) in &cfg.sinks {
-        let err = |error: SinkError| AppError::Sink {
-            name: name.clone(),
-            kind: sc.type_name(),
-            error,
-        };
-        let sink: DynSink = match sc {
-            SinkConfig::File(f) => {
-                Arc::new(crate::sinks::file::FileSink::new(name, f).map_err(err)?)
-            }
-            #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(k) => Arc::new(
-                crate::sinks::kafka::KafkaSink::connect(name, k)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[cfg(feature = "rabbitmq")]
-            SinkConfig::Rabbitmq(r) => Arc::new(
-                crate::sinks::rabbitmq::RabbitMqSink::connect(name, r)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[cfg(feature = "nats")]
-            SinkConfig::Nats(n) => Arc::new(
-                crate::sinks::nats::NatsSink::connect(name, n)
-                    .await
-                    .map_err(err)?,
-            ),
-            #[allow(unreachable_patterns)]
-            other => {
-                return Err(err(SinkError::Fatal(format!(
-                    "this build has no {} support",
-                    other.type_name()
-                ))));
-            }
-        };
+        let sink = connect_sink(name, sc)
+            .await
+            .map_err(|error| AppError::Sink {
+                name: name.clone(),
+                kind: sc.type_name(),
+                error,
+            })?;
         tracing::info!(sink = %name, kind = sc.type_name(), "sink ready");
+        sinks.insert(name.clone(), sink);
+    }
+    Ok(sinks)
+}
+
+/// Starts every configured sink for the bridge, all at once (start-up waits for the slowest, not
+/// the sum). A broker that cannot be reached, or is not ready (a RabbitMQ exchange not declared
+/// yet), does not stop start-up: its sink connects in the background ([`DeferredSink`]) while the
+/// sources run. A configuration error (invalid URL, unreadable TLS or secret file, refused
+/// credentials) stops start-up with a clear error.
+pub async fn start_sinks(cfg: &Config) -> Result<HashMap<String, DynSink>, AppError> {
+    let attempts = futures::future::join_all(
+        cfg.sinks
+            .iter()
+            .map(|(name, sc)| async move { (name, sc, connect_sink(name, sc).await) }),
+    )
+    .await;
+    let mut sinks: HashMap<String, DynSink> = HashMap::new();
+    for (name, sc, attempt) in attempts {
+        let sink = match (attempt, retry_connect(sc)) {
+            (Ok(sink), _) => {
+                tracing::info!(sink = %name, kind = sc.type_name(), "sink ready");
+                sink
+            }
+            (Err(error @ SinkError::Retriable(_)), Some(retry)) => {
+                tracing::warn!(sink = %name, kind = sc.type_name(), error = %error.reason(),
+                    "sink cannot connect yet; starting without it and connecting in the background \
+                     (webhooks that need it get 503, WebSocket events are spooled and wait for it)");
+                let (n, c) = (name.clone(), sc.clone());
+                let connect: Connect = Box::new(move || {
+                    let (n, c) = (n.clone(), c.clone());
+                    Box::pin(async move { connect_sink(&n, &c).await })
+                });
+                DeferredSink::start(name, sc.type_name(), retry, &error, connect)
+            }
+            (Err(error), _) => {
+                return Err(AppError::Sink {
+                    name: name.clone(),
+                    kind: sc.type_name(),
+                    error,
+                });
+            }
+        };
         sinks.insert(name.clone(), sink);
     }
     Ok(sinks)
@@ -102,19 +168,57 @@ pub struct Bridge {
 /// Where the webhook replay cache is kept across a clean restart (`dedupe.snapshot_file`), when
 /// the webhook source is on.
 fn identity_snapshot_path(cfg: &Config) -> Option<std::path::PathBuf> {
+    if cfg.dedupe.store != crate::config::DedupeStore::Memory {
+        // The shared store outlives a restart itself.
+        return None;
+    }
     cfg.sources
         .webhook
         .as_ref()
         .and(cfg.dedupe.snapshot_file.clone())
 }
 
+/// Keeps identity state on Redis when `dedupe.store: redis` (connections are made on first use:
+/// an unreachable Redis does not keep the bridge from starting).
+fn attach_shared_store(
+    cfg: &Config,
+    dispatcher: &Dispatcher,
+    metrics: &Arc<Metrics>,
+) -> Result<(), AppError> {
+    if cfg.dedupe.store != crate::config::DedupeStore::Redis {
+        return Ok(());
+    }
+    #[cfg(feature = "redis")]
+    {
+        let store = crate::dispatch::redis_store::RedisStore::new(
+            &cfg.dedupe.redis,
+            crate::dispatch::IdentityConfig::from_config(cfg),
+            Arc::clone(metrics),
+        )
+        .map_err(|e| AppError::Store(e.to_string()))?;
+        tracing::info!(prefix = %cfg.dedupe.redis.prefix, owner = store.owner(),
+            "identity state is shared on Redis");
+        dispatcher.use_shared_store(store);
+        Ok(())
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (dispatcher, metrics);
+        Err(AppError::Store(
+            "dedupe.store: redis needs a build with the `redis` feature".into(),
+        ))
+    }
+}
+
 impl Bridge {
-    /// Builds and starts everything the config describes. Sources start last, so nothing is read
-    /// before every sink is ready.
+    /// Builds and starts everything the config describes. Sources start last, once every sink is
+    /// connected or connecting in the background (see [`start_sinks`]).
     pub async fn start(cfg: Config) -> Result<Self, AppError> {
         let metrics = Arc::new(Metrics::new());
         let readiness = Arc::new(Readiness::default());
-        let sinks = build_sinks(&cfg).await?;
+        let tasks = TaskTracker::new();
+        let intake = CancellationToken::new();
+        let sinks = start_sinks(&cfg).await?;
         let router = Router::compile(&cfg).map_err(|errs| {
             AppError::Routes(
                 errs.iter()
@@ -144,6 +248,7 @@ impl Bridge {
             identity: crate::dispatch::IdentityConfig::from_config(&cfg),
             metrics: Arc::clone(&metrics),
         });
+        attach_shared_store(&cfg, &dispatcher, &metrics)?;
         if let Some(path) = identity_snapshot_path(&cfg) {
             match dispatcher.load_identity(&path) {
                 Ok(n) => tracing::info!(path = %path.display(), deliveries = n,
@@ -153,11 +258,12 @@ impl Bridge {
                     "cannot read the identity snapshot; retries of earlier deliveries will be published again"),
             }
         }
-        let tasks = TaskTracker::new();
-        let intake = CancellationToken::new();
-
         let mut admin_addr = None;
         if let Some(addr) = cfg.admin.listen {
+            let liveness = Arc::new(admin::Liveness::new(Duration::from_millis(
+                cfg.admin.stuck_after_ms,
+            )));
+            tasks.spawn(admin::watchdog(Arc::clone(&liveness), intake.clone()));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|error| AppError::Listen { addr, error })?;
@@ -166,6 +272,7 @@ impl Bridge {
                 metrics: Arc::clone(&metrics),
                 readiness: Arc::clone(&readiness),
                 dispatcher: dispatcher.clone(),
+                liveness,
             });
             // The admin server outlives intake: probes keep answering while the bridge drains.
             let stop = intake.clone();
@@ -201,7 +308,11 @@ impl Bridge {
             tasks,
             intake,
         };
-        bridge.start_sources(parse).await?;
+        if let Err(e) = bridge.start_sources(parse).await {
+            // Stops what did start (the admin server, the watchdog).
+            bridge.intake.cancel();
+            return Err(e);
+        }
         Ok(bridge)
     }
 
@@ -496,8 +607,16 @@ mod sources {
     use crate::sources::webhook::WebhookSource;
 
     pub(super) async fn start(bridge: &mut Bridge, parse: ParseOptions) -> Result<(), AppError> {
-        if let Some(ws) = bridge.cfg.sources.websocket.clone() {
-            let ws = shard(ws)?;
+        let ws = match bridge.cfg.sources.websocket.clone() {
+            Some(ws) => Some(shard(ws)?),
+            None => None,
+        };
+        if ws.as_ref().is_some_and(|ws| ws.client_ids.is_empty()) {
+            // More replicas than streams: this one takes webhooks only (and pairs them with the
+            // streams the other replicas read, through the shared store).
+            tracing::info!("no WebSocket stream is this replica's; it serves webhooks only");
+        }
+        if let Some(ws) = ws.filter(|ws| !ws.client_ids.is_empty()) {
             let source = crate::sources::websocket::WebSocketSource::new(
                 ws,
                 bridge.cfg.spool.clone(),

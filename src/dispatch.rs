@@ -34,7 +34,7 @@ use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
 use crate::event::{AckHandle, AckStatus, Envelope, Event, IdOrigin, SourceKind, TraceContext};
 use crate::group_commit::Pace;
-use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceReasonLabels};
+use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceLabels, SourceReasonLabels};
 use crate::router::{Destination, Router};
 use crate::sinks::{DynSink, Message, SinkError, headers};
 use prometheus_client::metrics::counter::Counter;
@@ -111,6 +111,20 @@ struct Inner {
     ids: std::sync::Mutex<dedupe::Ids<Parked>>,
     /// Which occurrence a copy belongs to: webhook retries and cross-source pairing.
     identities: Identities,
+    /// The same tables shared by every replica (`dedupe.store: redis`); replaces `identities`.
+    #[cfg(feature = "redis")]
+    shared_store: std::sync::OnceLock<Arc<redis_store::RedisStore>>,
+}
+
+/// What [`Dispatcher::identify`] decided for a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Identity {
+    /// Submit it (its id is set).
+    Publish,
+    /// Another replica delivered (or dead-lettered) its occurrence: acknowledge it as delivered
+    /// without submitting it ([`Dispatcher::covered`] counts it).
+    Covered,
 }
 
 /// What every delivery needs, shared by the workers.
@@ -235,6 +249,8 @@ impl Dispatcher {
                 tasks,
                 ids: std::sync::Mutex::new(dedupe::Ids::new(remember, capacity)),
                 identities,
+                #[cfg(feature = "redis")]
+                shared_store: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -261,33 +277,97 @@ impl Dispatcher {
         self.inner.router.store(Arc::new(router));
     }
 
+    /// Keeps identity state in the shared store from now on (call it once, before sources start).
+    #[cfg(feature = "redis")]
+    pub fn use_shared_store(&self, store: Arc<redis_store::RedisStore>) {
+        let _ = self.inner.shared_store.set(store);
+    }
+
+    /// The shared store's state, when one is used: `Err` says since when it fails.
+    pub fn shared_store_health(&self) -> Option<Result<(), String>> {
+        #[cfg(feature = "redis")]
+        if let Some(store) = self.inner.shared_store.get() {
+            return Some(store.health());
+        }
+        None
+    }
+
     /// Decides which occurrence `event` is, from `source` and (webhooks) its signed delivery id,
-    /// and gives it that occurrence's id. Call it once per copy, before the copy is spooled or
-    /// submitted; a spool replay keeps the id it was spooled with and is not identified again.
-    pub fn identify(&self, event: &mut Event, source: SourceKind, delivery_id: Option<&str>) {
+    /// and gives it that occurrence's id. Call it once per copy, before the copy is submitted; a
+    /// spool replay keeps the id it was spooled with and is not identified again.
+    ///
+    /// With the shared store a copy whose occurrence another replica owns waits (at most
+    /// `dedupe.redis.owner_wait_ms`) for that replica to finish it, and is then
+    /// [`Identity::Covered`]. A store that fails or is slow makes the copy a new occurrence.
+    pub async fn identify(
+        &self,
+        event: &mut Event,
+        source: SourceKind,
+        delivery_id: Option<&str>,
+    ) -> Identity {
         if event.id_origin == IdOrigin::Body {
             // Fondo's own occurrence id: every copy carries it already.
-            return;
+            return Identity::Publish;
         }
         if delivery_id.is_none() && !self.inner.identities.config().pair_sources {
             // One source and no delivery id: the copy is a new occurrence, nothing to look up.
-            return;
+            return Identity::Publish;
         }
-        let r = self.inner.identities.resolve(
-            identity::Copy {
-                source,
-                content_key: event.content_key,
-                object: event.object_ref(),
-                delivery_id,
-                id: &event.event_id,
-            },
-            Instant::now(),
-        );
+        let copy = identity::Copy {
+            source,
+            content_key: event.content_key,
+            object: event.object_ref(),
+            delivery_id,
+            id: &event.event_id,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(store) = self.inner.shared_store.get() {
+            let Some(found) = store.resolve(copy).await else {
+                return Identity::Publish;
+            };
+            Self::adopt(event, &found.resolved);
+            if found.owner_elsewhere
+                && (found.done || store.await_owner(&event.event_id, delivery_id).await)
+            {
+                if let Some(d) = delivery_id {
+                    // This delivery's own entry may point at the other replica's occurrence:
+                    // say it is done, for its next retry.
+                    store.mark_done(redis_store::Mark {
+                        occurrence: Arc::clone(&event.event_id),
+                        delivery: Some(Arc::from(d)),
+                    });
+                }
+                return Identity::Covered;
+            }
+            // Published here: this process marks it done when it is.
+            event.done_mark = Some(crate::event::DoneMark {
+                delivery: delivery_id.map(Arc::from),
+            });
+            return Identity::Publish;
+        }
+        let r = self.inner.identities.resolve(copy, Instant::now());
+        Self::adopt(event, &r);
+        Identity::Publish
+    }
+
+    fn adopt(event: &mut Event, r: &identity::Resolved) {
         event.late = r.late;
         if r.how != Resolution::New {
-            event.event_id = r.id;
+            event.event_id = Arc::clone(&r.id);
             event.id_origin = IdOrigin::Given;
         }
+    }
+
+    /// Counts a copy acknowledged as [`Identity::Covered`].
+    pub fn covered(&self, source: SourceKind) {
+        let m = &self.inner.shared.metrics;
+        m.identity_covered
+            .get_or_create(&SourceLabels {
+                source: source.as_str().into(),
+            })
+            .inc();
+        m.deduplicated_from(source).inc();
+        m.acked_as(source, AckStatus::Delivered).inc();
     }
 
     /// Saves the webhook deliveries whose occurrence was delivered (see [`snapshot`]); call it
@@ -485,11 +565,17 @@ impl Dispatcher {
         } = env;
         let this = self.clone();
         let span2 = Arc::clone(&span);
+        let done_mark = event.done_mark.clone();
         // Runs where the last destination finishes: remembers a delivered id, acknowledges the
         // source, then settles the twins that waited: duplicates when delivered, otherwise the
         // first of them becomes the new attempt and the rest wait for it.
         let tracked = AckHandle::on_done(move |status| {
             let delivered = status == AckStatus::Delivered;
+            if let Some(mark) = done_mark {
+                if status != AckStatus::Retry {
+                    this.mark_done(&id, mark);
+                }
+            }
             let twins = this.ids().settle(&id, delivered, Instant::now());
             this.count_ack(source, status);
             span2.finish(status);
@@ -516,6 +602,18 @@ impl Dispatcher {
         );
     }
 
+    /// Tells the other replicas that this process finished an occurrence (shared store).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn mark_done(&self, id: &Arc<str>, mark: crate::event::DoneMark) {
+        #[cfg(feature = "redis")]
+        if let Some(store) = self.inner.shared_store.get() {
+            store.mark_done(redis_store::Mark {
+                occurrence: Arc::clone(id),
+                delivery: mark.delivery,
+            });
+        }
+    }
+
     fn ids(&self) -> std::sync::MutexGuard<'_, dedupe::Ids<Parked>> {
         self.inner
             .ids
@@ -524,6 +622,13 @@ impl Dispatcher {
     }
 
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
+        if let Some(mark) = &env.event.done_mark {
+            if mark.delivery.is_some() {
+                // The occurrence is done; this copy's own delivery id says so too, for its
+                // retries on other replicas.
+                self.mark_done(&env.event.event_id, mark.clone());
+            }
+        }
         let m = &self.inner.shared.metrics;
         m.deduplicated_from(env.source).inc();
         tracing::debug!(event_id = %env.event.event_id, source = %env.source, "another copy of an occurrence already delivered: not published again");
@@ -1165,6 +1270,8 @@ mod propagation {
 
 mod dedupe;
 pub mod identity;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 mod snapshot;
 
 use identity::Identities;

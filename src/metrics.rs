@@ -58,6 +58,11 @@ pub struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     pub client_id: String,
 }
@@ -83,6 +88,9 @@ pub struct Metrics {
     pub identity_forgotten: Family<TableLabels, Counter>,
     pub late: Counter,
     pub broker_duplicates: Family<SinkLabels, Counter>,
+    pub dedupe_store_errors: Family<OpLabels, Counter>,
+    pub identity_covered: Family<SourceLabels, Counter>,
+    pub identity_owner_timeouts: Counter,
     pub unmatched: Counter,
     pub dropped_unmatched: Counter,
     pub filtered: Counter,
@@ -90,6 +98,11 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub spool_events: Gauge,
     pub spool_bytes: Gauge,
+    /// Appends handed to the spool writer thread and not yet committed.
+    pub spool_writer_pending: Gauge,
+    /// When the spool writer last committed a batch, or, if it was idle, when work for it
+    /// arrived (Unix seconds): with appends pending, how long it has made no progress.
+    pub spool_writer_progress: Gauge<f64, AtomicU64>,
     pub ws_connected: Family<ClientLabels, Gauge>,
     pub ws_gap_seconds: Family<ClientLabels, Counter<f64, AtomicU64>>,
     pub ws_gaps: Family<ClientLabels, Counter>,
@@ -178,6 +191,9 @@ impl Metrics {
             identity_forgotten: Family::default(),
             late: Counter::default(),
             broker_duplicates: Family::default(),
+            dedupe_store_errors: Family::default(),
+            identity_covered: Family::default(),
+            identity_owner_timeouts: Counter::default(),
             unmatched: Counter::default(),
             dropped_unmatched: Counter::default(),
             filtered: Counter::default(),
@@ -185,6 +201,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             spool_events: Gauge::default(),
             spool_bytes: Gauge::default(),
+            spool_writer_pending: Gauge::default(),
+            spool_writer_progress: Gauge::default(),
             ws_connected: Family::default(),
             ws_gap_seconds: Family::default(),
             ws_gaps: Family::default(),
@@ -263,6 +281,21 @@ impl Metrics {
             "Publishes the broker collapsed as a repeat of the same occurrence to the same destination (JetStream Nats-Msg-Id)",
             m.broker_duplicates.clone(),
         );
+        registry.register(
+            "dedupe_store_errors",
+            "Shared identity store (Redis) operations that failed or timed out, by operation; a failed lookup publishes the event (a possible duplicate, never a loss)",
+            m.dedupe_store_errors.clone(),
+        );
+        registry.register(
+            "identity_covered",
+            "Copies acknowledged without publishing because another replica delivered their occurrence (shared store), by the copy's source",
+            m.identity_covered.clone(),
+        );
+        registry.register(
+            "identity_owner_timeouts",
+            "Copies whose occurrence another replica owned but did not finish within dedupe.redis.owner_wait_ms; published here (a possible duplicate)",
+            m.identity_owner_timeouts.clone(),
+        );
         registry.register("unmatched", "Events no route matched", m.unmatched.clone());
         registry.register(
             "dropped_unmatched",
@@ -293,6 +326,16 @@ impl Metrics {
             "spool_bytes",
             "Bytes of WebSocket spool segments on disk",
             m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_writer_pending",
+            "Appends handed to the spool writer and not yet committed",
+            m.spool_writer_pending.clone(),
+        );
+        registry.register(
+            "spool_writer_progress_timestamp_seconds",
+            "When the spool writer last committed, or work reached it while idle (Unix seconds)",
+            m.spool_writer_progress.clone(),
         );
         registry.register(
             "websocket_connected",
@@ -362,6 +405,13 @@ impl Metrics {
             .get_or_create(&SourceLabels {
                 source: s.as_str().into(),
             })
+            .clone()
+    }
+
+    /// `dedupe_store_errors{op}`.
+    pub fn dedupe_store_errors_in(&self, op: &str) -> Counter {
+        self.dedupe_store_errors
+            .get_or_create(&OpLabels { op: op.into() })
             .clone()
     }
 

@@ -388,6 +388,23 @@ impl Shared {
             .set(i64::try_from(st.disk).unwrap_or(i64::MAX));
     }
 
+    /// An append was handed to the writer; an idle writer's progress clock starts now. Counted
+    /// after the hand-over (nothing to undo if the caller gives up waiting), so the writer may
+    /// count it done first: the gauge can dip below zero for a moment.
+    fn queued(&self) {
+        if self.metrics.spool_writer_pending.inc() <= 0 {
+            self.metrics.spool_writer_progress.set(unix_seconds());
+        }
+    }
+
+    /// The writer answered `appends` appends (committed or failed): progress.
+    fn progressed(&self, appends: usize) {
+        self.metrics.spool_writer_progress.set(unix_seconds());
+        self.metrics
+            .spool_writer_pending
+            .dec_by(i64::try_from(appends).unwrap_or(i64::MAX));
+    }
+
     /// Takes a fully released, inactive segment out of the spool and hands its file to the writer
     /// thread for deletion ([`Shared::bury`]); its bytes are freed once the file is gone.
     fn retire(&self, st: &mut State, first_id: u64) {
@@ -672,6 +689,7 @@ impl Spool {
             st.used = st.used.saturating_sub(size + RELEASE_SLOT);
             return Err(SpoolError::Closed);
         }
+        self.shared.queued();
         Ok(PendingAppend { rx })
     }
 
@@ -793,6 +811,12 @@ impl Spool {
             current: None,
         }
     }
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Iterator over the unreleased records recovered on open. See [`Spool::replay`].
@@ -1417,7 +1441,9 @@ impl Writer {
                     Vec::new()
                 };
             if !batch.is_empty() || !releases.is_empty() {
+                let appends = batch.len();
                 self.write_batch(&mut batch, releases, &mut buf);
+                self.shared.progressed(appends);
             }
         }
         // Every clone is gone, so nothing more is appended or released: delete the segments with

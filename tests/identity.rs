@@ -66,8 +66,38 @@ struct Sources<'a> {
     webhook: bool,
 }
 
-async fn rig(sources: Sources<'_>, extra_route: Option<&str>) -> Option<Rig> {
+/// Where the bridge keeps identity state: every test runs with both stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    Memory,
+    /// The machine's Redis (`FONDO_BRIDGE_TEST_REDIS`), under a prefix of the test's own.
+    Redis,
+}
+
+/// Two tests of one case: with the in-memory store and with the Redis store.
+macro_rules! with_both_stores {
+    ($case:ident, $memory:ident, $redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            $case(Store::Memory).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $case(Store::Redis).await;
+        }
+    };
+}
+
+async fn rig(sources: Sources<'_>, extra_route: Option<&str>, store: Store) -> Option<Rig> {
     let nats = common::broker("NATS")?;
+    let dedupe = match store {
+        Store::Memory => "{ snapshot_file: DIR/identity.jsonl }".to_owned(),
+        Store::Redis => format!(
+            "{{ store: redis, redis: {{ url: \"{}\", prefix: \"{}\" }} }}",
+            common::broker("REDIS")?,
+            common::unique("fb-test")
+        ),
+    };
     let client = async_nats::connect(&nats).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let prefix = common::unique("ident").replace('-', "_");
@@ -102,11 +132,12 @@ routes:
 {extra}
 dead_letter: {{ fallback_file: {dir}/dead-letter.jsonl }}
 spool: {{ dir: {dir}/spool }}
-dedupe: {{ snapshot_file: {dir}/identity.jsonl }}
+dedupe: {dedupe}
 admin: {{ listen: null }}
 "#,
         extra = extra_route.unwrap_or_default().replace("PREFIX", &prefix),
-        dir = dir.path().display()
+        dir = dir.path().display(),
+        dedupe = dedupe.replace("DIR", &dir.path().display().to_string()),
     );
     let path = dir.path().join("bridge.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -230,13 +261,14 @@ fn deduplicated(m: &fondo_bridge::metrics::Metrics) -> u64 {
 }
 
 /// A bridge with both sources on: the stream from `sim`, and webhooks.
-async fn both(sim: &SimHandle) -> Option<Rig> {
+async fn both(sim: &SimHandle, store: Store) -> Option<Rig> {
     rig(
         Sources {
             websocket: Some(sim),
             webhook: true,
         },
         None,
+        store,
     )
     .await
 }
@@ -256,8 +288,7 @@ async fn sim(script: Vec<Bytes>) -> SimHandle {
 
 /// active → blocked → active → blocked → active on the stream, then 31 identical frames of a type
 /// nobody knows: every frame is a change and is stored, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_bodies_on_the_websocket_are_all_published_in_order() {
+async fn repeated_bodies_on_the_websocket_are_all_published_in_order(store: Store) {
     let changes = flip_flop("acc-1");
     let unknown = Bytes::from_static(br#"{"eventType":"mystery.thing","current":{"id":"m1"}}"#);
     let mut script = changes.clone();
@@ -269,6 +300,7 @@ async fn repeated_bodies_on_the_websocket_are_all_published_in_order() {
             webhook: false,
         },
         None,
+        store,
     )
     .await
     else {
@@ -291,14 +323,14 @@ async fn repeated_bodies_on_the_websocket_are_all_published_in_order() {
 /// The same history as webhooks with a delivery id each: all published. The same delivery
 /// retried three times: published once (and answered 2xx each time). A new delivery whose body
 /// repeats one already delivered: published again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_retries_are_recognised_by_delivery_id_not_by_body() {
+async fn webhook_retries_are_recognised_by_delivery_id_not_by_body(store: Store) {
     let Some(rig) = rig(
         Sources {
             websocket: None,
             webhook: true,
         },
         None,
+        store,
     )
     .await
     else {
@@ -361,11 +393,10 @@ async fn webhook_retries_are_recognised_by_delivery_id_not_by_body() {
 /// Both sources on: the stream carries the flip-flop, then the webhooks bring the same four
 /// changes (each its own delivery). Each change is stored once, in order, and every webhook
 /// copy paired with its own stream copy (not with the first body that looks like it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flip_flop_on_both_sources_is_published_once_per_change_in_order() {
+async fn flip_flop_on_both_sources_is_published_once_per_change_in_order(store: Store) {
     let changes = flip_flop("acc-3");
     let sim = sim(changes.clone()).await;
-    let Some(rig) = both(&sim).await else {
+    let Some(rig) = both(&sim, store).await else {
         return;
     };
     rig.wait_acked(4).await;
@@ -385,8 +416,7 @@ async fn flip_flop_on_both_sources_is_published_once_per_change_in_order() {
 /// replay them) while the webhooks, trailing, bring every change. Nothing is lost and nothing is
 /// stored twice; a change carried only by its webhook after later changes of its object were
 /// published is marked `fondo-late`, and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marked() {
+async fn changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marked(store: Store) {
     const N: usize = 300;
     let mut g = Generator::new(7, CLIENT, 5, 0);
     let mut all: Vec<Bytes> = (0..N).map(|_| g.next_event()).collect();
@@ -403,7 +433,7 @@ async fn changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marke
         .map(|(_, b)| b.clone())
         .collect();
     let sim = sim(streamed.clone()).await;
-    let Some(rig) = both(&sim).await else {
+    let Some(rig) = both(&sim, store).await else {
         return;
     };
     // The stream runs ahead; the webhooks trail it, one delivery after another.
@@ -441,8 +471,7 @@ async fn changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marke
 
 /// One event routed to two subjects of one JetStream stream is stored on both: the broker's
 /// message id is per occurrence and destination, while `fondo-event-id` is the same on both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_to_two_subjects_of_one_stream_stores_both() {
+async fn fan_out_to_two_subjects_of_one_stream_stores_both(store: Store) {
     let audit = r#"  - { name: audit, match: ["*"], to: [{ sink: nats, topic: "PREFIX.audit" }] }"#;
     let Some(rig) = rig(
         Sources {
@@ -450,6 +479,7 @@ async fn fan_out_to_two_subjects_of_one_stream_stores_both() {
             webhook: true,
         },
         Some(audit),
+        store,
     )
     .await
     else {
@@ -493,3 +523,29 @@ async fn fan_out_to_two_subjects_of_one_stream_stores_both() {
     );
     rig.finish().await;
 }
+
+with_both_stores!(
+    repeated_bodies_on_the_websocket_are_all_published_in_order,
+    repeated_bodies_on_the_websocket_are_all_published_in_order_memory,
+    repeated_bodies_on_the_websocket_are_all_published_in_order_redis
+);
+with_both_stores!(
+    webhook_retries_are_recognised_by_delivery_id_not_by_body,
+    webhook_retries_are_recognised_by_delivery_id_not_by_body_memory,
+    webhook_retries_are_recognised_by_delivery_id_not_by_body_redis
+);
+with_both_stores!(
+    flip_flop_on_both_sources_is_published_once_per_change_in_order,
+    flip_flop_on_both_sources_is_published_once_per_change_in_order_memory,
+    flip_flop_on_both_sources_is_published_once_per_change_in_order_redis
+);
+with_both_stores!(
+    changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marked,
+    changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marked_memory,
+    changes_lost_on_the_stream_come_by_webhook_once_and_late_ones_are_marked_redis
+);
+with_both_stores!(
+    fan_out_to_two_subjects_of_one_stream_stores_both,
+    fan_out_to_two_subjects_of_one_stream_stores_both_memory,
+    fan_out_to_two_subjects_of_one_stream_stores_both_redis
+);

@@ -2,8 +2,8 @@
 //!
 //! - `/metrics` is valid OpenMetrics text (checked by a strict parser below) and its counters match
 //!   what the test sent, what was delivered, deduplicated, rejected and dead-lettered;
-//! - `/readyz` turns 503 (naming the sink) while the NATS server behind a sink is down, and 200
-//!   when it is back (the test owns that `nats-server`);
+//! - `/readyz` turns 503 (naming the sink, not its address) while the NATS server behind a sink
+//!   is down, and 200 when it is back (the test owns that `nats-server`);
 //! - the binary never writes a secret (webhook signing secret, OTLP header token) or a payload to
 //!   its logs, even at debug level, and its JSON logs are one JSON object per line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -731,6 +731,12 @@ admin: {{ listen: 127.0.0.1:0 }}
         .find(|l| l.starts_with("sink:bus:"))
         .unwrap_or_else(|| panic!("body names the sink: {body}"));
     assert!(!bus.ends_with(": ok"), "{body}");
+    assert!(bus.contains("not connected"), "{body}");
+    // From the state the sink keeps: no broker address in the body.
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains(&nats.port.to_string()),
+        "/readyz shows no broker address: {body}"
+    );
     assert!(
         body.contains("sink:files: ok"),
         "the healthy sink still says ok: {body}"

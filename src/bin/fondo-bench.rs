@@ -1566,7 +1566,9 @@ mod bench {
                 // Identified as the webhook source does it: a delivery id looked up and
                 // remembered in the replay cache (the identity step's work per event).
                 let delivery = format!("msg_{i}");
-                dispatcher.identify(&mut event, SourceKind::Webhook, Some(&delivery));
+                let _ = dispatcher
+                    .identify(&mut event, SourceKind::Webhook, Some(&delivery))
+                    .await;
                 let started = Instant::now();
                 let (lat2, failed2, acked2) =
                     (Arc::clone(&lat1), Arc::clone(&failed1), Arc::clone(&acked1));

@@ -568,15 +568,21 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `/metrics`, `/healthz`, `/readyz`; `null` turns the admin server off.
+    /// `/metrics`, `/healthz`, `/readyz`; `null` turns the admin server off. Loopback by default:
+    /// in a container or a pod, set an address the probes and the scraper reach (the Helm chart
+    /// sets `0.0.0.0:9090`).
     #[serde(default = "default_admin_listen")]
     pub listen: Option<SocketAddr>,
+    /// `/healthz` fails when the runtime or the spool writer made no progress for this long.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            stuck_after_ms: default_stuck_after_ms(),
         }
     }
 }
@@ -666,6 +672,87 @@ pub struct DedupeConfig {
     /// Put it on the pod's volume (the chart uses the spool's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
+    /// Where the webhook replay cache and the cross-source pairing table live: `memory` (this
+    /// process only; right for one replica) or `redis` (shared by every replica; see `redis`).
+    #[serde(default)]
+    pub store: DedupeStore,
+    /// The shared store, with `store: redis`.
+    #[serde(default)]
+    pub redis: RedisStoreConfig,
+}
+
+/// Where identity state is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupeStore {
+    /// In this process: retries and copies that reach another replica are published again.
+    #[default]
+    Memory,
+    /// On Redis, shared by every replica.
+    Redis,
+}
+
+/// The Redis that holds identity state shared by replicas (`dedupe.store: redis`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// `redis://host:6379/0`, `rediss://` for TLS, or `redis+unix:///path`. Put no password
+    /// here: use `password` (from the environment or a Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Overrides the URL's password. Prefer `FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Overrides the URL's user name (Redis ACL users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Every key starts with this and `:`, so several bridges (or environments) can share one
+    /// Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// How long one lookup may take before the event is published without it (a possible
+    /// duplicate, counted in `fondo_bridge_dedupe_store_errors_total`). Default 250 ms: a
+    /// lookup on a healthy Redis takes well under a millisecond, and a webhook's whole answer
+    /// must stay far inside Fondo's timeout.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a copy whose occurrence another replica owns waits for that replica to finish
+    /// it (then it is acknowledged without publishing). Past this it is published itself (a
+    /// possible duplicate, never a loss). Default 2 s: the owner normally finishes within a
+    /// broker round trip, and a WebSocket stream waits this long at most.
+    #[serde(default = "default_redis_owner_wait_ms")]
+    pub owner_wait_ms: u64,
+    /// Connections to Redis. Each is multiplexed (concurrent lookups are pipelined on it);
+    /// more help only when one connection's round trips are the bottleneck.
+    #[serde(default = "default_redis_connections")]
+    pub connections: usize,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password: None,
+            username: None,
+            prefix: default_redis_prefix(),
+            timeout_ms: default_redis_timeout_ms(),
+            owner_wait_ms: default_redis_owner_wait_ms(),
+            connections: default_redis_connections(),
+        }
+    }
+}
+
+fn default_redis_prefix() -> String {
+    "fondo-bridge".into()
+}
+fn default_redis_timeout_ms() -> u64 {
+    250
+}
+fn default_redis_owner_wait_ms() -> u64 {
+    2_000
+}
+fn default_redis_connections() -> usize {
+    2
 }
 
 impl Default for DedupeConfig {
@@ -675,6 +762,8 @@ impl Default for DedupeConfig {
             pair_window_ms: default_pair_window_ms(),
             capacity: default_dedupe_capacity(),
             snapshot_file: None,
+            store: DedupeStore::default(),
+            redis: RedisStoreConfig::default(),
         }
     }
 }
@@ -813,7 +902,10 @@ fn default_spool_segment_bytes() -> u64 {
     16 * 1024 * 1024
 }
 fn default_admin_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([0, 0, 0, 0], 9090)))
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_stuck_after_ms() -> u64 {
+    30_000
 }
 fn default_log_level() -> String {
     "info".into()

@@ -116,6 +116,13 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         add("dead_letter.fallback_file", "must not be empty".into());
     }
 
+    if cfg.admin.stuck_after_ms < 1000 {
+        add(
+            "admin.stuck_after_ms",
+            "must be at least 1000 (a busy but healthy bridge must not look stuck)".into(),
+        );
+    }
+
     let d = &cfg.delivery;
     if d.max_attempts == 0 {
         add("delivery.max_attempts", "must be at least 1".into());
@@ -263,6 +270,41 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             "dedupe.pair_window_ms",
             "must be at least 1 (copies from the two sources could never pair)".into(),
         );
+    }
+    if cfg.dedupe.store == crate::config::DedupeStore::Redis {
+        let r = &cfg.dedupe.redis;
+        match r.url.as_deref() {
+            None | Some("") => add(
+                "dedupe.redis.url",
+                "is required with `store: redis` (e.g. redis://redis:6379/0)".into(),
+            ),
+            Some(url) => {
+                #[cfg(feature = "redis")]
+                if let Err(why) = crate::dispatch::redis_store::check_url(url) {
+                    add("dedupe.redis.url", why);
+                }
+                #[cfg(not(feature = "redis"))]
+                add("dedupe.store", {
+                    let _ = url;
+                    "redis needs a build with the `redis` feature".to_owned()
+                });
+            }
+        }
+        if r.timeout_ms == 0 {
+            add("dedupe.redis.timeout_ms", "must be at least 1".into());
+        }
+        if r.connections == 0 || r.connections > 64 {
+            add(
+                "dedupe.redis.connections",
+                "must be between 1 and 64".into(),
+            );
+        }
+        if r.prefix.is_empty() || r.prefix.contains(char::is_whitespace) {
+            add(
+                "dedupe.redis.prefix",
+                "must be non-empty and hold no whitespace".into(),
+            );
+        }
     }
     if let Some(ptr) = &cfg.event.id_pointer {
         if !ptr.starts_with('/') {

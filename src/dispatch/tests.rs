@@ -526,7 +526,7 @@ async fn repeated_bodies_are_published_every_time() {
                 // Each webhook copy is its own delivery, as Fondo sends distinct changes.
                 let delivery = format!("msg_{source}_{i}");
                 let d = (source == SourceKind::Webhook).then_some(delivery.as_str());
-                rig.d.identify(&mut e, source, d);
+                let _ = rig.d.identify(&mut e, source, d).await;
                 let (ack, rx) = AckHandle::new();
                 rig.d.submit(Envelope::new(e, ack, source)).await.unwrap();
                 assert_eq!(rx.wait().await, AckStatus::Delivered);

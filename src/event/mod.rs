@@ -206,12 +206,22 @@ pub struct Event {
     /// Published after a later change of its object had been published (both-sources mode: a
     /// change the stream lost, carried by its webhook). Set by the identity step.
     pub late: bool,
+    /// Set by the identity step with a shared store: this process publishes the occurrence and
+    /// tells the other replicas when it is finished.
+    pub done_mark: Option<DoneMark>,
     /// The original bytes, published verbatim unless a route transforms them.
     pub raw: Bytes,
     /// `ref` or `id` of `current`, else of `previous` (the default ordering key).
     object_ref: Option<Arc<str>>,
     /// The parsed body as a `Value`, built on first use (see [`Event::body`]).
     body: OnceLock<Value>,
+}
+
+/// What the owner of an occurrence marks when it is finished (see `dispatch::redis_store`).
+#[derive(Debug, Clone)]
+pub struct DoneMark {
+    /// The webhook delivery it came with, whose entry says "done" for its retries.
+    pub delivery: Option<Arc<str>>,
 }
 
 impl Event {
@@ -314,6 +324,7 @@ impl Event {
             id_origin,
             content_key,
             late: false,
+            done_mark: None,
             raw,
             object_ref,
             body: OnceLock::new(),

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Message, Sink, SinkError};
+use super::{Message, Sink, SinkError, SinkStatus};
 use crate::config::{FileSinkConfig, FsyncPolicy};
 use crate::group_commit::{CommitPacer, Gathered, Pace};
 
@@ -477,6 +477,14 @@ impl Sink for FileSink {
             )));
         }
         Ok(())
+    }
+
+    fn status(&self) -> SinkStatus {
+        if self.sender().is_some() {
+            SinkStatus::Connected
+        } else {
+            SinkStatus::Closed
+        }
     }
 
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {

@@ -37,7 +37,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
-use super::{Message, Sink, SinkError};
+use super::{Message, Sink, SinkError, SinkStatus};
 use crate::config::KafkaSinkConfig;
 use crate::config::kafka::{is_secret_option, valid_topic_name};
 
@@ -82,6 +82,12 @@ impl Shared {
         let g = self.last_error.lock().ok()?;
         let (at, _, text) = g.kept.as_ref()?;
         Some(format!("{text} ({:.1}s ago)", at.elapsed().as_secs_f64()))
+    }
+
+    /// The code and text of the error [`Shared::last_error`] describes.
+    fn last_kept(&self) -> Option<(RDKafkaErrorCode, String)> {
+        let g = self.last_error.lock().ok()?;
+        g.kept.as_ref().map(|(_, code, text)| (*code, text.clone()))
     }
 
     /// Records `text`; false when it repeats the previous error (librdkafka may report twice).
@@ -280,6 +286,29 @@ fn classify(code: RDKafkaErrorCode) -> Class {
     }
 }
 
+/// Whether a client-level error says a listener answered but refused our security settings (a
+/// TLS or SASL failure, or a connection dropped in the TLS or SASL handshake or at the first
+/// request, which librdkafka reports as a transport failure naming the state): configuration, not
+/// a cluster that is down. A connection refused, a name that does not resolve, no answer at all:
+/// not up yet.
+fn is_config_refusal(code: RDKafkaErrorCode, text: &str) -> bool {
+    use RDKafkaErrorCode as E;
+    matches!(
+        code,
+        E::SSL
+            | E::Authentication
+            | E::SaslAuthenticationFailed
+            | E::UnsupportedSASLMechanism
+            | E::IllegalSASLState
+    ) || [
+        "in state SSL_HANDSHAKE",
+        "in state AUTH",
+        "incorrect security.protocol",
+    ]
+    .iter()
+    .any(|state| text.contains(state))
+}
+
 /// A reason for `code` on `topic`, with a hint where one helps.
 fn describe(code: RDKafkaErrorCode, topic: &str) -> String {
     use RDKafkaErrorCode as E;
@@ -355,11 +384,11 @@ fn join_problems(problems: &[(String, String)]) -> String {
 
 impl KafkaSink {
     /// Builds the producer from `cfg`, checks that the cluster answers within
-    /// `cfg.connect_timeout_ms` and creates `cfg.create_topics`. Fails with
-    /// [`SinkError::Fatal`] and a reason naming the problem: invalid config, unknown or invalid
-    /// librdkafka option, unreadable password file, unreachable bootstrap servers (with the last
-    /// client error seen, e.g. connection refused or an SSL or SASL failure), a topic that cannot
-    /// be created.
+    /// `cfg.connect_timeout_ms` and creates `cfg.create_topics`. Fails with a reason naming the
+    /// problem: [`SinkError::Fatal`] for an invalid config, an unknown or invalid librdkafka
+    /// option, an unreadable password file, a TLS or SASL failure, a topic that cannot be
+    /// created; [`SinkError::Retriable`] for a cluster that does not answer (with the last client
+    /// error seen, e.g. connection refused).
     pub async fn connect(name: &str, cfg: &KafkaSinkConfig) -> Result<KafkaSink, SinkError> {
         let problems = cfg.validate();
         if !problems.is_empty() {
@@ -392,11 +421,22 @@ impl KafkaSink {
             health_timeout: timeout.min(HEALTHCHECK_TIMEOUT),
         };
         let brokers = sink.metadata_check(timeout).await.map_err(|e| {
-            SinkError::Fatal(format!(
+            let reason = format!(
                 "kafka sink {name:?}: cannot reach the cluster at {:?} within {timeout:?}: {}",
                 cfg.brokers,
                 e.reason()
-            ))
+            );
+            // TLS and SASL failures are configuration; anything else (refused, unresolvable, no
+            // answer) may be a cluster that is not up yet.
+            if sink
+                .shared
+                .last_kept()
+                .is_some_and(|(code, text)| is_config_refusal(code, &text))
+            {
+                SinkError::Fatal(reason)
+            } else {
+                SinkError::Retriable(reason)
+            }
         })?;
         tracing::info!(sink = &*name, brokers = %cfg.brokers, cluster_brokers = brokers, "kafka sink connected");
         if cfg.accept_at_most_once {
@@ -782,6 +822,35 @@ impl Sink for KafkaSink {
             })
     }
 
+    /// From librdkafka's last statistics (every second by default): connected while some broker
+    /// connection (bootstrap or learned) is up. Without statistics (`statistics.interval.ms: 0`, or none yet) only a
+    /// producer that cannot deliver any more counts as not connected.
+    fn status(&self) -> SinkStatus {
+        if self.closed.load(Ordering::Acquire) {
+            return SinkStatus::Closed;
+        }
+        if self.producer.load().unusable().is_some() {
+            return SinkStatus::NotConnected {
+                why: "the producer failed and is being replaced",
+            };
+        }
+        let up = self.shared.statistics.lock().ok().and_then(|g| {
+            g.as_ref().map(|st| {
+                st.brokers.values().any(|b| {
+                    // Bootstrap ("configured") or learned; librdkafka's own internal and logical
+                    // brokers say UP without a connection.
+                    matches!(b.source.as_str(), "configured" | "learned") && b.state == "UP"
+                })
+            })
+        });
+        match up {
+            Some(false) => SinkStatus::NotConnected {
+                why: "no broker connection is up, reconnecting",
+            },
+            Some(true) | None => SinkStatus::Connected,
+        }
+    }
+
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
         self.closed.store(true, Ordering::Release);
         // Publishes waiting for a window slot fail (retriable) rather than wait for nothing.
@@ -904,9 +973,55 @@ mod tests {
     async fn unreachable_bootstrap_fails_at_connect() {
         let started = Instant::now();
         let e = connect_err(&cfg("127.0.0.1:1", &[])).await;
-        assert!(!e.is_retriable());
+        // Nothing listens: the cluster may not be up yet, so the bridge starts and keeps trying.
+        assert!(e.is_retriable());
         assert!(e.reason().contains("cannot reach"), "{}", e.reason());
         assert!(e.reason().contains("127.0.0.1:1"), "{}", e.reason());
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A TLS client against a plaintext listener is configuration: fatal, not "not up yet".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_against_a_plaintext_listener_is_fatal_at_connect() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let e = connect_err(&cfg(
+            &mock.bootstrap_servers(),
+            &[("security.protocol", "SSL")],
+        ))
+        .await;
+        assert!(!e.is_retriable(), "{}", e.reason());
+        assert!(e.reason().contains("cannot reach"), "{}", e.reason());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_follows_the_broker_connection() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let sink = KafkaSink::connect(
+            "t",
+            &cfg(
+                &mock.bootstrap_servers(),
+                &[("statistics.interval.ms", "100")],
+            ),
+        )
+        .await
+        .unwrap();
+        let becomes = |want: bool| {
+            let sink = &sink;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while sink.status().is_connected() != want {
+                    assert!(Instant::now() < deadline, "status {:?}", sink.status());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        becomes(true).await;
+        mock.broker_down(1).unwrap();
+        becomes(false).await;
+        mock.broker_up(1).unwrap();
+        let t = Instant::now();
+        becomes(true).await;
+        eprintln!("idle producer up again after {:?}", t.elapsed());
     }
 }

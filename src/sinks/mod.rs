@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::group_commit::Pace;
 
+pub mod deferred;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -96,6 +97,36 @@ impl SinkError {
     }
 }
 
+/// Where a sink's connection stands, as the sink itself last saw it: reading it costs no broker
+/// round trip. The reason is a fixed phrase, so it never carries a broker address or a secret
+/// (the logs have the details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkStatus {
+    Connected,
+    /// Not connected (yet, or any more); `why` says which way in a few words.
+    NotConnected {
+        why: &'static str,
+    },
+    /// Closed by the shutdown.
+    Closed,
+}
+
+impl SinkStatus {
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected)
+    }
+}
+
+impl std::fmt::Display for SinkStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connected => f.write_str("ok"),
+            Self::NotConnected { why } => write!(f, "not connected: {why}"),
+            Self::Closed => f.write_str("closed"),
+        }
+    }
+}
+
 /// A destination broker.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
@@ -108,8 +139,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Publishes one message and resolves when the broker has confirmed it durably.
     async fn publish(&self, msg: &Message) -> Result<(), SinkError>;
 
-    /// Whether the broker is reachable and accepting; `Err` explains why not.
+    /// Whether the broker is reachable and accepting; `Err` explains why not. Asks the broker.
     async fn healthcheck(&self) -> Result<(), SinkError>;
+
+    /// The connection state the sink tracks anyway (no broker round trip), for `/readyz` and for
+    /// refusing webhooks early. Sinks without a connection are always [`SinkStatus::Connected`].
+    fn status(&self) -> SinkStatus {
+        SinkStatus::Connected
+    }
 
     /// Flushes what is in flight and closes, giving up at `deadline`.
     async fn close(&self, deadline: Instant) -> Result<(), SinkError>;

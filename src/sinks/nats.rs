@@ -37,7 +37,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use super::{Message, Sink, SinkError};
+use super::{Message, Sink, SinkError, SinkStatus};
 use crate::config::nats::{
     NatsMode, NatsSinkConfig, NatsStorage, check_publish_subject, redact_url,
 };
@@ -147,6 +147,7 @@ impl NatsSink {
 
         opts = apply_credentials(opts, cfg).await?;
         if let Some(tls) = &cfg.tls {
+            check_tls_files(tls)?;
             opts = opts.require_tls(true);
             if let Some(ca) = &tls.ca_file {
                 opts = opts.add_root_certificates(ca.clone());
@@ -559,6 +560,19 @@ impl Sink for NatsSink {
         }
     }
 
+    fn status(&self) -> SinkStatus {
+        if self.closed.load(Ordering::Acquire) {
+            return SinkStatus::Closed;
+        }
+        if self.conn.borrow().connected {
+            SinkStatus::Connected
+        } else {
+            SinkStatus::NotConnected {
+                why: "connection lost, reconnecting",
+            }
+        }
+    }
+
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
         self.closed.store(true, Ordering::Release);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -632,6 +646,31 @@ async fn apply_credentials(
             .map_err(|e| unreadable("creds", Some(path), e))?;
     }
     Ok(opts)
+}
+
+/// The client reads the TLS files only once a server answers; read them now, so a missing or
+/// non-PEM file fails the start whether or not the server is reachable yet.
+fn check_tls_files(tls: &crate::config::nats::NatsTlsConfig) -> Result<(), SinkError> {
+    for (what, path) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        let Some(path) = path else { continue };
+        let text = std::fs::read(path).map_err(|e| {
+            SinkError::Fatal(format!(
+                "cannot read NATS tls.{what} {}: {e}",
+                path.display()
+            ))
+        })?;
+        if !text.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(SinkError::Fatal(format!(
+                "NATS tls.{what} {} is not PEM (no -----BEGIN line)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A cheap shape check of an NKey seed (the client parses it when the server asks for a signature).

@@ -64,7 +64,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Message, Sink, SinkError, headers};
+use super::{Message, Sink, SinkError, SinkStatus, headers};
 use crate::config::rabbitmq::{
     AMQP_SHORTSTR_MAX, ExchangeType, MAX_IN_FLIGHT, QueueType, RabbitMqSinkConfig, redact_url,
 };
@@ -181,9 +181,10 @@ impl RabbitMqSink {
     /// the exchange exists, passively), and starts the background reconnect supervisor.
     ///
     /// Errors name the cause: an invalid config or URL, refused credentials (`ACCESS_REFUSED`), a
-    /// missing vhost or one the user may not use, a missing exchange, unreadable secret or TLS
-    /// files, a topology that contradicts what exists are [`SinkError::Fatal`]; an unreachable
-    /// broker or a timeout are [`SinkError::Retriable`]. Messages never contain the password.
+    /// missing vhost or one the user may not use, unreadable secret or TLS files, a topology that
+    /// contradicts what exists are [`SinkError::Fatal`]; an unreachable broker, a timeout and an
+    /// exchange that does not exist (yet; checked passively, without `declare`) are
+    /// [`SinkError::Retriable`]. Messages never contain the password.
     pub async fn connect(name: &str, cfg: &RabbitMqSinkConfig) -> Result<RabbitMqSink, SinkError> {
         let problems = cfg.validate();
         if !problems.is_empty() {
@@ -423,6 +424,24 @@ impl Sink for RabbitMqSink {
         }
     }
 
+    fn status(&self) -> SinkStatus {
+        match &*self.shared.state.borrow() {
+            LinkState::Up(link) if link.alive() => {
+                if lock(&link.blocked).is_some() {
+                    SinkStatus::NotConnected {
+                        why: "the broker blocks publishing (resource alarm)",
+                    }
+                } else {
+                    SinkStatus::Connected
+                }
+            }
+            LinkState::Up(_) | LinkState::Down(_) => SinkStatus::NotConnected {
+                why: "connection lost, reconnecting",
+            },
+            LinkState::Closed => SinkStatus::Closed,
+        }
+    }
+
     async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
         let s = &self.shared;
         s.closing.store(true, Ordering::Release);
@@ -610,6 +629,11 @@ fn topology_error(e: &lapin::Error, what: &str, target: &str) -> SinkError {
     }
 }
 
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 fn exchange_kind(t: ExchangeType) -> ExchangeKind {
     match t {
         ExchangeType::Topic => ExchangeKind::Topic,
@@ -712,7 +736,15 @@ async fn declare_topology(
                 )
                 .await
                 .map_err(|e| {
-                    topology_error(&e, &format!("the exchange {:?}", cfg.exchange), target)
+                    let err =
+                        topology_error(&e, &format!("the exchange {:?}", cfg.exchange), target);
+                    // Not declared by its owner yet: worth trying again (at start too).
+                    match err {
+                        SinkError::Fatal(reason) if is_not_found(&e) => {
+                            SinkError::Retriable(reason)
+                        }
+                        other => other,
+                    }
                 })?;
         }
     }

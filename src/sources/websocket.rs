@@ -49,7 +49,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Readiness;
 use crate::config::{SpoolConfig, WebSocketSourceConfig};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Identity};
 use crate::dlq::{DeadLetter, rfc3339};
 use crate::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
@@ -474,7 +474,13 @@ impl Ctx {
         }
     }
 
-    /// Awaits each read event's spool append in order, then submits it.
+    /// Awaits each read event's spool append in order, identifies it, then submits it.
+    ///
+    /// Identity comes after the append is durable: with both sources on, the stream's copy is
+    /// entered in the pairing table only once a crash can no longer lose it, so a webhook copy
+    /// that pairs with it (and is then not published by its own replica) always has a copy that
+    /// will be. A copy whose occurrence another replica delivered is released without
+    /// publishing. Events are identified one at a time, in the stream's order.
     async fn submitter(self: Arc<Self>, mut rx: mpsc::Receiver<Item>) {
         let mut abandoned = 0u64;
         let mut grace: Option<tokio::time::Instant> = None;
@@ -495,16 +501,30 @@ impl Ctx {
                 None => None,
             };
             WebSocketStats::inc(&self.stats.events);
+            let mut event = item.event;
+            if self
+                .dispatcher
+                .identify(&mut event, SourceKind::WebSocket, None)
+                .await
+                == Identity::Covered
+            {
+                self.dispatcher.covered(SourceKind::WebSocket);
+                if let (Some(spool), Some(id)) = (&self.spool, id) {
+                    spool.release(id);
+                }
+                WebSocketStats::inc(&self.stats.acknowledged);
+                continue;
+            }
             if self.shutdown.is_cancelled() {
                 let deadline =
                     *grace.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
-                match tokio::time::timeout_at(deadline, self.submit(item.event, id)).await {
+                match tokio::time::timeout_at(deadline, self.submit(event, id)).await {
                     Ok(Ok(())) => {}
                     _ => abandoned += 1,
                 }
                 continue;
             }
-            if self.submit(item.event, id).await.is_err() {
+            if self.submit(event, id).await.is_err() {
                 abandoned += 1;
             }
         }
@@ -755,11 +775,9 @@ impl Ctx {
     }
 
     /// Spools an event (waiting for space when the spool is full) and queues it for submission.
-    /// The event is identified first (with both sources on it may be the copy of a change a webhook
-    /// brought), so the spool record holds the occurrence id a replay publishes it under.
-    async fn enqueue(&self, client_id: &str, mut event: Event, tx: &mpsc::Sender<Item>) -> bool {
-        self.dispatcher
-            .identify(&mut event, SourceKind::WebSocket, None);
+    /// The spool record holds the id minted at parse; the submitter identifies the event once its
+    /// record is durable (see [`Ctx::submitter`]).
+    async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
         let pending = match &self.spool {
             Some(spool) if self.spool_failing.load(Ordering::Acquire) => {
                 // `None` when shutting down: handed on unprotected, for the drain to deliver.

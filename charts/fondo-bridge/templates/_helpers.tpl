@@ -117,12 +117,68 @@ secret file paths added where the config names no secret of its own. Templates r
 {{- end }}
 
 {{/*
-"StatefulSet" with a WebSocket source (a spool that outlives the pod, one consumer per stream),
-"Deployment" otherwise.
+"StatefulSet" with a WebSocket source (a spool that outlives the pod, one consumer per stream) or
+with persistence on (webhooks only: a claim per pod for the dead-letter fallback, file-sink output
+and identity snapshot, which hold events already answered 2xx); "Deployment" otherwise (webhooks
+only on an emptyDir).
 */}}
 {{- define "fondo-bridge.kind" -}}
 {{- $cfg := include "fondo-bridge.config" . | fromYaml }}
-{{- if ($cfg.sources | default dict).websocket }}StatefulSet{{ else }}Deployment{{ end }}
+{{- if or ($cfg.sources | default dict).websocket .Values.persistence.enabled }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+"true" when the data volume is a PersistentVolumeClaim per pod, else "" (an emptyDir).
+*/}}
+{{- define "fondo-bridge.persistent" -}}
+{{- if and (eq (include "fondo-bridge.kind" .) "StatefulSet") .Values.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The identity store the config selects: "redis" or "memory" (dedupe.store unset means memory).
+*/}}
+{{- define "fondo-bridge.dedupeStore" -}}
+{{- $cfg := include "fondo-bridge.config" . | fromYaml }}
+{{- (($cfg.dedupe | default dict).store | default "memory") | toString }}
+{{- end }}
+
+{{/*
+The Secret holding the Redis password, injected as FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD; "" when
+no password is injected (store memory, or a Redis without a password).
+*/}}
+{{- define "fondo-bridge.redisPasswordSecret" -}}
+{{- if eq (include "fondo-bridge.dedupeStore" .) "redis" }}
+{{- if .Values.secrets.redisExistingSecret }}
+{{- .Values.secrets.redisExistingSecret }}
+{{- else if and .Values.secrets.redisPassword (not .Values.secrets.existingSecret) }}
+{{- include "fondo-bridge.fullname" . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The TCP ports of a list of addresses: comma-separated entries, each `host:port`, `scheme://host:port`,
+`scheme://user@host:port/path` or `[v6]:port`; an entry without a port gets its scheme's default
+port, or the given default. Args: (list addresses defaultPort). Returns the ports joined by ",".
+*/}}
+{{- define "fondo-bridge.addressPorts" -}}
+{{- $schemes := dict "ws" 80 "http" 80 "wss" 443 "https" 443 "amqp" 5672 "amqps" 5671 "nats" 4222 "tls" 4222 "redis" 6379 "rediss" 6379 "redis+sentinel" 26379 "rediss+sentinel" 26379 "grpc" 4317 }}
+{{- $ports := list }}
+{{- range (splitList "," (toString (index . 0))) }}
+{{- $entry := trim . }}
+{{- if $entry }}
+{{- $scheme := regexFind "^[a-zA-Z][-_a-zA-Z0-9+.]*://" $entry | trimSuffix "://" | lower }}
+{{- $rest := regexReplaceAll "^[a-zA-Z][-_a-zA-Z0-9+.]*://" $entry "" }}
+{{- $rest = regexReplaceAll "[/?#].*$" $rest "" }}
+{{- $rest = regexReplaceAll "^.*@" $rest "" }}
+{{- $port := regexFind "[0-9]{1,5}$" (regexFind "(^|[^:]):[0-9]{1,5}$" (regexReplaceAll "^\\[[^\\]]*\\]" $rest "[]")) }}
+{{- if not $port }}
+{{- $port = toString (get $schemes $scheme | default (index $ 1)) }}
+{{- end }}
+{{- $ports = append $ports (int $port) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | sortAlpha | join "," }}
 {{- end }}
 
 {{/*
@@ -210,5 +266,29 @@ Every check that makes the chart refuse to render. Included by the workload temp
 {{- $_ = include "fondo-bridge.webhookPort" . }}
 {{- if and .Values.ingress.enabled (not $sources.webhook) }}
 {{- fail "fondo-bridge: ingress.enabled needs config.sources.webhook: without it there is nothing to route to" }}
+{{- end }}
+{{- /* Identity store and replicas (docs/replicas.md). */}}
+{{- $store := include "fondo-bridge.dedupeStore" . }}
+{{- $redis := (($cfg.dedupe | default dict).redis | default dict) }}
+{{- if and (eq $store "redis") (not $redis.url) }}
+{{- fail "fondo-bridge: config.dedupe.store is redis but config.dedupe.redis.url is not set: set it (redis://host:6379/0 or rediss://host:6379/0); the password goes in secrets.redisPassword or secrets.redisExistingSecret, never in the URL" }}
+{{- end }}
+{{- $replicas := int .Values.replicaCount }}
+{{- if and (gt $replicas 1) (ne $store "redis") }}
+{{- if and $sources.websocket $sources.webhook }}
+{{- fail (printf "fondo-bridge: replicaCount is %d with both sources (config.sources.websocket and config.sources.webhook) and config.dedupe.store %s: every pod keeps its own identity tables, so a change whose stream copy reaches one pod and whose webhook reaches another is published twice, every time. Fix: set config.dedupe.store: redis and config.dedupe.redis.url (one Redis shared by all pods; its password in secrets.redisPassword or secrets.redisExistingSecret), or run one replica (replicaCount: 1)." $replicas $store) }}
+{{- else if and $sources.webhook (not .Values.dedupe.allowDuplicatesAcrossReplicas) }}
+{{- fail (printf "fondo-bridge: replicaCount is %d with the webhook source and config.dedupe.store %s: every pod remembers only the deliveries it received, so a Fondo retry that the Service sends to another pod is published again. Fix: set config.dedupe.store: redis and config.dedupe.redis.url (one Redis shared by all pods), or run one replica (replicaCount: 1), or accept those duplicates with dedupe.allowDuplicatesAcrossReplicas: true (a retry keeps the webhook's delivery id as its fondo-event-id, so consumers can drop it)." $replicas $store) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $store "redis") .Values.secrets.redisPassword .Values.secrets.existingSecret (not .Values.secrets.redisExistingSecret) }}
+{{- fail "fondo-bridge: secrets.redisPassword is set, but so is secrets.existingSecret, and then the chart makes no Secret: put the password into a Secret of yours and name it in secrets.redisExistingSecret (it may be secrets.existingSecret itself, under the key secrets.redisPasswordKey)" }}
+{{- end }}
+{{- if include "fondo-bridge.redisPasswordSecret" . }}
+{{- range .Values.env }}
+{{- if eq (toString .name) "FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD" }}
+{{- fail "fondo-bridge: env sets FONDO_BRIDGE__DEDUPE__REDIS__PASSWORD, and the chart sets it too from secrets.redisPassword / secrets.redisExistingSecret: keep one of them" }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -6,7 +6,7 @@
 //! 2. content type not JSON → `415`;
 //! 3. `Content-Length` over `max_body_bytes` → `413` before a byte of the body is read;
 //! 4. signature headers missing, repeated, malformed, or timestamp outside the tolerance → `401`
-//!    (also before the body is read);
+//!    (also before the body is read; every request, while the secrets file holds no secret);
 //! 5. the request's bytes are reserved from the shared budget (`limits.body_budget_bytes`): a
 //!    fixed allowance for its head and state ([`REQUEST_ALLOWANCE_BYTES`]) and its whole
 //!    `Content-Length` up front, or each chunk as it arrives when no length is given. When the
@@ -22,11 +22,13 @@
 //! 8. the body is parsed into an [`Event`]; a body that cannot be parsed (not JSON, no event type,
 //!    too deep…) is authentic, so it is dead-lettered raw and answered `200` (`503` when the dead
 //!    letter could be written nowhere), so a poison message is not retried forever;
-//! 9. the event is submitted without waiting (`503` + `Retry-After` when the bridge is full or
-//!    closed) and the answer waits for its acknowledgement for up to `ack_timeout_ms`: `200` when
-//!    delivered or dead-lettered, `503` when not (yet); the sender's retry of the same event is
-//!    deduplicated by the dispatcher, and waits for the first copy's outcome if that is still in
-//!    flight.
+//! 9. a sink the event's routes need is not connected (still connecting since start, or its
+//!    connection dropped) → `503` + `Retry-After`;
+//! 10. the event is submitted without waiting (`503` + `Retry-After` when the bridge is full or
+//!     closed) and the answer waits for its acknowledgement for up to `ack_timeout_ms`: `200`
+//!     when delivered or dead-lettered, `503` when not (yet); the sender's retry of the same
+//!     event is deduplicated by the dispatcher, and waits for the first copy's outcome if that is
+//!     still in flight.
 //!
 //! Answers are short JSON (`{"error":"invalid signature"}`), never internals.
 //!
@@ -56,7 +58,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventConfig, REQUEST_ALLOWANCE_BYTES, SignatureConfig, WebhookSourceConfig};
-use crate::dispatch::{Dispatcher, SubmitError};
+use crate::dispatch::{Dispatcher, Identity, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
@@ -64,8 +66,10 @@ use crate::event::{
 use crate::metrics::SourceReasonLabels;
 use crate::sources::Readiness;
 
-use signature::{Payload, SecretError, SignatureError, Verified, Verifier, unix_now};
+use signature::{Payload, Reloaded, SecretError, SignatureError, Verified, Verifier, unix_now};
 
+/// The readiness key that reports revoked secrets.
+const SECRETS_READINESS_KEY: &str = "webhook:secrets";
 /// The readiness key of this source.
 pub const READINESS_KEY: &str = "webhook";
 
@@ -328,7 +332,9 @@ fn file_stamp(f: &std::path::Path) -> FileStamp {
 }
 
 /// Picks up a rotated `secrets_file` (Kubernetes updates mounted secrets in place). A file that
-/// cannot be read or holds no valid secret keeps the secrets in use, with a warning.
+/// holds no secret (emptied, or gone) revokes the file's secrets: every webhook gets 401, an
+/// error is logged and readiness `webhook:secrets` says so until a secret is back. A file that
+/// cannot be read otherwise, or holds a malformed secret, keeps the secrets in use, with an error.
 async fn reload_secrets(shared: Arc<Shared>, file: std::path::PathBuf, stop: CancellationToken) {
     let mut last = shared.secrets_stamp;
     loop {
@@ -341,16 +347,31 @@ async fn reload_secrets(shared: Arc<Shared>, file: std::path::PathBuf, stop: Can
             continue;
         }
         last = now;
-        match Verifier::from_config(&shared.cfg.signature) {
-            Ok(v) => {
+        match Verifier::reload(&shared.cfg.signature) {
+            Ok(Reloaded::Secrets(v)) => {
                 tracing::info!(
                     secrets = v.secret_count(),
                     "webhook secrets file changed; secrets reloaded"
                 );
                 shared.verifier.store(Arc::new(v));
+                shared.readiness.remove(SECRETS_READINESS_KEY);
+            }
+            Ok(Reloaded::Revoked(v)) => {
+                tracing::error!(
+                    file = %file.display(),
+                    "webhook secrets file holds no secret: every secret is revoked and every webhook is refused (401) until it holds one again"
+                );
+                shared.verifier.store(Arc::new(v));
+                shared.readiness.set(
+                    SECRETS_READINESS_KEY,
+                    Err(
+                        "no secret active (the secrets file holds none): every webhook is refused"
+                            .into(),
+                    ),
+                );
             }
             Err(e) => {
-                tracing::warn!(error = %e, "webhook secrets file changed but cannot be used; keeping the secrets in use");
+                tracing::error!(error = %e, "webhook secrets file changed but cannot be used; keeping the secrets in use");
             }
         }
     }
@@ -611,9 +632,25 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
             };
         }
     };
+    if let Some(sink) = unconnected_sink(&s.dispatcher, &event) {
+        s.count_rejected("sink_not_connected");
+        tracing::debug!(sink = %sink, "webhook refused: a sink its routes need is not connected");
+        return unavailable(
+            r#"{"error":"destination not connected"}"#,
+            RETRY_AFTER_S,
+            false,
+        );
+    }
     // A retry of this delivery, or the stream's copy of this change, gives the occurrence's id.
-    s.dispatcher
-        .identify(&mut event, SourceKind::Webhook, hints.id);
+    if s.dispatcher
+        .identify(&mut event, SourceKind::Webhook, hints.id)
+        .await
+        == Identity::Covered
+    {
+        // Another replica delivered this occurrence.
+        s.dispatcher.covered(SourceKind::Webhook);
+        return reply(StatusCode::OK, r#"{"status":"delivered"}"#);
+    }
     let (ack, rx) = AckHandle::new();
     let mut env = Envelope::new(event, ack, SourceKind::Webhook);
     env.received_at = hints.started;
@@ -645,6 +682,28 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
             unavailable(r#"{"error":"not delivered yet"}"#, RETRY_AFTER_S, false)
         }
     }
+}
+
+/// A sink this event's routes need that is not connected (one that is still connecting since
+/// start, or lost its connection): answering 503 at once lets the sender retry later, rather than
+/// wait `ack_timeout_ms` for a delivery that cannot happen yet. Routes the event only when some
+/// sink is down.
+fn unconnected_sink(dispatcher: &Dispatcher, event: &Event) -> Option<Arc<str>> {
+    let down: Vec<&str> = dispatcher
+        .sinks()
+        .filter(|s| !s.status().is_connected())
+        .map(|s| s.name())
+        .collect();
+    if down.is_empty() {
+        return None;
+    }
+    dispatcher
+        .router()
+        .route(event)
+        .destinations
+        .into_iter()
+        .map(|d| d.sink)
+        .find(|sink| down.contains(&sink.as_ref()))
 }
 
 fn too_large() -> Response {

@@ -136,6 +136,9 @@ pub enum SignatureError {
     /// No signature in the request matches any active secret.
     #[error("no signature matches")]
     Mismatch,
+    /// No secret is active (the secrets were revoked): nothing can be verified.
+    #[error("no webhook secret is active")]
+    NoSecret,
 }
 
 impl SignatureError {
@@ -147,6 +150,7 @@ impl SignatureError {
             Self::MalformedHeader(_) => "signature_malformed",
             Self::TimestampOutOfTolerance => "signature_timestamp",
             Self::Mismatch => "signature_mismatch",
+            Self::NoSecret => "signature_no_secret",
         }
     }
 }
@@ -275,17 +279,77 @@ fn header_name(name: &str) -> Result<HeaderName, SecretError> {
         .map_err(|_| SecretError::HeaderName(name.to_owned()))
 }
 
+/// What re-reading the secrets gives (see [`Verifier::reload`]).
+#[derive(Debug)]
+pub enum Reloaded {
+    /// Secrets to check signatures with.
+    Secrets(Verifier),
+    /// No secret is left: a verifier that refuses every request.
+    Revoked(Verifier),
+}
+
 impl Verifier {
-    /// Builds a verifier from configuration, reading `secrets_file` if one is set.
+    /// Builds a verifier from configuration, reading `secrets_file` if one is set. No secret at
+    /// all is an error ([`SecretError::Empty`]).
     pub fn from_config(cfg: &SignatureConfig) -> Result<Self, SecretError> {
-        match cfg {
+        let secrets = match cfg {
             SignatureConfig::StandardWebhooks {
                 secrets,
                 secrets_file,
-                tolerance_s,
-            } => {
-                let secrets = load_secrets(secrets, secrets_file.as_deref())?;
-                Self::standard(&secrets, *tolerance_s)
+                ..
+            }
+            | SignatureConfig::Hmac {
+                secrets,
+                secrets_file,
+                ..
+            } => load_secrets(secrets, secrets_file.as_deref())?,
+            SignatureConfig::None { .. } => return Ok(Self::insecure_none()),
+        };
+        if secrets.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        Self::with_secrets(cfg, &secrets)
+    }
+
+    /// Reads the secrets again, after `secrets_file` changed. Revocation is not an error: a
+    /// secrets file that holds no secret (empty, only comments) or is gone leaves the inline
+    /// `secrets` alone, and with none of those either, a verifier that refuses every request
+    /// ([`SignatureError::NoSecret`]). A file that cannot be read otherwise, or holds a malformed
+    /// secret, is an error: the caller keeps the secrets in use.
+    pub fn reload(cfg: &SignatureConfig) -> Result<Reloaded, SecretError> {
+        let secrets = match cfg {
+            SignatureConfig::StandardWebhooks {
+                secrets,
+                secrets_file,
+                ..
+            }
+            | SignatureConfig::Hmac {
+                secrets,
+                secrets_file,
+                ..
+            } => match load_secrets(secrets, secrets_file.as_deref()) {
+                Err(SecretError::File { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    load_secrets(secrets, None)?
+                }
+                other => other?,
+            },
+            SignatureConfig::None { .. } => return Ok(Reloaded::Secrets(Self::insecure_none())),
+        };
+        let v = Self::with_secrets(cfg, &secrets)?;
+        Ok(if secrets.is_empty() {
+            Reloaded::Revoked(v)
+        } else {
+            Reloaded::Secrets(v)
+        })
+    }
+
+    /// The verifier of `cfg`'s scheme with these secrets (none: it refuses everything).
+    fn with_secrets(cfg: &SignatureConfig, secrets: &[Secret]) -> Result<Self, SecretError> {
+        match cfg {
+            SignatureConfig::StandardWebhooks { tolerance_s, .. } => {
+                Self::standard_keys(secrets, *tolerance_s)
             }
             SignatureConfig::Hmac {
                 header,
@@ -294,14 +358,9 @@ impl Verifier {
                 prefix,
                 signed_content,
                 timestamp_header,
-                secrets,
-                secrets_file,
                 tolerance_s,
+                ..
             } => {
-                let secrets = load_secrets(secrets, secrets_file.as_deref())?;
-                if secrets.is_empty() {
-                    return Err(SecretError::Empty);
-                }
                 let raw: Vec<&[u8]> = secrets.iter().map(|s| s.expose().as_bytes()).collect();
                 let keys = match algorithm {
                     HmacAlgorithm::Sha256 => HmacKeys::Sha256(keyed(&raw)),
@@ -330,6 +389,10 @@ impl Verifier {
         if secrets.is_empty() {
             return Err(SecretError::Empty);
         }
+        Self::standard_keys(secrets, tolerance_s)
+    }
+
+    fn standard_keys(secrets: &[Secret], tolerance_s: u64) -> Result<Self, SecretError> {
         let mut raw = Vec::with_capacity(secrets.len());
         for (i, s) in secrets.iter().enumerate() {
             raw.push(
@@ -386,6 +449,11 @@ impl Verifier {
     /// is within tolerance of `now` (Unix seconds). Lets a request be refused before its body is read.
     pub fn check_headers(&self, headers: &HeaderMap, now: i64) -> Result<(), SignatureError> {
         self.signed_headers(headers, now).map(|_| ())
+    }
+
+    /// Whether the secrets were revoked: a scheme that checks signatures, with no secret left.
+    pub fn is_revoked(&self) -> bool {
+        !self.is_insecure() && self.secret_count() == 0
     }
 
     /// Verifies `payload` against the request's `headers` at `now` (Unix seconds).
@@ -449,6 +517,9 @@ impl Verifier {
         headers: &'h HeaderMap,
         now: i64,
     ) -> Result<Signed<'h>, SignatureError> {
+        if self.is_revoked() {
+            return Err(SignatureError::NoSecret);
+        }
         match &self.scheme {
             Scheme::None => Ok(Signed::None),
             Scheme::Standard { .. } => {
@@ -901,5 +972,73 @@ mod tests {
             load_secrets(&[], Some(&dir.path().join("missing"))),
             Err(SecretError::File { .. })
         ));
+    }
+
+    #[test]
+    fn reload_revokes_when_the_file_holds_no_secret_and_restores_when_refilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secrets");
+        std::fs::write(&f, format!("{SECRET}\n")).unwrap();
+        let cfg: SignatureConfig = serde_json::from_value(serde_json::json!({
+            "scheme": "standard-webhooks", "secrets_file": f
+        }))
+        .unwrap();
+        let h = headers(MSG_ID, &TS.to_string(), SIG);
+        let reload = || Verifier::reload(&cfg);
+        let Ok(Reloaded::Secrets(v)) = reload() else {
+            panic!("a secret in the file")
+        };
+        assert!(check(&v, &h, PAYLOAD, TS).is_ok());
+
+        // Emptied, only comments, or gone: revoked; the good signature no longer passes, and the
+        // request is refused on its headers already.
+        for content in [Some(""), Some("# rotated away\n\n"), None] {
+            match content {
+                Some(c) => std::fs::write(&f, c).unwrap(),
+                None => std::fs::remove_file(&f).unwrap(),
+            }
+            let Ok(Reloaded::Revoked(v)) = reload() else {
+                panic!("{content:?} revokes")
+            };
+            assert!(v.is_revoked());
+            assert_eq!(v.check_headers(&h, TS), Err(SignatureError::NoSecret));
+            assert_eq!(check(&v, &h, PAYLOAD, TS), Err(SignatureError::NoSecret));
+        }
+        // A malformed secret is an error (the caller keeps what it has), not a revocation.
+        std::fs::write(&f, "whsec_!!! not base64\n").unwrap();
+        assert!(matches!(
+            reload(),
+            Err(SecretError::BadStandardSecret { .. })
+        ));
+        // Refilled: accepted again.
+        std::fs::write(&f, format!("{SECRET}\n")).unwrap();
+        let Ok(Reloaded::Secrets(v)) = reload() else {
+            panic!("refilled")
+        };
+        assert!(!v.is_revoked());
+        assert!(check(&v, &h, PAYLOAD, TS).is_ok());
+
+        // Inline secrets are not in the file, so emptying the file leaves them.
+        let inline: SignatureConfig = serde_json::from_value(serde_json::json!({
+            "scheme": "standard-webhooks", "secrets": [SECRET], "secrets_file": f
+        }))
+        .unwrap();
+        std::fs::write(&f, "").unwrap();
+        assert!(matches!(
+            Verifier::reload(&inline),
+            Ok(Reloaded::Secrets(_))
+        ));
+
+        // The hmac scheme revokes alike.
+        let hmac: SignatureConfig = serde_json::from_value(serde_json::json!({
+            "scheme": "hmac", "header": "x-signature", "secrets_file": f
+        }))
+        .unwrap();
+        let Ok(Reloaded::Revoked(v)) = Verifier::reload(&hmac) else {
+            panic!("hmac revokes")
+        };
+        let mut hh = HeaderMap::new();
+        hh.insert("x-signature", HeaderValue::from_static("abcd"));
+        assert_eq!(v.check_headers(&hh, TS), Err(SignatureError::NoSecret));
     }
 }
