@@ -196,6 +196,7 @@ async fn bridge(o: Opts) -> Bridge {
         ack_timeout_ms: o.ack_timeout_ms,
         header_read_timeout_ms: o.header_read_timeout_ms,
         tls: None,
+        limits: Default::default(),
     };
     let readiness = Arc::new(Readiness::default());
     let source = WebhookSource::new(

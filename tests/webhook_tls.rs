@@ -102,6 +102,7 @@ fn webhook_cfg(addr: SocketAddr, tls: Option<TlsServerConfig>) -> WebhookSourceC
         ack_timeout_ms: 5_000,
         header_read_timeout_ms: 1_000,
         tls,
+        limits: Default::default(),
     }
 }
 

@@ -120,6 +120,132 @@ pub struct WebhookSourceConfig {
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) for setups without an ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsServerConfig>,
+    /// How much the port gives clients before their signature can be checked: connections,
+    /// HTTP/2 streams and windows, idle time, body bytes in memory.
+    #[serde(default)]
+    pub limits: WebhookLimits,
+}
+
+/// The webhook port's resource limits (`sources.webhook.limits`). Every default is safe for the
+/// chart's 1 GiB memory limit; the comment on each default function says why that number.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookLimits {
+    /// Connections served at once. At the limit no more are accepted: new ones wait in the
+    /// listen backlog until an open one closes. Bounds the memory that connections themselves
+    /// hold (buffers, HTTP/2 state, one task each) whatever a client does before its signature
+    /// is checked.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections the kernel may queue for the bridge (the `listen(2)` backlog); the kernel caps
+    /// it at `net.core.somaxconn`.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
+    /// Request bytes held in memory at once, over all connections and streams. A request
+    /// reserves its `Content-Length` (a body without one: each chunk as it arrives) plus a fixed
+    /// 16 KiB for its head and state ([`REQUEST_ALLOWANCE_BYTES`]) before its body is read, and
+    /// keeps the reservation until it is answered; when the budget cannot cover it, it is
+    /// answered 503 with `Retry-After` at once. At least `sources.webhook.max_body_bytes` + 16 KiB.
+    #[serde(default = "default_body_budget_bytes")]
+    pub body_budget_bytes: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY). HTTP/1.1
+    /// connections are also closed after `sources.webhook.header_read_timeout_ms` without a new request.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 streams (requests) one connection may have open at once; more are refused.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of each stream: how many body bytes a client may send on one
+    /// request before the bridge has read them.
+    #[serde(default = "default_http2_stream_window_bytes")]
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of each connection: the same, over all of its streams.
+    #[serde(default = "default_http2_connection_window_bytes")]
+    pub http2_connection_window_bytes: u32,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            listen_backlog: default_listen_backlog(),
+            body_budget_bytes: default_body_budget_bytes(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            http2_stream_window_bytes: default_http2_stream_window_bytes(),
+            http2_connection_window_bytes: default_http2_connection_window_bytes(),
+        }
+    }
+}
+
+/// What each webhook request in progress is charged from `body_budget_bytes` besides its body:
+/// its HTTP/2 header list (limited to 16 KiB; an HTTP/1.1 head lives in its connection's read
+/// buffer, bounded per connection) and its state in the server (about 9 KiB measured). So the budget also bounds how many requests can be in progress
+/// at once (4 096 with the default budget and empty bodies), whatever the connections and streams.
+pub const REQUEST_ALLOWANCE_BYTES: usize = 16 * 1024;
+
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+const MAX_HTTP2_WINDOW: u32 = (1 << 31) - 1;
+
+impl WebhookSourceConfig {
+    /// What is wrong with the connection and memory limits, as `(key, problem)`.
+    pub fn limit_problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.limits.max_connections == 0 {
+            p.push(("limits.max_connections", "must be at least 1".into()));
+        }
+        if !(1..=65_535).contains(&self.limits.listen_backlog) {
+            p.push((
+                "limits.listen_backlog",
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        if u32::try_from(self.max_body_bytes).is_err() {
+            p.push(("max_body_bytes", format!("must be at most {}", u32::MAX)));
+        }
+        let largest = self.max_body_bytes.saturating_add(REQUEST_ALLOWANCE_BYTES);
+        if self.limits.body_budget_bytes < largest {
+            p.push((
+                "limits.body_budget_bytes",
+                format!(
+                    "must be at least max_body_bytes + {REQUEST_ALLOWANCE_BYTES} ({largest}), or a request with a body of the largest allowed size could never be read"
+                ),
+            ));
+        }
+        if self.limits.body_budget_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            p.push((
+                "limits.body_budget_bytes",
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            ));
+        }
+        if self.limits.idle_timeout_ms == 0 {
+            p.push((
+                "limits.idle_timeout_ms",
+                "must be at least 1 (idle connections would stay open forever)".into(),
+            ));
+        }
+        if self.limits.http2_max_concurrent_streams == 0 {
+            p.push((
+                "limits.http2_max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1024..=MAX_HTTP2_WINDOW).contains(&self.limits.http2_stream_window_bytes) {
+            p.push((
+                "limits.http2_stream_window_bytes",
+                format!("must be between 1024 and {MAX_HTTP2_WINDOW}"),
+            ));
+        }
+        if !(65_535..=MAX_HTTP2_WINDOW).contains(&self.limits.http2_connection_window_bytes) {
+            p.push((
+                "limits.http2_connection_window_bytes",
+                format!(
+                    "must be between 65535 (the protocol's initial window) and {MAX_HTTP2_WINDOW}"
+                ),
+            ));
+        }
+        p
+    }
 }
 
 /// The webhook server's certificate: PEM files, read once at start.
@@ -686,6 +812,45 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_header_read_timeout_ms() -> u64 {
     10_000
+}
+
+/// 1024 connections cost the bridge about 45 MiB at most (12 KiB for a silent one, 38 KiB with a
+/// partial HTTP/1.1 head, 45 KiB for an idle HTTP/2 one: buffers, protocol state and a task each,
+/// measured); Fondo, or an ingress in front of the bridge, needs a few dozen.
+fn default_max_connections() -> usize {
+    1024
+}
+/// Room for a burst of new connections to wait while the connection limit is reached, instead of
+/// their SYNs being dropped and retried seconds later; queued connections cost kernel memory only.
+fn default_listen_backlog() -> u32 {
+    1024
+}
+/// 63 requests with bodies of the largest allowed size (1 MiB) at once, or 4 096 requests with
+/// Fondo's usual bodies of a few KiB: far more than Fondo sends concurrently, and a small share of
+/// the chart's 1 GiB memory limit, which must also hold the events in delivery and the
+/// connections.
+fn default_body_budget_bytes() -> usize {
+    64 * 1024 * 1024
+}
+/// Long enough for a sender's pooled connection to be reused between deliveries, short enough that
+/// idle connections do not sit on the connection limit.
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+/// Enough for an ingress multiplexing Fondo's deliveries (hyper's default is 200); the total is
+/// `max_connections` times this, so it bounds the requests (and tasks) in flight.
+fn default_http2_max_concurrent_streams() -> u32 {
+    32
+}
+/// The HTTP/2 protocol's own default (64 KiB - 1 would do as well): a stalled stream pins at most
+/// this much, and a reading stream gets a window update as soon as its bytes are consumed.
+fn default_http2_stream_window_bytes() -> u32 {
+    64 * 1024
+}
+/// A quarter of hyper's default: bounds the body bytes buffered per connection before the
+/// handlers read them, while still letting several streams send at once.
+fn default_http2_connection_window_bytes() -> u32 {
+    256 * 1024
 }
 
 fn default_request_timeout_ms() -> u64 {

@@ -193,6 +193,9 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                 "must be at least 1 (slow clients would hold connections forever)".into(),
             );
         }
+        for (key, message) in wh.limit_problems() {
+            add(&format!("sources.webhook.{key}"), message);
+        }
         match &wh.signature {
             SignatureConfig::None { insecure } => {
                 if !insecure {
@@ -318,4 +321,57 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::Config;
+
+    fn with_limits(limits: &str) -> Result<Config, super::super::ConfigError> {
+        let yaml = format!(
+            r#"
+sources:
+  webhook:
+    signature: {{ scheme: none, insecure: true }}
+    limits: {limits}
+sinks: {{ files: {{ type: file, dir: /tmp/x }} }}
+routes: [{{ name: all, match: ["*"], to: [{{ sink: files, topic: t }}] }}]
+"#
+        );
+        Config::from_str_with_env(&yaml, "yaml", Vec::new())
+    }
+
+    #[test]
+    fn webhook_limits_have_safe_defaults_and_are_checked() {
+        let c = with_limits("{}").unwrap();
+        let limits = c.sources.webhook.unwrap().limits;
+        assert_eq!(limits.max_connections, 1024);
+        assert_eq!(limits.body_budget_bytes, 64 * 1024 * 1024);
+        assert_eq!(limits.http2_max_concurrent_streams, 32);
+        let e = with_limits(
+            "{ max_connections: 0, body_budget_bytes: 1048576, idle_timeout_ms: 0, \
+             http2_max_concurrent_streams: 0, http2_stream_window_bytes: 10, \
+             http2_connection_window_bytes: 1000, listen_backlog: 0 }",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "max_connections",
+            "body_budget_bytes",
+            "idle_timeout_ms",
+            "http2_max_concurrent_streams",
+            "http2_stream_window_bytes",
+            "http2_connection_window_bytes",
+            "listen_backlog",
+        ] {
+            assert!(
+                e.contains(&format!("sources.webhook.limits.{key}")),
+                "{key}: {e}"
+            );
+        }
+        // A budget that just holds one request of the largest size is enough.
+        assert!(with_limits("{ body_budget_bytes: 1064960 }").is_ok());
+        assert!(with_limits("{ body_budget_bytes: 1064959 }").is_err());
+    }
 }

@@ -7,27 +7,35 @@
 //! 3. `Content-Length` over `max_body_bytes` → `413` before a byte of the body is read;
 //! 4. signature headers missing, repeated, malformed, or timestamp outside the tolerance → `401`
 //!    (also before the body is read; every request, while the secrets file holds no secret);
-//! 5. the body is read as a stream with a running size limit (`413`, memory stays bounded by
+//! 5. the request's bytes are reserved from the shared budget (`limits.body_budget_bytes`): a
+//!    fixed allowance for its head and state ([`REQUEST_ALLOWANCE_BYTES`]) and its whole
+//!    `Content-Length` up front, or each chunk as it arrives when no length is given. When the
+//!    budget cannot cover them the request is answered `503` with `Retry-After` at once (and, on
+//!    HTTP/1.1, the connection closed, its body unread); the reservation is held until the
+//!    request is answered. Forged requests that stall their bodies can so hold at most the
+//!    budget, whatever the number of connections and streams;
+//! 6. the body is read as a stream with a running size limit (`413`, memory stays bounded by
 //!    `max_body_bytes` whatever the sender claims) and a deadline (`408` when it has not arrived
 //!    within `request_timeout_ms` of the request's start: slow senders cannot hold a handler);
-//! 6. the signature is verified over the body → `401` on mismatch (the fact is logged, never the
+//! 7. the signature is verified over the body → `401` on mismatch (the fact is logged, never the
 //!    body); only a [`signature::Payload<signature::Verified>`] goes further;
-//! 7. the body is parsed into an [`Event`]; a body that cannot be parsed (not JSON, no event type,
+//! 8. the body is parsed into an [`Event`]; a body that cannot be parsed (not JSON, no event type,
 //!    too deep…) is authentic, so it is dead-lettered raw and answered `200` (`503` when the dead
 //!    letter could be written nowhere), so a poison message is not retried forever;
-//! 8. a sink the event's routes need is not connected (still connecting since start, or its
+//! 9. a sink the event's routes need is not connected (still connecting since start, or its
 //!    connection dropped) → `503` + `Retry-After`;
-//! 9. the event is submitted without waiting (`503` + `Retry-After` when the bridge is full or
-//!    closed) and the answer waits for its acknowledgement for up to `ack_timeout_ms`: `200` when
-//!    delivered or dead-lettered, `503` when not (yet); the sender's retry of the same event is
-//!    deduplicated by the dispatcher, and waits for the first copy's outcome if that is still in
-//!    flight.
+//! 10. the event is submitted without waiting (`503` + `Retry-After` when the bridge is full or
+//!     closed) and the answer waits for its acknowledgement for up to `ack_timeout_ms`: `200`
+//!     when delivered or dead-lettered, `503` when not (yet); the sender's retry of the same
+//!     event is deduplicated by the dispatcher, and waits for the first copy's outcome if that is
+//!     still in flight.
 //!
 //! Answers are short JSON (`{"error":"invalid signature"}`), never internals.
 //!
 //! HTTP/1.1 with keep-alive and HTTP/2 are served, in plain text (HTTP/2 with prior knowledge,
 //! h2c) or, with a `tls` section, over TLS (rustls on the ring provider, HTTP/2 by ALPN). Slow
-//! clients are cut off: see [`server`] for the header-read timeout and the shutdown drain.
+//! clients are cut off, and the number of connections, HTTP/2 streams and idle time are bounded:
+//! see [`server`] for those limits, the header-read timeout and the shutdown drain.
 
 pub mod server;
 pub mod signature;
@@ -46,9 +54,10 @@ use axum::routing::post;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EventConfig, SignatureConfig, WebhookSourceConfig};
+use crate::config::{EventConfig, REQUEST_ALLOWANCE_BYTES, SignatureConfig, WebhookSourceConfig};
 use crate::dispatch::{Dispatcher, Identity, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
@@ -123,6 +132,10 @@ struct Shared {
     header_read_timeout: Duration,
     /// Unix second of the last logged signature refusal.
     last_refusal_log: AtomicI64,
+    /// Request body bytes that may be held at once.
+    body_budget: BodyBudget,
+    /// Unix second of the last logged refusal for want of body budget.
+    last_budget_log: AtomicI64,
     /// How often `secrets_file` is checked for changes.
     secrets_poll: Duration,
     /// The secrets file as it was when the secrets in use were read.
@@ -149,6 +162,9 @@ impl WebhookSource {
                 "max_body_bytes must be at least 1".into(),
             ));
         }
+        if let Some((key, problem)) = cfg.limit_problems().into_iter().next() {
+            return Err(WebhookError::Config(format!("{key}: {problem}")));
+        }
         // Stamped before reading, so a change made while reading is picked up by the next poll.
         let secrets_stamp = secrets_file(&cfg.signature).and_then(file_stamp);
         let verifier = Verifier::from_config(&cfg.signature)?;
@@ -173,6 +189,7 @@ impl WebhookSource {
         let ack_timeout = Duration::from_millis(cfg.ack_timeout_ms.max(1));
         let header_read_timeout = Duration::from_millis(cfg.header_read_timeout_ms.max(1));
         let tls = cfg.tls.as_ref().map(server::load_tls).transpose()?;
+        let body_budget = BodyBudget::new(cfg.limits.body_budget_bytes);
         Ok(Self {
             tls,
             shared: Arc::new(Shared {
@@ -188,6 +205,8 @@ impl WebhookSource {
                 ack_timeout,
                 header_read_timeout,
                 last_refusal_log: AtomicI64::new(0),
+                body_budget,
+                last_budget_log: AtomicI64::new(0),
                 secrets_poll: SECRETS_POLL,
                 secrets_stamp,
             }),
@@ -220,6 +239,7 @@ impl WebhookSource {
         shutdown: CancellationToken,
     ) -> Result<(), WebhookError> {
         let shared = Arc::clone(&self.shared);
+        let listener = server::with_backlog(listener, shared.cfg.limits.listen_backlog)?;
         let addr = listener.local_addr()?;
         let router = self.router();
         if let Some(file) = secrets_file(&shared.cfg.signature) {
@@ -236,6 +256,8 @@ impl WebhookSource {
             tls = self.tls.is_some(),
             scheme = shared.verifier.load().scheme_name(),
             secrets = shared.verifier.load().secret_count(),
+            max_connections = shared.cfg.limits.max_connections,
+            body_budget_bytes = shared.cfg.limits.body_budget_bytes,
             "webhook source listening"
         );
         let signal = {
@@ -253,6 +275,13 @@ impl WebhookSource {
             tls: self.tls,
             header_read_timeout: shared.header_read_timeout,
             grace: shared.request_timeout + shared.ack_timeout + Duration::from_secs(1),
+            limits: server::Limits {
+                max_connections: shared.cfg.limits.max_connections,
+                idle_timeout: Duration::from_millis(shared.cfg.limits.idle_timeout_ms.max(1)),
+                http2_max_concurrent_streams: shared.cfg.limits.http2_max_concurrent_streams,
+                http2_stream_window: shared.cfg.limits.http2_stream_window_bytes,
+                http2_connection_window: shared.cfg.limits.http2_connection_window_bytes,
+            },
         };
         server::serve(listener, router, opts, signal).await;
         shared.closing.cancel();
@@ -398,6 +427,63 @@ impl Shared {
         }
         reply(StatusCode::UNAUTHORIZED, r#"{"error":"invalid signature"}"#)
     }
+
+    /// 503 for a request whose body the budget cannot cover. HTTP/1.1 closes the connection: its
+    /// body was not read, and the slot is better given to another client.
+    fn over_budget(&self, http1: bool) -> Response {
+        self.count_rejected("body_budget");
+        let now = unix_now();
+        let last = self.last_budget_log.swap(now, Ordering::Relaxed);
+        if last != now {
+            tracing::warn!(
+                body_budget_bytes = self.cfg.limits.body_budget_bytes,
+                "webhook refused with 503: the body budget is taken by requests in progress"
+            );
+        }
+        unavailable(r#"{"error":"overloaded"}"#, RETRY_AFTER_FULL_S, http1)
+    }
+}
+
+/// The request bytes the source may hold at once, as semaphore permits (one per byte): each
+/// request in progress holds [`REQUEST_ALLOWANCE_BYTES`] for its head and state plus its body.
+struct BodyBudget(Arc<Semaphore>);
+
+/// A request's share of the [`BodyBudget`]; given back when dropped.
+struct Reservation {
+    permit: OwnedSemaphorePermit,
+    /// Body bytes covered.
+    body: usize,
+}
+
+impl BodyBudget {
+    fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).ok()?;
+        Arc::clone(&self.0).try_acquire_many_owned(n).ok()
+    }
+
+    /// Admits a request with `body` bytes of body, without waiting; `None` when the budget cannot
+    /// cover it now.
+    fn admit(&self, body: usize) -> Option<Reservation> {
+        let permit = self.take(REQUEST_ALLOWANCE_BYTES.checked_add(body)?)?;
+        Some(Reservation { permit, body })
+    }
+
+    /// Covers `more` body bytes of `r` too, without waiting; `false` when the budget cannot.
+    fn grow(&self, r: &mut Reservation, more: usize) -> bool {
+        if more == 0 {
+            return true;
+        }
+        let Some(permit) = self.take(more) else {
+            return false;
+        };
+        r.permit.merge(permit);
+        r.body += more;
+        true
+    }
 }
 
 async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -439,10 +525,21 @@ async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
         },
         None => None,
     };
-    let left = s.request_timeout.saturating_sub(started.elapsed());
     let capacity = declared.map_or(0, |d| usize::try_from(d).unwrap_or(max).min(max));
-    let body = match tokio::time::timeout(left, read_body(body, max, capacity)).await {
+    // Held until the answer is returned (dropped with this function's locals).
+    let Some(mut reservation) = s.body_budget.admit(capacity) else {
+        return s.over_budget(http1);
+    };
+    let left = s.request_timeout.saturating_sub(started.elapsed());
+    let limits = BodyLimits {
+        max,
+        capacity,
+        budget: &s.body_budget,
+    };
+    let read = read_body(body, limits, &mut reservation);
+    let body = match tokio::time::timeout(left, read).await {
         Ok(Ok(b)) => b,
+        Ok(Err(BodyError::OverBudget)) => return s.over_budget(http1),
         Ok(Err(BodyError::TooLarge)) => {
             s.count_rejected("too_large");
             return too_large();
@@ -686,20 +783,41 @@ fn is_traceparent(v: &str) -> bool {
 enum BodyError {
     TooLarge,
     Aborted,
+    OverBudget,
 }
 
-/// Reads a body as it arrives, refusing it as soon as it passes `limit`: memory never exceeds
-/// `limit` (plus one frame) whatever the sender sends.
-async fn read_body(body: Body, limit: usize, capacity: usize) -> Result<Bytes, BodyError> {
+/// What a body may take.
+struct BodyLimits<'b> {
+    /// The largest body allowed (`max_body_bytes`).
+    max: usize,
+    /// The bytes to allocate for it at once (its `Content-Length`, already reserved).
+    capacity: usize,
+    /// Where bytes beyond those already reserved are taken from.
+    budget: &'b BodyBudget,
+}
+
+/// Reads a body as it arrives, refusing it as soon as it passes `limits.max`: memory never exceeds
+/// that (plus one frame) whatever the sender sends. Bytes beyond those in `reservation` are
+/// reserved from the budget before they are kept.
+async fn read_body(
+    body: Body,
+    limits: BodyLimits<'_>,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
     let mut stream = body.into_data_stream();
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut len = 0usize;
+    let capacity = limits.capacity;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| BodyError::Aborted)?;
         len = len.saturating_add(chunk.len());
-        if len > limit {
+        if len > limits.max {
             return Err(BodyError::TooLarge);
+        }
+        let short = len.saturating_sub(reservation.body);
+        if !limits.budget.grow(reservation, short) {
+            return Err(BodyError::OverBudget);
         }
         match (&mut first, &mut buf) {
             (None, None) => first = Some(chunk),
@@ -842,19 +960,65 @@ mod tests {
         task.await.unwrap();
     }
 
+    fn chunks(n: usize, size: usize) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            (0..n).map(|_| Ok(Bytes::from(vec![b'a'; size]))).collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    fn limits(max: usize, budget: &BodyBudget) -> BodyLimits<'_> {
+        BodyLimits {
+            max,
+            capacity: 0,
+            budget,
+        }
+    }
+
     #[tokio::test]
     async fn body_limit_streams() {
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            (0..10).map(|_| Ok(Bytes::from(vec![b'a'; 100]))).collect();
-        let body = Body::from_stream(futures::stream::iter(chunks));
+        let budget = BodyBudget::new(1 << 20);
+        let mut r = budget.admit(0).unwrap();
         assert!(matches!(
-            read_body(body, 999, 0).await,
+            read_body(chunks(10, 100), limits(999, &budget), &mut r).await,
             Err(BodyError::TooLarge)
         ));
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            (0..10).map(|_| Ok(Bytes::from(vec![b'a'; 100]))).collect();
-        let body = Body::from_stream(futures::stream::iter(chunks));
-        let b = read_body(body, 1000, 0).await.ok().unwrap();
+        let mut r = budget.admit(0).unwrap();
+        let b = read_body(chunks(10, 100), limits(1000, &budget), &mut r)
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(b.len(), 1000);
+        assert_eq!(
+            r.body, 1000,
+            "a body without a length is reserved as it arrives"
+        );
+        assert_eq!(r.permit.num_permits(), REQUEST_ALLOWANCE_BYTES + 1000);
+    }
+
+    #[tokio::test]
+    async fn body_budget_refuses_and_gives_back() {
+        let a = REQUEST_ALLOWANCE_BYTES;
+        let budget = BodyBudget::new(2 * a + 1500);
+        let held = budget.admit(1000).unwrap();
+        // A declared length the budget cannot cover now.
+        assert!(budget.admit(600).is_none());
+        // A body without a length: refused at the chunk that would pass the budget.
+        let mut other = budget.admit(0).unwrap();
+        assert!(matches!(
+            read_body(chunks(6, 100), limits(1000, &budget), &mut other).await,
+            Err(BodyError::OverBudget)
+        ));
+        assert_eq!(other.body, 500);
+        // Every request counts its allowance: none is left for a third, even with no body.
+        assert!(budget.admit(0).is_none());
+        drop(other);
+        drop(held);
+        // Everything was given back.
+        let mut all = budget.admit(1500 + a).unwrap();
+        assert!(budget.grow(&mut all, 0));
+        assert!(!budget.grow(&mut all, 1));
+        assert!(budget.admit(0).is_none());
+        drop(all);
+        assert!(budget.admit(1500 + a).is_some());
     }
 }

@@ -11,6 +11,14 @@
 //!   HTTP/2 preface is complete or the bytes cannot be one) and every HTTP/1.1 request head must
 //!   arrive within `header_read_timeout_ms`, or the connection is closed. Bodies are bounded by the
 //!   handler's own `request_timeout_ms`.
+//! - **Many clients** (before any signature can be checked): at most `max_connections` are served
+//!   at once; at the limit the loop stops accepting and new connections wait in the listen backlog
+//!   (`listen_backlog`). A connection with no request in flight for `idle_timeout_ms` is asked to
+//!   finish. HTTP/2 allows `http2_max_concurrent_streams` streams per connection (more are
+//!   refused with `REFUSED_STREAM`, which clients retry) and small flow-control windows, so a
+//!   stalled body pins little; HTTP/1.1 request heads are limited to 128 KiB (hyper's read
+//!   buffer) and HTTP/2 header lists to 16 KiB. Body bytes are bounded by the handler's budget
+//!   (see the parent module).
 //! - **Shutdown**: the listener is closed first; open connections are told to finish (HTTP/1.1
 //!   completes the request in flight then closes, HTTP/2 sends GOAWAY), and whatever is still open
 //!   at the deadline is dropped.
@@ -20,20 +28,21 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::TlsServerConfig;
 
@@ -132,12 +141,50 @@ pub fn load_tls(cfg: &TlsServerConfig) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Connection-level limits (see `WebhookSourceConfig`).
+pub(super) struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
+}
+
 /// How the server loop behaves.
 pub(super) struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
     pub header_read_timeout: Duration,
     /// How long open connections may take to finish once shutdown started.
     pub grace: Duration,
+    pub limits: Limits,
+}
+
+/// hyper's HTTP/1.1 read buffer (default ~400 KiB), and so the longest request head: every
+/// open connection may hold this much (128 MiB at 1024 connections, for as long as
+/// `header_read_timeout_ms` lets a head take). Room for a signature header with many entries;
+/// a webhook's headers take a few hundred bytes.
+const HTTP1_MAX_BUF_BYTES: usize = 128 * 1024;
+/// HTTP/2's header list limit, per stream (hyper's default, set here so it stays put: a
+/// connection has up to `http2_max_concurrent_streams` of them).
+const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// How often "connection limit reached" may be logged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Listens again, with `backlog`, on a socket that is already listening: the kernel then only
+/// changes the length of its accept queue (Linux, the BSDs), so the address and the connections
+/// already queued stay. `tokio::net::TcpListener::bind` always uses 128.
+#[cfg(unix)]
+pub(super) fn with_backlog(listener: TcpListener, backlog: u32) -> io::Result<TcpListener> {
+    let fd = std::os::fd::OwnedFd::from(listener.into_std()?);
+    // `TcpSocket` is made from a std `TcpStream`, the type its constructor takes; the descriptor
+    // stays the listening socket it was.
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).listen(backlog)
+}
+
+/// Elsewhere the listener keeps the backlog it was bound with.
+#[cfg(not(unix))]
+pub(super) fn with_backlog(listener: TcpListener, _backlog: u32) -> io::Result<TcpListener> {
+    Ok(listener)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains (see the module doc).
@@ -148,14 +195,40 @@ pub(super) async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(builder(opts.header_read_timeout));
-    let service = TowerToHyperService::new(router);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder(opts.header_read_timeout, &opts.limits));
+    let max_connections = opts.limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let connections = TaskTracker::new();
+    // Cancelled when shutdown starts: open connections are told to finish.
+    let draining = CancellationToken::new();
     // Cancelled at the end of the grace period: connections still open are dropped.
     let hard_stop = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut last_accept_error: Option<std::time::Instant> = None;
+    let mut last_accept_error: Option<Instant> = None;
+    let mut last_limit_log: Option<Instant> = None;
     loop {
+        // A free slot first: at the limit nothing is accepted, and new connections wait in the
+        // listen backlog instead of each becoming a task.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if last_limit_log.is_none_or(|t| t.elapsed() > LIMIT_LOG_EVERY) {
+                    tracing::warn!(
+                        max_connections,
+                        "webhook server: connection limit reached; new connections wait in the listen backlog"
+                    );
+                    last_limit_log = Some(Instant::now());
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -167,7 +240,7 @@ pub(super) async fn serve(
                         // off so the loop does not spin, and go on.
                         if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                             tracing::error!(error = %e, "webhook server: accept failed");
-                            last_accept_error = Some(std::time::Instant::now());
+                            last_accept_error = Some(Instant::now());
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -177,19 +250,21 @@ pub(super) async fn serve(
         };
         // Nagle only delays the short answers.
         let _ = stream.set_nodelay(true);
-        // Watch from the moment of accept, so a connection still in its TLS handshake when
+        // Tracked from the moment of accept, so a connection still in its TLS handshake when
         // shutdown starts is waited for (and told to finish) like the others.
-        let watcher = graceful.watcher();
         let conn = Conn {
             builder: Arc::clone(&builder),
-            service: service.clone(),
+            router: router.clone(),
             tls: opts.tls.clone(),
             header_read_timeout: opts.header_read_timeout,
+            idle_timeout: opts.limits.idle_timeout,
+            draining: draining.clone(),
         };
         let hard_stop = hard_stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
+            let _slot = slot;
             tokio::select! {
-                () = conn.run(stream, watcher) => {}
+                () = conn.run(stream) => {}
                 () = hard_stop.cancelled() => {
                     tracing::debug!(%peer, "webhook connection dropped at the shutdown deadline");
                 }
@@ -197,12 +272,13 @@ pub(super) async fn serve(
         });
     }
     drop(listener);
-    let open = graceful.count();
+    draining.cancel();
+    connections.close();
     tracing::debug!(
-        open,
+        open = connections.len(),
         "webhook server: listener closed, draining connections"
     );
-    if tokio::time::timeout(opts.grace, graceful.shutdown())
+    if tokio::time::timeout(opts.grace, connections.wait())
         .await
         .is_err()
     {
@@ -213,31 +289,38 @@ pub(super) async fn serve(
     hard_stop.cancel();
 }
 
-type Service = TowerToHyperService<Router>;
-
-fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+fn builder(header_read_timeout: Duration, limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
+        .keep_alive(true)
+        .max_buf_size(HTTP1_MAX_BUF_BYTES);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams.max(1))
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_connection_window)
+        .adaptive_window(false)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES);
     b
 }
 
 /// One accepted connection, before its protocol is known.
 struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    service: Service,
+    router: Router,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    draining: CancellationToken,
 }
 
 impl Conn {
-    async fn run(self, stream: TcpStream, watcher: Watcher) {
+    async fn run(self, stream: TcpStream) {
         let Some(tls) = &self.tls else {
             let io = FirstBytesDeadline::new(stream, self.header_read_timeout);
-            return self.serve(io, watcher).await;
+            return self.serve(io).await;
         };
         let handshake = tokio::time::timeout(self.header_read_timeout, tls.accept(stream)).await;
         let stream = match handshake {
@@ -252,19 +335,107 @@ impl Conn {
             }
         };
         let io = FirstBytesDeadline::new(stream, self.header_read_timeout);
-        self.serve(io, watcher).await;
+        self.serve(io).await;
     }
 
-    async fn serve<I>(self, io: FirstBytesDeadline<I>, watcher: Watcher)
+    /// Serves the connection until it ends; asks it to finish (HTTP/1.1: after the request in
+    /// flight; HTTP/2: GOAWAY) when shutdown starts or when no request was in flight for
+    /// `idle_timeout`. An idle connection asked to finish that then has no request in flight for
+    /// `header_read_timeout` more and is still open (an HTTP/2 client that never acknowledges the
+    /// PING following the GOAWAY) is dropped; requests it started meanwhile are answered first.
+    async fn serve<I>(self, io: FirstBytesDeadline<I>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (in_flight, mut activity) = watch::channel(0usize);
+        let in_flight = Arc::new(in_flight);
+        let router = self.router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let request = InFlight::start(Arc::clone(&in_flight));
+                async move {
+                    let response = next.run(req).await;
+                    drop(request);
+                    response
+                }
+            },
+        ));
         let conn = self
             .builder
-            .serve_connection(TokioIo::new(io), self.service);
-        if let Err(e) = watcher.watch(conn).await {
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+        let mut conn = std::pin::pin!(conn);
+        let mut state = ConnState::Serving;
+        let ended = loop {
+            // What `idle_for` waits for: a first idle period, then, once asked to finish, a
+            // second one before the connection is dropped.
+            let idle_wait = match state {
+                ConnState::Serving => Some(self.idle_timeout),
+                ConnState::ClosingIdle => Some(self.header_read_timeout),
+                ConnState::Draining => None,
+            };
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                () = self.draining.cancelled(), if state == ConnState::Serving => {
+                    conn.as_mut().graceful_shutdown();
+                    state = ConnState::Draining;
+                }
+                () = idle_for(&mut activity, idle_wait.unwrap_or_default()), if idle_wait.is_some() => {
+                    if state == ConnState::ClosingIdle {
+                        tracing::debug!("idle webhook connection did not finish in time; dropping it");
+                        return;
+                    }
+                    tracing::debug!("webhook connection idle; closing it");
+                    conn.as_mut().graceful_shutdown();
+                    state = ConnState::ClosingIdle;
+                }
+            }
+        };
+        if let Err(e) = ended {
             // Resets, timeouts and clients that went away: routine, not worth more than debug.
             tracing::debug!(error = %e, "webhook connection ended with an error");
+        }
+    }
+}
+
+/// One request in flight on a connection; counted from its head to its answer.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(count: Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Serving,
+    /// Asked to finish because the server is shutting down.
+    Draining,
+    /// Asked to finish because it was idle.
+    ClosingIdle,
+}
+
+/// Resolves once no request has been in flight for `idle`.
+async fn idle_for(activity: &mut watch::Receiver<usize>, idle: Duration) {
+    loop {
+        if activity.wait_for(|n| *n == 0).await.is_err() {
+            // The connection's service is gone, so is the connection: nothing to time out.
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(idle) => return,
+            changed = activity.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
         }
     }
 }
