@@ -25,7 +25,7 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
     cargo build --release --bin fondo-bridge >&2
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release/fondo-bridge
-eval "$(scripts/brokers.sh up)"
+eval "$(BROKERS_NO_KAFKA=1 scripts/brokers.sh up)"
 REDIS_URL=$FONDO_BRIDGE_TEST_REDIS
 REDIS_PORT=$(sed -E 's#.*:([0-9]+)/.*#\1#' <<<"$REDIS_URL")
 REDIS_PID=$(pgrep -f "redis-server .*:$REDIS_PORT" | head -1 || true)

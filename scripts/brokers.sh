@@ -5,6 +5,7 @@
 #   Redis on 6379 (or, when nothing answers there, a redis-server started on $REDIS_PORT, keeping
 #   nothing on disk).
 # `scripts/brokers.sh down` stops the tansu broker this script started (the others are the machine's).
+# BROKERS_NO_KAFKA=1 leaves tansu out (for jobs that need no Kafka).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KAFKA_PORT=${KAFKA_PORT:-19092}
@@ -49,8 +50,10 @@ up() {
         fi
     fi
     wait_port "$redis" Redis
-    scripts/kafka-broker.sh start "$KAFKA_PORT" >/dev/null
-    wait_port "$KAFKA_PORT" tansu
+    if [[ -z ${BROKERS_NO_KAFKA:-} ]]; then
+        scripts/kafka-broker.sh start "$KAFKA_PORT" >/dev/null
+        wait_port "$KAFKA_PORT" tansu
+    fi
     echo "export FONDO_BRIDGE_TEST_AMQP='amqp://guest:guest@127.0.0.1:5672/%2f'"
     echo "export FONDO_BRIDGE_TEST_NATS='nats://127.0.0.1:4222'"
     echo "export FONDO_BRIDGE_TEST_KAFKA='127.0.0.1:$KAFKA_PORT'"
