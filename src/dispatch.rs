@@ -329,18 +329,21 @@ impl Dispatcher {
             if found.owner_elsewhere
                 && (found.done || store.await_owner(&event.event_id, delivery_id).await)
             {
-                if let Some(d) = delivery_id {
+                if let Some(d) = delivery_id.filter(|_| !found.done) {
                     // This delivery's own entry may point at the other replica's occurrence:
-                    // say it is done, for its next retry.
+                    // say it is done (still naming that replica), for its next retry.
                     store.mark_done(redis_store::Mark {
                         occurrence: Arc::clone(&event.event_id),
+                        content_key: event.content_key,
                         delivery: Some(Arc::from(d)),
+                        owner: Some(found.owner.clone()),
                     });
                 }
                 return Identity::Covered;
             }
             // Published here: this process marks it done when it is.
             event.done_mark = Some(crate::event::DoneMark {
+                content_key: event.content_key,
                 delivery: delivery_id.map(Arc::from),
             });
             return Identity::Publish;
@@ -609,7 +612,9 @@ impl Dispatcher {
         if let Some(store) = self.inner.shared_store.get() {
             store.mark_done(redis_store::Mark {
                 occurrence: Arc::clone(id),
+                content_key: mark.content_key,
                 delivery: mark.delivery,
+                owner: None,
             });
         }
     }

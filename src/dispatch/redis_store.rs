@@ -127,21 +127,6 @@ end
 return {how, id, owner, late, reused, 'p'}
 ";
 
-/// The owner's done mark. KEYS: 1 the occurrence's mark, 2 the delivery. ARGV: 1 write the
-/// occurrence mark, 2 mark the delivery, 3 the mark's time to live (ms).
-const MARK: &str = r"
-if ARGV[1] == '1' then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-end
-if ARGV[2] == '1' then
-  local v = redis.call('GET', KEYS[2])
-  if v and string.sub(v, 1, 2) == 'p|' then
-    redis.call('SET', KEYS[2], 'd|' .. string.sub(v, 3), 'KEEPTTL')
-  end
-end
-return 1
-";
-
 /// Whether an occurrence was finished by its owner. KEYS: 1 its mark, 2 the delivery (or the
 /// mark again). Returns 1 when either says done.
 const DONE: &str = r"
@@ -160,8 +145,11 @@ const BACKOFF: Duration = Duration::from_millis(200);
 /// Done marks waiting to be written; beyond this they are dropped (and counted), which can only
 /// make a copy elsewhere wait its `owner_wait` and publish.
 const MARK_QUEUE: usize = 4096;
-/// Done marks written at once.
-const MARK_CONCURRENCY: usize = 64;
+/// Pipelines of done marks written at once.
+const MARK_CONCURRENCY: usize = 8;
+/// Done marks per pipeline: the marks that queued while earlier ones were written go in one
+/// round trip.
+const MARK_BATCH: usize = 128;
 
 /// [`RESOLVE`]'s answer: how, occurrence, owner, late, reused delivery id, delivery state.
 type ResolveReply = (String, String, String, i64, i64, String);
@@ -174,13 +162,18 @@ pub struct Lookup {
     pub owner_elsewhere: bool,
     /// The delivery's owner has already finished it.
     pub done: bool,
+    /// The replica that owns the occurrence.
+    pub owner: String,
 }
 
 /// A done mark to write.
 #[derive(Debug)]
 pub struct Mark {
     pub occurrence: Arc<str>,
+    pub content_key: u128,
     pub delivery: Option<Arc<str>>,
+    /// The occurrence's owner, when another replica: a delivery entry keeps naming it.
+    pub owner: Option<String>,
 }
 
 /// The shared identity tables.
@@ -346,34 +339,18 @@ impl RedisStore {
             self.metrics.dedupe_store_errors_in("resolve").inc();
             return None;
         }
-        let other = if side == "ws" { "wh" } else { "ws" };
         let ck = format!("{:032x}", copy.content_key);
-        let mut inv = self.resolve.prepare_invoke();
-        inv.key(self.key("d", copy.delivery_id.unwrap_or("-")))
-            .key(self.key("u", &format!("{ck}:{other}")))
-            .key(self.key("u", &format!("{ck}:{side}")))
-            .key(self.key("s", copy.object.unwrap_or("-")))
-            .arg(&ck)
-            .arg(&**copy.id)
-            .arg(&self.owner)
-            .arg(if copy.delivery_id.is_some() { "1" } else { "0" })
-            .arg(if self.cfg.pair_sources { "1" } else { "0" })
-            .arg(side)
-            .arg(if copy.object.is_some() { "1" } else { "0" })
-            .arg(u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX))
-            .arg(u64::try_from(self.cfg.replay_ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(MAX_UNPAIRED_PER_KEY);
-        let mut conn = self.conn();
-        let answer: Result<redis::RedisResult<ResolveReply>, _> =
-            tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
+        let answer = if self.cfg.pair_sources {
+            self.resolve_pairing(&copy, side, &ck).await
+        } else if let Some(d) = copy.delivery_id {
+            self.resolve_delivery(d, &ck, copy.id).await
+        } else {
+            return None;
+        };
         let (how, id, owner, late, reused, state) = match answer {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                self.failed("resolve", &e.kind_name());
-                return None;
-            }
-            Err(_) => {
-                self.failed("resolve", "timed out");
+            Ok(v) => v,
+            Err(why) => {
+                self.failed("resolve", &why);
                 return None;
             }
         };
@@ -413,7 +390,102 @@ impl RedisStore {
             },
             owner_elsewhere: how != Resolution::New && owner != self.owner,
             done: state == "d",
+            owner,
         })
+    }
+
+    /// Both sources: the whole rule in one script ([`RESOLVE`]).
+    async fn resolve_pairing(
+        &self,
+        copy: &Copy<'_>,
+        side: &str,
+        ck: &str,
+    ) -> Result<ResolveReply, String> {
+        let other = if side == "ws" { "wh" } else { "ws" };
+        let mut inv = self.resolve.prepare_invoke();
+        inv.key(self.key("d", copy.delivery_id.unwrap_or("-")))
+            .key(self.key("u", &format!("{ck}:{other}")))
+            .key(self.key("u", &format!("{ck}:{side}")))
+            .key(self.key("s", copy.object.unwrap_or("-")))
+            .arg(ck)
+            .arg(&**copy.id)
+            .arg(&self.owner)
+            .arg(if copy.delivery_id.is_some() { "1" } else { "0" })
+            .arg("1")
+            .arg(side)
+            .arg(if copy.object.is_some() { "1" } else { "0" })
+            .arg(u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(self.cfg.replay_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(MAX_UNPAIRED_PER_KEY);
+        let mut conn = self.conn();
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.kind_name()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Webhooks only: the replay cache alone, as one native `SET NX GET` (no script: a fraction
+    /// of the Redis time). The first copy of a delivery sets it; a later one reads it.
+    async fn resolve_delivery(
+        &self,
+        delivery: &str,
+        ck: &str,
+        id: &Arc<str>,
+    ) -> Result<ResolveReply, String> {
+        let key = self.key("d", delivery);
+        let value = format!("p|{ck}|{}|{id}", self.owner);
+        let ttl = u64::try_from(self.cfg.replay_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key)
+            .arg(&value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl);
+        let mut conn = self.conn();
+        let old: Option<String> =
+            match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(e.kind_name()),
+                Err(_) => return Err("timed out".into()),
+            };
+        let new = |reused| {
+            (
+                "new".to_owned(),
+                id.to_string(),
+                self.owner.clone(),
+                0,
+                reused,
+                "p".to_owned(),
+            )
+        };
+        let Some(old) = old else {
+            return Ok(new(0));
+        };
+        let mut parts = old.splitn(4, '|');
+        let (state, old_ck, owner, occ) = (parts.next(), parts.next(), parts.next(), parts.next());
+        match (state, old_ck, owner, occ) {
+            (Some(state), Some(old_ck), Some(owner), Some(occ)) if old_ck == ck => Ok((
+                "retry".into(),
+                occ.to_owned(),
+                owner.to_owned(),
+                0,
+                0,
+                state.to_owned(),
+            )),
+            _ => {
+                // The id came with another body: this copy is a new change and the delivery now
+                // names it.
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(&value).arg("PX").arg(ttl);
+                match tokio::time::timeout(self.timeout, set.query_async::<()>(&mut conn)).await {
+                    Ok(Ok(())) => Ok(new(1)),
+                    Ok(Err(e)) => Err(e.kind_name()),
+                    Err(_) => Err("timed out".into()),
+                }
+            }
+        }
     }
 
     /// Waits up to `owner_wait` for the owner of `occurrence` to finish it. `true` when it did.
@@ -463,36 +535,63 @@ impl RedisStore {
 
     async fn write_marks(store: std::sync::Weak<Self>, mut rx: mpsc::Receiver<Mark>) {
         use futures::StreamExt as _;
-        let script = redis::Script::new(MARK);
         let mut running = futures::stream::FuturesUnordered::new();
+        let mut batch = Vec::with_capacity(MARK_BATCH);
         loop {
             tokio::select! {
-                m = rx.recv(), if running.len() < MARK_CONCURRENCY => {
-                    let Some(m) = m else { break };
+                n = rx.recv_many(&mut batch, MARK_BATCH), if running.len() < MARK_CONCURRENCY => {
+                    if n == 0 {
+                        break;
+                    }
                     let Some(s) = store.upgrade() else { break };
-                    let script = script.clone();
-                    running.push(async move {
-                        if s.skipping() {
-                            s.metrics.dedupe_store_errors_in("mark").inc();
-                            return;
-                        }
-                        let mut inv = script.prepare_invoke();
-                        inv.key(s.key("o", &m.occurrence))
-                            .key(s.key("d", m.delivery.as_deref().unwrap_or("-")))
-                            .arg(if s.cfg.pair_sources { "1" } else { "0" })
-                            .arg(if m.delivery.is_some() { "1" } else { "0" })
-                            .arg(u64::try_from(s.cfg.pair_window.as_millis()).unwrap_or(u64::MAX));
-                        let mut conn = s.conn();
-                        match tokio::time::timeout(s.timeout, inv.invoke_async::<i64>(&mut conn)).await {
-                            Ok(Ok(_)) => s.succeeded(),
-                            Ok(Err(e)) => s.failed("mark", &e.kind_name()),
-                            Err(_) => s.failed("mark", "timed out"),
-                        }
-                    });
+                    let marks = std::mem::replace(&mut batch, Vec::with_capacity(MARK_BATCH));
+                    running.push(s.write_mark_batch(marks));
                 }
                 Some(()) = running.next(), if !running.is_empty() => {}
             }
         }
         while running.next().await.is_some() {}
+    }
+
+    async fn write_mark_batch(self: Arc<Self>, marks: Vec<Mark>) {
+        if self.skipping() {
+            self.metrics
+                .dedupe_store_errors_in("mark")
+                .inc_by(marks.len() as u64);
+            return;
+        }
+        // Native commands in one pipeline: an occurrence's mark, and the delivery's entry
+        // rewritten as done only if it still exists (`XX`, keeping its time to live).
+        let window = u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        for m in &marks {
+            if self.cfg.pair_sources {
+                pipe.cmd("SET")
+                    .arg(self.key("o", &m.occurrence))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(window)
+                    .ignore();
+            }
+            if let Some(d) = &m.delivery {
+                pipe.cmd("SET")
+                    .arg(self.key("d", d))
+                    .arg(format!(
+                        "d|{:032x}|{}|{}",
+                        m.content_key,
+                        m.owner.as_deref().unwrap_or(&self.owner),
+                        m.occurrence
+                    ))
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => self.succeeded(),
+            Ok(Err(e)) => self.failed("mark", &e.kind_name()),
+            Err(_) => self.failed("mark", "timed out"),
+        }
     }
 }

@@ -220,6 +220,8 @@ pub struct Event {
 /// What the owner of an occurrence marks when it is finished (see `dispatch::redis_store`).
 #[derive(Debug, Clone)]
 pub struct DoneMark {
+    /// The occurrence's content key (the delivery's entry names it).
+    pub content_key: u128,
     /// The webhook delivery it came with, whose entry says "done" for its retries.
     pub delivery: Option<Arc<str>>,
 }
