@@ -19,7 +19,7 @@ use std::future::Future;
 use std::hash::BuildHasher as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, Span};
+use tracing::Instrument as _;
 
 use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
@@ -37,6 +37,7 @@ use crate::group_commit::Pace;
 use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceLabels, SourceReasonLabels};
 use crate::router::{Destination, Router};
 use crate::sinks::{DynSink, Message, SinkError, headers};
+use crate::telemetry::trace::{EventSpan, Outcome, propagation, publish_span, with_trace};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -960,7 +961,7 @@ async fn deliver(
         failures.attempts += 1;
         let t0 = Instant::now();
         let span = publish_span(
-            &ctx,
+            &ctx.span,
             sink.system(),
             sink.name(),
             &route,
@@ -1098,178 +1099,6 @@ async fn write_dead_letter(
         AckStatus::Delivered
     } else {
         AckStatus::Retry
-    }
-}
-
-/// What happened to an event besides its acknowledgement status (recorded as `fondo.outcome`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Outcome {
-    Plain = 0,
-    Dropped = 1,
-    Duplicate = 2,
-    DeadLettered = 3,
-}
-
-/// The span of one event from admission to its final acknowledgement. It ends when the last
-/// holder drops it: the acknowledgement waiter and every destination's delivery.
-struct EventSpan {
-    span: Span,
-    outcome: AtomicU8,
-}
-
-impl EventSpan {
-    /// Opens the event span, continuing an incoming W3C `traceparent` when there is one.
-    /// Heartbeats get no span.
-    fn start(env: &Envelope) -> Self {
-        let span = if env.event.event_type.is_heartbeat() {
-            Span::none()
-        } else {
-            let span = tracing::info_span!(
-                target: "fondo_bridge::dispatch",
-                "event",
-                otel.name = %format_args!("process {}", env.event.event_type),
-                otel.kind = "consumer",
-                fondo.source = env.source.as_str(),
-                fondo.client_id = env.event.client_id.as_deref(),
-                fondo.event_type = %env.event.event_type,
-                fondo.event_id = %env.event.event_id,
-                fondo.outcome = tracing::field::Empty,
-            );
-            if !span.is_disabled() {
-                if let Some(parent) = propagation::extract(&env.trace) {
-                    // Fails only when no OpenTelemetry layer is installed: nothing to continue.
-                    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-                }
-            }
-            span
-        };
-        Self {
-            span,
-            outcome: AtomicU8::new(Outcome::Plain as u8),
-        }
-    }
-
-    fn span(&self) -> &Span {
-        &self.span
-    }
-
-    /// Notes something worth reporting in `fondo.outcome`; the most notable wins.
-    fn mark(&self, o: Outcome) {
-        self.outcome.fetch_max(o as u8, Ordering::AcqRel);
-    }
-
-    /// Records the final outcome once the event is acknowledged (or handed back to the source).
-    fn finish(&self, status: AckStatus) {
-        let outcome = match (status, self.outcome.load(Ordering::Acquire)) {
-            (AckStatus::Retry, _) => "retry",
-            (AckStatus::Rejected, _) => "rejected",
-            (AckStatus::Delivered, 3) => "dead_lettered",
-            (AckStatus::Delivered, 2) => "duplicate",
-            (AckStatus::Delivered, 1) => "dropped",
-            (AckStatus::Delivered, _) => "delivered",
-        };
-        self.span.record("fondo.outcome", outcome);
-    }
-
-    /// The W3C context to hand on: this span's when it is exported, else `incoming` unchanged.
-    fn trace_context(&self, incoming: &TraceContext) -> TraceContext {
-        propagation::current(&self.span).unwrap_or_else(|| incoming.clone())
-    }
-}
-
-/// One span per publish attempt, child of the event span, with the OpenTelemetry messaging
-/// attributes.
-fn publish_span(
-    ctx: &EventCtx,
-    system: &'static str,
-    sink: &str,
-    route: &str,
-    msg: &Message,
-    attempt: u32,
-) -> Span {
-    tracing::info_span!(
-        target: "fondo_bridge::dispatch",
-        parent: ctx.span.span(),
-        "publish",
-        otel.name = %format_args!("send {}", msg.topic),
-        otel.kind = "producer",
-        messaging.system = system,
-        messaging.destination.name = %msg.topic,
-        "messaging.operation.type" = "send",
-        messaging.operation.name = "publish",
-        messaging.message.id = %msg.event_id,
-        messaging.kafka.message.key = msg.key.as_deref().filter(|_| system == "kafka"),
-        fondo.sink = sink,
-        fondo.route = route,
-        fondo.attempt = attempt,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        "error.type" = tracing::field::Empty,
-    )
-}
-
-/// The message with its `traceparent`/`tracestate` replaced by the publish span's context, so a
-/// consumer continues this trace; `None` without trace export, when the headers stay as they are
-/// (the incoming context, passed through) and the message is published without a copy.
-fn with_trace(span: &Span, msg: &Message) -> Option<Message> {
-    let tc = propagation::current(span)?;
-    let mut msg = msg.clone();
-    msg.headers.retain(|(k, _)| {
-        !k.eq_ignore_ascii_case(headers::TRACEPARENT)
-            && !k.eq_ignore_ascii_case(headers::TRACESTATE)
-    });
-    if let Some(tp) = tc.traceparent {
-        msg.headers.push((headers::TRACEPARENT.to_owned(), tp));
-    }
-    if let Some(ts) = tc.tracestate {
-        msg.headers.push((headers::TRACESTATE.to_owned(), ts));
-    }
-    Some(msg)
-}
-
-/// W3C Trace Context in and out of [`TraceContext`].
-mod propagation {
-    use std::collections::HashMap;
-
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::TraceContextExt as _;
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
-    use crate::event::TraceContext;
-    use crate::sinks::headers;
-
-    /// The remote parent an incoming `traceparent` describes; `None` when absent or invalid.
-    pub(super) fn extract(trace: &TraceContext) -> Option<opentelemetry::Context> {
-        let tp = trace.traceparent.as_deref()?;
-        let mut carrier = HashMap::with_capacity(2);
-        carrier.insert(headers::TRACEPARENT.to_owned(), tp.to_owned());
-        if let Some(ts) = &trace.tracestate {
-            carrier.insert(headers::TRACESTATE.to_owned(), ts.clone());
-        }
-        let cx = TraceContextPropagator::new().extract(&carrier);
-        cx.span().span_context().is_valid().then_some(cx)
-    }
-
-    /// The span's own context as W3C headers; `None` when it is not exported (no OpenTelemetry
-    /// layer, or the span is disabled).
-    pub(super) fn current(span: &tracing::Span) -> Option<TraceContext> {
-        if span.is_disabled() {
-            return None;
-        }
-        let cx = span.context();
-        if !cx.span().span_context().is_valid() {
-            return None;
-        }
-        let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
-        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-        Some(TraceContext {
-            traceparent: carrier.remove(headers::TRACEPARENT),
-            tracestate: carrier
-                .remove(headers::TRACESTATE)
-                .filter(|s| !s.is_empty()),
-        })
     }
 }
 

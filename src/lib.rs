@@ -5,7 +5,6 @@
 //! back to the source only once every destination delivered or dead-lettered the event. See
 //! `ARCHITECTURE` in the README for the guarantees.
 
-pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
@@ -14,7 +13,6 @@ pub mod dlq;
 pub mod dlq_cli;
 pub mod event;
 pub mod group_commit;
-pub mod metrics;
 pub mod private_fs;
 pub mod router;
 pub mod simulator;
@@ -22,3 +20,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+
+// The metrics and the admin server live in `telemetry`; these keep `crate::metrics` and
+// `crate::admin` (and `fondo_bridge::metrics`, `fondo_bridge::admin`) as paths.
+pub use telemetry::{admin, metrics};

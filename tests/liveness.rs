@@ -6,7 +6,7 @@
 //! mount, fsfreeze): skipped loudly without, a failure under `CI=true`.
 //!
 //! The runtime half of the watchdog (a runtime whose threads are blocked stops ticking) is proved
-//! by the unit tests in `src/admin.rs`.
+//! by the unit tests in `src/telemetry/admin.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

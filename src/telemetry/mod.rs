@@ -1,4 +1,4 @@
-//! Logs and traces.
+//! Logs, traces, metrics and the admin server.
 //!
 //! - Logs: `tracing` to stderr, text or JSON, level from `RUST_LOG` or `telemetry.log_level`.
 //! - Traces: when an OTLP endpoint is configured (`telemetry.otlp_endpoint`, or the standard
@@ -6,6 +6,8 @@
 //!   (target `fondo_bridge`, level info and above) go through `tracing-opentelemetry` to an OTLP
 //!   exporter over gRPC or HTTP/protobuf. Without an endpoint there is no exporter and no
 //!   OpenTelemetry layer at all: spans cost what a `tracing` span costs.
+//! - `trace`: the per-event spans dispatch opens, and W3C Trace Context in and out of events.
+//! - [`metrics`]: the Prometheus registry; [`admin`]: the server for `/metrics` and the probes.
 //!
 //! Secrets (OTLP headers) are handed to the exporter and never logged.
 
@@ -24,6 +26,10 @@ use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
 use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
+
+pub mod admin;
+pub mod metrics;
+pub(crate) mod trace;
 
 /// The `tracing` target prefix exported as spans.
 const EXPORTED_TARGET: &str = "fondo_bridge";
