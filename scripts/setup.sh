@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets a fresh Debian/Ubuntu machine up for fondo-bridge's tests and demo: the brokers the tests run
-# against (RabbitMQ, NATS with JetStream, and tansu as the Kafka-protocol broker) and the release build.
+# against (RabbitMQ, NATS with JetStream, Redis, and tansu as the Kafka-protocol broker) and the release build.
 # Idempotent: what is already there is skipped. Run as root or with sudo available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ SUDO=""
 need_apt=()
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
 command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || need_apt+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)   # the shared identity store's tests
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)   # rdkafka's SSL/SASL
