@@ -10,7 +10,7 @@
 # simulator thread (the load generator of the WebSocket and webhook scenarios) and tansu on the
 # others ($BENCH_BROKER_CPUS). RabbitMQ and NATS are the machine's services and are not re-pinned.
 # Then (when the file sink is in --only) WebSocket -> file runs $BENCH_MACHINE_RUNS times (default
-# 5) on the whole machine, unpinned: issue #3's measurement.
+# 5) on the whole machine, unpinned: the demo's path at its real cost.
 # Writes bench-results/results.json and docs/benchmarks.md.
 #
 # Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average

@@ -83,6 +83,16 @@ impl Replica {
     }
 }
 
+/// The machine's Redis, and a NATS server of the test's own with stream `REP` (duplicate window
+/// 100 ms, so what is counted there is what the bridges published).
+async fn brokers() -> Option<(String, NatsServer, String)> {
+    let redis = common::broker("REDIS")?;
+    let nats = blocking(NatsServer::start)?;
+    let url = nats.url();
+    nats_stream_window(&url, "REP", "fondo.rep", Duration::from_millis(100)).await;
+    Some((redis, nats, url))
+}
+
 async fn scripted_sim(script: Vec<Bytes>, rate: f64) -> SimHandle {
     let (_, h) = stream::start(StreamConfig {
         rate,
@@ -118,14 +128,9 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
 /// later changes of their object), in order per object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_publish_every_change_once_in_order() {
-    let Some(redis) = common::broker("REDIS") else {
+    let Some((redis, _nats, url)) = brokers().await else {
         return;
     };
-    let Some(nats) = blocking(NatsServer::start) else {
-        return;
-    };
-    let url = nats.url();
-    nats_stream_window(&url, "REP", "fondo.rep", Duration::from_millis(100)).await;
     let all = history(1_500, 11);
     let lost: HashSet<usize> = (600..700).collect();
     let streamed: Vec<Bytes> = all
@@ -229,19 +234,14 @@ async fn two_replicas_publish_every_change_once_in_order() {
 }
 
 /// The webhooks come first, to replica 1 (which reads no stream); then replica 0 reads the same
-/// changes on the stream: a flip-flop whose bodies repeat, and distinct changes. Replica 0's
+/// changes on the stream: a flip-flop whose bodies repeat. Replica 0's
 /// copies pair with replica 1's occurrences and are released without publishing: each change is
 /// stored once, in the order it happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_copies_of_changes_another_replica_published_are_not_published_again() {
-    let Some(redis) = common::broker("REDIS") else {
+    let Some((redis, _nats, url)) = brokers().await else {
         return;
     };
-    let Some(nats) = blocking(NatsServer::start) else {
-        return;
-    };
-    let url = nats.url();
-    nats_stream_window(&url, "REP", "fondo.rep", Duration::from_millis(100)).await;
     let account = |from: &str, to: &str| {
         Bytes::from(format!(
             r#"{{"eventType":"account.update","current":{{"id":"acc-ff","clientId":"{CID}","status":"{to}"}},"previous":{{"id":"acc-ff","clientId":"{CID}","status":"{from}"}}}}"#
@@ -455,14 +455,9 @@ async fn redis_stopped_mid_stream_loses_nothing() {
 /// the process start to the stream read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_loss_gap_is_covered_by_webhooks_on_the_other_replica() {
-    let Some(redis) = common::broker("REDIS") else {
+    let Some((redis, _nats, url)) = brokers().await else {
         return;
     };
-    let Some(nats) = blocking(NatsServer::start) else {
-        return;
-    };
-    let url = nats.url();
-    nats_stream_window(&url, "REP", "fondo.rep", Duration::from_millis(100)).await;
     const N: usize = 3_000;
     const RATE: f64 = 500.0;
     let all = history(N, 31);

@@ -153,7 +153,7 @@ mod bench {
         /// Don't write the output files (smoke tests).
         #[arg(long)]
         no_write: bool,
-        /// WebSocket → file runs on the whole machine (issue #3's measurement): each run is a
+        /// WebSocket → file runs on the whole machine (the demo's path at its real cost): each run is a
         /// child process of this binary with every CPU allowed, its simulator thread unpinned, so
         /// load generator and bridge share the machine's cores as `fondo-bridge demo` does. Runs
         /// when `file` is in `--only`. `scripts/bench.sh` asks for 5.
@@ -1963,10 +1963,7 @@ mod bench {
             push(&mut s, "");
         }
         if let Some(m) = MachineRuns::of(rows) {
-            push(
-                &mut s,
-                "## WebSocket → file on the whole machine (issue #3)\n",
-            );
+            push(&mut s, "## WebSocket → file on the whole machine\n");
             push(
                 &mut s,
                 "The simulator → WebSocket source → spool → file sink path, with the spool and \
