@@ -1105,6 +1105,8 @@ async fn write_dead_letter(
 mod dedupe;
 pub mod identity;
 #[cfg(feature = "redis")]
+mod redis_batch;
+#[cfg(feature = "redis")]
 pub mod redis_store;
 mod snapshot;
 

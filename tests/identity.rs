@@ -549,3 +549,43 @@ with_both_stores!(
     fan_out_to_two_subjects_of_one_stream_stores_both_memory,
     fan_out_to_two_subjects_of_one_stream_stores_both_redis
 );
+
+/// Redis forgets its scripts (a restart, a failover, `SCRIPT FLUSH`) while the bridge runs: the
+/// next lookup gives Redis the script again in the same pipeline round, and pairing goes on with
+/// no store error and no duplicate.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_forgotten_by_redis_are_given_again() {
+    let changes = flip_flop("acc-scripts");
+    let sim = sim(changes.clone()).await;
+    let Some(rig) = both(&sim, Store::Redis).await else {
+        return;
+    };
+    rig.wait_acked(4).await;
+    let url = common::broker("REDIS").expect("the rig found Redis");
+    let client = redis::Client::open(url.as_str()).expect("Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis");
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    for (i, body) in changes.iter().enumerate() {
+        rig.post(&format!("s{i}"), body).await;
+    }
+    assert_eq!(payloads(&rig.stored("account").await), changes);
+    let paired = rig.counter(|m| m.identity_paired.get_or_create(&m.source("webhook")).get());
+    assert_eq!(paired, 4, "every webhook copy paired with its stream copy");
+    let errors = rig.counter(|m| {
+        ["resolve", "await_owner", "mark"]
+            .iter()
+            .map(|op| m.dedupe_store_errors_in(op).get())
+            .sum()
+    });
+    assert_eq!(errors, 0, "no lookup failed");
+    rig.finish().await;
+    sim.stop().await;
+}

@@ -728,8 +728,9 @@ pub struct RedisStoreConfig {
     /// broker round trip, and a WebSocket stream waits this long at most.
     #[serde(default = "default_redis_owner_wait_ms")]
     pub owner_wait_ms: u64,
-    /// Connections to Redis. Each is multiplexed (concurrent lookups are pipelined on it);
-    /// more help only when one connection's round trips are the bottleneck.
+    /// Connections to Redis. On each, whatever lookups and done marks queued while its last
+    /// pipeline was out go as the next one (one pipeline in flight per connection); more help
+    /// only when one connection's round trips are the bottleneck.
     #[serde(default = "default_redis_connections")]
     pub connections: usize,
 }
@@ -758,7 +759,7 @@ fn default_redis_owner_wait_ms() -> u64 {
     2_000
 }
 fn default_redis_connections() -> usize {
-    2
+    1
 }
 
 impl Default for DedupeConfig {

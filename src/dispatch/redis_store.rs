@@ -38,7 +38,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::mpsc;
+use redis::{Cmd, FromRedisValue};
+
+use super::redis_batch::{Batcher, Full, Outcomes};
 
 use super::identity::{Copy, IdentityConfig, Resolution, Resolved};
 use crate::config::RedisStoreConfig;
@@ -142,14 +144,6 @@ const MAX_UNPAIRED_PER_KEY: u32 = 10_000;
 /// How long the store is skipped after a failure: long enough that a Redis that does not answer
 /// costs a timeout only every so often, short enough that lookups resume soon after it is back.
 const BACKOFF: Duration = Duration::from_millis(200);
-/// Done marks waiting to be written; beyond this they are dropped (and counted), which can only
-/// make a copy elsewhere wait its `owner_wait` and publish.
-const MARK_QUEUE: usize = 4096;
-/// Pipelines of done marks written at once.
-const MARK_CONCURRENCY: usize = 8;
-/// Done marks per pipeline: the marks that queued while earlier ones were written go in one
-/// round trip.
-const MARK_BATCH: usize = 128;
 
 /// [`RESOLVE`]'s answer: how, occurrence, owner, late, reused delivery id, delivery state.
 type ResolveReply = (String, String, String, i64, i64, String);
@@ -178,7 +172,8 @@ pub struct Mark {
 
 /// The shared identity tables.
 pub struct RedisStore {
-    conns: Vec<ConnectionManager>,
+    /// One per connection: lookups and done marks go out in pipelines ([`super::redis_batch`]).
+    pipes: Vec<Batcher>,
     next: AtomicUsize,
     resolve: redis::Script,
     done: redis::Script,
@@ -194,12 +189,11 @@ pub struct RedisStore {
     /// Milliseconds since `started` of the last failure (0: none), and of the last success.
     last_failure_ms: AtomicU64,
     last_success_ms: AtomicU64,
-    marks: mpsc::Sender<Mark>,
 }
 
 impl RedisStore {
     /// Sets the store up without connecting (connections are made on first use and remade after
-    /// a failure), and starts the task that writes done marks.
+    /// a failure), and starts a pipeline task per connection.
     pub fn new(
         rc: &RedisStoreConfig,
         cfg: IdentityConfig,
@@ -230,9 +224,11 @@ impl RedisStore {
                 .map_err(|e| StoreError::Url(e.kind_name()))?;
             conns.push(c);
         }
-        let (tx, rx) = mpsc::channel(MARK_QUEUE);
-        let store = Arc::new(Self {
-            conns,
+        let store = Arc::new_cyclic(|me| Self {
+            pipes: conns
+                .into_iter()
+                .map(|c| Batcher::spawn(c, timeout, me.clone()))
+                .collect(),
             next: AtomicUsize::new(0),
             resolve: redis::Script::new(RESOLVE),
             done: redis::Script::new(DONE),
@@ -248,9 +244,7 @@ impl RedisStore {
             skip_until_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             last_success_ms: AtomicU64::new(0),
-            marks: tx,
         });
-        tokio::spawn(Self::write_marks(Arc::downgrade(&store), rx));
         Ok(store)
     }
 
@@ -263,9 +257,37 @@ impl RedisStore {
         &self.owner
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+    fn pipe(&self) -> &Batcher {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len();
+        &self.pipes[i]
+    }
+
+    /// Sends `cmd` and reads its answer as `T`, within `timeout_ms`.
+    async fn call<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, String> {
+        let answer = match tokio::time::timeout(self.timeout, self.pipe().query(cmd)).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err("timed out".into()),
+        };
+        // The parse error is not shown: it can quote the value (delivery ids, owners).
+        redis::from_redis_value(answer).map_err(|_| "unexpected answer".to_owned())
+    }
+
+    /// Runs a script by its hash (`build` makes the `EVALSHA`); a Redis that does not know the
+    /// script (restarted, flushed) is given it and asked again.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        body: &str,
+        build: impl Fn() -> Cmd,
+    ) -> Result<T, String> {
+        match self.call(build()).await {
+            Err(e) if e == "NOSCRIPT" => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(body);
+                self.call::<String>(load).await?;
+                self.call(build()).await
+            }
+            r => r,
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -402,27 +424,30 @@ impl RedisStore {
         ck: &str,
     ) -> Result<ResolveReply, String> {
         let other = if side == "ws" { "wh" } else { "ws" };
-        let mut inv = self.resolve.prepare_invoke();
-        inv.key(self.key("d", copy.delivery_id.unwrap_or("-")))
-            .key(self.key("u", &format!("{ck}:{other}")))
-            .key(self.key("u", &format!("{ck}:{side}")))
-            .key(self.key("s", copy.object.unwrap_or("-")))
-            .arg(ck)
-            .arg(&**copy.id)
-            .arg(&self.owner)
-            .arg(if copy.delivery_id.is_some() { "1" } else { "0" })
-            .arg("1")
-            .arg(side)
-            .arg(if copy.object.is_some() { "1" } else { "0" })
-            .arg(u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX))
-            .arg(u64::try_from(self.cfg.replay_ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(MAX_UNPAIRED_PER_KEY);
-        let mut conn = self.conn();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.kind_name()),
-            Err(_) => Err("timed out".into()),
-        }
+        let keys = [
+            self.key("d", copy.delivery_id.unwrap_or("-")),
+            self.key("u", &format!("{ck}:{other}")),
+            self.key("u", &format!("{ck}:{side}")),
+            self.key("s", copy.object.unwrap_or("-")),
+        ];
+        self.eval(RESOLVE, || {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.resolve.get_hash())
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(ck)
+                .arg(&**copy.id)
+                .arg(&self.owner)
+                .arg(if copy.delivery_id.is_some() { "1" } else { "0" })
+                .arg("1")
+                .arg(side)
+                .arg(if copy.object.is_some() { "1" } else { "0" })
+                .arg(u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX))
+                .arg(u64::try_from(self.cfg.replay_ttl.as_millis()).unwrap_or(u64::MAX))
+                .arg(MAX_UNPAIRED_PER_KEY);
+            cmd
+        })
+        .await
     }
 
     /// Webhooks only: the replay cache alone, as one native `SET NX GET` (no script: a fraction
@@ -443,13 +468,7 @@ impl RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(ttl);
-        let mut conn = self.conn();
-        let old: Option<String> =
-            match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(e.kind_name()),
-                Err(_) => return Err("timed out".into()),
-            };
+        let old: Option<String> = self.call(cmd).await?;
         let new = |reused| {
             (
                 "new".to_owned(),
@@ -479,11 +498,7 @@ impl RedisStore {
                 // names it.
                 let mut set = redis::cmd("SET");
                 set.arg(&key).arg(&value).arg("PX").arg(ttl);
-                match tokio::time::timeout(self.timeout, set.query_async::<()>(&mut conn)).await {
-                    Ok(Ok(())) => Ok(new(1)),
-                    Ok(Err(e)) => Err(e.kind_name()),
-                    Err(_) => Err("timed out".into()),
-                }
+                self.call::<()>(set).await.map(|()| new(1))
             }
         }
     }
@@ -499,21 +514,22 @@ impl RedisStore {
                 self.metrics.dedupe_store_errors_in("await_owner").inc();
                 return false;
             }
-            let mut inv = self.done.prepare_invoke();
-            inv.key(&mark).key(&delivery);
-            let mut conn = self.conn();
-            match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
-                Ok(Ok(1)) => {
+            let done = self.eval::<i64>(DONE, || {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.done.get_hash())
+                    .arg(2)
+                    .arg(&mark)
+                    .arg(&delivery);
+                cmd
+            });
+            match done.await {
+                Ok(1) => {
                     self.succeeded();
                     return true;
                 }
-                Ok(Ok(_)) => self.succeeded(),
-                Ok(Err(e)) => {
-                    self.failed("await_owner", &e.kind_name());
-                    return false;
-                }
-                Err(_) => {
-                    self.failed("await_owner", "timed out");
+                Ok(_) => self.succeeded(),
+                Err(e) => {
+                    self.failed("await_owner", &e);
                     return false;
                 }
             }
@@ -526,72 +542,54 @@ impl RedisStore {
         }
     }
 
-    /// Queues the done mark of an occurrence this process finished (delivered or dead-lettered).
-    pub fn mark_done(&self, mark: Mark) {
-        if self.marks.try_send(mark).is_err() {
+    /// Queues the done mark of an occurrence this process finished (delivered or dead-lettered):
+    /// its own mark (pairing), and the delivery's entry rewritten as done only if it still
+    /// exists (`XX`, keeping its time to live). A mark that cannot be queued or written is
+    /// counted; it can only make a copy elsewhere wait its `owner_wait` and publish.
+    pub fn mark_done(&self, m: Mark) {
+        if self.skipping() {
+            self.metrics.dedupe_store_errors_in("mark").inc();
+            return;
+        }
+        let pipe = self.pipe();
+        let mut queued = Ok(());
+        if self.cfg.pair_sources {
+            let window = u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.key("o", &m.occurrence))
+                .arg("1")
+                .arg("PX")
+                .arg(window);
+            queued = pipe.send(cmd);
+        }
+        if let Some(d) = &m.delivery {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.key("d", d))
+                .arg(format!(
+                    "d|{:032x}|{}|{}",
+                    m.content_key,
+                    m.owner.as_deref().unwrap_or(&self.owner),
+                    m.occurrence
+                ))
+                .arg("XX")
+                .arg("KEEPTTL");
+            queued = queued.and(pipe.send(cmd));
+        }
+        if let Err(Full::Full | Full::Closed) = queued {
             self.metrics.dedupe_store_errors_in("mark").inc();
         }
     }
+}
 
-    async fn write_marks(store: std::sync::Weak<Self>, mut rx: mpsc::Receiver<Mark>) {
-        use futures::StreamExt as _;
-        let mut running = futures::stream::FuturesUnordered::new();
-        let mut batch = Vec::with_capacity(MARK_BATCH);
-        loop {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, MARK_BATCH), if running.len() < MARK_CONCURRENCY => {
-                    if n == 0 {
-                        break;
-                    }
-                    let Some(s) = store.upgrade() else { break };
-                    let marks = std::mem::replace(&mut batch, Vec::with_capacity(MARK_BATCH));
-                    running.push(s.write_mark_batch(marks));
-                }
-                Some(()) = running.next(), if !running.is_empty() => {}
-            }
-        }
-        while running.next().await.is_some() {}
+impl Outcomes for RedisStore {
+    fn unanswered(&self, commands: u64, why: &str) {
+        self.metrics
+            .dedupe_store_errors_in("mark")
+            .inc_by(commands.saturating_sub(1));
+        self.failed("mark", why);
     }
 
-    async fn write_mark_batch(self: Arc<Self>, marks: Vec<Mark>) {
-        if self.skipping() {
-            self.metrics
-                .dedupe_store_errors_in("mark")
-                .inc_by(marks.len() as u64);
-            return;
-        }
-        // Native commands in one pipeline: an occurrence's mark, and the delivery's entry
-        // rewritten as done only if it still exists (`XX`, keeping its time to live).
-        let window = u64::try_from(self.cfg.pair_window.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        for m in &marks {
-            if self.cfg.pair_sources {
-                pipe.cmd("SET")
-                    .arg(self.key("o", &m.occurrence))
-                    .arg("1")
-                    .arg("PX")
-                    .arg(window)
-                    .ignore();
-            }
-            if let Some(d) = &m.delivery {
-                pipe.cmd("SET")
-                    .arg(self.key("d", d))
-                    .arg(format!(
-                        "d|{:032x}|{}|{}",
-                        m.content_key,
-                        m.owner.as_deref().unwrap_or(&self.owner),
-                        m.occurrence
-                    ))
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .ignore();
-            }
-        }
-        let mut conn = self.conn();
-        match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => self.succeeded(),
-            Ok(Err(e)) => self.failed("mark", &e.kind_name()),
-            Err(_) => self.failed("mark", "timed out"),
-        }
+    fn answered(&self) {
+        self.succeeded();
     }
 }
