@@ -11,11 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::{Config, SinkConfig};
-use crate::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use crate::dlq::DeadLetterWriter;
+use crate::dispatch::Dispatcher;
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::plan::Plan;
 use crate::sinks::deferred::{Connect, DeferredSink, RetryConnect};
 use crate::sinks::{DynSink, SinkError};
 use crate::sources::Readiness;
@@ -211,46 +210,25 @@ fn attach_shared_store(
 }
 
 impl Bridge {
-    /// Builds and starts everything the config describes. Sources start last, once every sink is
-    /// connected or connecting in the background (see [`start_sinks`]).
+    /// Builds and starts everything `cfg` describes (its routing table is compiled here; see
+    /// [`Bridge::start_plan`]).
     pub async fn start(cfg: Config) -> Result<Self, AppError> {
+        let plan = Plan::new(cfg).map_err(|e| AppError::Routes(e.problems().join("; ")))?;
+        Self::start_plan(plan).await
+    }
+
+    /// Builds and starts everything the plan describes. Sources start last, once every sink is
+    /// connected or connecting in the background (see [`start_sinks`]).
+    pub async fn start_plan(plan: Plan) -> Result<Self, AppError> {
         let metrics = Arc::new(Metrics::new());
         let readiness = Arc::new(Readiness::default());
         let tasks = TaskTracker::new();
         let intake = CancellationToken::new();
-        let sinks = start_sinks(&cfg).await?;
-        let router = Router::compile(&cfg).map_err(|errs| {
-            AppError::Routes(
-                errs.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
-        let dl_sink = cfg
-            .dead_letter
-            .sink
-            .as_ref()
-            .and_then(|n| sinks.get(n).cloned());
-        let dead_letters = Arc::new(
-            DeadLetterWriter::new(
-                dl_sink,
-                cfg.dead_letter.topic.clone(),
-                cfg.dead_letter.max_attempts,
-                cfg.dead_letter.fallback_file.clone(),
-                Arc::clone(&metrics),
-            )
-            .with_fallback_max_bytes(cfg.dead_letter.fallback_max_bytes),
-        );
-        let dispatcher = Dispatcher::start(DispatcherParts {
-            router,
-            sinks,
-            dead_letters,
-            policy: RetryPolicy::from_config(&cfg),
-            max_in_flight: cfg.delivery.max_in_flight,
-            identity: crate::dispatch::IdentityConfig::from_config(&cfg),
-            metrics: Arc::clone(&metrics),
-        });
+        let sinks = start_sinks(plan.config()).await?;
+        let dead_letters = plan.dead_letter_writer(plan.dead_letter_sink(&sinks), &metrics);
+        let dispatcher = plan.dispatcher(sinks, dead_letters, &metrics);
+        let parse = plan.parse_options();
+        let cfg = plan.into_config();
         attach_shared_store(&cfg, &dispatcher, &metrics)?;
         if let Some(path) = identity_snapshot_path(&cfg) {
             match dispatcher.load_identity(&path) {
@@ -292,15 +270,6 @@ impl Bridge {
             tracing::info!(addr = ?admin_addr, "admin server listening (/metrics, /healthz, /readyz)");
         }
 
-        let parse = ParseOptions {
-            max_bytes: cfg
-                .sources
-                .websocket
-                .as_ref()
-                .map(|w| w.max_frame_bytes)
-                .unwrap_or(1024 * 1024),
-            id_pointer: cfg.event.id_pointer.clone(),
-        };
         let mut bridge = Self {
             dispatcher,
             metrics,
@@ -438,8 +407,8 @@ mod reload {
         forced: bool,
     ) -> bool {
         let trigger = if forced { "SIGHUP" } else { "file change" };
-        let cfg = match Config::load(path) {
-            Ok(c) => c,
+        let plan = match Plan::load(path) {
+            Ok(p) => p,
             Err(e) => {
                 metrics.reload_failures.inc();
                 tracing::error!(
@@ -451,20 +420,24 @@ mod reload {
                 return false;
             }
         };
-        let router = match Router::compile_routes(&cfg.routes, cfg.unmatched, |s| {
-            running.sinks.contains_key(s)
-        }) {
-            Ok(r) => r,
-            Err(errs) => {
-                metrics.reload_failures.inc();
-                tracing::error!(
-                    %trigger,
-                    problems = %errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                    "routing reload rejected (routes may only use sinks that are running); the previous routes keep running"
-                );
-                return false;
-            }
-        };
+        let missing: Vec<String> = plan
+            .router()
+            .sinks()
+            .iter()
+            .filter(|s| !running.sinks.contains_key(&***s))
+            .map(|s| format!("no sink named {s:?} is running"))
+            .collect();
+        if !missing.is_empty() {
+            metrics.reload_failures.inc();
+            tracing::error!(
+                %trigger,
+                problems = %missing.join("; "),
+                "routing reload rejected (routes may only use sinks that are running); the previous routes keep running"
+            );
+            return false;
+        }
+        let cfg = plan.config();
+        let router = plan.router().clone();
         let mut restart = Vec::new();
         if cfg.sources != running.sources {
             restart.push("sources");

@@ -308,13 +308,13 @@ pub struct CompileError {
     pub message: String,
 }
 
-/// The compiled routing table.
-#[derive(Debug)]
+/// The compiled routing table. Cheap to clone (the table is shared).
+#[derive(Debug, Clone)]
 pub struct Router {
-    routes: Vec<CompiledRoute>,
+    routes: Arc<[CompiledRoute]>,
     /// For every known event type, the indices of the routes whose globs match it: matching costs
     /// one hash look-up however many routes there are.
-    by_type: HashMap<String, Vec<usize>>,
+    by_type: Arc<HashMap<String, Vec<usize>>>,
     unmatched: Unmatched,
 }
 
@@ -407,8 +407,8 @@ impl Router {
             by_type.insert((*t).to_owned(), idx);
         }
         Ok(Self {
-            routes: compiled,
-            by_type,
+            routes: compiled.into(),
+            by_type: Arc::new(by_type),
             unmatched,
         })
     }
@@ -419,6 +419,17 @@ impl Router {
 
     pub fn route_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// The sinks the routes publish to (each once, in route order).
+    pub fn sinks(&self) -> Vec<Arc<str>> {
+        let mut seen: Vec<Arc<str>> = Vec::new();
+        for d in self.routes.iter().flat_map(|r| &r.to) {
+            if !seen.contains(&d.sink) {
+                seen.push(Arc::clone(&d.sink));
+            }
+        }
+        seen
     }
 
     /// Where an event goes. Pure: no I/O, no clock.

@@ -16,28 +16,26 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fondo_bridge::app;
-use fondo_bridge::config::Config;
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
+use fondo_bridge::dlq::commands::{self as dlq_cli, DlqCommand, DlqOutcome, ReadFrom, Select};
 use fondo_bridge::dlq::{DeadLetter, DeadLetterWriter, ReasonKind};
-use fondo_bridge::dlq_cli::{self, DlqCommand, DlqOutcome, ReadFrom, Select};
 use fondo_bridge::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
 };
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
+use fondo_bridge::plan::Plan;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn config(yaml: &str) -> Config {
+fn config(yaml: &str) -> Plan {
     // Validation wants a source; `dlq` never starts one.
     let yaml = format!(
         "sources: {{ webhook: {{ listen: \"127.0.0.1:0\", signature: {{ scheme: none, insecure: true }} }} }}\n{yaml}"
     );
     let yaml = yaml.as_str();
-    Config::from_str_with_env(yaml, "yaml", Vec::<(String, String)>::new())
+    Plan::from_str_with_env(yaml, "yaml", Vec::<(String, String)>::new())
         .unwrap_or_else(|e| panic!("test config invalid: {:?}\n{yaml}", e.problems()))
 }
 
@@ -54,33 +52,13 @@ fn bodies(nonce: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Runs the events through a dispatcher built from `cfg`, as the bridge would, and returns their
-/// event ids; every one must end acknowledged (delivered or dead-lettered).
-async fn run_events(cfg: &Config, bodies: &[Vec<u8>]) -> Vec<String> {
-    let sinks = app::build_sinks(cfg).await.expect("sinks start");
-    let router = Router::compile(cfg).expect("routes compile");
+/// Runs the events through a dispatcher built from `plan`, as the bridge would, and returns
+/// their event ids; every one must end acknowledged (delivered or dead-lettered).
+async fn run_events(plan: &Plan, bodies: &[Vec<u8>]) -> Vec<String> {
+    let sinks = app::build_sinks(plan.config()).await.expect("sinks start");
     let metrics = Arc::new(Metrics::new());
-    let dl_sink = cfg
-        .dead_letter
-        .sink
-        .as_ref()
-        .and_then(|n| sinks.get(n).cloned());
-    let writer = Arc::new(DeadLetterWriter::new(
-        dl_sink,
-        cfg.dead_letter.topic.clone(),
-        cfg.dead_letter.max_attempts,
-        cfg.dead_letter.fallback_file.clone(),
-        Arc::clone(&metrics),
-    ));
-    let d = Dispatcher::start(DispatcherParts {
-        router,
-        sinks,
-        dead_letters: writer,
-        policy: RetryPolicy::from_config(cfg),
-        max_in_flight: 1000,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    });
+    let writer = plan.dead_letter_writer(plan.dead_letter_sink(&sinks), &metrics);
+    let d = plan.dispatcher(sinks, writer, &metrics);
     let mut ids = Vec::new();
     let mut rxs = Vec::new();
     for b in bodies {
@@ -137,7 +115,7 @@ fn unparseable(raw: &[u8], id: &str) -> DeadLetter {
     )
 }
 
-async fn run(cmd: DlqCommand, cfg: &Config) -> (DlqOutcome, String) {
+async fn run(cmd: DlqCommand, cfg: &Plan) -> (DlqOutcome, String) {
     let mut out = Vec::new();
     let r = dlq_cli::run_with(cmd, cfg, CancellationToken::new(), &mut out)
         .await
@@ -846,14 +824,8 @@ admin: {{ listen: null }}
         out.display(),
         fallback.display()
     ));
-    let sinks = app::build_sinks(&cfg).await.expect("sinks start");
-    let writer = DeadLetterWriter::new(
-        sinks.get("files").cloned(),
-        "dead".into(),
-        1,
-        fallback.clone(),
-        Arc::new(Metrics::new()),
-    );
+    let sinks = app::build_sinks(cfg.config()).await.expect("sinks start");
+    let writer = cfg.dead_letter_writer(cfg.dead_letter_sink(&sinks), &Arc::new(Metrics::new()));
     for (i, raw) in [&b"{not json"[..], b"\xff\xfe binary"].iter().enumerate() {
         writer
             .write(&unparseable(raw, &format!("unparseable:{i}")))

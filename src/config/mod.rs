@@ -968,13 +968,37 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Loads `path` (YAML or TOML by extension) layered under the environment, then validates.
+    /// Loads `path` (YAML or TOML by extension) layered under the environment, and checks each
+    /// section. The routing table is checked when it is compiled: [`crate::plan::Plan::load`]
+    /// does both, and is what the commands use.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with_env(path, std::env::vars())
     }
 
     /// Like [`Config::load`], with the environment given (tests).
     pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let cfg = Self::read_with_env(path, env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses config text of the given format (`yaml`, `yml` or `toml`), with environment
+    /// overrides, and checks each section.
+    pub fn from_str_with_env(
+        text: &str,
+        format: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let cfg = Self::parse_with_env(text, format, env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses `path` without the semantic checks ([`Config::problems`]).
+    pub fn read_with_env(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
@@ -985,11 +1009,11 @@ impl Config {
             .to_ascii_lowercase();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
-        Self::from_str_with_env(&text, &ext, env)
+        Self::parse_with_env(&text, &ext, env)
     }
 
-    /// Parses config text of the given format (`yaml`, `yml` or `toml`), with environment overrides.
-    pub fn from_str_with_env(
+    /// Parses config text without the semantic checks: only what does not fit the types fails.
+    pub fn parse_with_env(
         text: &str,
         format: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -1005,7 +1029,7 @@ impl Config {
             }
         };
         fig = fig.merge(Serialized::defaults(env_layer(env)));
-        let cfg: Config = fig.extract().map_err(|e| {
+        fig.extract().map_err(|e| {
             ConfigError::Invalid(
                 e.into_iter()
                     .map(|e| Problem {
@@ -1018,14 +1042,17 @@ impl Config {
                     })
                     .collect(),
             )
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        })
     }
 
-    /// Every semantic problem at once.
+    /// Every problem of the sections at once (the routing table's are found by compiling it).
+    pub fn problems(&self) -> Vec<Problem> {
+        validate::validate(self)
+    }
+
+    /// [`Config::problems`] as a result.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let problems = validate::validate(self);
+        let problems = self.problems();
         if problems.is_empty() {
             Ok(())
         } else {

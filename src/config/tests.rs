@@ -5,31 +5,6 @@ fn parse(yaml: &str) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn every_example_config_parses() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !matches!(ext, "yaml" | "yml" | "toml") {
-            continue;
-        }
-        let has_webhook = std::fs::read_to_string(&path).unwrap().contains("webhook:");
-        let env: Vec<(String, String)> = if !has_webhook {
-            Vec::new()
-        } else {
-            vec![(
-                "FONDO_BRIDGE__SOURCES__WEBHOOK__SIGNATURE__SECRETS".to_string(),
-                "[\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]".to_string(),
-            )]
-        };
-        Config::load_with_env(&path, env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        n += 1;
-    }
-    assert!(n >= 5, "expected the example configs, found {n}");
-}
-
-#[test]
 fn production_example_documents_the_architecture_shape() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
     let c = Config::load_with_env(&path, Vec::new()).unwrap();
@@ -70,41 +45,6 @@ fn unknown_keys_are_errors_with_their_path() {
     let text = err.to_string();
     assert!(text.contains("max_atempts"), "{text}");
     assert!(text.contains("delivery"), "{text}");
-}
-
-#[test]
-fn five_mistakes_are_all_reported() {
-    let err = parse(
-        r#"
-sources:
-  webhook: { path: no-slash, signature: { scheme: none } }
-sinks:
-  files: { type: file, dir: /tmp/x }
-routes:
-  - name: r
-    match: ["order.*"]
-    to: [{ sink: nowhere, topic: "x.{foo}" }]
-dead_letter: { sink: missing }
-delivery: { max_attempts: 0 }
-"#,
-    )
-    .unwrap_err();
-    let problems = err.problems();
-    let want = [
-        "routes[0].to[0].sink",
-        "routes[0].to[0].topic: unknown placeholder {foo}",
-        "dead_letter.sink",
-        "delivery.max_attempts",
-        "sources.webhook.path",
-        "sources.webhook.signature",
-    ];
-    for w in want {
-        assert!(
-            problems.iter().any(|p| p.contains(w)),
-            "missing {w:?} in {problems:#?}"
-        );
-    }
-    assert!(problems.len() >= 6);
 }
 
 #[test]
@@ -161,31 +101,6 @@ fn no_source_is_an_error() {
     assert!(err.to_string().contains("sources"), "{err}");
 }
 
-#[test]
-fn nats_subjects_are_validated_at_load() {
-    let err = parse(
-        r#"
-sources: { webhook: { signature: { scheme: none, insecure: true } } }
-sinks: { nats: { type: nats, url: "nats://127.0.0.1:4222" } }
-routes:
-  - { name: r, match: ["*"], to: [{ sink: nats, topic: "fondo bad.{entity}" }] }
-dead_letter: { sink: nats, topic: "dl.>" }
-"#,
-    )
-    .unwrap_err();
-    let problems = err.problems();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.starts_with("routes[0].to[0].topic")),
-        "{problems:?}"
-    );
-    assert!(
-        problems.iter().any(|p| p.starts_with("dead_letter.topic")),
-        "{problems:?}"
-    );
-}
-
 /// An all-digit password from the environment is taken as its exact text (leading zero kept), and
 /// a secret the file gives as a number is its text too: no parse error that would print it.
 #[test]
@@ -220,7 +135,7 @@ dead_letter: { fallback_file: /tmp/dl.jsonl }
         "FONDO_BRIDGE__SINKS__R__PASSWORD".to_owned(),
         "0048151623".to_owned(),
     )];
-    let e = Config::from_str_with_env(&bad, "yaml", env).unwrap_err();
+    let e = crate::plan::Plan::from_str_with_env(&bad, "yaml", env).unwrap_err();
     let text = format!("{e} {e:?}");
     assert!(!text.contains("48151623"), "{text}");
     assert!(!text.contains("74312095"), "{text}");

@@ -1,7 +1,7 @@
-//! The one validation pass after parsing: every problem, each with its path.
+//! The checks of each section after parsing: every problem, each with its path. The routing
+//! table is checked where it is compiled (`crate::plan`).
 
 use super::{Config, Problem, SignatureConfig, SinkConfig};
-use crate::router::{Router, Template};
 
 pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -11,12 +11,6 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             message,
         })
     };
-
-    if let Err(errs) = Router::compile(cfg) {
-        for e in errs {
-            add(&e.path, e.message);
-        }
-    }
 
     for (name, sink) in &cfg.sinks {
         let at = format!("sinks.{name}");
@@ -108,9 +102,6 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
                 format!("no sink named {sink:?} in `sinks`"),
             );
         }
-    }
-    if let Err(e) = Template::parse(&cfg.dead_letter.topic) {
-        add("dead_letter.topic", e.to_string());
     }
     if cfg.dead_letter.fallback_file.as_os_str().is_empty() {
         add("dead_letter.fallback_file", "must not be empty".into());

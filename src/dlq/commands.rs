@@ -9,7 +9,7 @@
 //!
 //! Replay sends the selected dead letters again, keeping their event id (so JetStream `Nats-Msg-Id`
 //! and downstream deduplication still work) and adding a `fondo-replayed-at` header:
-//! - by default through the routing table as it is now, via a [`Dispatcher`], so retries and
+//! - by default through the routing table as it is now, via a [`crate::dispatch::Dispatcher`], so retries and
 //!   dead-lettering apply exactly as in the running bridge;
 //! - with `--original` straight to the sink, topic and key each dead letter failed on;
 //! - with `--to-sink S --to-topic T` to an explicit destination (the only way for unparseable ones).
@@ -29,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app;
 use crate::config::{Config, SinkConfig};
-use crate::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
+use crate::dispatch::RetryPolicy;
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, ReasonKind};
 use crate::event::{AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind};
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::plan::Plan;
 use crate::sinks::{DynSink, Message, Sink, SinkError, headers};
 
 /// `fondo-bridge dlq …`
@@ -330,20 +330,21 @@ impl Filter {
 }
 
 /// Runs one `dlq` command, printing to stdout; SIGTERM / Ctrl-C stop a replay cleanly.
-pub async fn run(cmd: DlqCommand, cfg: &Config) -> Result<DlqOutcome, DlqCliError> {
+pub async fn run(cmd: DlqCommand, plan: &Plan) -> Result<DlqOutcome, DlqCliError> {
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
     let mut out = std::io::stdout();
-    run_with(cmd, cfg, stop, &mut out).await
+    run_with(cmd, plan, stop, &mut out).await
 }
 
 /// Like [`run`], with the output and the stop signal given (tests, embedding).
 pub async fn run_with(
     cmd: DlqCommand,
-    cfg: &Config,
+    plan: &Plan,
     stop: CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> Result<DlqOutcome, DlqCliError> {
+    let cfg = plan.config();
     match cmd {
         DlqCommand::List { select, json } => {
             let filter = Filter::new(&select)?;
@@ -443,7 +444,7 @@ pub async fn run_with(
                 dry_run,
                 rate,
             };
-            let summary = replay(cfg, &dls, &opts, stop, out).await?;
+            let summary = replay(plan, &dls, &opts, stop, out).await?;
             writeln!(out, "{}", summary.line())?;
             let bad =
                 summary.failed + summary.refused + summary.not_sent > 0 || summary.interrupted;
@@ -658,39 +659,16 @@ async fn read_sink(
     };
     // The payloads read, and how many records were not the sink's own (file sink only).
     let (payloads, unreadable): (Vec<Vec<u8>>, usize) = match sc {
-        SinkConfig::File(f) => {
-            let path = crate::sinks::file::topic_file(&f.dir, topic);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(read_err(format!("{}: {e}", path.display()))),
-            };
-            let mut v = Vec::new();
-            let mut bad = 0;
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<crate::sinks::file::FileRecord>(line) {
-                    Ok(r) => v.push(r.payload_bytes()),
-                    Err(e) => {
-                        eprintln!(
-                            "warning: {}:{}: not a file-sink record: {e}",
-                            path.display(),
-                            i + 1
-                        );
-                        bad += 1;
-                    }
-                }
-            }
-            (v, bad)
-        }
+        SinkConfig::File(f) => crate::sinks::file::reader::read(&f.dir, topic).map_err(read_err)?,
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(k) => (
-            tokio::time::timeout(from.read_timeout, kafka::read(k, topic))
-                .await
-                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-                .map_err(read_err)?,
+            tokio::time::timeout(
+                from.read_timeout,
+                crate::sinks::kafka::reader::read(k, topic),
+            )
+            .await
+            .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+            .map_err(read_err)?,
             0,
         ),
         #[cfg(feature = "rabbitmq")]
@@ -703,19 +681,25 @@ async fn read_sink(
                 )));
             };
             (
-                tokio::time::timeout(from.read_timeout, rabbitmq::read(r, queue))
-                    .await
-                    .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-                    .map_err(read_err)?,
+                tokio::time::timeout(
+                    from.read_timeout,
+                    crate::sinks::rabbitmq::reader::read(r, queue),
+                )
+                .await
+                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+                .map_err(read_err)?,
                 0,
             )
         }
         #[cfg(feature = "nats")]
         SinkConfig::Nats(n) => (
-            tokio::time::timeout(from.read_timeout, nats::read(name, n, topic))
-                .await
-                .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
-                .map_err(read_err)?,
+            tokio::time::timeout(
+                from.read_timeout,
+                crate::sinks::nats::reader::read(name, n, topic),
+            )
+            .await
+            .map_err(|_| read_err(format!("timed out after {:?}", from.read_timeout)))?
+            .map_err(read_err)?,
             0,
         ),
         #[allow(unreachable_patterns)]
@@ -728,271 +712,6 @@ async fn read_sink(
     };
     let (ok, bad) = decode_payloads(payloads, &label);
     Ok((ok, unreadable + bad))
-}
-
-#[cfg(feature = "kafka")]
-mod kafka {
-    use super::*;
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::message::Message as _;
-    use rdkafka::{Offset, TopicPartitionList};
-
-    /// Assigns every partition from its low to its high watermark (no group, nothing committed).
-    pub(super) async fn read(
-        cfg: &crate::config::KafkaSinkConfig,
-        topic: &str,
-    ) -> Result<Vec<Vec<u8>>, String> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in &cfg.options {
-            let k = k.as_str();
-            if k.starts_with("security.")
-                || k.starts_with("sasl.")
-                || k.starts_with("ssl.")
-                || k.starts_with("socket.")
-                || k == "broker.address.family"
-            {
-                cc.set(k, v);
-            }
-        }
-        if let Ok(Some(p)) = crate::config::read_secret(
-            cfg.sasl_password.as_ref(),
-            cfg.sasl_password_file.as_deref(),
-        ) {
-            cc.set("sasl.password", p.expose());
-        }
-        cc.set("bootstrap.servers", cfg.brokers.trim())
-            .set(
-                "group.id",
-                format!(
-                    "fondo-bridge-dlq-reader-{}-{}",
-                    std::process::id(),
-                    SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or_default()
-                ),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("client.id", "fondo-bridge-dlq-reader");
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || read_blocking(cc, &topic))
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    fn read_blocking(cc: ClientConfig, topic: &str) -> Result<Vec<Vec<u8>>, String> {
-        let t = Duration::from_secs(10);
-        let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
-        let md = consumer
-            .fetch_metadata(Some(topic), t)
-            .map_err(|e| format!("metadata: {e}"))?;
-        let Some(tm) = md.topics().iter().find(|x| x.name() == topic) else {
-            return Ok(Vec::new());
-        };
-        if let Some(e) = tm.error() {
-            if e == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
-                return Ok(Vec::new());
-            }
-            return Err(format!("topic {topic}: {e:?}"));
-        }
-        let mut tpl = TopicPartitionList::new();
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        for p in tm.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), t)
-                .map_err(|e| format!("watermarks of partition {}: {e}", p.id()))?;
-            if high > low {
-                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                    .map_err(|e| e.to_string())?;
-                ends.insert(p.id(), high);
-            }
-        }
-        let mut out = Vec::new();
-        if ends.is_empty() {
-            return Ok(out);
-        }
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        // To the high watermark of every partition, then on until nothing more comes for a
-        // moment (some Kafka-protocol brokers report a stale high watermark).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut idle_since = Instant::now();
-        while Instant::now() < deadline
-            && (!ends.is_empty() || idle_since.elapsed() < Duration::from_millis(1500))
-        {
-            match consumer.poll(Duration::from_millis(300)) {
-                None => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(m)) => {
-                    idle_since = Instant::now();
-                    out.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
-                    if ends
-                        .get(&m.partition())
-                        .is_some_and(|end| m.offset() + 1 >= *end)
-                    {
-                        ends.remove(&m.partition());
-                    }
-                }
-            }
-        }
-        if !ends.is_empty() {
-            return Err(format!(
-                "partitions {:?} not read to their end",
-                ends.keys().collect::<Vec<_>>()
-            ));
-        }
-        Ok(out)
-    }
-}
-
-#[cfg(feature = "rabbitmq")]
-mod rabbitmq {
-    use lapin::options::{BasicGetOptions, BasicNackOptions};
-    use lapin::uri::AMQPUri;
-    use lapin::{Connection, ConnectionProperties};
-
-    /// Fetches every message of `queue` unacknowledged, then requeues them all.
-    pub(super) async fn read(
-        cfg: &crate::config::RabbitMqSinkConfig,
-        queue: &str,
-    ) -> Result<Vec<Vec<u8>>, String> {
-        let mut uri: AMQPUri = cfg
-            .url
-            .parse()
-            .map_err(|e| format!("invalid AMQP URL: {e}"))?;
-        if let Some(user) = &cfg.user {
-            uri.authority.userinfo.username = user.clone();
-        }
-        if let Ok(Some(p)) =
-            crate::config::read_secret(cfg.password.as_ref(), cfg.password_file.as_deref())
-        {
-            uri.authority.userinfo.password = p.expose().to_owned();
-        }
-        let conn = Connection::connect_uri(uri, ConnectionProperties::default())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let result = async {
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| format!("channel: {e}"))?;
-            let mut out = Vec::new();
-            let mut last_tag = None;
-            let res = loop {
-                match ch
-                    .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-                    .await
-                {
-                    Ok(Some(m)) => {
-                        last_tag = Some(m.delivery.delivery_tag);
-                        out.push(m.delivery.data.clone());
-                        if m.message_count == 0 {
-                            break Ok(());
-                        }
-                    }
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(format!("queue {queue}: {e}")),
-                }
-            };
-            if let Some(tag) = last_tag {
-                // Everything fetched goes back, in order; closing the channel would do it too.
-                let _ = ch
-                    .basic_nack(
-                        tag,
-                        BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        },
-                    )
-                    .await;
-            }
-            let _ = ch.close(200, "dlq read done".into()).await;
-            res.map(|()| out)
-        }
-        .await;
-        let _ = conn.close(200, "dlq read done".into()).await;
-        result
-    }
-}
-
-#[cfg(feature = "nats")]
-mod nats {
-    use super::*;
-    use async_nats::jetstream::{self, consumer};
-
-    /// Reads every message of `subject` through an ephemeral consumer that acknowledges nothing.
-    pub(super) async fn read(
-        name: &str,
-        cfg: &crate::config::NatsSinkConfig,
-        subject: &str,
-    ) -> Result<Vec<Vec<u8>>, String> {
-        let sink = crate::sinks::nats::NatsSink::connect(name, cfg)
-            .await
-            .map_err(|e| e.to_string())?;
-        let js = jetstream::new(sink.client().clone());
-        let result = async {
-            let stream = match js.stream_by_subject(subject).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let text = e.to_string();
-                    if text.contains("not found") || text.contains("no stream") {
-                        return Ok(Vec::new());
-                    }
-                    return Err(format!("no JetStream stream for subject {subject}: {e}"));
-                }
-            };
-            let stream = js
-                .get_stream(&stream)
-                .await
-                .map_err(|e| format!("stream {stream}: {e}"))?;
-            let mut c: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    filter_subject: subject.to_owned(),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(300),
-                    max_ack_pending: -1,
-                    inactive_threshold: Duration::from_secs(30),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("ephemeral consumer: {e}"))?;
-            let info = c.info().await.map_err(|e| e.to_string())?;
-            let total = usize::try_from(info.num_pending).unwrap_or(usize::MAX);
-            let cname = info.name.clone();
-            let mut out = Vec::with_capacity(total.min(100_000));
-            let mut empty = 0;
-            while out.len() < total && empty < 5 {
-                let want = (total - out.len()).clamp(1, 500);
-                let mut batch = c
-                    .batch()
-                    .max_messages(want)
-                    .expires(Duration::from_secs(2))
-                    .messages()
-                    .await
-                    .map_err(|e| format!("fetch: {e}"))?;
-                let before = out.len();
-                while let Some(m) = batch.next().await {
-                    let m = m.map_err(|e| format!("fetch: {e}"))?;
-                    // Never acknowledged: the consumer is ephemeral and goes away.
-                    out.push(m.payload.to_vec());
-                }
-                if out.len() == before {
-                    empty += 1;
-                }
-            }
-            let _ = stream.delete_consumer(&cname).await;
-            if out.len() < total {
-                return Err(format!("read {} of {total} messages", out.len()));
-            }
-            Ok(out)
-        }
-        .await;
-        let _ = sink.close(Instant::now() + Duration::from_secs(2)).await;
-        result
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1171,19 +890,8 @@ fn parse_event(cfg: &Config, d: &DeadLetter) -> Result<Event, String> {
     Event::parse(Bytes::from(d.body_bytes()), &opts, &ctx).map_err(|e| e.to_string())
 }
 
-fn router(cfg: &Config) -> Result<Router, DlqCliError> {
-    Router::compile(cfg).map_err(|errs| {
-        DlqCliError::Config(
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })
-}
-
 async fn replay(
-    cfg: &Config,
+    plan: &Plan,
     dls: &[DeadLetter],
     opts: &ReplayOpts,
     stop: CancellationToken,
@@ -1197,7 +905,8 @@ async fn replay(
     if dls.is_empty() {
         return Ok(summary);
     }
-    let router = router(cfg)?;
+    let cfg = plan.config();
+    let router = plan.router();
     if opts.dry_run {
         for d in dls {
             match &opts.mode {
@@ -1300,16 +1009,7 @@ async fn replay(
                 suffix: format!(":replay:{replayed_at}"),
             })
         });
-    let writer = Arc::new(
-        DeadLetterWriter::new(
-            dl_sink,
-            cfg.dead_letter.topic.clone(),
-            cfg.dead_letter.max_attempts,
-            cfg.dead_letter.fallback_file.clone(),
-            Arc::clone(&metrics),
-        )
-        .with_fallback_max_bytes(cfg.dead_letter.fallback_max_bytes),
-    );
+    let writer = plan.dead_letter_writer(dl_sink, &metrics);
     let sinks: HashMap<String, DynSink> = raw_sinks
         .iter()
         .map(|(n, s)| {
@@ -1329,15 +1029,7 @@ async fn replay(
     let drain = Duration::from_millis(cfg.delivery.drain_timeout_ms.max(1000));
     match &opts.mode {
         Mode::Routed => {
-            let dispatcher = Dispatcher::start(DispatcherParts {
-                router,
-                sinks,
-                dead_letters: Arc::clone(&writer),
-                policy: RetryPolicy::from_config(cfg),
-                max_in_flight: cfg.delivery.max_in_flight,
-                identity: crate::dispatch::IdentityConfig::from_config(cfg),
-                metrics: Arc::clone(&metrics),
-            });
+            let dispatcher = plan.dispatcher(sinks, Arc::clone(&writer), &metrics);
             let router = dispatcher.router();
             let mut pending = FuturesUnordered::new();
             let mut sent = 0;

@@ -19,6 +19,8 @@
 //! capturing the subject, a message too large, an invalid subject or header are fatal; timeouts,
 //! lost connections, storage limits and an unavailable JetStream are retriable.
 
+pub mod reader;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

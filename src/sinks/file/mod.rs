@@ -26,6 +26,8 @@
 //! cut off ([`crate::private_fs::cut_torn_line`]). A topic file the sink creates has its
 //! directory fsynced.
 
+pub mod reader;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -36,6 +36,8 @@
 //! `reconnect_wait_ms` for it to unblock rather than piling up in the client, and the health check
 //! reports the alarm.
 
+pub mod reader;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;

@@ -20,6 +20,8 @@
 //! write the fallback file are meant for a stopped bridge (two processes appending to a file
 //! being repaired could cut each other's lines).
 
+pub mod commands;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

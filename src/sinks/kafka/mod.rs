@@ -22,6 +22,8 @@
 //! Message mapping: `msg.topic` is the Kafka topic, `msg.key` the key, `msg.headers` (all of them,
 //! in order) the record headers, `msg.payload` the value, verbatim.
 
+pub mod reader;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
