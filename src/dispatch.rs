@@ -110,11 +110,9 @@ struct Inner {
     tasks: TaskTracker,
     /// Occurrence ids in flight (with the copies that wait for their outcome) and delivered lately.
     ids: std::sync::Mutex<dedupe::Ids<Parked>>,
-    /// Which occurrence a copy belongs to: webhook retries and cross-source pairing.
-    identities: Identities,
-    /// The same tables shared by every replica (`dedupe.store: redis`); replaces `identities`.
-    #[cfg(feature = "redis")]
-    shared_store: std::sync::OnceLock<Arc<redis_store::RedisStore>>,
+    /// Which occurrence a copy belongs to: webhook retries and cross-source pairing, in this
+    /// process or shared by every replica.
+    identities: IdentityStore,
 }
 
 /// What [`Dispatcher::identify`] decided for a copy.
@@ -237,7 +235,7 @@ impl Dispatcher {
         // retry (the replay cache's time) or the other source's copy (the pair window).
         let remember = parts.identity.replay_ttl.max(parts.identity.pair_window);
         let capacity = parts.identity.capacity as u64;
-        let identities = Identities::new(parts.identity, Arc::clone(&shared.metrics));
+        let identities = IdentityStore::new(parts.identity, Arc::clone(&shared.metrics));
         Self {
             inner: Arc::new(Inner {
                 router: ArcSwap::from_pointee(parts.router),
@@ -250,8 +248,6 @@ impl Dispatcher {
                 tasks,
                 ids: std::sync::Mutex::new(dedupe::Ids::new(remember, capacity)),
                 identities,
-                #[cfg(feature = "redis")]
-                shared_store: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -281,16 +277,12 @@ impl Dispatcher {
     /// Keeps identity state in the shared store from now on (call it once, before sources start).
     #[cfg(feature = "redis")]
     pub fn use_shared_store(&self, store: Arc<redis_store::RedisStore>) {
-        let _ = self.inner.shared_store.set(store);
+        self.inner.identities.share(store);
     }
 
     /// The shared store's state, when one is used: `Err` says since when it fails.
     pub fn shared_store_health(&self) -> Option<Result<(), String>> {
-        #[cfg(feature = "redis")]
-        if let Some(store) = self.inner.shared_store.get() {
-            return Some(store.health());
-        }
-        None
+        self.inner.identities.health()
     }
 
     /// Decides which occurrence `event` is, from `source` and (webhooks) its signed delivery id,
@@ -321,36 +313,33 @@ impl Dispatcher {
             delivery_id,
             id: &event.event_id,
         };
-        #[cfg(feature = "redis")]
-        if let Some(store) = self.inner.shared_store.get() {
-            let Some(found) = store.resolve(copy).await else {
-                return Identity::Publish;
-            };
-            Self::adopt(event, &found.resolved);
-            if found.owner_elsewhere
-                && (found.done || store.await_owner(&event.event_id, delivery_id).await)
-            {
-                if let Some(d) = delivery_id.filter(|_| !found.done) {
-                    // This delivery's own entry may point at the other replica's occurrence:
-                    // say it is done (still naming that replica), for its next retry.
-                    store.mark_done(redis_store::Mark {
-                        occurrence: Arc::clone(&event.event_id),
-                        content_key: event.content_key,
-                        delivery: Some(Arc::from(d)),
-                        owner: Some(found.owner.clone()),
-                    });
-                }
-                return Identity::Covered;
+        let store = &self.inner.identities;
+        let Some(found) = store.resolve(copy).await else {
+            return Identity::Publish;
+        };
+        Self::adopt(event, &found.resolved);
+        if found.owner_elsewhere
+            && (found.done || store.await_owner(&event.event_id, delivery_id).await)
+        {
+            if let Some(d) = delivery_id.filter(|_| !found.done) {
+                // This delivery's own entry may point at the other replica's occurrence: say it
+                // is done (still naming that replica), for its next retry.
+                store.mark_done(Mark {
+                    occurrence: Arc::clone(&event.event_id),
+                    content_key: event.content_key,
+                    delivery: Some(Arc::from(d)),
+                    owner: Some(found.owner),
+                });
             }
+            return Identity::Covered;
+        }
+        if store.is_shared() {
             // Published here: this process marks it done when it is.
             event.done_mark = Some(crate::event::DoneMark {
                 content_key: event.content_key,
                 delivery: delivery_id.map(Arc::from),
             });
-            return Identity::Publish;
         }
-        let r = self.inner.identities.resolve(copy, Instant::now());
-        Self::adopt(event, &r);
         Identity::Publish
     }
 
@@ -379,7 +368,7 @@ impl Dispatcher {
     pub fn save_identity(&self, path: &std::path::Path) -> std::io::Result<usize> {
         let clock = snapshot::Clock::now();
         let entries: Vec<snapshot::Entry> = {
-            let deliveries = self.inner.identities.deliveries(Instant::now());
+            let deliveries = self.inner.identities.memory().deliveries(Instant::now());
             let ids = self.ids();
             deliveries
                 .into_iter()
@@ -419,12 +408,15 @@ impl Dispatcher {
             let occurrence = snapshot::arc(e.o);
             self.ids()
                 .restore_delivered(Arc::clone(&occurrence), delivered);
-            self.inner.identities.restore_delivery(identity::Delivery {
-                id: snapshot::arc(e.d),
-                occurrence,
-                content_key,
-                seen,
-            });
+            self.inner
+                .identities
+                .memory()
+                .restore_delivery(identity::Delivery {
+                    id: snapshot::arc(e.d),
+                    occurrence,
+                    content_key,
+                    seen,
+                });
             n += 1;
         }
         Ok(n)
@@ -432,7 +424,7 @@ impl Dispatcher {
 
     /// Unpaired occurrences waiting for their copy from the other source.
     pub fn unpaired(&self) -> usize {
-        self.inner.identities.unpaired()
+        self.inner.identities.memory().unpaired()
     }
 
     /// Events inside the bridge now.
@@ -607,17 +599,13 @@ impl Dispatcher {
     }
 
     /// Tells the other replicas that this process finished an occurrence (shared store).
-    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     fn mark_done(&self, id: &Arc<str>, mark: crate::event::DoneMark) {
-        #[cfg(feature = "redis")]
-        if let Some(store) = self.inner.shared_store.get() {
-            store.mark_done(redis_store::Mark {
-                occurrence: Arc::clone(id),
-                content_key: mark.content_key,
-                delivery: mark.delivery,
-                owner: None,
-            });
-        }
+        self.inner.identities.mark_done(Mark {
+            occurrence: Arc::clone(id),
+            content_key: mark.content_key,
+            delivery: mark.delivery,
+            owner: None,
+        });
     }
 
     fn ids(&self) -> std::sync::MutexGuard<'_, dedupe::Ids<Parked>> {
@@ -1109,9 +1097,10 @@ mod redis_batch;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 mod snapshot;
+pub mod store;
 
-use identity::Identities;
 pub use identity::{IdentityConfig, Resolution};
+use store::{IdentityStore, Mark};
 
 #[cfg(test)]
 mod tests;

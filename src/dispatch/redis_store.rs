@@ -41,6 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue};
 
 use super::redis_batch::{Batcher, Full, Outcomes};
+pub use super::store::{Lookup, Mark};
 
 use super::identity::{Copy, IdentityConfig, Resolution, Resolved};
 use crate::config::RedisStoreConfig;
@@ -147,28 +148,6 @@ const BACKOFF: Duration = Duration::from_millis(200);
 
 /// [`RESOLVE`]'s answer: how, occurrence, owner, late, reused delivery id, delivery state.
 type ResolveReply = (String, String, String, i64, i64, String);
-
-/// What the store decided for one copy.
-#[derive(Debug)]
-pub struct Lookup {
-    pub resolved: Resolved,
-    /// Another replica owns the occurrence.
-    pub owner_elsewhere: bool,
-    /// The delivery's owner has already finished it.
-    pub done: bool,
-    /// The replica that owns the occurrence.
-    pub owner: String,
-}
-
-/// A done mark to write.
-#[derive(Debug)]
-pub struct Mark {
-    pub occurrence: Arc<str>,
-    pub content_key: u128,
-    pub delivery: Option<Arc<str>>,
-    /// The occurrence's owner, when another replica: a delivery entry keeps naming it.
-    pub owner: Option<String>,
-}
 
 /// The shared identity tables.
 pub struct RedisStore {
