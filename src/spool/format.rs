@@ -31,6 +31,7 @@ pub(super) enum Format {
     V2,
 }
 
+/// The format a segment's magic names; `None` for any other magic.
 pub(super) fn format_of(magic: &[u8; 8]) -> Option<Format> {
     if magic == MAGIC {
         Some(Format::V2)
@@ -41,9 +42,13 @@ pub(super) fn format_of(magic: &[u8; 8]) -> Option<Format> {
     }
 }
 
+/// Why a record could not be read.
 pub(super) enum RecordError {
+    /// The file ends inside the record (a torn write).
     Truncated,
+    /// The record's bytes do not check out; says how.
     Corrupt(&'static str),
+    /// Reading failed.
     Io(std::io::Error),
 }
 
@@ -63,6 +68,21 @@ pub(super) fn read_record(
     r: &mut impl Read,
     format: Format,
 ) -> Result<Option<(Rec, u64)>, RecordError> {
+    let Some((id, body)) = read_frame(r)? else {
+        return Ok(None);
+    };
+    let size = (HEADER + body.len()) as u64;
+    let rec = if format == Format::V2 && id & RELEASE_FLAG != 0 {
+        decode_release(id, &body)?
+    } else {
+        Rec::Event(decode_event(id, body, format)?)
+    };
+    Ok(Some((rec, size)))
+}
+
+/// Reads one record's header and body and checks its length and CRC; returns the id field and
+/// the body, `Ok(None)` at a clean end of file.
+fn read_frame(r: &mut impl Read) -> Result<Option<(u64, Vec<u8>)>, RecordError> {
     let mut header = [0u8; HEADER];
     match read_full(r, &mut header).map_err(RecordError::Io)? {
         0 => return Ok(None),
@@ -88,26 +108,29 @@ pub(super) fn read_record(
     if h.finalize() != crc {
         return Err(RecordError::Corrupt("CRC mismatch"));
     }
-    let id = u64::from_le_bytes(id_bytes);
-    let size = (HEADER + len) as u64;
-    if format == Format::V2 && id & RELEASE_FLAG != 0 {
-        if len % 8 != 0 {
-            return Err(RecordError::Corrupt(
-                "release record length is not a multiple of 8",
-            ));
-        }
-        let ids = body
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        return Ok(Some((
-            Rec::Release {
-                at: id & !RELEASE_FLAG,
-                ids,
-            },
-            size,
-        )));
+    Ok(Some((u64::from_le_bytes(id_bytes), body)))
+}
+
+/// The body of a release record: the released ids, `u64 LE` each.
+fn decode_release(id: u64, body: &[u8]) -> Result<Rec, RecordError> {
+    if body.len() % 8 != 0 {
+        return Err(RecordError::Corrupt(
+            "release record length is not a multiple of 8",
+        ));
     }
+    let ids = body
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Rec::Release {
+        at: id & !RELEASE_FLAG,
+        ids,
+    })
+}
+
+/// The body of an event record: client id, occurrence id (`FBSPOOL2` only), payload.
+fn decode_event(id: u64, body: Vec<u8>, format: Format) -> Result<SpoolRecord, RecordError> {
+    let len = body.len();
     let clen = usize::from(u16::from_le_bytes([body[0], body[1]]));
     let mut at = 2 + clen;
     if at > len {
@@ -135,15 +158,12 @@ pub(super) fn read_record(
         }
     };
     let payload = Bytes::from(body).slice(at..);
-    Ok(Some((
-        Rec::Event(SpoolRecord {
-            id,
-            client_id,
-            occurrence_id,
-            payload,
-        }),
-        size,
-    )))
+    Ok(SpoolRecord {
+        id,
+        client_id,
+        occurrence_id,
+        payload,
+    })
 }
 
 /// Reads until `buf` is full or end of file; returns how much was read.

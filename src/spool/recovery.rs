@@ -15,11 +15,38 @@ use crate::metrics::{Metrics, SourceReasonLabels};
 
 /// Scans the directory: every segment's good prefix, truncating and quarantining bad tails, then
 /// applies the release records of all segments and deletes the segments with nothing live left.
+/// Returns the kept segments, oldest first, the id the next segment takes, and the report.
 pub(super) fn recover(
     dir: &Path,
     metrics: &Metrics,
 ) -> Result<(Vec<Segment>, u64, RecoveryReport), SpoolError> {
     let mut report = RecoveryReport::default();
+    let found = list_segments(dir, &mut report)?;
+    let mut next_id = 0u64;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut released = Vec::new();
+    for (first_id, path) in found {
+        report.segments += 1;
+        let scan = scan_segment(&path, first_id)?;
+        cut_bad_tail(dir, &path, &scan, metrics, &mut report)?;
+        // A segment without event records still took its first id: no later one may reuse its name.
+        next_id = next_id.max(first_id + scan.count.max(1));
+        segments.push(load_segment(path, first_id, &scan));
+        released.extend(scan.releases);
+    }
+    apply_releases(&mut segments, released);
+    save_live_sets_of_kept(dir, &mut segments);
+    let kept = delete_fully_released(segments, &mut report);
+    sync_dir(dir);
+    Ok((kept, next_id, report))
+}
+
+/// The segment files in `dir` by first id, sorted; counts the other files in `report` and
+/// deletes `.live` files whose segment is gone.
+fn list_segments(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("listing the spool directory", dir))? {
         let entry = entry.map_err(io_err("listing the spool directory", dir))?;
@@ -27,7 +54,7 @@ pub(super) fn recover(
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if let Some(seg_name) = name.strip_suffix(LIVE_SUFFIX) {
-            // A live-set file whose segment is gone has no use; one with a segment is read below.
+            // A live-set file whose segment is gone has no use; one with a segment is read later.
             if !dir.join(seg_name).is_file() {
                 let _ = fs::remove_file(&path);
             }
@@ -46,67 +73,79 @@ pub(super) fn recover(
         }
     }
     found.sort();
-    let mut next_id = 0u64;
-    let mut segments: Vec<Segment> = Vec::new();
-    let mut released = Vec::new();
-    for (first_id, path) in found {
-        report.segments += 1;
-        let scan = scan_segment(&path, first_id)?;
-        if let Some((offset, why)) = scan.bad_tail {
-            report.corrupt_segments += 1;
-            let file_len = fs::metadata(&path)
-                .map_err(io_err("reading a spool segment", &path))?
-                .len();
-            let cut = file_len.saturating_sub(offset);
-            report.discarded_bytes += cut;
-            metrics
-                .rejected
-                .get_or_create(&SourceReasonLabels {
-                    source: "websocket".into(),
-                    reason: "spool_corrupt".into(),
-                })
-                .inc();
-            let quarantined = quarantine_tail(dir, &path, offset);
-            tracing::error!(
-                path = %path.display(),
-                offset,
-                discarded_bytes = cut,
-                good_records = scan.count,
-                reason = why,
-                quarantined = %quarantined.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "no".into()),
-                "spool segment has a corrupt or truncated tail; keeping the good prefix"
-            );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err("truncating a spool segment", &path))?;
-            f.set_len(offset)
-                .map_err(io_err("truncating a spool segment", &path))?;
-            f.sync_all()
-                .map_err(io_err("truncating a spool segment", &path))?;
-        }
-        // A segment without event records still took its first id: no later one may reuse its name.
-        next_id = next_id.max(first_id + scan.count.max(1));
-        let mut seg = Segment::new(path, first_id, scan.count, scan.good_bytes, false);
-        seg.has_releases = scan.has_releases;
-        released.extend(scan.releases);
-        // The live set of the last clean close or deletion: a safe over-estimate. Its record count
-        // must match the good prefix (a segment cut since has fewer records).
-        match read_live_set(&live_path(&seg.path), scan.count) {
-            Some(words) => {
-                for i in (0..scan.count).filter(|&i| word_bit(&words, i)) {
-                    seg.set_live(i);
-                }
+    Ok(found)
+}
+
+/// When the scan found a bad tail: counts it, copies it to `quarantine/`, logs it and cuts it
+/// off the segment (fsynced).
+fn cut_bad_tail(
+    dir: &Path,
+    path: &Path,
+    scan: &Scan,
+    metrics: &Metrics,
+    report: &mut RecoveryReport,
+) -> Result<(), SpoolError> {
+    let Some((offset, why)) = scan.bad_tail else {
+        return Ok(());
+    };
+    report.corrupt_segments += 1;
+    let file_len = fs::metadata(path)
+        .map_err(io_err("reading a spool segment", path))?
+        .len();
+    let cut = file_len.saturating_sub(offset);
+    report.discarded_bytes += cut;
+    metrics
+        .rejected
+        .get_or_create(&SourceReasonLabels {
+            source: "websocket".into(),
+            reason: "spool_corrupt".into(),
+        })
+        .inc();
+    let quarantined = quarantine_tail(dir, path, offset);
+    tracing::error!(
+        path = %path.display(),
+        offset,
+        discarded_bytes = cut,
+        good_records = scan.count,
+        reason = why,
+        quarantined = %quarantined.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "no".into()),
+        "spool segment has a corrupt or truncated tail; keeping the good prefix"
+    );
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("truncating a spool segment", path))?;
+    f.set_len(offset)
+        .map_err(io_err("truncating a spool segment", path))?;
+    f.sync_all()
+        .map_err(io_err("truncating a spool segment", path))?;
+    Ok(())
+}
+
+/// The scanned segment with its live set: the records its `.live` file shows live, or all of
+/// them without a valid one (release records are applied later, across segments).
+fn load_segment(path: PathBuf, first_id: u64, scan: &Scan) -> Segment {
+    let mut seg = Segment::new(path, first_id, scan.count, scan.good_bytes, false);
+    seg.has_releases = scan.has_releases;
+    // The live set of the last clean close or deletion: a safe over-estimate. Its record count
+    // must match the good prefix (a segment cut since has fewer records).
+    match read_live_set(&live_path(&seg.path), scan.count) {
+        Some(words) => {
+            for i in (0..scan.count).filter(|&i| word_bit(&words, i)) {
+                seg.set_live(i);
             }
-            None => {
-                for i in 0..scan.count {
-                    seg.set_live(i);
-                }
+        }
+        None => {
+            for i in 0..scan.count {
+                seg.set_live(i);
             }
         }
-        segments.push(seg);
     }
-    // What the release records say; `segments` is sorted by first id.
+    seg
+}
+
+/// Clears the live bits of the ids the release records name; `segments` is sorted by first id.
+fn apply_releases(segments: &mut [Segment], released: Vec<u64>) {
     for id in released {
         let i = segments.partition_point(|s| s.first_id <= id);
         if let Some(seg) = i.checked_sub(1).and_then(|i| segments.get_mut(i)) {
@@ -115,27 +154,36 @@ pub(super) fn recover(
             }
         }
     }
-    // Segments with nothing live left are deleted. Release records in them may be all that
-    // remembers releases of kept segments: write those segments' live sets first.
-    if segments.iter().any(|s| s.live_count == 0 && s.has_releases) {
-        let mut wrote = false;
-        for seg in segments
-            .iter_mut()
-            .filter(|s| s.live_count > 0 && s.released_gen != s.live_file_gen)
-        {
-            match write_live_set(&seg.path, seg.count, &seg.live) {
-                Ok(()) => {
-                    seg.live_file_gen = seg.released_gen;
-                    wrote = true;
-                }
-                Err(e) => tracing::warn!(path = %seg.path.display(), error = %e,
-                    "cannot record a spool segment's live set; some of its released records may be replayed after a crash"),
+}
+
+/// Segments with nothing live left are about to be deleted. Release records in them may be all
+/// that remembers releases of kept segments: writes those segments' live sets first.
+fn save_live_sets_of_kept(dir: &Path, segments: &mut [Segment]) {
+    if !segments.iter().any(|s| s.live_count == 0 && s.has_releases) {
+        return;
+    }
+    let mut wrote = false;
+    for seg in segments
+        .iter_mut()
+        .filter(|s| s.live_count > 0 && s.released_gen != s.live_file_gen)
+    {
+        match write_live_set(&seg.path, seg.count, &seg.live) {
+            Ok(()) => {
+                seg.live_file_gen = seg.released_gen;
+                wrote = true;
             }
-        }
-        if wrote {
-            sync_dir(dir);
+            Err(e) => tracing::warn!(path = %seg.path.display(), error = %e,
+                "cannot record a spool segment's live set; some of its released records may be replayed after a crash"),
         }
     }
+    if wrote {
+        sync_dir(dir);
+    }
+}
+
+/// Deletes the segments with nothing live left and counts the rest in `report`; returns the kept
+/// ones.
+fn delete_fully_released(segments: Vec<Segment>, report: &mut RecoveryReport) -> Vec<Segment> {
     let mut kept = Vec::new();
     for seg in segments {
         report.released += seg.count - seg.live_count;
@@ -148,20 +196,25 @@ pub(super) fn recover(
         report.records += seg.live_count;
         kept.push(seg);
     }
-    sync_dir(dir);
-    Ok((kept, next_id, report))
+    kept
 }
 
+/// What scanning a segment found.
 struct Scan {
     /// Event records in the good prefix.
     count: u64,
+    /// Bytes of the good prefix, magic included.
     good_bytes: u64,
+    /// Where the good prefix ends and why, when something follows it.
     bad_tail: Option<(u64, &'static str)>,
     /// Ids named by the release records of the good prefix.
     releases: Vec<u64>,
+    /// The good prefix holds release records.
     has_releases: bool,
 }
 
+/// Reads a segment's records until the first that does not check out (or its end): the good
+/// prefix, where it ends and why, and the ids its release records name.
 fn scan_segment(path: &Path, first_id: u64) -> Result<Scan, SpoolError> {
     let file = File::open(path).map_err(io_err("opening a spool segment", path))?;
     let mut r = BufReader::with_capacity(256 * 1024, file);
