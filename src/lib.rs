@@ -17,7 +17,7 @@
 //!   verification, `mod.rs` the handler `receive`).
 //! - **Where it is parsed.** [`event::Event::parse`] (`src/event/mod.rs`; `node.rs` the JSON tree,
 //!   `id.rs` the content key and the occurrence id).
-//! - **Where it is made durable.** A stream event is appended to the [`spool`] (`src/spool.rs`)
+//! - **Where it is made durable.** A stream event is appended to the [`spool`] (`src/spool/`: `format.rs`, `writer.rs`, `recovery.rs`)
 //!   before it is handed on, and released when it is acknowledged. A webhook is not spooled: the
 //!   HTTP answer is its acknowledgement, so Fondo keeps it until then.
 //! - **Which occurrence it is.** [`dispatch::Dispatcher::identify`]: the rules in

@@ -580,7 +580,7 @@ async fn resubmissions_waiting_are_bounded_while_the_destination_is_down() {
     }
     let peak = stats.retry_waiting_peak.load(Ordering::SeqCst);
     let max_held = samples.iter().map(|s| s.0).max().unwrap();
-    let (frames_a, frames_b) = (samples[10].1, samples[29].1);
+    let (frames_a, frames_b) = (samples[20].1, samples[29].1);
     let sent = sim.events_sent();
     println!(
         "RETRY-BOUND max_in_flight={MAX_IN_FLIGHT} retry_waiting_peak={peak} held_max={max_held} (bound {bound}) frames_read={frames_b} sim_sent={sent} resubmitted={}",

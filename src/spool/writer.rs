@@ -448,6 +448,8 @@ impl Writer {
         // the release records are paid for by the slots of the ids in them.
         let slots = RELEASE_SLOT * releases.len() as u64;
         self.account_written(&placed, release_bytes, slots);
+        // The spool writes again: say so before anyone whose append was written hears of it.
+        self.shared.lock().write_error = None;
         for (i, (_, _, _, reply)) in batch.drain(..).enumerate() {
             let _ = reply.send(Ok(first + i as u64));
         }
