@@ -80,13 +80,13 @@ fn retry_connect(sc: &SinkConfig) -> Option<RetryConnect> {
         }),
         SinkConfig::Rabbitmq(r) => Some(RetryConnect {
             wait: ms(r.reconnect_wait_ms),
-            initial: ms(r.reconnect_delay_initial_ms.max(1)),
-            max: ms(r.reconnect_delay_max_ms.max(1)),
+            initial: ms(r.reconnect_initial_ms.max(1)),
+            max: ms(r.reconnect_max_ms.max(1)),
         }),
         SinkConfig::Nats(n) => Some(RetryConnect {
             wait: ms(n.reconnect_wait_ms),
             initial: ms(100),
-            max: ms(n.reconnect_delay_max_ms.max(100)),
+            max: ms(n.reconnect_max_ms.max(100)),
         }),
     }
 }

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use backon::BackoffBuilder as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -63,13 +62,7 @@ impl RetryPolicy {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.initial)
-            .with_max_delay(self.max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::backoff::Backoff::new(self.initial, self.max)
     }
 }
 

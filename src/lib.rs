@@ -44,6 +44,7 @@
 //!   tests, the demo and the benchmarks use.
 
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

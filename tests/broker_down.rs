@@ -124,7 +124,7 @@ async fn nats_down_at_start_the_stream_is_spooled_and_delivered_once_nats_is_up(
         dir.path(),
         free_port(),
         &format!(
-            "{{ type: nats, url: \"{url}\", connect_timeout_ms: 1000, reconnect_wait_ms: 500, reconnect_delay_max_ms: 300 }}"
+            "{{ type: nats, url: \"{url}\", connect_timeout_ms: 1000, reconnect_wait_ms: 500, reconnect_max_ms: 300 }}"
         ),
     );
     cfg.ws = Some(sim.base_url());
@@ -237,7 +237,7 @@ async fn rabbitmq_exchange_missing_at_start_is_used_once_declared() {
         dir.path(),
         free_port(),
         &format!(
-            "{{ type: rabbitmq, url: \"{url}\", exchange: {exchange}, reconnect_wait_ms: 500, reconnect_delay_initial_ms: 100, reconnect_delay_max_ms: 300 }}"
+            "{{ type: rabbitmq, url: \"{url}\", exchange: {exchange}, reconnect_wait_ms: 500, reconnect_initial_ms: 100, reconnect_max_ms: 300 }}"
         ),
     );
     cfg.ws = Some(sim.base_url());

@@ -240,7 +240,7 @@ mod nats {
         format!(
             r#"
 sinks:
-  nats: {{ type: nats, url: "{url}", ack_timeout_ms: 3000 }}
+  nats: {{ type: nats, url: "{url}", confirm_timeout_ms: 3000 }}
 routes:
   - name: orders
     match: ["order.*"]

@@ -700,9 +700,9 @@ sinks:
     type: nats
     url: nats://127.0.0.1:{port}
     connect_timeout_ms: 3000
-    ack_timeout_ms: 1000
+    confirm_timeout_ms: 1000
     reconnect_wait_ms: 500
-    reconnect_delay_max_ms: 200
+    reconnect_max_ms: 200
     ping_interval_ms: 1000
     streams: [{{ name: OBS, subjects: ["obs.>"], storage: file }}]
   files: {{ type: file, dir: {dir}/out, fsync: never }}

@@ -167,7 +167,7 @@ const COUNT: u64 = 16_000;
 async fn nats_stopped_10s_mid_stream() {
     let Some(mut run) = NatsWs::start(
         COUNT,
-        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        ", confirm_timeout_ms: 2000, reconnect_wait_ms: 1000",
         |_| {},
         |_, _| {},
     )
@@ -337,7 +337,9 @@ async fn bridge_sigkilled_three_times() {
     let mut cfg = ConfigBuilder::new(
         dir.path(),
         free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"),
+        &format!(
+            "{{ type: nats, url: \"{url}\", confirm_timeout_ms: 2000, reconnect_wait_ms: 1000 }}"
+        ),
     );
     cfg.ws = Some(sim.base_url());
     cfg.webhook = Some(webhook);
@@ -493,11 +495,11 @@ async fn sigkill_replays_only_what_was_in_flight() {
     let mut cfg = ConfigBuilder::new(
         dir.path(),
         free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000 }}"),
+        &format!("{{ type: nats, url: \"{url}\", confirm_timeout_ms: 2000 }}"),
     );
     cfg.ws = Some(sim.base_url());
     cfg.extra_sinks = format!(
-        "  slow: {{ type: nats, url: \"{}\", ack_timeout_ms: 1000, reconnect_wait_ms: 1000 }}\n",
+        "  slow: {{ type: nats, url: \"{}\", confirm_timeout_ms: 1000, reconnect_wait_ms: 1000 }}\n",
         slow.url()
     );
     cfg.extra_destinations =
@@ -596,7 +598,7 @@ async fn both_sources_sigkilled_lose_nothing() {
     let mut cfg = ConfigBuilder::new(
         dir.path(),
         free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 2000 }}"),
+        &format!("{{ type: nats, url: \"{url}\", confirm_timeout_ms: 2000 }}"),
     );
     cfg.topic = "fondo.raw".into();
     cfg.ws = Some(sim.base_url());
@@ -751,7 +753,7 @@ async fn fondo_stops_heartbeats_watchdog_reconnects() {
 async fn nats_paused_sigstop_then_sigcont() {
     let Some(run) = NatsWs::start(
         COUNT,
-        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000, ping_interval_ms: 2000",
+        ", confirm_timeout_ms: 2000, reconnect_wait_ms: 1000, ping_interval_ms: 2000",
         |_| {},
         |_, _| {},
     )
@@ -810,7 +812,9 @@ async fn dead_letter_destination_down_with_main() {
     let mut cfg = ConfigBuilder::new(
         dir.path(),
         free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 1000, reconnect_wait_ms: 500 }}"),
+        &format!(
+            "{{ type: nats, url: \"{url}\", confirm_timeout_ms: 1000, reconnect_wait_ms: 500 }}"
+        ),
     );
     cfg.webhook = Some(webhook);
     cfg.dead_letter = format!(
@@ -903,7 +907,7 @@ async fn spool_full_pauses_reading() {
     const MAX: u64 = 256 * 1024;
     let Some(mut run) = NatsWs::start(
         N,
-        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        ", confirm_timeout_ms: 2000, reconnect_wait_ms: 1000",
         |_| {},
         |cfg, dir| {
             cfg.spool = format!(
@@ -961,7 +965,7 @@ async fn spool_disk_full_pauses_reading_and_loses_nothing() {
     let mut tmpfs = None;
     let Some(mut run) = NatsWs::start(
         N,
-        ", ack_timeout_ms: 2000, reconnect_wait_ms: 1000",
+        ", confirm_timeout_ms: 2000, reconnect_wait_ms: 1000",
         |_| {},
         |cfg, dir| {
             let spool = dir.join("spool");
@@ -1079,7 +1083,9 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
     let mut cfg = ConfigBuilder::new(
         dir.path(),
         free_port(),
-        &format!("{{ type: nats, url: \"{url}\", ack_timeout_ms: 1000, reconnect_wait_ms: 500 }}"),
+        &format!(
+            "{{ type: nats, url: \"{url}\", confirm_timeout_ms: 1000, reconnect_wait_ms: 500 }}"
+        ),
     );
     cfg.ws = Some(sim.base_url());
     cfg.spool = format!(

@@ -44,7 +44,7 @@ impl Replica {
         let mut cfg = ConfigBuilder::new(
             dir.path(),
             free_port(),
-            &format!("{{ type: nats, url: \"{nats}\", ack_timeout_ms: 2000 }}"),
+            &format!("{{ type: nats, url: \"{nats}\", confirm_timeout_ms: 2000 }}"),
         );
         cfg.topic = "fondo.rep".into();
         cfg.ws = Some(sim.base_url());

@@ -65,9 +65,9 @@ fn message(subject: &str, key: &str, seq: usize, event_id: &str) -> Message {
 fn sink_config(url: &str) -> NatsSinkConfig {
     let mut cfg = NatsSinkConfig::new(url);
     cfg.connect_timeout_ms = 2_000;
-    cfg.ack_timeout_ms = 2_000;
+    cfg.confirm_timeout_ms = 2_000;
     cfg.reconnect_wait_ms = 3_000;
-    cfg.reconnect_delay_max_ms = 250;
+    cfg.reconnect_max_ms = 250;
     cfg
 }
 

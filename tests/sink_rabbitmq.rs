@@ -409,7 +409,7 @@ async fn recovers_when_the_exchange_is_deleted_and_recreated() {
     let (exchange, queue) = exchange_and_queue(&ch, "fb-vanish", "fondo.#").await;
     let mut cfg = sink_config(&url, &exchange);
     cfg.reconnect_wait_ms = 500;
-    cfg.reconnect_delay_max_ms = 300;
+    cfg.reconnect_max_ms = 300;
     let sink = RabbitMqSink::connect("rabbit", &cfg).await.unwrap();
     sink.publish(&message("fondo.a", "k", 0, "vanish-0"))
         .await
@@ -796,8 +796,8 @@ async fn broker_stopped_and_killed_mid_stream_loses_nothing() {
         "url": url,
         "exchange": "fondo",
         "reconnect_wait_ms": 1000,
-        "reconnect_delay_initial_ms": 100,
-        "reconnect_delay_max_ms": 1000,
+        "reconnect_initial_ms": 100,
+        "reconnect_max_ms": 1000,
         "confirm_timeout_ms": 5000,
         "declare": {
             "exchange": { "type": "topic" },
@@ -934,7 +934,7 @@ async fn silent_network_cut_is_detected_by_heartbeat_and_loses_nothing() {
         "connect_timeout_ms": 1500,
         "confirm_timeout_ms": 10000,
         "reconnect_wait_ms": 1000,
-        "reconnect_delay_max_ms": 500
+        "reconnect_max_ms": 500
     }))
     .unwrap();
     let sink = Arc::new(RabbitMqSink::connect("rabbit", &cfg).await.unwrap());

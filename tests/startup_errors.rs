@@ -193,7 +193,7 @@ fn rabbitmq_missing_exchange_starts_not_ready_naming_the_sink() {
     let password = format!(":{}@", parsed.authority.userinfo.password);
     let exchange = common::unique("fb-no-such-exchange");
     let sinks = format!(
-        "  rabbit: {{ type: rabbitmq, url: \"{url}\", exchange: {exchange}, reconnect_delay_max_ms: 500 }}"
+        "  rabbit: {{ type: rabbitmq, url: \"{url}\", exchange: {exchange}, reconnect_max_ms: 500 }}"
     );
     let (ready, log) = starts_not_ready(&sinks, "rabbit");
     assert!(ready.contains("sink:rabbit: not connected"), "{ready}");
@@ -214,7 +214,7 @@ fn nats_unreachable_server_starts_not_ready_naming_the_sink() {
     // No broker needed: nobody listens on this port.
     let port = common::free_port();
     let dead = format!("nats://127.0.0.1:{port}");
-    let sinks = format!("  nats: {{ type: nats, url: \"{dead}\", reconnect_delay_max_ms: 500 }}");
+    let sinks = format!("  nats: {{ type: nats, url: \"{dead}\", reconnect_max_ms: 500 }}");
     let (ready, log) = starts_not_ready(&sinks, "nats");
     assert!(ready.contains("sink:nats: not connected"), "{ready}");
     assert!(

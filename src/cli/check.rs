@@ -20,6 +20,9 @@ pub fn check(path: &std::path::Path) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
             );
+            for notice in &cfg.renamed {
+                println!("  note: {notice}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -14,6 +14,9 @@ pub async fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let _telemetry = fondo_bridge::telemetry::init(&plan.config().telemetry); // flushes spans when dropped
+    for notice in &plan.config().renamed {
+        tracing::warn!(config = %config.display(), "{notice}");
+    }
     let stop = CancellationToken::new();
     super::spawn_signal_handler(stop.clone());
     let bridge = Bridge::start_plan(plan)

@@ -47,6 +47,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub dedupe: DedupeConfig,
+    /// Keys this file gives under a name of the previous release (they still work): one notice
+    /// each, naming the new key.
+    #[serde(skip)]
+    pub renamed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -660,7 +664,7 @@ pub enum LogFormat {
 pub struct DedupeConfig {
     /// How long Fondo may keep retrying one webhook delivery. A delivery id is remembered for the
     /// signature tolerance plus this, so every retry of it is recognised. (`ttl_s` is the old name.)
-    #[serde(default = "default_retry_horizon_s", alias = "ttl_s")]
+    #[serde(default = "default_retry_horizon_s")]
     pub retry_horizon_s: u64,
     /// Both sources on: how long an occurrence seen on one source waits for its copy from the
     /// other. Default 10 min: a webhook normally trails the stream by well under a second, but a
@@ -1018,31 +1022,25 @@ impl Config {
         format: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        fig = match format {
-            "yaml" | "yml" => fig.merge(Yaml::string(text)),
-            "toml" => fig.merge(Toml::string(text)),
+        let user = match format {
+            "yaml" | "yml" => Figment::from(Yaml::string(text)),
+            "toml" => Figment::from(Toml::string(text)),
             other => {
                 return Err(ConfigError::Load(format!(
                     "unsupported config format {other:?}: use .yaml, .yml or .toml"
                 )));
             }
         };
-        fig = fig.merge(Serialized::defaults(env_layer(env)));
-        fig.extract().map_err(|e| {
-            ConfigError::Invalid(
-                e.into_iter()
-                    .map(|e| Problem {
-                        path: if e.path.is_empty() {
-                            "(root)".into()
-                        } else {
-                            e.path.join(".")
-                        },
-                        message: e.kind.to_string(),
-                    })
-                    .collect(),
-            )
-        })
+        let mut given: figment::value::Dict = user
+            .merge(Serialized::defaults(env_layer(env)))
+            .extract()
+            .map_err(invalid)?;
+        let renamed = rename_old_keys(&mut given)?;
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(given));
+        let mut cfg: Self = fig.extract().map_err(invalid)?;
+        cfg.renamed = renamed;
+        Ok(cfg)
     }
 
     /// Every problem of the sections at once (the routing table's are found by compiling it).
@@ -1058,6 +1056,80 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+}
+
+/// Keys renamed so that one concept has one name in every section: (sink type, old, new). The
+/// old names keep working, with a notice, for one release ([`rename_old_keys`]).
+const RENAMED_SINK_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "rabbitmq",
+        "reconnect_delay_initial_ms",
+        "reconnect_initial_ms",
+    ),
+    ("rabbitmq", "reconnect_delay_max_ms", "reconnect_max_ms"),
+    ("nats", "reconnect_delay_max_ms", "reconnect_max_ms"),
+    ("nats", "ack_timeout_ms", "confirm_timeout_ms"),
+];
+
+/// Figment's errors as problems with their paths.
+fn invalid(e: figment::Error) -> ConfigError {
+    ConfigError::Invalid(
+        e.into_iter()
+            .map(|e| Problem {
+                path: if e.path.is_empty() {
+                    "(root)".into()
+                } else {
+                    e.path.join(".")
+                },
+                message: e.kind.to_string(),
+            })
+            .collect(),
+    )
+}
+
+/// Moves keys given under their old names (see [`RENAMED_SINK_KEYS`], and `dedupe.ttl_s`) to
+/// their new ones, in what the file and the environment give, before the defaults are laid
+/// under it. Returns a notice per moved key; a key given under both names is a problem.
+fn rename_old_keys(given: &mut figment::value::Dict) -> Result<Vec<String>, ConfigError> {
+    let mut notices = Vec::new();
+    let mut problems = Vec::new();
+    let mut rename = |section: &mut figment::value::Dict, path: &str, from: &str, to: &str| {
+        let Some(v) = section.remove(from) else {
+            return;
+        };
+        if section.contains_key(to) {
+            problems.push(Problem {
+                path: format!("{path}.{from}"),
+                message: format!("the old name of `{to}`, which is given too: keep only `{to}`"),
+            });
+            return;
+        }
+        section.insert(to.to_owned(), v);
+        notices.push(format!(
+            "{path}.{from} is now called `{to}`; the old name works until the next release"
+        ));
+    };
+    if let Some(figment::value::Value::Dict(_, dedupe)) = given.get_mut("dedupe") {
+        rename(dedupe, "dedupe", "ttl_s", "retry_horizon_s");
+    }
+    if let Some(figment::value::Value::Dict(_, sinks)) = given.get_mut("sinks") {
+        for (name, sink) in sinks.iter_mut() {
+            let figment::value::Value::Dict(_, keys) = sink else {
+                continue;
+            };
+            let kind = keys.get("type").and_then(|t| t.as_str()).map(str::to_owned);
+            for (ty, from, to) in RENAMED_SINK_KEYS {
+                if kind.as_deref() == Some(*ty) {
+                    rename(keys, &format!("sinks.{name}"), from, to);
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(notices)
+    } else {
+        Err(ConfigError::Invalid(problems))
     }
 }
 

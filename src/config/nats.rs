@@ -10,7 +10,7 @@
 //!     password_file: /run/secrets/nats-password   # nkey seed and creds file
 //!     tls: { ca_file: /etc/nats/ca.pem }
 //!     max_in_flight: 1024             # publishes waiting for their PubAck at once
-//!     ack_timeout_ms: 5000
+//!     confirm_timeout_ms: 5000
 //!     streams:                        # optional: created at start when missing (off by default)
 //!       - { name: FONDO, subjects: ["fondo.>"], storage: file, duplicate_window_ms: 120000 }
 //! ```
@@ -63,18 +63,20 @@ pub struct NatsSinkConfig {
     /// How long the first connection may take before the sink fails to start.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// How long a publish waits for its PubAck before failing (retriable).
-    #[serde(default = "default_ack_timeout_ms")]
-    pub ack_timeout_ms: u64,
+    /// How long a publish waits for its PubAck before failing (retriable). Old name:
+    /// `ack_timeout_ms`.
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
     /// Publishes waiting for their PubAck at once; further publishes wait for a free slot.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// While the connection is down, how long a new publish waits for it before failing (retriable).
     #[serde(default = "default_reconnect_wait_ms")]
     pub reconnect_wait_ms: u64,
-    /// The longest pause between two reconnect attempts (attempts back off up to it, never stop).
-    #[serde(default = "default_reconnect_delay_max_ms")]
-    pub reconnect_delay_max_ms: u64,
+    /// The longest pause between two reconnect attempts (attempts back off up to it, never
+    /// stop). Old name: `reconnect_delay_max_ms`.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
     /// How often the client pings the server to find dead connections.
     #[serde(default = "default_ping_interval_ms")]
     pub ping_interval_ms: u64,
@@ -151,7 +153,7 @@ pub enum NatsStorage {
 fn default_connect_timeout_ms() -> u64 {
     5_000
 }
-fn default_ack_timeout_ms() -> u64 {
+fn default_confirm_timeout_ms() -> u64 {
     5_000
 }
 fn default_max_in_flight() -> usize {
@@ -160,7 +162,7 @@ fn default_max_in_flight() -> usize {
 fn default_reconnect_wait_ms() -> u64 {
     5_000
 }
-fn default_reconnect_delay_max_ms() -> u64 {
+fn default_reconnect_max_ms() -> u64 {
     2_000
 }
 fn default_ping_interval_ms() -> u64 {
@@ -190,10 +192,10 @@ impl NatsSinkConfig {
             creds_file: None,
             tls: None,
             connect_timeout_ms: default_connect_timeout_ms(),
-            ack_timeout_ms: default_ack_timeout_ms(),
+            confirm_timeout_ms: default_confirm_timeout_ms(),
             max_in_flight: default_max_in_flight(),
             reconnect_wait_ms: default_reconnect_wait_ms(),
-            reconnect_delay_max_ms: default_reconnect_delay_max_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
             ping_interval_ms: default_ping_interval_ms(),
             streams: Vec::new(),
         }
@@ -297,8 +299,8 @@ impl NatsSinkConfig {
         if self.connect_timeout_ms == 0 {
             add("connect_timeout_ms", "must be at least 1".into());
         }
-        if self.ack_timeout_ms == 0 {
-            add("ack_timeout_ms", "must be at least 1".into());
+        if self.confirm_timeout_ms == 0 {
+            add("confirm_timeout_ms", "must be at least 1".into());
         }
         if self.max_in_flight == 0 {
             add("max_in_flight", "must be at least 1".into());

@@ -65,12 +65,14 @@ pub struct RabbitMqSinkConfig {
     /// While the connection is down, how long a new publish waits for it before failing (retriable).
     #[serde(default = "default_reconnect_wait_ms")]
     pub reconnect_wait_ms: u64,
-    /// The first pause before reconnecting; doubles (with jitter) on every failed attempt.
-    #[serde(default = "default_reconnect_delay_initial_ms")]
-    pub reconnect_delay_initial_ms: u64,
-    /// The longest pause between two reconnect attempts (attempts never stop).
-    #[serde(default = "default_reconnect_delay_max_ms")]
-    pub reconnect_delay_max_ms: u64,
+    /// The first pause before reconnecting; doubles (with jitter) on every failed attempt. Old
+    /// name: `reconnect_delay_initial_ms`.
+    #[serde(default = "default_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    /// The longest pause between two reconnect attempts (attempts never stop). Old name:
+    /// `reconnect_delay_max_ms`.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
     /// AMQP heartbeat in seconds, to find dead connections (a `heartbeat` in the URL wins).
     #[serde(default = "default_heartbeat_s")]
     pub heartbeat_s: u16,
@@ -230,10 +232,10 @@ fn default_max_in_flight() -> usize {
 fn default_reconnect_wait_ms() -> u64 {
     5_000
 }
-fn default_reconnect_delay_initial_ms() -> u64 {
+fn default_reconnect_initial_ms() -> u64 {
     100
 }
-fn default_reconnect_delay_max_ms() -> u64 {
+fn default_reconnect_max_ms() -> u64 {
     10_000
 }
 fn default_heartbeat_s() -> u16 {
@@ -316,20 +318,17 @@ impl RabbitMqSinkConfig {
         for (field, v) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("confirm_timeout_ms", self.confirm_timeout_ms),
-            (
-                "reconnect_delay_initial_ms",
-                self.reconnect_delay_initial_ms,
-            ),
-            ("reconnect_delay_max_ms", self.reconnect_delay_max_ms),
+            ("reconnect_initial_ms", self.reconnect_initial_ms),
+            ("reconnect_max_ms", self.reconnect_max_ms),
         ] {
             if v == 0 {
                 add(field, "must be greater than 0".into());
             }
         }
-        if self.reconnect_delay_initial_ms > self.reconnect_delay_max_ms {
+        if self.reconnect_initial_ms > self.reconnect_max_ms {
             add(
-                "reconnect_delay_initial_ms",
-                "must not exceed `reconnect_delay_max_ms`".into(),
+                "reconnect_initial_ms",
+                "must not exceed `reconnect_max_ms`".into(),
             );
         }
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {

@@ -140,3 +140,61 @@ dead_letter: { fallback_file: /tmp/dl.jsonl }
     assert!(!text.contains("48151623"), "{text}");
     assert!(!text.contains("74312095"), "{text}");
 }
+
+/// Keys renamed so one concept has one name keep working under their old names for a release,
+/// each with a notice that names the new key; the new names give no notice.
+#[test]
+fn old_key_names_still_work_with_a_notice() {
+    let old = r#"
+sources: { webhook: { signature: { scheme: none, insecure: true } } }
+sinks:
+  rmq: { type: rabbitmq, url: "amqp://127.0.0.1:5672/%2f", exchange: x, reconnect_delay_initial_ms: 7, reconnect_delay_max_ms: 70 }
+  bus: { type: nats, url: "nats://127.0.0.1:4222", ack_timeout_ms: 1234, reconnect_delay_max_ms: 99 }
+dedupe: { ttl_s: 600 }
+"#;
+    let c = parse(old).unwrap();
+    let Some(SinkConfig::Rabbitmq(r)) = c.sinks.get("rmq") else {
+        panic!("rabbitmq sink")
+    };
+    assert_eq!((r.reconnect_initial_ms, r.reconnect_max_ms), (7, 70));
+    let Some(SinkConfig::Nats(n)) = c.sinks.get("bus") else {
+        panic!("nats sink")
+    };
+    assert_eq!((n.confirm_timeout_ms, n.reconnect_max_ms), (1234, 99));
+    assert_eq!(c.dedupe.retry_horizon_s, 600);
+    let mut notices = c.renamed.clone();
+    notices.sort();
+    assert_eq!(notices.len(), 5, "{notices:#?}");
+    for (key, new) in [
+        ("sinks.bus.ack_timeout_ms", "confirm_timeout_ms"),
+        ("sinks.bus.reconnect_delay_max_ms", "reconnect_max_ms"),
+        (
+            "sinks.rmq.reconnect_delay_initial_ms",
+            "reconnect_initial_ms",
+        ),
+        ("sinks.rmq.reconnect_delay_max_ms", "reconnect_max_ms"),
+        ("dedupe.ttl_s", "retry_horizon_s"),
+    ] {
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with(key) && n.contains(new)),
+            "{key} -> {new} missing in {notices:#?}"
+        );
+    }
+    let new = old
+        .replace("reconnect_delay_initial_ms", "reconnect_initial_ms")
+        .replace("reconnect_delay_max_ms", "reconnect_max_ms")
+        .replace("ack_timeout_ms", "confirm_timeout_ms")
+        .replace("ttl_s", "retry_horizon_s");
+    assert!(parse(&new).unwrap().renamed.is_empty());
+    // Both names at once: which one was meant is unknown, so it is a problem.
+    let both = old.replace("exchange: x,", "exchange: x, reconnect_max_ms: 5,");
+    let problems = parse(&both).unwrap_err().problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sinks.rmq.reconnect_delay_max_ms") && p.contains("keep only")),
+        "{problems:?}"
+    );
+}

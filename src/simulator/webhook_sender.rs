@@ -2,7 +2,7 @@
 //!
 //! It POSTs JSON events (from the [`Generator`], or bodies it is given) to a URL, signed the
 //! Standard Webhooks way or with a plain HMAC, and retries the way a webhook provider does: any
-//! non-2xx answer or transport error is retried with exponential backoff and jitter, up to a number
+//! non-2xx answer or transport error is retried with [`crate::backoff`], up to a number
 //! of attempts, always with the same message id (and a fresh timestamp and signature). A bounded
 //! number of requests is in flight at once, optionally paced to a rate. Every delivery is recorded:
 //! its attempts, the status of each, whether it was acknowledged (2xx), and its latency.
@@ -397,7 +397,8 @@ impl WebhookSender {
         let started = Instant::now();
         let mut statuses = Vec::new();
         let mut last_error = None;
-        let mut delay = self.opts.backoff_initial;
+        let mut backoff =
+            crate::backoff::Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let max_attempts = self.opts.max_attempts.max(1);
         let mut last_attempt = Duration::ZERO;
         for attempt in 1..=max_attempts {
@@ -451,15 +452,13 @@ impl WebhookSender {
                 }
             }
             if attempt < max_attempts {
-                let jitter = 0.5 + fastrand::f64();
-                let mut wait = delay.mul_f64(jitter).min(self.opts.backoff_max);
+                let mut wait = backoff.next_delay();
                 if self.opts.honor_retry_after {
                     if let Some(ra) = retry_after {
                         wait = wait.max(ra.min(self.opts.backoff_max));
                     }
                 }
                 tokio::time::sleep(wait).await;
-                delay = delay.saturating_mul(2).min(self.opts.backoff_max);
             }
         }
         Delivery {

@@ -3,7 +3,7 @@
 //! answered) while the broker comes up, and it connects in the background:
 //!
 //! - **Connecting**: the sink's own `connect` is tried again with exponential backoff and jitter
-//!   (backon) until it succeeds or the sink is closed; every failed attempt is logged with its
+//!   ([`crate::backoff`]) until it succeeds or the sink is closed; every failed attempt is logged with its
 //!   reason. A refusal that looks like configuration (credentials, TLS) is retried too: the broker
 //!   answered, so it may be fixed on its side, and exiting would lose the stream meanwhile.
 //! - **Publishing before the connection**: a message from the WebSocket source
@@ -24,7 +24,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backon::BackoffBuilder as _;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -170,17 +169,11 @@ async fn keep_connecting(
     connect: Connect,
 ) {
     let started = Instant::now();
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(retry.initial)
-        .with_max_delay(retry.max.max(retry.initial))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = crate::backoff::Backoff::new(retry.initial, retry.max);
     // The attempt made at start counts as the first.
     let mut attempts = 1u32;
     loop {
-        let delay = delays.next().unwrap_or(retry.max);
+        let delay = delays.next_delay();
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}

@@ -5,8 +5,8 @@
 //! - **Connecting**: `http(s)://` base URLs become `ws(s)://`; `wss` uses rustls with the system's
 //!   root certificates. The Bearer token comes from `token_file` (re-read on every reconnect, so a
 //!   rotated secret is picked up) or `token`.
-//! - **Reconnecting**: exponential backoff with full jitter between `reconnect_initial_ms` and
-//!   `reconnect_max_ms`, reset once a connection stayed up `stable_after_ms`. A refused token (HTTP
+//! - **Reconnecting**: [`crate::backoff`] from `reconnect_initial_ms` up to `reconnect_max_ms`,
+//!   reset once a connection stayed up `stable_after_ms`. A refused token (HTTP
 //!   401/403) is logged as such and retried only every `auth_retry_ms` (30 s by default), never in a
 //!   tight loop.
 //! - **Watchdog**: when neither an event nor a heartbeat arrived within `heartbeat_timeout_ms` the
@@ -732,7 +732,7 @@ impl Ctx {
         let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1)).max(initial);
         let auth_retry = Duration::from_millis(self.cfg.auth_retry_ms);
         let stable = Duration::from_millis(self.cfg.stable_after_ms);
-        let mut attempt: u32 = 0;
+        let mut backoff = crate::backoff::Backoff::new(initial, max);
         // Set when a connection was lost; the next successful connect closes the gap.
         let mut lost: Option<(Instant, SystemTime)> = None;
         metrics.ws_connected.get_or_create(&labels).set(0);
@@ -779,11 +779,11 @@ impl Ctx {
                     }
                     lost = Some((Instant::now(), now_wall));
                     if connected_at.elapsed() >= stable {
-                        attempt = 0;
+                        backoff.reset();
                     }
                     tracing::warn!(client_id, reason = ?end, up_secs = connected_at.elapsed().as_secs_f64(),
                         "WebSocket disconnected; reconnecting");
-                    full_jitter(initial, max, &mut attempt)
+                    backoff.next_delay()
                 }
                 Err(ConnectError::Auth(status)) => {
                     WebSocketStats::inc(&self.stats.auth_failures);
@@ -804,7 +804,7 @@ impl Ctx {
                     auth_retry
                 }
                 Err(ConnectError::Other(why)) => {
-                    let d = full_jitter(initial, max, &mut attempt);
+                    let d = backoff.next_delay();
                     self.mark_down(&ready_key, &lost, &why);
                     tracing::warn!(client_id, url, error = %why, retry_in_ms = d.as_millis() as u64,
                         "WebSocket connection failed");
@@ -1131,17 +1131,6 @@ impl Ctx {
     }
 }
 
-/// Exponential backoff with full jitter: a random delay in `[0, min(max, initial * 2^attempt)]`.
-fn full_jitter(initial: Duration, max: Duration, attempt: &mut u32) -> Duration {
-    let cap = initial
-        .checked_mul(1u32 << (*attempt).min(20))
-        .unwrap_or(max)
-        .min(max);
-    *attempt = attempt.saturating_add(1);
-    let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=ms))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1172,17 +1161,5 @@ mod tests {
         assert!(!valid_client_id("a/b"));
         assert!(!valid_client_id("a b"));
         assert!(!valid_client_id("a?b"));
-    }
-
-    #[test]
-    fn jitter_stays_within_the_cap_and_grows() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
-        let mut attempt = 0;
-        for n in 0..40u32 {
-            let d = full_jitter(i, m, &mut attempt);
-            let cap = (i * 2u32.pow(n.min(10))).min(m);
-            assert!(d <= cap, "{d:?} > {cap:?} at {n}");
-        }
-        assert!(full_jitter(i, m, &mut attempt) <= m);
     }
 }

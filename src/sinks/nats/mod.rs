@@ -13,7 +13,7 @@
 //! `max_in_flight` waiting at a time. When the connection drops, publishes still waiting for a PubAck
 //! fail as retriable straight away (the dispatcher retries them; `Nats-Msg-Id` absorbs the duplicates
 //! when the first attempt was stored after all), and new publishes wait up to `reconnect_wait_ms` for
-//! the client to reconnect (it keeps trying forever, backing off up to `reconnect_delay_max_ms`).
+//! the client to reconnect (it keeps trying forever, backing off up to `reconnect_max_ms`).
 //!
 //! Errors are classified from the client's error kinds and the JetStream API error codes: no stream
 //! capturing the subject, a message too large, an invalid subject or header are fatal; timeouts,
@@ -125,8 +125,8 @@ impl NatsSink {
         }
 
         let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-        let ack_timeout = Duration::from_millis(cfg.ack_timeout_ms);
-        let delay_max = Duration::from_millis(cfg.reconnect_delay_max_ms);
+        let ack_timeout = Duration::from_millis(cfg.confirm_timeout_ms);
+        let delay_max = Duration::from_millis(cfg.reconnect_max_ms);
 
         let (state_tx, state_rx) = watch::channel(ConnState {
             generation: 0,
@@ -684,13 +684,12 @@ fn nkey_seed_ok(seed: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reconnect back-off: immediately, then 50 ms doubling up to `max`.
+/// Reconnect back-off: immediately, then [`crate::backoff`] from 50 ms up to `max`.
 fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
-    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
-    Duration::from_millis(50u64.saturating_mul(1u64 << exp)).min(max)
+    crate::backoff::Backoff::nth(Duration::from_millis(50), max, attempts - 2)
 }
 
 fn on_event(sink: &str, tx: &watch::Sender<ConnState>, event: async_nats::Event) {
@@ -897,8 +896,10 @@ mod tests {
     fn backoff() {
         let max = Duration::from_secs(2);
         assert_eq!(reconnect_delay(1, max), Duration::ZERO);
-        assert_eq!(reconnect_delay(2, max), Duration::from_millis(50));
-        assert_eq!(reconnect_delay(3, max), Duration::from_millis(100));
-        assert_eq!(reconnect_delay(100, max), max);
+        let ms = Duration::from_millis;
+        let within = |d: Duration, lo: Duration, hi: Duration| d >= lo && d <= hi;
+        assert!(within(reconnect_delay(2, max), ms(25), ms(50)));
+        assert!(within(reconnect_delay(3, max), ms(50), ms(100)));
+        assert!(within(reconnect_delay(100, max), max / 2, max));
     }
 }

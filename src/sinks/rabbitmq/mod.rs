@@ -28,8 +28,8 @@
 //! connection or channel dies, every publish still waiting for its confirm fails at once as
 //! retriable (the dispatcher retries it, so a message the broker stored before the cut may arrive
 //! twice: at least once), the health check reports the sink unhealthy, and the supervisor
-//! reconnects with exponential backoff and jitter (`reconnect_delay_initial_ms` up to
-//! `reconnect_delay_max_ms`, never giving up), re-reading `password_file` and re-declaring the
+//! reconnects with [`crate::backoff`] (`reconnect_initial_ms` up to
+//! `reconnect_max_ms`, never giving up), re-reading `password_file` and re-declaring the
 //! configured topology each time. Publishes arriving meanwhile wait up to `reconnect_wait_ms` for
 //! the new connection, then fail as retriable, so the dispatcher backs off instead of spinning.
 //! While the broker blocks the connection (memory or disk alarm), publishes likewise wait up to
@@ -957,8 +957,8 @@ fn set_state(shared: &Shared, new: LinkState) {
 /// Reconnects whenever the current link dies, with exponential backoff and jitter, until the sink
 /// is closed or dropped.
 async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
-    let initial = Duration::from_millis(shared.cfg.reconnect_delay_initial_ms.max(1));
-    let max = Duration::from_millis(shared.cfg.reconnect_delay_max_ms.max(1));
+    let initial = Duration::from_millis(shared.cfg.reconnect_initial_ms.max(1));
+    let max = Duration::from_millis(shared.cfg.reconnect_max_ms.max(1));
     'outer: loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -980,11 +980,10 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
             }
         });
 
-        let mut delay = initial;
+        let mut backoff = crate::backoff::Backoff::new(initial, max);
         let mut attempts = 0u32;
         loop {
-            // Equal jitter: between half the delay and the full delay.
-            let pause = delay / 2 + (delay / 2).mul_f64(fastrand::f64());
+            let pause = backoff.next_delay();
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break 'outer,
                 _ = tokio::time::sleep(pause) => {}
@@ -1012,12 +1011,10 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
                     break;
                 }
                 Err(e) => {
-                    delay = (delay * 2).min(max);
                     warn!(
                         sink = %shared.name,
                         attempts,
                         error = %e.reason(),
-                        next_attempt_within_ms = delay.as_millis() as u64,
                         "RabbitMQ reconnect failed"
                     );
                     set_state(&shared, LinkState::Down(e.reason().to_owned()));
