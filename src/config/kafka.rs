@@ -173,7 +173,8 @@ pub fn valid_topic_name(name: &str) -> bool {
 }
 
 impl KafkaSinkConfig {
-    /// Broker-specific checks, as `(path below this sink, message)`; empty when valid.
+    /// Broker-specific checks, as `(path below this sink, message)`; empty when valid. One list of checks, a few lines each, in the order of the keys: longer than most
+    /// functions on purpose, since splitting it would scatter the checks of one section.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = Vec::new();
         let hint = "remove it (the default is at-least-once, in order per key) or set \

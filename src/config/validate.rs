@@ -3,6 +3,8 @@
 
 use super::{Config, Problem, SignatureConfig, SinkConfig};
 
+/// Every section's checks. One list, a few lines per key in the order of the sections: longer
+/// than most functions on purpose, since splitting it would scatter related checks.
 pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     let mut add = |path: &str, message: String| {

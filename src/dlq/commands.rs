@@ -905,262 +905,342 @@ async fn replay(
     if dls.is_empty() {
         return Ok(summary);
     }
-    let cfg = plan.config();
-    let router = plan.router();
     if opts.dry_run {
-        for d in dls {
-            match &opts.mode {
-                Mode::Routed => match parse_event(cfg, d) {
-                    Err(e) => {
-                        summary.refused += 1;
-                        writeln!(
-                            out,
-                            "{}: refused: {e}; give an explicit destination with --to-sink/--to-topic",
-                            d.event_id
-                        )?;
-                    }
-                    Ok(ev) => {
-                        let routed = router.route(&ev);
-                        if routed.is_unmatched() {
-                            writeln!(
-                                out,
-                                "{}: no route matches now: would be dead-lettered again",
-                                d.event_id
-                            )?;
-                        }
-                        for dest in &routed.destinations {
-                            writeln!(
-                                out,
-                                "{}: would send to {}/{} key {} (route {})",
-                                d.event_id,
-                                dest.sink,
-                                dest.topic,
-                                dest.key.as_deref().unwrap_or("-"),
-                                dest.route
-                            )?;
-                        }
-                        for f in &routed.failures {
-                            writeln!(
-                                out,
-                                "{}: route {} cannot render for it now ({}): would be dead-lettered again",
-                                d.event_id, f.route, f.reason
-                            )?;
-                        }
-                    }
-                },
-                Mode::Original => match original_target(d) {
-                    Some((s, t, k)) => writeln!(
-                        out,
-                        "{}: would send to {s}/{t} key {} (as it failed: {})",
-                        d.event_id,
-                        k.unwrap_or("-"),
-                        d.reason_kind.as_str()
-                    )?,
-                    None => {
-                        summary.refused += 1;
-                        writeln!(
-                            out,
-                            "{}: refused: the dead letter names no sink and topic; use --to-sink/--to-topic",
-                            d.event_id
-                        )?;
-                    }
-                },
-                Mode::Explicit(s, t) => {
-                    writeln!(out, "{}: would send to {s}/{t}", d.event_id)?;
-                }
-            }
-        }
-        summary.succeeded = 0;
+        dry_run(plan, dls, opts, &mut summary, out)?;
         return Ok(summary);
     }
-    let replayed_at = crate::dlq::rfc3339(SystemTime::now());
-    let ok = Arc::new(Mutex::new(HashSet::new()));
-    // Only the sinks this replay needs are started.
-    let mut sub = cfg.clone();
-    let needed: Option<HashSet<String>> = match &opts.mode {
-        Mode::Routed => None,
-        Mode::Original => Some(
-            dls.iter()
-                .filter_map(|d| d.destination.sink.clone())
-                .collect(),
-        ),
-        Mode::Explicit(s, _) => Some(HashSet::from([s.clone()])),
-    };
-    if let Some(mut needed) = needed {
-        if let Some(dl) = &cfg.dead_letter.sink {
-            needed.insert(dl.clone());
-        }
-        sub.sinks.retain(|n, _| needed.contains(n));
-    }
-    let raw_sinks = app::build_sinks(&sub)
-        .await
-        .map_err(|e| DlqCliError::Start(e.to_string()))?;
-    let metrics = Arc::new(Metrics::new());
-    // A dead letter written by this replay gets its own message id, or a deduplicating
-    // dead-letter destination (JetStream) would drop it as a copy of the one being replayed.
-    let dl_sink = cfg
-        .dead_letter
-        .sink
-        .as_ref()
-        .and_then(|n| raw_sinks.get(n).cloned())
-        .map(|inner| -> DynSink {
-            Arc::new(DeadLetterSink {
-                inner,
-                suffix: format!(":replay:{replayed_at}"),
-            })
-        });
-    let writer = plan.dead_letter_writer(dl_sink, &metrics);
-    let sinks: HashMap<String, DynSink> = raw_sinks
-        .iter()
-        .map(|(n, s)| {
-            let w: DynSink = Arc::new(ReplaySink {
-                inner: Arc::clone(s),
-                replayed_at: replayed_at.clone(),
-                ok: Arc::clone(&ok),
-            });
-            (n.clone(), w)
-        })
-        .collect();
+    let rig = Replayer::start(plan, dls, opts).await?;
     let mut progress = Progress {
         total: dls.len(),
         last: Instant::now(),
     };
-    let mut pacer = Pacer::new(opts.rate);
-    let drain = Duration::from_millis(cfg.delivery.drain_timeout_ms.max(1000));
     match &opts.mode {
         Mode::Routed => {
-            let dispatcher = plan.dispatcher(sinks, Arc::clone(&writer), &metrics);
-            let router = dispatcher.router();
-            let mut pending = FuturesUnordered::new();
-            let mut sent = 0;
-            for d in dls {
-                if !pacer.wait(&stop).await {
-                    summary.interrupted = true;
-                    break;
-                }
-                sent += 1;
-                let ev = match parse_event(cfg, d) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        summary.refused += 1;
-                        eprintln!(
-                            "{}: refused: {e}; give an explicit destination with --to-sink S --to-topic T",
-                            d.event_id
-                        );
-                        continue;
-                    }
-                };
-                let routed = router.route(&ev);
-                let clean = routed.failures.is_empty()
-                    && (!routed.is_unmatched() || ev.event_type.is_heartbeat());
-                let expected: Vec<(String, String, String)> = routed
-                    .destinations
-                    .iter()
-                    .map(|x| (d.event_id.clone(), x.sink.to_string(), x.topic.clone()))
-                    .collect();
-                let (ack, rx) = AckHandle::new();
-                let mut env = Envelope::new(ev, ack, SourceKind::Replay);
-                env.trace.traceparent = d.traceparent.clone();
-                if dispatcher.submit(env).await.is_err() {
-                    summary.failed += 1;
-                    continue;
-                }
-                pending.push(async move { (rx.await, clean, expected) });
-                // Collect what finished meanwhile.
-                while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
-                    count(&mut summary, &ok, r);
-                }
-                progress.tick(&summary, false);
-            }
-            summary.not_sent = dls.len() - sent;
-            let mut deadline: Option<tokio::time::Instant> = None;
-            while !pending.is_empty() {
-                let until = deadline.unwrap_or_else(|| {
-                    tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365)
-                });
-                tokio::select! {
-                    r = pending.next() => {
-                        if let Some(r) = r {
-                            count(&mut summary, &ok, r);
-                        }
-                        progress.tick(&summary, false);
-                    }
-                    _ = stop.cancelled(), if deadline.is_none() => {
-                        summary.interrupted = true;
-                        deadline = Some(tokio::time::Instant::now() + drain);
-                    }
-                    _ = tokio::time::sleep_until(until) => {
-                        // Not finished: still dead letters, counted as failed.
-                        summary.failed += pending.len();
-                        break;
-                    }
-                }
-            }
-            let end = Instant::now() + drain;
-            dispatcher.drain(end).await;
-            dispatcher.shutdown(end).await;
+            rig.routed(plan, dls, opts, &stop, &mut summary, &mut progress)
+                .await
         }
         Mode::Original | Mode::Explicit(..) => {
-            let policy = RetryPolicy::from_config(cfg);
-            let mut sent = 0;
-            for d in dls {
-                if !pacer.wait(&stop).await {
-                    summary.interrupted = true;
-                    break;
-                }
-                sent += 1;
-                let target = match &opts.mode {
-                    Mode::Explicit(s, t) => {
-                        Some((s.as_str(), t.as_str(), d.destination.key.as_deref()))
-                    }
-                    _ => {
-                        if d.reason_kind == ReasonKind::Unparseable {
-                            None
-                        } else {
-                            original_target(d)
-                        }
-                    }
-                };
-                let Some((sink_name, topic, key)) = target else {
-                    summary.refused += 1;
-                    eprintln!(
-                        "{}: refused: it names no destination to replay to (reason {}); give one with --to-sink S --to-topic T",
-                        d.event_id,
-                        d.reason_kind.as_str()
-                    );
-                    continue;
-                };
-                let done = send_direct(
-                    d,
-                    sinks.get(sink_name),
-                    sink_name,
-                    topic,
-                    key,
-                    &policy,
-                    &writer,
-                    &stop,
-                )
+            rig.direct(plan, dls, opts, &stop, &mut summary, &mut progress)
                 .await;
-                match done {
-                    Direct::Ok => summary.succeeded += 1,
-                    Direct::Failed => summary.failed += 1,
-                    Direct::Interrupted => {
-                        summary.interrupted = true;
-                        summary.failed += 1;
-                        break;
-                    }
-                }
-                progress.tick(&summary, false);
-            }
-            summary.not_sent = dls.len() - sent;
-            let end = Instant::now() + drain;
-            for s in raw_sinks.values() {
-                let _ = s.close(end).await;
-            }
         }
     }
     progress.tick(&summary, true);
     Ok(summary)
+}
+
+/// Says where each dead letter would go, sending nothing.
+fn dry_run(
+    plan: &Plan,
+    dls: &[DeadLetter],
+    opts: &ReplayOpts,
+    summary: &mut ReplaySummary,
+    out: &mut (dyn Write + Send),
+) -> Result<(), DlqCliError> {
+    let (cfg, router) = (plan.config(), plan.router());
+    for d in dls {
+        match &opts.mode {
+            Mode::Routed => match parse_event(cfg, d) {
+                Err(e) => {
+                    summary.refused += 1;
+                    writeln!(
+                        out,
+                        "{}: refused: {e}; give an explicit destination with --to-sink/--to-topic",
+                        d.event_id
+                    )?;
+                }
+                Ok(ev) => {
+                    let routed = router.route(&ev);
+                    if routed.is_unmatched() {
+                        writeln!(
+                            out,
+                            "{}: no route matches now: would be dead-lettered again",
+                            d.event_id
+                        )?;
+                    }
+                    for dest in &routed.destinations {
+                        writeln!(
+                            out,
+                            "{}: would send to {}/{} key {} (route {})",
+                            d.event_id,
+                            dest.sink,
+                            dest.topic,
+                            dest.key.as_deref().unwrap_or("-"),
+                            dest.route
+                        )?;
+                    }
+                    for f in &routed.failures {
+                        writeln!(
+                            out,
+                            "{}: route {} cannot render for it now ({}): would be dead-lettered again",
+                            d.event_id, f.route, f.reason
+                        )?;
+                    }
+                }
+            },
+            Mode::Original => match original_target(d) {
+                Some((s, t, k)) => writeln!(
+                    out,
+                    "{}: would send to {s}/{t} key {} (as it failed: {})",
+                    d.event_id,
+                    k.unwrap_or("-"),
+                    d.reason_kind.as_str()
+                )?,
+                None => {
+                    summary.refused += 1;
+                    writeln!(
+                        out,
+                        "{}: refused: the dead letter names no sink and topic; use --to-sink/--to-topic",
+                        d.event_id
+                    )?;
+                }
+            },
+            Mode::Explicit(s, t) => {
+                writeln!(out, "{}: would send to {s}/{t}", d.event_id)?;
+            }
+        }
+    }
+    summary.succeeded = 0;
+    Ok(())
+}
+
+/// What a replay sends with: the sinks it needs (each wrapped to mark what it replays), and a
+/// dead-letter writer for what fails again.
+struct Replayer {
+    raw_sinks: HashMap<String, DynSink>,
+    sinks: HashMap<String, DynSink>,
+    writer: Arc<DeadLetterWriter>,
+    metrics: Arc<Metrics>,
+    ok: Arc<Mutex<HashSet<(String, String, String)>>>,
+    drain: Duration,
+}
+
+impl Replayer {
+    async fn start(
+        plan: &Plan,
+        dls: &[DeadLetter],
+        opts: &ReplayOpts,
+    ) -> Result<Self, DlqCliError> {
+        let cfg = plan.config();
+        let replayed_at = crate::dlq::rfc3339(SystemTime::now());
+        let ok = Arc::new(Mutex::new(HashSet::new()));
+        // Only the sinks this replay needs are started.
+        let mut sub = cfg.clone();
+        let needed: Option<HashSet<String>> = match &opts.mode {
+            Mode::Routed => None,
+            Mode::Original => Some(
+                dls.iter()
+                    .filter_map(|d| d.destination.sink.clone())
+                    .collect(),
+            ),
+            Mode::Explicit(s, _) => Some(HashSet::from([s.clone()])),
+        };
+        if let Some(mut needed) = needed {
+            if let Some(dl) = &cfg.dead_letter.sink {
+                needed.insert(dl.clone());
+            }
+            sub.sinks.retain(|n, _| needed.contains(n));
+        }
+        let raw_sinks = app::build_sinks(&sub)
+            .await
+            .map_err(|e| DlqCliError::Start(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        // A dead letter written by this replay gets its own message id, or a deduplicating
+        // dead-letter destination (JetStream) would drop it as a copy of the one being replayed.
+        let dl_sink = cfg
+            .dead_letter
+            .sink
+            .as_ref()
+            .and_then(|n| raw_sinks.get(n).cloned())
+            .map(|inner| -> DynSink {
+                Arc::new(DeadLetterSink {
+                    inner,
+                    suffix: format!(":replay:{replayed_at}"),
+                })
+            });
+        let writer = plan.dead_letter_writer(dl_sink, &metrics);
+        let sinks: HashMap<String, DynSink> = raw_sinks
+            .iter()
+            .map(|(n, s)| {
+                let w: DynSink = Arc::new(ReplaySink {
+                    inner: Arc::clone(s),
+                    replayed_at: replayed_at.clone(),
+                    ok: Arc::clone(&ok),
+                });
+                (n.clone(), w)
+            })
+            .collect();
+        Ok(Self {
+            raw_sinks,
+            sinks,
+            writer,
+            metrics,
+            ok,
+            drain: Duration::from_millis(cfg.delivery.drain_timeout_ms.max(1000)),
+        })
+    }
+
+    /// Through the routing table as it is now, by a dispatcher as the bridge would.
+    async fn routed(
+        self,
+        plan: &Plan,
+        dls: &[DeadLetter],
+        opts: &ReplayOpts,
+        stop: &CancellationToken,
+        summary: &mut ReplaySummary,
+        progress: &mut Progress,
+    ) {
+        let Self {
+            sinks,
+            writer,
+            metrics,
+            ok,
+            drain,
+            ..
+        } = self;
+        let cfg = plan.config();
+        let mut pacer = Pacer::new(opts.rate);
+        let dispatcher = plan.dispatcher(sinks, Arc::clone(&writer), &metrics);
+        let router = dispatcher.router();
+        let mut pending = FuturesUnordered::new();
+        let mut sent = 0;
+        for d in dls {
+            if !pacer.wait(stop).await {
+                summary.interrupted = true;
+                break;
+            }
+            sent += 1;
+            let ev = match parse_event(cfg, d) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    summary.refused += 1;
+                    eprintln!(
+                        "{}: refused: {e}; give an explicit destination with --to-sink S --to-topic T",
+                        d.event_id
+                    );
+                    continue;
+                }
+            };
+            let routed = router.route(&ev);
+            let clean = routed.failures.is_empty()
+                && (!routed.is_unmatched() || ev.event_type.is_heartbeat());
+            let expected: Vec<(String, String, String)> = routed
+                .destinations
+                .iter()
+                .map(|x| (d.event_id.clone(), x.sink.to_string(), x.topic.clone()))
+                .collect();
+            let (ack, rx) = AckHandle::new();
+            let mut env = Envelope::new(ev, ack, SourceKind::Replay);
+            env.trace.traceparent = d.traceparent.clone();
+            if dispatcher.submit(env).await.is_err() {
+                summary.failed += 1;
+                continue;
+            }
+            pending.push(async move { (rx.await, clean, expected) });
+            // Collect what finished meanwhile.
+            while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
+                count(summary, &ok, r);
+            }
+            progress.tick(summary, false);
+        }
+        summary.not_sent = dls.len() - sent;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while !pending.is_empty() {
+            let until = deadline.unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365)
+            });
+            tokio::select! {
+                r = pending.next() => {
+                    if let Some(r) = r {
+                        count(summary, &ok, r);
+                    }
+                    progress.tick(summary, false);
+                }
+                _ = stop.cancelled(), if deadline.is_none() => {
+                    summary.interrupted = true;
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    // Not finished: still dead letters, counted as failed.
+                    summary.failed += pending.len();
+                    break;
+                }
+            }
+        }
+        let end = Instant::now() + drain;
+        dispatcher.drain(end).await;
+        dispatcher.shutdown(end).await;
+    }
+
+    /// Straight to a sink and topic: where each failed (`--original`) or one given.
+    async fn direct(
+        self,
+        plan: &Plan,
+        dls: &[DeadLetter],
+        opts: &ReplayOpts,
+        stop: &CancellationToken,
+        summary: &mut ReplaySummary,
+        progress: &mut Progress,
+    ) {
+        let cfg = plan.config();
+        let mut pacer = Pacer::new(opts.rate);
+        let (sinks, writer, drain) = (&self.sinks, &self.writer, self.drain);
+        let policy = RetryPolicy::from_config(cfg);
+        let mut sent = 0;
+        for d in dls {
+            if !pacer.wait(stop).await {
+                summary.interrupted = true;
+                break;
+            }
+            sent += 1;
+            let target = match &opts.mode {
+                Mode::Explicit(s, t) => {
+                    Some((s.as_str(), t.as_str(), d.destination.key.as_deref()))
+                }
+                _ => {
+                    if d.reason_kind == ReasonKind::Unparseable {
+                        None
+                    } else {
+                        original_target(d)
+                    }
+                }
+            };
+            let Some((sink_name, topic, key)) = target else {
+                summary.refused += 1;
+                eprintln!(
+                    "{}: refused: it names no destination to replay to (reason {}); give one with --to-sink S --to-topic T",
+                    d.event_id,
+                    d.reason_kind.as_str()
+                );
+                continue;
+            };
+            let done = send_direct(
+                d,
+                sinks.get(sink_name),
+                sink_name,
+                topic,
+                key,
+                &policy,
+                writer,
+                stop,
+            )
+            .await;
+            match done {
+                Direct::Ok => summary.succeeded += 1,
+                Direct::Failed => summary.failed += 1,
+                Direct::Interrupted => {
+                    summary.interrupted = true;
+                    summary.failed += 1;
+                    break;
+                }
+            }
+            progress.tick(summary, false);
+        }
+        summary.not_sent = dls.len() - sent;
+        let end = Instant::now() + drain;
+        for s in self.raw_sinks.values() {
+            let _ = s.close(end).await;
+        }
+    }
 }
 
 type Outcome = (AckStatus, bool, Vec<(String, String, String)>);

@@ -313,6 +313,8 @@ impl Generator {
         o.units_milli += self.rng.u64(0..10_000);
     }
 
+    /// The body of one object as Fondo sends it: a match with one arm per entity, long on
+    /// purpose so each payload shape reads as one block, as Fondo's sample payloads show it.
     fn render(&mut self, o: &ObjectState) {
         let b = &mut self.buf;
         let cid = &self.client_id_json;

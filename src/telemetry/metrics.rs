@@ -175,6 +175,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family, registered with its help text: one long list on purpose, so what
+    /// `/metrics` exports can be read in one place.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fondo_bridge");
         let m = Self {
