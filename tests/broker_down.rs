@@ -98,14 +98,6 @@ async fn post_webhook(port: u16, id: &str) -> (u16, Option<String>) {
     (r.status().as_u16(), retry_after)
 }
 
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_at_start_the_stream_is_spooled_and_delivered_once_nats_is_up() {
     let Some(mut nats) = blocking(NatsServer::start) else {
@@ -144,7 +136,7 @@ async fn nats_down_at_start_the_stream_is_spooled_and_delivered_once_nats_is_up(
 
     // The stream is read and spooled meanwhile, for seconds: longer than the 3 attempts of the
     // delivery policy would last.
-    wait_for(
+    common::eventually(
         "events spooled while NATS is down",
         Duration::from_secs(30),
         || bridge.metric("fondo_bridge_spool_events").unwrap_or(0.0) >= 300.0,
@@ -246,7 +238,7 @@ async fn rabbitmq_exchange_missing_at_start_is_used_once_declared() {
         blocking(|| BridgeProc::start(dir.path(), cfg.admin, &cfg.render(), &[WS_TOKEN_ENV]));
     let admin = bridge.admin;
 
-    wait_for(
+    common::eventually(
         "events spooled while the exchange is missing",
         Duration::from_secs(30),
         || bridge.metric("fondo_bridge_spool_events").unwrap_or(0.0) >= 250.0,

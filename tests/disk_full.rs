@@ -45,15 +45,6 @@ use fondo_bridge::spool::Spool;
 use support::Tmpfs;
 use tokio_util::sync::CancellationToken;
 
-/// Polls `f` every 20 ms until it holds; fails after `within`.
-async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < within, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A file of `kib` KiB that takes room on the small disk until the test deletes it.
 fn filler(dir: &Path, kib: usize) -> PathBuf {
     let p = dir.join("filler");
@@ -484,7 +475,7 @@ async fn a_replayed_record_that_no_longer_parses_stays_until_its_dead_letter_is_
         100,
     );
     let src = Running::start(&d, ws_cfg(&url), spool.clone());
-    eventually(
+    common::eventually(
         "the replay tried to dead-letter the record",
         Duration::from_secs(10),
         || d.metrics().dead_letter_failures.get() >= 1,
@@ -501,7 +492,7 @@ async fn a_replayed_record_that_no_longer_parses_stays_until_its_dead_letter_is_
     let d = dispatcher(sink, fallback.clone(), 100);
     let src = Running::start(&d, ws_cfg(&url), spool.clone());
     let stats = Arc::clone(&src.stats);
-    eventually(
+    common::eventually(
         "the record is dead-lettered",
         Duration::from_secs(10),
         || stats.dead_lettered.load(Ordering::SeqCst) == 1,
@@ -562,7 +553,7 @@ async fn resubmissions_waiting_are_bounded_while_the_destination_is_down() {
     );
     let stats = Arc::clone(&src.stats);
     let waiting_limit = MAX_RETRY_WAITING as u64;
-    eventually(
+    common::eventually(
         "MAX_RETRY_WAITING events wait for their resubmission",
         Duration::from_secs(60),
         || stats.retry_waiting.load(Ordering::SeqCst) >= waiting_limit,
@@ -654,7 +645,7 @@ async fn every_event_handed_on_is_durable_when_the_spool_disk_fills() {
         spool_cfg(&spool_dir),
     );
     let readiness = Arc::clone(&src.readiness);
-    eventually("the spool's disk is full", Duration::from_secs(60), || {
+    common::eventually("the spool's disk is full", Duration::from_secs(60), || {
         readiness.snapshot().get("spool").is_some_and(|s| {
             s.as_ref()
                 .is_err_and(|e| e.contains("spool writes failing"))

@@ -804,14 +804,6 @@ fn limits_yaml() -> String {
     )
 }
 
-async fn wait_until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + PHASE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {PHASE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // ---------- the flood ----------
 
 /// Which flood a phase sends.
@@ -877,7 +869,7 @@ async fn flood_phase(rig: &Rig, flood: Flood) {
             .collect(),
         _ => Vec::new(),
     };
-    wait_until("the flood exhausts the body budget", || async {
+    common::eventually_async("the flood exhausts the body budget", PHASE, || async {
         bridge.budget_refusals().await > refusals_before
     })
     .await;
@@ -1168,9 +1160,11 @@ async fn connections_over_the_limit_wait_in_the_backlog() {
     wr.write_all(&signed_h1("limit-genuine", &order("limit-genuine"), ""))
         .await
         .unwrap();
-    wait_until("the third connection waits in the accept queue", || async {
-        accept_queue(bridge.webhook) == Some(1)
-    })
+    common::eventually_async(
+        "the third connection waits in the accept queue",
+        PHASE,
+        || async { accept_queue(bridge.webhook) == Some(1) },
+    )
     .await;
     let mut buf = Vec::new();
     let early = tokio::time::timeout(Duration::from_secs(1), read_answer(&mut rd, &mut buf)).await;

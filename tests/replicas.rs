@@ -113,14 +113,6 @@ fn history(n: usize, seed: u64) -> Vec<Bytes> {
     (0..n).map(|_| g.next_event()).collect()
 }
 
-async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The stream brings every change but a lost stretch (a disconnection Fondo does not replay) to
 /// replica 0; then every change comes as a webhook, spread over both replicas, and every fifth
 /// is retried on the other replica after its first copy was answered. Every change is on the
@@ -144,7 +136,7 @@ async fn two_replicas_publish_every_change_once_in_order() {
     let a = Replica::start(0, &url, &sim, &redis, &prefix);
     let b = Replica::start(1, &url, &sim, &redis, &prefix);
     // The stream runs ahead; replica 0 has delivered it before the webhooks come.
-    wait_for("the stream", Duration::from_secs(60), || {
+    common::eventually("the stream", Duration::from_secs(60), || {
         a.metric("fondo_bridge_acked_total") >= streamed.len() as f64
     })
     .await;
@@ -263,7 +255,7 @@ async fn stream_copies_of_changes_another_replica_published_are_not_published_ag
         assert!(d.acknowledged, "{:?}", d.statuses);
     }
     sim.set_paused(false);
-    wait_for("replica 0 to release the stream's copies", COLLECT, || {
+    common::eventually("replica 0 to release the stream's copies", COLLECT, || {
         a.metric("fondo_bridge_identity_covered_total") >= changes.len() as f64
     })
     .await;
@@ -394,7 +386,7 @@ async fn redis_stopped_mid_stream_loses_nothing() {
         }
         acknowledged
     });
-    wait_for("a third of the stream", Duration::from_secs(60), || {
+    common::eventually("a third of the stream", Duration::from_secs(60), || {
         sim.events_sent() >= (N / 3) as u64
     })
     .await;
@@ -415,7 +407,7 @@ async fn redis_stopped_mid_stream_loses_nothing() {
     let back = sim.events_sent();
     eprintln!("Redis down from event {at} to {back} of the stream");
     assert_eq!(mirror.await.unwrap(), N, "every webhook answered 2xx");
-    wait_for(
+    common::eventually(
         "/readyz to report the store again",
         Duration::from_secs(10),
         || http_get(a.proc.admin, "/readyz").is_some_and(|r| r.contains("dedupe_store: ok")),
@@ -472,7 +464,7 @@ async fn pod_loss_gap_is_covered_by_webhooks_on_the_other_replica() {
     let prefix = common::unique("fb-rep");
     let mut a = Replica::start(0, &url, &sim, &redis, &prefix);
     let b = Replica::start(1, &url, &sim, &redis, &prefix);
-    wait_for("a third of the stream", Duration::from_secs(60), || {
+    common::eventually("a third of the stream", Duration::from_secs(60), || {
         sim.events_sent() >= (N / 3) as u64
     })
     .await;
@@ -482,12 +474,12 @@ async fn pod_loss_gap_is_covered_by_webhooks_on_the_other_replica() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     blocking(|| a.proc.spawn());
-    wait_for("the stream read again", Duration::from_secs(30), || {
+    common::eventually("the stream read again", Duration::from_secs(30), || {
         sim.connections() > connections
     })
     .await;
     let (gap, own) = (killed.elapsed(), started.elapsed());
-    wait_for("the rest of the stream", Duration::from_secs(60), || {
+    common::eventually("the rest of the stream", Duration::from_secs(60), || {
         sim.events_sent() >= streamed.len() as u64
     })
     .await;

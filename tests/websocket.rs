@@ -2,6 +2,8 @@
 //! Black-box tests of the WebSocket source against the simulator, on real sockets on 127.0.0.1,
 //! through a real dispatcher into a test sink.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,14 +148,6 @@ fn run_source(rig: &Rig, cfg: WebSocketSourceConfig, spool: SpoolConfig) -> Runn
     Running { stats, stop, task }
 }
 
-async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn group_by_object(bodies: impl IntoIterator<Item = Bytes>) -> HashMap<String, Vec<Bytes>> {
     let mut m: HashMap<String, Vec<Bytes>> = HashMap::new();
     for b in bodies {
@@ -203,7 +197,7 @@ async fn delivers_every_event_in_order_per_object_with_original_bytes() {
         ws_cfg(&sim, &["c1", "c2"], serde_json::json!({})),
         spool_cfg(dir.path(), 64 << 20),
     );
-    eventually("4000 events delivered", Duration::from_secs(30), || {
+    common::eventually("4000 events delivered", Duration::from_secs(30), || {
         rig.sink.delivered().len() >= 4000
     })
     .await;
@@ -213,7 +207,7 @@ async fn delivers_every_event_in_order_per_object_with_original_bytes() {
     assert_all_in_order(&sent, &delivered(&rig));
     assert_eq!(rig.readiness.snapshot().get("websocket:c1"), Some(&Ok(())));
     assert_eq!(rig.readiness.snapshot().get("websocket:c2"), Some(&Ok(())));
-    eventually("all acknowledged", Duration::from_secs(10), || {
+    common::eventually("all acknowledged", Duration::from_secs(10), || {
         src.stats.acknowledged.load(Ordering::SeqCst) == 4000
     })
     .await;
@@ -222,7 +216,7 @@ async fn delivers_every_event_in_order_per_object_with_original_bytes() {
     assert_eq!(src.stats.gaps.load(Ordering::SeqCst), 0);
     // Shutdown: the source closes its connections and returns.
     src.stop().await;
-    eventually("server saw the close", Duration::from_secs(5), || {
+    common::eventually("server saw the close", Duration::from_secs(5), || {
         sim.open_connections() == 0
     })
     .await;
@@ -250,7 +244,7 @@ async fn reconnects_after_the_server_drops_the_connection() {
         spool_cfg(dir.path(), 64 << 20),
     );
     let is_marker = |b: &Bytes| b.starts_with(br#"{"eventType":"bridge.gap""#);
-    eventually("2000 events delivered", Duration::from_secs(30), || {
+    common::eventually("2000 events delivered", Duration::from_secs(30), || {
         delivered(&rig).iter().filter(|b| !is_marker(b)).count() >= 2000
     })
     .await;
@@ -261,7 +255,7 @@ async fn reconnects_after_the_server_drops_the_connection() {
     let gaps = src.stats.gaps.load(Ordering::SeqCst);
     assert!(gaps >= 7, "{gaps} gaps");
     // One `bridge.gap` marker per gap, saying how long it was.
-    eventually("gap markers", Duration::from_secs(5), || {
+    common::eventually("gap markers", Duration::from_secs(5), || {
         delivered(&rig).iter().filter(|b| is_marker(b)).count() as u64
             == src.stats.gaps.load(Ordering::SeqCst)
     })
@@ -319,12 +313,12 @@ async fn watchdog_reconnects_when_the_stream_goes_silent_but_heartbeats_keep_it(
         ws_cfg(&stalling, &["c1"], extra),
         spool_cfg(dir2.path(), 1 << 20),
     );
-    eventually("a watchdog reconnect", Duration::from_secs(5), || {
+    common::eventually("a watchdog reconnect", Duration::from_secs(5), || {
         src.stats.watchdog_timeouts.load(Ordering::SeqCst) >= 1 && stalling.connections() >= 2
     })
     .await;
     // Every event that was sent before each stall arrived.
-    eventually("events delivered", Duration::from_secs(5), || {
+    common::eventually("events delivered", Duration::from_secs(5), || {
         rig2.sink.delivered().len() == stalling.sent_events("c1").len()
     })
     .await;
@@ -353,7 +347,7 @@ async fn refused_token_is_retried_slowly_and_a_fixed_token_file_is_picked_up() {
     cfg.token = None;
     cfg.token_file = Some(token_file.clone());
     let src = run_source(&rig, cfg, spool_cfg(dir.path(), 1 << 20));
-    eventually("two refused handshakes", Duration::from_secs(5), || {
+    common::eventually("two refused handshakes", Duration::from_secs(5), || {
         sim.handshakes().iter().filter(|h| h.status == 401).count() >= 2
     })
     .await;
@@ -374,20 +368,20 @@ async fn refused_token_is_retried_slowly_and_a_fixed_token_file_is_picked_up() {
     );
     // The simulator records a refused handshake when it answers 401, before the source has read
     // that answer and counted it.
-    eventually("two auth failures counted", Duration::from_secs(5), || {
+    common::eventually("two auth failures counted", Duration::from_secs(5), || {
         src.stats.auth_failures.load(Ordering::SeqCst) >= 2
     })
     .await;
 
     // The token file is re-read on every attempt.
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    eventually(
+    common::eventually(
         "connected with the fixed token",
         Duration::from_secs(5),
         || rig.readiness.snapshot().get("websocket:c1") == Some(&Ok(())),
     )
     .await;
-    eventually("events delivered", Duration::from_secs(5), || {
+    common::eventually("events delivered", Duration::from_secs(5), || {
         rig.sink.delivered().len() == 10
     })
     .await;
@@ -417,7 +411,7 @@ async fn malformed_frames_are_dead_lettered_and_the_connection_keeps_going() {
         spool_cfg(dir.path(), 1 << 20),
     );
     let malformed = sim.malformed();
-    eventually("everything handled", Duration::from_secs(10), || {
+    common::eventually("everything handled", Duration::from_secs(10), || {
         rig.sink.delivered().len() == 102 && src.stats.dead_lettered.load(Ordering::SeqCst) == 8
     })
     .await;
@@ -499,7 +493,7 @@ async fn frame_beyond_the_hard_limit_is_refused_unread_and_the_source_reconnects
         ),
         spool_cfg(dir.path(), 1 << 20),
     );
-    eventually("refused and reconnected", Duration::from_secs(10), || {
+    common::eventually("refused and reconnected", Duration::from_secs(10), || {
         src.stats.refused_too_large.load(Ordering::SeqCst) >= 1 && sim.connections() >= 2
     })
     .await;
@@ -528,7 +522,7 @@ async fn full_spool_stops_reading_until_space_frees_and_loses_nothing() {
     let mut spool = spool_cfg(dir.path(), 48 * 1024);
     spool.segment_bytes = 8 * 1024;
     let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
-    eventually("the source reads some", Duration::from_secs(5), || {
+    common::eventually("the source reads some", Duration::from_secs(5), || {
         src.stats.frames.load(Ordering::SeqCst) > 10
     })
     .await;
@@ -546,7 +540,7 @@ async fn full_spool_stops_reading_until_space_frees_and_loses_nothing() {
     assert_eq!(src.stats.watchdog_timeouts.load(Ordering::SeqCst), 0);
 
     rig.sink.recover();
-    eventually("all 600 delivered", Duration::from_secs(30), || {
+    common::eventually("all 600 delivered", Duration::from_secs(30), || {
         rig.sink.delivered().len() >= 600
     })
     .await;
@@ -588,7 +582,7 @@ async fn after_a_crash_every_spooled_event_is_delivered_on_restart() {
                 &dir1,
             );
             let src = run_source(&rig, cfg1, spool1);
-            eventually("500 events spooled", Duration::from_secs(20), || {
+            common::eventually("500 events spooled", Duration::from_secs(20), || {
                 src.stats.events.load(Ordering::SeqCst) >= 500
             })
             .await;
@@ -605,7 +599,7 @@ async fn after_a_crash_every_spooled_event_is_delivered_on_restart() {
     // Run 2: a new source on the same spool, a healthy sink. The simulator has nothing new.
     let rig = rig(Faults::default(), dir.path());
     let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
-    eventually("replayed events delivered", Duration::from_secs(20), || {
+    common::eventually("replayed events delivered", Duration::from_secs(20), || {
         rig.sink.delivered().len() >= 500
     })
     .await;
@@ -622,7 +616,7 @@ async fn after_a_crash_every_spooled_event_is_delivered_on_restart() {
     unique.dedup();
     assert_eq!(unique.len(), 500, "ids");
     // Released once delivered: the spool empties.
-    eventually("spool released", Duration::from_secs(10), || {
+    common::eventually("spool released", Duration::from_secs(10), || {
         src.stats.acknowledged.load(Ordering::SeqCst) == 500
     })
     .await;
@@ -643,7 +637,7 @@ async fn spool_disabled_goes_straight_to_the_dispatcher() {
     let mut spool = spool_cfg(dir.path(), 1 << 20);
     spool.enabled = false;
     let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
-    eventually("300 delivered", Duration::from_secs(10), || {
+    common::eventually("300 delivered", Duration::from_secs(10), || {
         rig.sink.delivered().len() >= 300
     })
     .await;
@@ -664,7 +658,7 @@ async fn wss_against_a_plain_server_fails_cleanly_and_keeps_retrying() {
         serde_json::json!({ "url": sim.base_url().replace("ws://", "https://") }),
     );
     let src = run_source(&rig, cfg, spool_cfg(dir.path(), 1 << 20));
-    eventually("several failed attempts", Duration::from_secs(10), || {
+    common::eventually("several failed attempts", Duration::from_secs(10), || {
         src.stats.connect_attempts.load(Ordering::SeqCst) >= 3
     })
     .await;
@@ -700,7 +694,7 @@ async fn source_throughput() {
         spool.enabled = spool_on;
         let t0 = Instant::now();
         let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
-        eventually("all delivered", Duration::from_secs(300), || {
+        common::eventually("all delivered", Duration::from_secs(300), || {
             src.stats.acknowledged.load(Ordering::SeqCst) >= n
         })
         .await;

@@ -1,4 +1,5 @@
-//! Shared by the black-box tests: where the real brokers are.
+//! Shared by the black-box tests: where the real brokers are, unique names, free ports, and
+//! `eventually` (poll a condition until it holds or a deadline passes).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 /// The address of a real broker for tests, from `FONDO_BRIDGE_TEST_<NAME>` (`KAFKA`, `AMQP`, `NATS`).
@@ -46,4 +47,33 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test, naming `what`, after `within`.
+pub async fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually`] for a condition that must await (a broker or an HTTP round trip): polled every
+/// 100 ms.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
