@@ -135,7 +135,8 @@ impl Template {
     }
 }
 
-/// An event type glob: `*` matches any run of characters; `*` alone never matches `heartbeat`.
+/// An event type glob ([`wildcard_match`]: `*` any run, `?` one character); a pattern other than
+/// `heartbeat` itself never matches `heartbeat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
     pattern: String,
@@ -158,20 +159,24 @@ impl Glob {
         if event_type == "heartbeat" && self.pattern != "heartbeat" {
             return false;
         }
-        glob_match(self.pattern.as_bytes(), event_type.as_bytes())
+        wildcard_match(&self.pattern, event_type)
     }
 }
 
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    // Iterative wildcard matching with single-star backtracking: linear in practice.
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (none included) and
+/// `?` exactly one. The one wildcard rule of the bridge: route `match` globs and the `dlq` filters.
+/// Iterative with single-star backtracking: linear in practice.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = text.chars().collect();
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
+        if pi < p.len() && p[pi] == '*' {
             star = Some(pi);
             mark = si;
             pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
             pi += 1;
             si += 1;
         } else if let Some(st) = star {
@@ -182,7 +187,7 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == b'*' {
+    while pi < p.len() && p[pi] == '*' {
         pi += 1;
     }
     pi == p.len()

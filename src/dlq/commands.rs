@@ -242,35 +242,6 @@ fn parse_dl_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
-/// `*` any run, `?` one character; everything else literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(c) if *c == '?' || *c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi.min(p.len())..].iter().all(|c| *c == '*')
-}
-
 struct Filter {
     reasons: Vec<ReasonKind>,
     event_type: Option<String>,
@@ -300,7 +271,7 @@ impl Filter {
         }
         if let Some(g) = &self.event_type {
             match &d.event_type {
-                Some(t) if glob_match(g, t) => {}
+                Some(t) if crate::router::wildcard_match(g, t) => {}
                 _ => return false,
             }
         }
@@ -1383,11 +1354,11 @@ mod tests {
 
     #[test]
     fn globs_and_rates() {
-        assert!(glob_match("order.*", "order.update"));
-        assert!(glob_match("*.delete", "account.delete"));
-        assert!(!glob_match("order.*", "account.update"));
-        assert!(glob_match("*", "x"));
-        assert!(glob_match("o?der.*e", "order.update"));
+        assert!(crate::router::wildcard_match("order.*", "order.update"));
+        assert!(crate::router::wildcard_match("*.delete", "account.delete"));
+        assert!(!crate::router::wildcard_match("order.*", "account.update"));
+        assert!(crate::router::wildcard_match("*", "x"));
+        assert!(crate::router::wildcard_match("o?der.*e", "order.update"));
         assert_eq!(parse_rate("50/s"), Ok(50.0));
         assert_eq!(parse_rate("2"), Ok(2.0));
         assert!(parse_rate("0").is_err());
