@@ -16,23 +16,18 @@ mod common;
 #[path = "reliability/support.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use fondo_bridge::config::{
-    Config, DestinationConfig, FileSinkConfig, FsyncPolicy, RouteConfig, SpoolConfig, Unmatched,
-    WebSocketSourceConfig,
-};
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
+use fondo_bridge::config::{FileSinkConfig, FsyncPolicy, SpoolConfig, WebSocketSourceConfig};
+use fondo_bridge::dispatch::Dispatcher;
 use fondo_bridge::dlq::{DeadLetter, DeadLetterWriter, read_fallback_file};
 use fondo_bridge::event::{ParseOptions, SourceKind, TraceContext};
 use fondo_bridge::group_commit::Pace;
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::simulator::stream::{self, StreamConfig};
 use fondo_bridge::sinks::file::{FileRecord, FileSink, topic_file};
 use fondo_bridge::sinks::testing::{Faults, TestSink};
@@ -349,40 +344,12 @@ async fn a_full_disk_leaves_no_torn_line_in_a_file_sink_topic() {
 
 /// A real dispatcher routing everything to one test sink, dead letters to `dl_file` only.
 fn dispatcher(sink: Arc<TestSink>, dl_file: PathBuf, max_in_flight: usize) -> Dispatcher {
-    let routes = vec![RouteConfig {
-        name: "all".into(),
-        matches: vec!["*".into()],
-        filter: BTreeMap::new(),
-        redact: vec![],
-        to: vec![DestinationConfig {
-            sink: "t".into(),
-            topic: "fondo.{entity}".into(),
-            key: None,
-            headers: BTreeMap::new(),
-        }],
-    }];
-    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "t").unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dl_file,
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.max_attempts = 1;
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
-    Dispatcher::start(DispatcherParts {
-        router,
-        sinks: HashMap::from([("t".to_string(), sink as DynSink)]),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    })
+    common::rig::DispatcherRig::new(dl_file)
+        .sink("t", sink as DynSink)
+        .route_all("t", "fondo.{entity}")
+        .max_attempts(1)
+        .max_in_flight(max_in_flight)
+        .start(&Arc::new(Metrics::new()))
 }
 
 fn ws_cfg(url: &str) -> WebSocketSourceConfig {

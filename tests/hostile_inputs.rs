@@ -18,6 +18,8 @@
 //! totals are checked again at the end, after a valid event proves the bridge is still alive.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
@@ -28,14 +30,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fondo_bridge::config::{
-    Config, DestinationConfig, EventConfig, RouteConfig, SpoolConfig, Unmatched,
-    WebSocketSourceConfig, WebhookSourceConfig,
+    DestinationConfig, EventConfig, RouteConfig, SpoolConfig, WebSocketSourceConfig,
+    WebhookSourceConfig,
 };
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use fondo_bridge::dlq::{DeadLetter, DeadLetterWriter};
+use fondo_bridge::dispatch::Dispatcher;
+use fondo_bridge::dlq::DeadLetter;
 use fondo_bridge::event::ParseOptions;
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::simulator::webhook_sender::sign_standard;
 use fondo_bridge::sinks::DynSink;
 use fondo_bridge::sinks::testing::{Faults, TestSink};
@@ -512,29 +513,12 @@ fn rig(dir: &Path) -> Rig {
             to: vec![dest("keyed.{action}", Some("{/current/id}"))],
         },
     ];
-    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "t").unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dl_file.clone(),
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.max_attempts = 3;
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
     let sink = Arc::new(TestSink::new("t", Faults::default()));
-    let dispatcher = Dispatcher::start(DispatcherParts {
-        router,
-        sinks: [("t".to_string(), sink.clone() as DynSink)].into(),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight: 1000,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    });
+    let dispatcher = common::rig::DispatcherRig::new(&dl_file)
+        .sink("t", sink.clone() as DynSink)
+        .routes(routes)
+        .max_attempts(3)
+        .start(&Arc::new(Metrics::new()));
     Rig {
         dispatcher,
         sink,

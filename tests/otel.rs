@@ -19,14 +19,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fondo_bridge::config::{Config, DestinationConfig, OtlpProtocol, RouteConfig, TelemetryConfig};
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use fondo_bridge::dlq::DeadLetterWriter;
+use fondo_bridge::config::{DestinationConfig, OtlpProtocol, RouteConfig, TelemetryConfig};
+use fondo_bridge::dispatch::Dispatcher;
 use fondo_bridge::event::{
     AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
 };
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::sinks::testing::{Faults, TestSink};
 use fondo_bridge::sinks::{DynSink, Message, headers};
 use fondo_bridge::telemetry::Telemetry;
@@ -304,33 +302,17 @@ struct Rig {
 
 fn rig(routes: Vec<RouteConfig>, sinks: Vec<(&str, DynSink)>, max_attempts: u32) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = sinks.iter().map(|(n, _)| n.to_string()).collect();
-    let router =
-        Router::compile_routes(&routes, fondo_bridge::config::Unmatched::DeadLetter, |s| {
-            names.iter().any(|n| n == s)
-        })
-        .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dir.path().join("dead-letter.jsonl"),
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.max_attempts = max_attempts;
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
-    let d = Dispatcher::start(DispatcherParts {
-        router,
-        sinks: sinks.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight: 100,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics: metrics.clone(),
-    });
+    let d = sinks
+        .into_iter()
+        .fold(
+            common::rig::DispatcherRig::new(dir.path().join("dead-letter.jsonl")),
+            |rig, (n, s)| rig.sink(n, s),
+        )
+        .routes(routes)
+        .max_attempts(max_attempts)
+        .max_in_flight(100)
+        .start(&metrics);
     Rig {
         d,
         metrics,

@@ -2,7 +2,8 @@
 //! fault-injecting sink, signatures made by an HMAC implemented here (not the crate's).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +12,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use fondo_bridge::config::{
-    Config, DestinationConfig, EventConfig, HmacAlgorithm, RouteConfig, Secret, SignatureConfig,
-    SignatureEncoding, Unmatched, WebhookSourceConfig,
+    EventConfig, HmacAlgorithm, Secret, SignatureConfig, SignatureEncoding, WebhookSourceConfig,
 };
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use fondo_bridge::dlq::{DeadLetterWriter, read_fallback_file};
+use fondo_bridge::dispatch::Dispatcher;
+use fondo_bridge::dlq::read_fallback_file;
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::simulator::webhook_sender::{
     Outgoing, SenderOptions, Signer, WebhookSender, sign_standard,
 };
@@ -149,41 +148,13 @@ struct Bridge {
 async fn bridge(o: Opts) -> Bridge {
     let dir = tempfile::tempdir().unwrap();
     let dl_file = dir.path().join("dead-letter.jsonl");
-    let routes = vec![RouteConfig {
-        name: "all".into(),
-        matches: vec!["*".into()],
-        filter: BTreeMap::new(),
-        redact: vec![],
-        to: vec![DestinationConfig {
-            sink: "s".into(),
-            topic: "fondo.{entity}".into(),
-            key: None,
-            headers: BTreeMap::new(),
-        }],
-    }];
-    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "s").unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dl_file.clone(),
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.max_attempts = o.max_attempts;
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
     let sink = Arc::new(TestSink::new("s", o.faults));
-    let dispatcher = Dispatcher::start(DispatcherParts {
-        router,
-        sinks: [("s".to_string(), sink.clone() as DynSink)].into(),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight: o.max_in_flight,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    });
+    let dispatcher = common::rig::DispatcherRig::new(&dl_file)
+        .sink("s", sink.clone() as DynSink)
+        .route_all("s", "fondo.{entity}")
+        .max_attempts(o.max_attempts)
+        .max_in_flight(o.max_in_flight)
+        .start(&Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let wh = WebhookSourceConfig {

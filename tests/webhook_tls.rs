@@ -3,20 +3,18 @@
 //! certificate files, the handshake deadline, and the graceful drain over TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fondo_bridge::config::{
-    Config, DestinationConfig, EventConfig, RouteConfig, Secret, SignatureConfig, TlsServerConfig,
-    Unmatched, WebhookSourceConfig,
+    Config, EventConfig, Secret, SignatureConfig, TlsServerConfig, WebhookSourceConfig,
 };
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use fondo_bridge::dlq::DeadLetterWriter;
+use fondo_bridge::dispatch::Dispatcher;
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::simulator::webhook_sender::Signer;
 use fondo_bridge::sinks::DynSink;
 use fondo_bridge::sinks::testing::{Faults, TestSink};
@@ -52,39 +50,10 @@ fn pki(dir: &Path, name: &str) -> Pki {
 }
 
 fn dispatcher(sink: Arc<TestSink>, dir: &Path) -> Dispatcher {
-    let routes = vec![RouteConfig {
-        name: "all".into(),
-        matches: vec!["*".into()],
-        filter: BTreeMap::new(),
-        redact: vec![],
-        to: vec![DestinationConfig {
-            sink: "s".into(),
-            topic: "fondo.{entity}".into(),
-            key: None,
-            headers: BTreeMap::new(),
-        }],
-    }];
-    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "s").unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dir.join("dead-letter.jsonl"),
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
-    Dispatcher::start(DispatcherParts {
-        router,
-        sinks: [("s".to_string(), sink as DynSink)].into(),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight: 1000,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    })
+    common::rig::DispatcherRig::new(dir.join("dead-letter.jsonl"))
+        .sink("s", sink as DynSink)
+        .route_all("s", "fondo.{entity}")
+        .start(&Arc::new(Metrics::new()))
 }
 
 fn webhook_cfg(addr: SocketAddr, tls: Option<TlsServerConfig>) -> WebhookSourceConfig {

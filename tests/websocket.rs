@@ -4,21 +4,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fondo_bridge::config::{
-    Config, DestinationConfig, RouteConfig, SpoolConfig, Unmatched, WebSocketSourceConfig,
-};
-use fondo_bridge::dispatch::{Dispatcher, DispatcherParts, RetryPolicy};
-use fondo_bridge::dlq::{DeadLetterWriter, read_fallback_file};
+use fondo_bridge::config::{SpoolConfig, WebSocketSourceConfig};
+use fondo_bridge::dispatch::Dispatcher;
+use fondo_bridge::dlq::read_fallback_file;
 use fondo_bridge::event::ParseOptions;
 use fondo_bridge::metrics::Metrics;
-use fondo_bridge::router::Router;
 use fondo_bridge::simulator::generator::object_key;
 use fondo_bridge::simulator::stream::{MalformedKind, SimHandle, StreamConfig, start};
 use fondo_bridge::sinks::DynSink;
@@ -43,40 +40,12 @@ struct Rig {
 
 fn rig(faults: Faults, dir: &Path) -> Rig {
     let dl_file = dir.join("dead-letter.jsonl");
-    let routes = vec![RouteConfig {
-        name: "all".into(),
-        matches: vec!["*".into()],
-        filter: BTreeMap::new(),
-        redact: vec![],
-        to: vec![DestinationConfig {
-            sink: "t".into(),
-            topic: "fondo.{entity}".into(),
-            key: None,
-            headers: BTreeMap::new(),
-        }],
-    }];
-    let router = Router::compile_routes(&routes, Unmatched::DeadLetter, |s| s == "t").unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dls = Arc::new(DeadLetterWriter::new(
-        None,
-        "fondo.dead-letter".into(),
-        1,
-        dl_file.clone(),
-        metrics.clone(),
-    ));
-    let mut cfg = Config::default();
-    cfg.delivery.backoff_initial_ms = 1;
-    cfg.delivery.backoff_max_ms = 5;
     let sink = Arc::new(TestSink::new("t", faults));
-    let d = Dispatcher::start(DispatcherParts {
-        router,
-        sinks: HashMap::from([("t".to_string(), sink.clone() as DynSink)]),
-        dead_letters: dls,
-        policy: RetryPolicy::from_config(&cfg),
-        max_in_flight: 10_000,
-        identity: fondo_bridge::dispatch::IdentityConfig::default(),
-        metrics,
-    });
+    let d = common::rig::DispatcherRig::new(&dl_file)
+        .sink("t", sink.clone() as DynSink)
+        .route_all("t", "fondo.{entity}")
+        .max_in_flight(10_000)
+        .start(&Arc::new(Metrics::new()));
     Rig {
         d,
         sink,
