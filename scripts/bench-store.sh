@@ -6,7 +6,8 @@
 #   EVENTS=20000 PAIRS=2 scripts/bench-store.sh
 #
 # Load: `fondo-bridge simulate webhooks` (Standard Webhooks, so every delivery has a delivery id
-# and is looked up: one Redis script per event to identify it and one to mark it done). Each run
+# and is looked up: one `SET NX GET` per event to identify it and one `SET` to mark it done, both
+# pipelined with whatever else is queued on the connection). Each run
 # has a new JetStream stream (memory storage). Per run: events/s over the load's wall time, the
 # bridge's CPU seconds (user + system, /proc) per event, Redis's CPU seconds, the bridge's peak
 # RSS, and the count the bridge published (checked against the events sent). Writes a Markdown
