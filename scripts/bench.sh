@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The benchmark harness (issue #10): raw broker clients vs. the bridge, per broker.
+# The benchmark harness (package `fondo-bench` in bench/): raw broker clients vs. the bridge, per
+# broker.
 #
 #   scripts/bench.sh [--quick|--full] [fondo-bench options...]
 #
 # Starts the brokers (scripts/brokers.sh: RabbitMQ 5672, NATS+JetStream 4222; its own tansu Kafka
 # broker on $BENCH_KAFKA_PORT, default 19192, restarted before every Kafka scenario because memory
-# storage keeps everything in RAM), builds `fondo-bench` in release mode and runs it pinned with
-# taskset: the bench process (bridge, raw clients) on $BENCH_CPUS (default: the last CPU), its
-# simulator thread (the load generator of the WebSocket and webhook scenarios) and tansu on the
-# others ($BENCH_BROKER_CPUS). RabbitMQ and NATS are the machine's services and are not re-pinned.
+# storage keeps everything in RAM), builds `fondo-bench` in release mode (in $CARGO_TARGET_DIR,
+# default target/) and runs it pinned with taskset: the bench process (bridge, raw clients) on
+# $BENCH_CPUS (default: the last CPU), its simulator thread (the load generator of the WebSocket
+# and webhook scenarios) and tansu on the others ($BENCH_BROKER_CPUS). RabbitMQ and NATS are the
+# machine's services and are not re-pinned.
 # Then (when the file sink is in --only) WebSocket -> file runs $BENCH_MACHINE_RUNS times (default
 # 5) on the whole machine, unpinned: the demo's path at its real cost.
 # Writes bench-results/results.json and docs/benchmarks.md.
@@ -27,7 +29,7 @@ for a in "$@"; do
     case $a in
     --quick | --full) MODE=$a ;;
     --machine-runs | --machine-runs=*) MACHINE=(); ARGS+=("$a") ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$a") ;;
     esac
 done
@@ -51,8 +53,9 @@ fi
 
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
     say "building fondo-bench (release)"
-    cargo build --release --bin fondo-bench >&2
+    cargo build --release -p fondo-bench >&2
 fi
+BIN=${CARGO_TARGET_DIR:-target}/release/fondo-bench
 
 eval "$(KAFKA_PORT=$PORT scripts/brokers.sh up)"
 export FONDO_BRIDGE_TEST_KAFKA="127.0.0.1:$PORT"
@@ -76,7 +79,7 @@ fi
 
 OTHERS=$(ps -eo pcpu=,comm= --sort=-pcpu | head -4 | awk '{printf "%s%s %s%%", (NR>1?", ":""), $2, $1}')
 say "running $MODE ($PINNING)"
-"${PIN_SUT[@]}" target/release/fondo-bench "$MODE" \
+"${PIN_SUT[@]}" "$BIN" "$MODE" \
     --kafka "127.0.0.1:$PORT" \
     --kafka-restart-cmd "$RESTART" \
     --note "$PINNING; busiest processes at start: $OTHERS" \

@@ -12,7 +12,8 @@
 # the profile), so start-up, connection set-up and the generator cancel out.
 #
 # Needs valgrind and the brokers of scripts/brokers.sh (Kafka: tansu on $BENCH_KAFKA_PORT, default
-# 19192, started here when missing). Uses target/release/fondo-bench (built when missing) or --bin.
+# 19192, started here when missing). Uses $CARGO_TARGET_DIR/release/fondo-bench (default target/;
+# built when missing) or --bin.
 # The runs are slow (about 50x) but short: a few minutes per broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +21,14 @@ cd "$(dirname "$0")/.."
 ONLY=kafka,nats
 SMALL=5000
 LARGE=15000
-BIN=target/release/fondo-bench
+BIN=${CARGO_TARGET_DIR:-target}/release/fondo-bench
 while (($#)); do
     case $1 in
     --only) ONLY=$2; shift 2 ;;
     --small) SMALL=$2; shift 2 ;;
     --large) LARGE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "instructions: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -37,7 +38,7 @@ if ((LARGE <= SMALL)); then
     exit 2
 fi
 if [[ ! -x $BIN ]]; then
-    cargo build --release --bin fondo-bench >&2
+    cargo build --release -p fondo-bench >&2
 fi
 PORT=${BENCH_KAFKA_PORT:-19192}
 eval "$(KAFKA_PORT=$PORT scripts/brokers.sh up)"
@@ -62,7 +63,7 @@ measure() { # broker scenario events -> "total generator"
     local total gen
     total=$(grep -oE "Collected : [0-9]+" <<<"$log" | tail -1 | grep -oE "[0-9]+")
     gen=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null |
-        grep -E "fondo_bench::bench::pool \[" | head -1 | awk '{gsub(",", "", $1); print $1}')
+        grep -E "fondo_bench::payload::pool \[" | head -1 | awk '{gsub(",", "", $1); print $1}')
     echo "$total ${gen:-0}"
 }
 
