@@ -328,50 +328,6 @@ async fn full_queue_is_backpressure_not_failure() {
     assert_eq!(sent.len(), 100);
 }
 
-/// Throughput of 1 KiB messages through the sink (run by hand: `--ignored --nocapture`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a test"]
-async fn throughput() {
-    let Some(brokers) = common::broker("KAFKA") else {
-        return;
-    };
-    let topic = common::unique("fondo.sink-kafka-bench");
-    let mut cfg = config(&brokers, &[]);
-    cfg.create_topics = vec![KafkaTopicConfig {
-        name: topic.clone(),
-        partitions: Some(3),
-        replication: Some(1),
-        retention_ms: None,
-        config: BTreeMap::new(),
-    }];
-    let sink = Arc::new(connect(&cfg).await);
-    let (keys, per_key) = (1000, 20);
-    let payload = Bytes::from(vec![b'x'; 1024]);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..keys {
-        let sink = sink.clone();
-        let topic = topic.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            for seq in 0..per_key {
-                let mut m = message(&topic, Some(&format!("k{k}")), seq);
-                m.payload = payload.clone();
-                sink.publish(&m).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let took = started.elapsed();
-    let n = keys * per_key;
-    eprintln!(
-        "{n} x 1 KiB in {took:?}: {:.0} msg/s ({keys} keys, one in flight per key)",
-        n as f64 / took.as_secs_f64()
-    );
-}
-
 // ---- error injection with rdkafka's in-process mock cluster (no broker needed) ----
 
 fn mock_sink_config(mock: &MockCluster<'_, impl rdkafka::ClientContext>) -> KafkaSinkConfig {

@@ -189,7 +189,6 @@ async fn delivers_everything_with_headers_ids_and_order_per_key() {
     const KEYS: usize = 20;
     const PER_KEY: usize = 15;
     let run = common::unique("run");
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..KEYS {
         let sink = sink.clone();
@@ -209,12 +208,7 @@ async fn delivers_everything_with_headers_ids_and_order_per_key() {
     for t in tasks {
         t.await.unwrap();
     }
-    let elapsed = started.elapsed();
     let total = KEYS * PER_KEY;
-    eprintln!(
-        "published {total} messages (20 keys, confirmed) in {elapsed:?}: {:.0} msg/s",
-        total as f64 / elapsed.as_secs_f64()
-    );
 
     let got = drain(&ch, &queue, total, Duration::from_secs(5)).await;
     assert_eq!(got.len(), total, "every confirmed message is in the queue");
@@ -957,87 +951,6 @@ async fn silent_network_cut_is_detected_by_heartbeat_and_loses_nothing() {
     publishers
         .finish_and_check(&ch, &queue, "network cut")
         .await;
-    sink.close(Instant::now() + Duration::from_secs(5))
-        .await
-        .unwrap();
-    cleanup(&ch, &[&exchange], &[&queue]).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// throughput (not a benchmark: ignored by default, run by hand with --ignored --nocapture)
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, run by hand"]
-async fn throughput_with_many_keys() {
-    let Some(url) = common::broker("AMQP") else {
-        return;
-    };
-    let (_conn, ch) = admin(&url).await;
-    let (exchange, queue) = exchange_and_queue(&ch, "fb-tput", "fondo.#").await;
-    let sink = Arc::new(
-        RabbitMqSink::connect("rabbit", &sink_config(&url, &exchange))
-            .await
-            .unwrap(),
-    );
-    const KEYS: usize = 500;
-    const PER_KEY: usize = 40;
-    let payload = Bytes::from(vec![b'x'; 1024]);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..KEYS {
-        let (sink, payload) = (sink.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            for seq in 0..PER_KEY {
-                let mut m = message("fondo.tput", &format!("k{k}"), seq, &format!("t{k}-{seq}"));
-                m.payload = payload.clone();
-                sink.publish(&m).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = KEYS * PER_KEY;
-    let took = started.elapsed();
-    eprintln!(
-        "{n} confirmed 1 KiB messages, {KEYS} keys: {took:?}, {:.0} msg/s",
-        n as f64 / took.as_secs_f64()
-    );
-
-    // The bare client on the same broker: one task, every publish handed over at once, then all
-    // confirms awaited (the best case for lapin).
-    let pubch = _conn.create_channel().await.unwrap();
-    pubch
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut confirms = Vec::with_capacity(n);
-    for i in 0..n {
-        let props = lapin::BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(format!("b{i}").into());
-        confirms.push(
-            pubch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "fondo.tput".into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    &payload,
-                    props,
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    for c in confirms {
-        assert!(c.await.unwrap().is_ack());
-    }
-    let took = started.elapsed();
-    eprintln!(
-        "bare lapin, same payloads: {took:?}, {:.0} msg/s",
-        n as f64 / took.as_secs_f64()
-    );
     sink.close(Instant::now() + Duration::from_secs(5))
         .await
         .unwrap();

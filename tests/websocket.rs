@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fondo_bridge::config::{SpoolConfig, WebSocketSourceConfig};
@@ -22,10 +22,7 @@ use fondo_bridge::sinks::DynSink;
 use fondo_bridge::sinks::testing::{Faults, TestSink};
 use fondo_bridge::sources::Readiness;
 use fondo_bridge::sources::websocket::{WebSocketSource, WebSocketStats};
-use futures::StreamExt as _;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "sim-token";
@@ -639,84 +636,5 @@ async fn wss_against_a_plain_server_fails_cleanly_and_keeps_retrying() {
     let state = rig.readiness.snapshot()["websocket:c1"].clone();
     assert!(state.is_err(), "{state:?}");
     src.stop().await;
-    sim.stop().await;
-}
-
-/// End-to-end rate of the source (simulator → spool → dispatcher → test sink):
-/// `cargo test --release --test websocket source_throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn source_throughput() {
-    let n = 100_000u64;
-    for spool_on in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, sim) = start(StreamConfig {
-            count: Some(n),
-            record: false,
-            objects: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let rig = rig(Faults::default(), dir.path());
-        let mut spool = spool_cfg(dir.path(), 1 << 30);
-        spool.enabled = spool_on;
-        let t0 = Instant::now();
-        let src = run_source(&rig, ws_cfg(&sim, &["c1"], serde_json::json!({})), spool);
-        common::eventually("all delivered", Duration::from_secs(300), || {
-            src.stats.acknowledged.load(Ordering::SeqCst) >= n
-        })
-        .await;
-        let secs = t0.elapsed().as_secs_f64();
-        println!(
-            "source (spool {}): {n} events in {secs:.2}s = {:.0} events/s delivered to the test sink",
-            if spool_on { "on" } else { "off" },
-            n as f64 / secs
-        );
-        src.stop().await;
-        sim.stop().await;
-    }
-}
-
-/// Measures the simulator's throughput with a bare client: `cargo test --release --test websocket
-/// simulator_throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn simulator_throughput() {
-    let n = 1_000_000u64;
-    let (addr, sim) = start(StreamConfig {
-        count: Some(n),
-        record: false,
-        heartbeat: None,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut req = format!("ws://{addr}/v2/partner/client/c1/subscribe")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", "Bearer sim-token".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let t0 = Instant::now();
-    let mut got = 0u64;
-    let mut bytes = 0usize;
-    while got < n {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                got += 1;
-                bytes += t.len();
-            }
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "simulator: {n} events in {secs:.2}s = {:.0} events/s, {:.1} MB/s, avg {} bytes",
-        n as f64 / secs,
-        bytes as f64 / secs / 1e6,
-        bytes / n as usize
-    );
     sim.stop().await;
 }
