@@ -699,6 +699,10 @@ for e in errors:
 sys.exit(1 if errors else 0)
 PY
 BIN=${FONDO_BRIDGE_BIN:-}
+# The live check runs from another directory, so a relative path is made absolute here.
+if [[ -n "$BIN" && "$BIN" != /* ]]; then
+    BIN="$PWD/$BIN"
+fi
 if [[ -z "$BIN" ]]; then
     for b in "$ROOT/target/debug/fondo-bridge" "$ROOT/target/release/fondo-bridge"; do
         if [[ -x "$b" ]] && [[ -z "$(find "$ROOT/src" "$ROOT/Cargo.toml" -newer "$b" -print -quit)" ]]; then
