@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::cloudevents::CloudEvent;
 use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
 use crate::event::{AckHandle, AckStatus, Envelope, Event, IdOrigin, SourceKind, TraceContext};
@@ -819,6 +820,19 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
     }
     h.extend(d.headers);
     let message_id = Arc::from(crate::event::message_id(&e.event_id, &d.route, &d.topic));
+    let cloudevent = d.cloudevents.map(|ce| {
+        Arc::new(CloudEvent {
+            mode: ce.mode,
+            id: Arc::clone(&e.event_id),
+            source: ce.source,
+            event_type: ce.event_type,
+            subject: e.object_ref().map(str::to_owned),
+            time: humantime::format_rfc3339_millis(ctx.received_wall).to_string(),
+            partition_key: d.key.clone(),
+            traceparent: ctx.trace.traceparent.clone(),
+            tracestate: ctx.trace.tracestate.clone(),
+        })
+    });
     (
         Message {
             message_id,
@@ -835,6 +849,7 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
                 SourceKind::WebSocket => Pace::Patient,
                 SourceKind::Webhook | SourceKind::Replay => Pace::Prompt,
             },
+            cloudevent,
         },
         d.sink,
     )

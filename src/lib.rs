@@ -45,6 +45,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod cloudevents;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

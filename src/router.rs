@@ -11,7 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::{Config, DestinationConfig, RouteConfig, Unmatched};
+use crate::cloudevents::{self, Mode};
+use crate::config::{Config, DestinationConfig, MessageFormat, RouteConfig, Unmatched};
 use crate::event::{Event, Node};
 
 /// A piece of a template.
@@ -199,6 +200,37 @@ struct CompiledDestination {
     topic: Template,
     key: Option<Template>,
     headers: Vec<(String, Template)>,
+    cloudevents: Option<CompiledCloudEvents>,
+}
+
+/// A CloudEvents destination's mode and its `source` and `type` templates.
+#[derive(Debug)]
+struct CompiledCloudEvents {
+    mode: Mode,
+    /// `None`: the default, which depends on whether the event has a client id.
+    source: Option<Template>,
+    event_type: Template,
+}
+
+impl CompiledCloudEvents {
+    fn render(&self, event: &Event, view: &BodyView<'_>) -> Result<cloudevents::Rendered, String> {
+        let source = match (&self.source, &event.client_id) {
+            (Some(t), _) => t
+                .render_with(event, view)
+                .map_err(|e| format!("cloudevents.source: {e}"))?,
+            (None, Some(c)) => format!("fondo:client/{c}"),
+            (None, None) => cloudevents::SOURCE_WITHOUT_CLIENT.to_owned(),
+        };
+        let event_type = self
+            .event_type
+            .render_with(event, view)
+            .map_err(|e| format!("cloudevents.type: {e}"))?;
+        Ok(cloudevents::Rendered {
+            mode: self.mode,
+            source,
+            event_type,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -277,6 +309,8 @@ pub struct Destination {
     pub key: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// A CloudEvents destination's mode, `source` and `type`.
+    pub cloudevents: Option<cloudevents::Rendered>,
 }
 
 /// A destination that could not be rendered for this event.
@@ -454,13 +488,14 @@ impl Router {
             };
             for d in &r.to {
                 match render_destination(d, event, &view) {
-                    Ok((topic, key, headers)) => out.destinations.push(Destination {
+                    Ok(rendered) => out.destinations.push(Destination {
                         route: Arc::clone(&r.name),
                         sink: Arc::clone(&d.sink),
-                        topic,
-                        key,
-                        headers,
+                        topic: rendered.topic,
+                        key: rendered.key,
+                        headers: rendered.headers,
                         body: body.clone(),
+                        cloudevents: rendered.cloudevents,
                     }),
                     Err(reason) => out.failures.push(RenderFailure {
                         route: Arc::clone(&r.name),
@@ -531,18 +566,68 @@ fn compile_destination(
             }
         }
     }
-    match (ok, topic) {
-        (true, Some(topic)) => Some(CompiledDestination {
+    let cloudevents = compile_cloudevents(d, at, err)
+        .map_err(|()| ok = false)
+        .ok();
+    match (ok, topic, cloudevents) {
+        (true, Some(topic), Some(cloudevents)) => Some(CompiledDestination {
             sink: Arc::from(d.sink.as_str()),
             topic,
             key,
             headers,
+            cloudevents,
         }),
         _ => None,
     }
 }
 
-type Rendered = (String, Option<String>, Vec<(String, String)>);
+/// A destination's `format` and `cloudevents` templates; `Err` after reporting a problem.
+fn compile_cloudevents(
+    d: &DestinationConfig,
+    at: &str,
+    err: &mut impl FnMut(String, String),
+) -> Result<Option<CompiledCloudEvents>, ()> {
+    let mode = match d.format {
+        MessageFormat::Raw => {
+            if d.cloudevents.is_some() {
+                err(
+                    format!("{at}.cloudevents"),
+                    "applies only with `format: cloudevents-binary` or `cloudevents-structured`"
+                        .into(),
+                );
+                return Err(());
+            }
+            return Ok(None);
+        }
+        MessageFormat::CloudeventsBinary => Mode::Binary,
+        MessageFormat::CloudeventsStructured => Mode::Structured,
+    };
+    let templates = d.cloudevents.clone().unwrap_or_default();
+    let mut parse = |name: &str, t: &str| {
+        Template::parse(t).map_err(|e| err(format!("{at}.cloudevents.{name}"), e.to_string()))
+    };
+    let source = templates.source.map(|s| parse("source", &s)).transpose();
+    let event_type = parse(
+        "type",
+        templates
+            .event_type
+            .as_deref()
+            .unwrap_or(cloudevents::DEFAULT_TYPE_TEMPLATE),
+    );
+    Ok(Some(CompiledCloudEvents {
+        mode,
+        source: source?,
+        event_type: event_type?,
+    }))
+}
+
+/// One destination rendered for one event.
+struct Rendered {
+    topic: String,
+    key: Option<String>,
+    headers: Vec<(String, String)>,
+    cloudevents: Option<cloudevents::Rendered>,
+}
 
 fn render_destination(
     d: &CompiledDestination,
@@ -568,7 +653,16 @@ fn render_destination(
                 .map_err(|e| format!("header {name}: {e}"))?,
         ));
     }
-    Ok((topic, key, headers))
+    let cloudevents = match &d.cloudevents {
+        Some(ce) => Some(ce.render(event, view)?),
+        None => None,
+    };
+    Ok(Rendered {
+        topic,
+        key,
+        headers,
+        cloudevents,
+    })
 }
 
 /// The body with the given JSON pointers removed, re-serialised.

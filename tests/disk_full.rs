@@ -274,6 +274,7 @@ fn message(i: usize) -> Message {
         message_id: Arc::from(format!("e-{i}")),
         payload_is_json: true,
         pace: Pace::Prompt,
+        cloudevent: None,
     }
 }
 

@@ -496,6 +496,7 @@ fn rig(dir: &Path) -> Rig {
         topic: topic.into(),
         key: key.map(Into::into),
         headers: BTreeMap::new(),
+        ..Default::default()
     };
     let routes = vec![
         RouteConfig {

@@ -540,12 +540,14 @@ async fn retries_and_fatal_failures_are_counted_per_sink_and_route() {
                 topic: "ok".into(),
                 key: None,
                 headers: Default::default(),
+                ..Default::default()
             },
             DestinationConfig {
                 sink: "flaky".into(),
                 topic: "gone".into(),
                 key: None,
                 headers: Default::default(),
+                ..Default::default()
             },
         ],
     }];

@@ -290,6 +290,7 @@ fn route(name: &str, matches: &[&str], sink: &str, topic: &str) -> RouteConfig {
             topic: topic.into(),
             key: None,
             headers: Default::default(),
+            ..Default::default()
         }],
     }
 }
@@ -508,6 +509,7 @@ async fn retries_and_dead_letters_have_spans_and_a_new_trace_starts_without_trac
         topic: "gone".into(),
         key: None,
         headers: Default::default(),
+        ..Default::default()
     });
     let rig = rig(
         vec![r],

@@ -65,6 +65,7 @@ fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
         event_id,
         payload_is_json: false,
         pace: fondo_bridge::group_commit::Pace::Prompt,
+        cloudevent: None,
     }
 }
 

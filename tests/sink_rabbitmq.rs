@@ -66,6 +66,7 @@ fn message(topic: &str, key: &str, seq: usize, event_id: &str) -> Message {
         message_id: Arc::from(event_id),
         payload_is_json: false,
         pace: fondo_bridge::group_commit::Pace::Prompt,
+        cloudevent: None,
     }
 }
 

@@ -68,6 +68,18 @@ pub fn route(
         for (k, v) in &d.headers {
             println!("   header:  {k}: {v}");
         }
+        if let Some(ce) = &d.cloudevents {
+            let mode = match ce.mode {
+                fondo_bridge::cloudevents::Mode::Binary => "binary",
+                fondo_bridge::cloudevents::Mode::Structured => "structured",
+            };
+            println!(
+                "   cloudevent ({mode}): source {}, type {}, subject {}",
+                ce.source,
+                ce.event_type,
+                ev.object_ref().unwrap_or("(none)")
+            );
+        }
         println!("   body:    {}", String::from_utf8_lossy(&d.body));
     }
     for f in &routed.failures {

@@ -446,7 +446,7 @@ pub struct RouteConfig {
     pub to: Vec<DestinationConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub sink: String,
@@ -456,6 +456,45 @@ pub struct DestinationConfig {
     pub key: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// How the message carries the event: the body as Fondo sent it, or a CloudEvent.
+    #[serde(default, skip_serializing_if = "MessageFormat::is_raw")]
+    pub format: MessageFormat,
+    /// The CloudEvents `source` and `type` templates; only with a `cloudevents-*` format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudevents: Option<CloudEventsConfig>,
+}
+
+/// A destination's message format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageFormat {
+    /// The body as Fondo sent it (redacted when the route redacts), with the `fondo-*` headers.
+    #[default]
+    Raw,
+    /// CloudEvents binary content mode: the body as in `raw`, the attributes in headers named as
+    /// the broker's CloudEvents protocol binding says.
+    CloudeventsBinary,
+    /// CloudEvents structured content mode: the body is the JSON event format
+    /// (`application/cloudevents+json`) with the Fondo body as `data`.
+    CloudeventsStructured,
+}
+
+impl MessageFormat {
+    pub fn is_raw(&self) -> bool {
+        matches!(self, Self::Raw)
+    }
+}
+
+/// Templates (the placeholders of `topic`) for the CloudEvents attributes the config may set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEventsConfig {
+    /// Default: `fondo:client/{client_id}`, or `fondo:partner` for an event without a client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Default: `se.fondo.{event_type}`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -22,6 +22,7 @@ fn route(name: &str, matches: &[&str], sink: &str, topic: &str) -> RouteConfig {
             topic: topic.into(),
             key: None,
             headers: BTreeMap::new(),
+            ..Default::default()
         }],
     }
 }
@@ -145,6 +146,7 @@ async fn delivers_to_every_destination_with_headers() {
         topic: "x.{action}".into(),
         key: Some("{client_id}".into()),
         headers: BTreeMap::from([("x-team".into(), "ledger".into())]),
+        ..Default::default()
     });
     let rig = rig(
         vec![r],
@@ -417,6 +419,7 @@ async fn ack_waits_for_every_destination() {
         topic: "t".into(),
         key: None,
         headers: BTreeMap::new(),
+        ..Default::default()
     });
     let rig = rig(
         vec![r],
@@ -756,5 +759,117 @@ async fn a_redacting_routes_dead_letters_hold_no_redacted_field() {
     assert!(
         sink.delivered().is_empty(),
         "nothing was published: the refused topic fails, the other cannot render"
+    );
+}
+
+#[tokio::test]
+async fn cloudevents_destinations_carry_the_occurrence_and_its_trace_context() {
+    let s = Arc::new(TestSink::new("a", Faults::default()));
+    let mut r = route("ce", &["order.*"], "a", "bin");
+    r.to[0].format = crate::config::MessageFormat::CloudeventsBinary;
+    r.to.push(DestinationConfig {
+        sink: "a".into(),
+        topic: "str".into(),
+        format: crate::config::MessageFormat::CloudeventsStructured,
+        cloudevents: Some(crate::config::CloudEventsConfig {
+            source: Some("urn:x:{client_id}".into()),
+            event_type: Some("com.example.{entity}".into()),
+        }),
+        ..Default::default()
+    });
+    r.to.push(DestinationConfig {
+        sink: "a".into(),
+        topic: "raw".into(),
+        ..Default::default()
+    });
+    let rig = rig(vec![r], vec![("a", s.clone())], None, 3, 100);
+    let e = event("order.update", "o1", 1);
+    let id = e.event_id.clone();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (ack, rx) = AckHandle::new();
+    let mut env = Envelope::new(e, ack, SourceKind::Webhook);
+    env.trace = TraceContext {
+        traceparent: Some(tp.into()),
+        tracestate: Some("vendor=1".into()),
+    };
+    let received = env.received_wall;
+    rig.d
+        .submit(env)
+        .await
+        .map_err(|_| "submit failed")
+        .unwrap();
+    assert_eq!(rx.wait().await, AckStatus::Delivered);
+    let by_topic = |t: &str| {
+        s.delivered()
+            .into_iter()
+            .find(|m| m.topic == t)
+            .unwrap_or_else(|| panic!("nothing on {t}"))
+    };
+    let bin = by_topic("bin");
+    let ce = bin.cloudevent.as_deref().expect("a CloudEvent");
+    assert_eq!(ce.mode, crate::cloudevents::Mode::Binary);
+    assert_eq!(ce.id, id);
+    assert_eq!(ce.source, "fondo:client/c1");
+    assert_eq!(ce.event_type, "se.fondo.order.update");
+    assert_eq!(ce.subject.as_deref(), Some("o1"));
+    assert_eq!(ce.partition_key.as_deref(), Some("o1"));
+    assert_eq!(ce.traceparent.as_deref(), Some(tp));
+    assert_eq!(ce.tracestate.as_deref(), Some("vendor=1"));
+    assert_eq!(
+        ce.time,
+        humantime::format_rfc3339_millis(received).to_string()
+    );
+    assert_eq!(
+        bin.body().as_ref(),
+        &bin.payload,
+        "binary: the body is the data"
+    );
+
+    let st = by_topic("str");
+    let ce = st.cloudevent.as_deref().expect("a CloudEvent");
+    assert_eq!(
+        (ce.source.as_str(), ce.event_type.as_str()),
+        ("urn:x:c1", "com.example.order")
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&st.body()).unwrap();
+    assert_eq!(envelope["traceparent"], tp);
+    assert_eq!(envelope["data"]["current"]["id"], "o1");
+    assert_eq!(
+        st.payload, bin.payload,
+        "the message keeps the Fondo body, for its dead letter"
+    );
+    assert!(by_topic("raw").cloudevent.is_none(), "raw stays raw");
+}
+
+#[test]
+fn cloudevents_templates_are_checked_and_need_a_cloudevents_format() {
+    let mut r = route("ce", &["*"], "a", "t");
+    r.to[0].cloudevents = Some(crate::config::CloudEventsConfig {
+        source: Some("x".into()),
+        event_type: None,
+    });
+    let errs = Router::compile_routes(&[r.clone()], Unmatched::DeadLetter, |_| true)
+        .err()
+        .expect("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "routes[0].to[0].cloudevents" && e.message.contains("format")),
+        "{errs:?}"
+    );
+    r.to[0].format = crate::config::MessageFormat::CloudeventsBinary;
+    r.to[0].cloudevents = Some(crate::config::CloudEventsConfig {
+        source: Some("{nope}".into()),
+        event_type: Some("a{".into()),
+    });
+    let errs = Router::compile_routes(&[r], Unmatched::DeadLetter, |_| true)
+        .err()
+        .expect("refused");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].to[0].cloudevents.source",
+            "routes[0].to[0].cloudevents.type"
+        ]
     );
 }

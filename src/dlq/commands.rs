@@ -1294,6 +1294,7 @@ async fn send_direct(
                 // A dead letter's body may be the malformed input that made it one.
                 payload_is_json: false,
                 pace: crate::group_commit::Pace::Prompt,
+                cloudevent: None,
             };
             let started = Instant::now();
             let mut delay = policy.initial;

@@ -330,6 +330,7 @@ impl DeadLetterWriter {
                 message_id: Arc::from(dl.message_id()),
                 payload_is_json: true,
                 pace: crate::group_commit::Pace::Prompt,
+                cloudevent: None,
             };
             for attempt in 0..self.attempts {
                 match sink.publish(&msg).await {

@@ -300,6 +300,7 @@ mod tests {
             message_id: Arc::from("m"),
             payload_is_json: true,
             pace,
+            cloudevent: None,
         }
     }
 

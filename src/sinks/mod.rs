@@ -5,12 +5,14 @@
 //! event with the reason). A sink pipelines: `publish` is called concurrently for many messages and
 //! must not serialise them behind one another.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::cloudevents::CloudEvent;
 use crate::group_commit::Pace;
 
 pub mod deferred;
@@ -63,9 +65,22 @@ pub struct Message {
     /// on while its spooled events are delivered). A sink that group-commits (the file sink) may
     /// let a batch of patient messages wait for its whole interval; brokers ignore it.
     pub pace: Pace,
+    /// A CloudEvents destination's event: the sink writes its attributes as its broker's binding
+    /// says ([`crate::cloudevents`]). `None`: the message is published as it is.
+    pub cloudevent: Option<Arc<CloudEvent>>,
 }
 
 impl Message {
+    /// What goes on the wire as the message body: `payload`, or in CloudEvents structured mode
+    /// the event format around it. `payload` itself stays the Fondo body (what a dead letter
+    /// keeps).
+    pub fn body(&self) -> Cow<'_, Bytes> {
+        match &self.cloudevent {
+            Some(ce) => ce.body(&self.payload),
+            None => Cow::Borrowed(&self.payload),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

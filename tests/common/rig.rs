@@ -52,6 +52,7 @@ impl DispatcherRig {
                 topic: topic.into(),
                 key: None,
                 headers: BTreeMap::new(),
+                ..Default::default()
             }],
         }])
     }

@@ -71,6 +71,7 @@ fn encode(prefix: &str, ev: &Ev, j: u64) -> anyhow::Result<(String, Vec<u8>)> {
         event_id: id.into(),
         payload_is_json: true,
         pace: fondo_bridge::group_commit::Pace::Patient,
+        cloudevent: None,
     };
     let line = encode_line(&msg).map_err(|e| anyhow!("encode: {e}"))?;
     Ok((msg.topic, line))

@@ -96,6 +96,7 @@ fn message(prefix: &str, ev: &Ev, i: u64) -> Message {
         payload_is_json: true,
         // As the bridge-core scenario's events (replays): confirmed as soon as possible.
         pace: Pace::Prompt,
+        cloudevent: None,
     }
 }
 

@@ -42,6 +42,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Message, Sink, SinkError, SinkStatus};
+use crate::cloudevents::Mode;
 use crate::config::{FileSinkConfig, FsyncPolicy};
 use crate::group_commit::{CommitPacer, Gathered, Pace};
 
@@ -437,38 +438,54 @@ pub fn encode_line(msg: &Message) -> Result<Vec<u8>, SinkError> {
         #[serde(skip_serializing_if = "Option::is_none")]
         payload_base64: Option<String>,
     }
-    let embed = msg.payload_is_json && embeddable_json(&msg.payload);
+    let body = msg.body();
+    let body: &[u8] = body.as_ref();
+    let embed = msg.payload_is_json && embeddable_json(body);
     let (payload, payload_base64) = if embed {
         (None, None)
     } else {
-        match std::str::from_utf8(&msg.payload) {
+        match std::str::from_utf8(body) {
             Ok(s) => (Some(s), None),
             Err(_) => (
                 None,
-                Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
+                Some(base64::engine::general_purpose::STANDARD.encode(body)),
             ),
         }
     };
+    let mut headers: BTreeMap<&str, &str> = msg
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // A CloudEvent with the HTTP binding's names: `ce-x` per attribute in binary mode, and
+    // `content-type`.
+    let ce_names: Vec<(String, &str)> = match msg.cloudevent.as_deref() {
+        Some(ce) if ce.mode == Mode::Binary => ce
+            .attributes()
+            .map(|(name, v)| (format!("ce-{name}"), v))
+            .collect(),
+        _ => Vec::new(),
+    };
+    headers.extend(ce_names.iter().map(|(k, v)| (k.as_str(), *v)));
+    if let Some(ce) = msg.cloudevent.as_deref() {
+        headers.insert("content-type", ce.content_type());
+    }
     let rec = Line {
         topic: &msg.topic,
         key: msg.key.as_deref(),
         event_id: &msg.event_id,
-        headers: msg
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
+        headers,
         payload,
         payload_base64,
     };
-    let mut line = Vec::with_capacity(msg.payload.len() + 512);
+    let mut line = Vec::with_capacity(body.len() + 512);
     serde_json::to_writer(&mut line, &rec)
         .map_err(|e| SinkError::Fatal(format!("cannot encode record: {e}")))?;
     if embed {
         // `{..}` becomes `{..,"payload_json":<payload>}`: the payload is copied, not escaped.
         line.pop();
         line.extend_from_slice(b",\"payload_json\":");
-        line.extend_from_slice(&msg.payload);
+        line.extend_from_slice(body);
         line.push(b'}');
     }
     line.push(b'\n');
@@ -571,6 +588,7 @@ mod tests {
             // What the dispatcher promises: the parser accepted it.
             payload_is_json: serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
             pace: Pace::Prompt,
+            cloudevent: None,
         }
     }
 

@@ -40,6 +40,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
 use super::{Message, Sink, SinkError, SinkStatus};
+use crate::cloudevents::Mode;
 use crate::config::KafkaSinkConfig;
 use crate::config::kafka::{is_secret_option, valid_topic_name};
 
@@ -698,6 +699,36 @@ fn create_producer(
         })
 }
 
+/// The message's headers in order, then a CloudEvent's as the Kafka binding names them: each
+/// attribute `x` as `ce_x` in binary mode (§3.2.3), and the content type as `content-type` in
+/// both modes (§3.2.1, §3.1.1).
+fn record_headers(msg: &Message) -> OwnedHeaders {
+    let ce = msg.cloudevent.as_deref();
+    let ce_count = ce.map_or(0, |_| 10);
+    let mut h = OwnedHeaders::new_with_capacity(msg.headers.len() + ce_count);
+    for (k, v) in &msg.headers {
+        h = h.insert(Header {
+            key: k.as_str(),
+            value: Some(v.as_str()),
+        });
+    }
+    if let Some(ce) = ce {
+        if ce.mode == Mode::Binary {
+            for (name, value) in ce.attributes() {
+                h = h.insert(Header {
+                    key: &format!("ce_{name}"),
+                    value: Some(value),
+                });
+            }
+        }
+        h = h.insert(Header {
+            key: "content-type",
+            value: Some(ce.content_type()),
+        });
+    }
+    h
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
@@ -720,17 +751,10 @@ impl Sink for KafkaSink {
                 "kafka topic {topic:?} is not a legal topic name (letters, digits, `.`, `_`, `-`, at most 249)"
             )));
         }
-        let headers = msg.headers.iter().fold(
-            OwnedHeaders::new_with_capacity(msg.headers.len()),
-            |h, (k, v)| {
-                h.insert(Header {
-                    key: k.as_str(),
-                    value: Some(v.as_str()),
-                })
-            },
-        );
+        let headers = record_headers(msg);
+        let body = msg.body();
         let mut record = FutureRecord::<str, [u8]>::to(topic)
-            .payload(msg.payload.as_ref())
+            .payload(body.as_ref().as_ref())
             .headers(headers);
         if let Some(key) = &msg.key {
             record = record.key(key.as_str());

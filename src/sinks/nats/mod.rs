@@ -40,6 +40,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::{Message, Sink, SinkError, SinkStatus};
+use crate::cloudevents::{Mode, percent_encode};
 use crate::config::nats::{
     NatsMode, NatsSinkConfig, NatsStorage, check_publish_subject, redact_url,
 };
@@ -370,7 +371,7 @@ impl NatsSink {
         generation: u64,
     ) -> Result<(), SinkError> {
         let publish = jetstream::message::PublishMessage::build()
-            .payload(msg.payload.clone())
+            .payload(msg.body().into_owned())
             .headers(headers);
         let send_and_ack = async {
             // First await: queued for sending; second: the stream's PubAck.
@@ -467,7 +468,7 @@ impl NatsSink {
         msg: &Message,
     ) -> Result<(), SinkError> {
         self.client
-            .publish_with_headers(subject.clone(), headers, msg.payload.clone())
+            .publish_with_headers(subject.clone(), headers, msg.body().into_owned())
             .await
             .map_err(|e| match e.kind() {
                 PublishErrorKind::MaxPayloadExceeded => SinkError::Fatal(format!(
@@ -723,8 +724,6 @@ fn on_event(sink: &str, tx: &watch::Sender<ConnState>, event: async_nats::Event)
     }
 }
 
-/// The message's headers, `fondo-key` and (JetStream) `Nats-Msg-Id`, validated (no panics on bad
-/// input: the client asserts on names with `:` or control characters and values with CR/LF).
 /// The bridge's own header names, built once (no validation or copy per message).
 fn known_header(name: &str) -> Option<HeaderName> {
     use crate::sinks::headers as h;
@@ -742,6 +741,9 @@ fn known_header(name: &str) -> Option<HeaderName> {
         .map(|(_, n)| n.clone())
 }
 
+/// The message's headers, `fondo-key`, a CloudEvent's headers and (JetStream) `Nats-Msg-Id`,
+/// validated (no panics on bad input: the client asserts on names with `:` or control characters
+/// and values with CR/LF).
 fn build_headers(msg: &Message, jetstream: bool) -> Result<HeaderMap, SinkError> {
     let mut h = HeaderMap::new();
     let value = |name: &str, v: &str| {
@@ -764,6 +766,23 @@ fn build_headers(msg: &Message, jetstream: bool) -> Result<HeaderMap, SinkError>
     }
     if let Some(key) = &msg.key {
         h.insert(KEY_HEADER, value(KEY_HEADER, key)?);
+    }
+    // A CloudEvent as the NATS binding says: in binary mode each attribute `x`, and
+    // `datacontenttype` too, as the header `ce-x` with a percent-encoded value (§3.1.3); in
+    // structured mode `Content-Type: application/cloudevents+json` tells the mode (§3).
+    if let Some(ce) = msg.cloudevent.as_deref() {
+        match ce.mode {
+            Mode::Binary => {
+                for (name, v) in ce.attributes() {
+                    h.insert(
+                        format!("ce-{name}").as_str(),
+                        value(name, &percent_encode(v))?,
+                    );
+                }
+                h.insert("ce-datacontenttype", ce.content_type());
+            }
+            Mode::Structured => h.insert("Content-Type", ce.content_type()),
+        }
     }
     if jetstream {
         if msg.message_id.is_empty() {
@@ -858,6 +877,7 @@ mod tests {
             message_id: Arc::from("ev-1"),
             payload_is_json: true,
             pace: crate::group_commit::Pace::Prompt,
+            cloudevent: None,
         }
     }
 

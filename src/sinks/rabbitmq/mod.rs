@@ -67,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Message, Sink, SinkError, SinkStatus, headers};
+use crate::cloudevents::Mode;
 use crate::config::rabbitmq::{
     AMQP_SHORTSTR_MAX, ExchangeType, MAX_IN_FLIGHT, QueueType, RabbitMqSinkConfig, redact_url,
 };
@@ -304,12 +305,27 @@ impl RabbitMqSink {
                 AMQPValue::LongString(LongString::from(key.as_str())),
             );
         }
+        // A CloudEvent as the AMQP binding names it: attribute `x` as the application property
+        // (for AMQP 0-9-1: the header) `cloudEvents_x` in binary mode (§3.1.3.1), the content
+        // type in the `content_type` property in both modes (§3.1.1, §3.2.1).
+        let mut content_type = CONTENT_TYPE;
+        if let Some(ce) = msg.cloudevent.as_deref() {
+            if ce.mode == Mode::Binary {
+                for (name, value) in ce.attributes() {
+                    table.insert(
+                        ShortString::from(format!("cloudEvents_{name}")),
+                        AMQPValue::LongString(LongString::from(value)),
+                    );
+                }
+            }
+            content_type = ce.content_type();
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut props = BasicProperties::default()
-            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_content_type(ShortString::from(content_type))
             .with_delivery_mode(PERSISTENT)
             .with_message_id(message_id)
             .with_timestamp(now)
@@ -352,10 +368,11 @@ impl Sink for RabbitMqSink {
                 msg.topic.chars().take(40).collect::<String>()
             ))
         })?;
-        if msg.payload.len() > s.cfg.max_message_bytes {
+        let body = msg.body().into_owned();
+        if body.len() > s.cfg.max_message_bytes {
             return Err(SinkError::Fatal(format!(
                 "message of {} bytes exceeds max_message_bytes ({})",
-                msg.payload.len(),
+                body.len(),
                 s.cfg.max_message_bytes
             )));
         }
@@ -371,7 +388,7 @@ impl Sink for RabbitMqSink {
         let (reply, confirmed) = oneshot::channel();
         let job = Job {
             routing_key,
-            payload: msg.payload.clone(),
+            payload: body,
             properties,
             ident: (msg.message_id.to_string(), msg.topic.clone()),
             reply,
