@@ -38,10 +38,11 @@ WORKDIR /src
 
 # Dependencies first, built against stand-in sources: this layer stays cached until a manifest or
 # Cargo.lock changes. Cargo.toml declares each `[[bench]]` by name and cargo looks for its file
-# when it reads the manifest, so each gets a stand-in too. The workspace's other member, the
-# benchmark harness (bench/), needs only its manifest: its binary's path is declared, so its
-# source is looked for only when it is built, and plain `cargo build` builds the product alone
-# (default-members).
+# when it reads the manifest, so each gets a stand-in too. Its `[[bin]]`s with a declared path
+# (the test helper under tests/bin/) are built by plain `cargo build`, so they get stand-ins as
+# well. The workspace's other member, the benchmark harness (bench/), needs only its manifest:
+# its binary's path is declared, so its source is looked for only when it is built, and plain
+# `cargo build` builds the root package alone (default-members).
 COPY Cargo.toml Cargo.lock ./
 COPY bench/Cargo.toml ./bench/
 RUN mkdir -p src benches \
@@ -49,8 +50,10 @@ RUN mkdir -p src benches \
     && touch src/lib.rs \
     && sed -n '/^\[\[bench\]\]/,/^name/s/^name = "\(.*\)"$/\1/p' Cargo.toml \
         | while read -r bench; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+    && sed -n '/^\[\[bin\]\]/,/^path/s/^path = "\(.*\)"$/\1/p' Cargo.toml \
+        | while read -r bin; do mkdir -p "$(dirname "$bin")" && echo 'fn main() {}' > "$bin"; done \
     && cargo build --release --locked \
-    && rm -rf src benches
+    && rm -rf src benches tests
 
 # The real sources. Touch the crate roots so cargo rebuilds the crate instead of trusting the
 # stand-ins' fingerprints (COPY keeps the files' original, possibly older, modification times).

@@ -4,106 +4,31 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use fondo_bridge::config::SpoolConfig;
-use fondo_bridge::group_commit::Pace;
 use fondo_bridge::metrics::Metrics;
 use fondo_bridge::spool::Spool;
 
-const CHILD_ENV: &str = "FONDO_BRIDGE_SPOOL_CHILD_DIR";
+#[path = "common/spool_records.rs"]
+mod spool_records;
 
-fn cfg(dir: &Path, segment_bytes: u64) -> SpoolConfig {
-    SpoolConfig {
-        enabled: true,
-        dir: dir.to_path_buf(),
-        max_bytes: 1 << 30,
-        segment_bytes,
-        ..SpoolConfig::default()
-    }
-}
-
-fn body(n: u64) -> Bytes {
-    let mut s = format!(
-        "{{\"eventType\":\"order.update\",\"current\":{{\"id\":\"o{n}\",\"seq\":{n}}},\"pad\":\""
-    );
-    while s.len() < 1200 {
-        s.push('p');
-    }
-    s.push_str("\"}");
-    Bytes::from(s)
-}
-
-/// The occurrence id record `n` is spooled with (fixed width: every record has the same size).
-fn occ(n: u64) -> String {
-    format!("occ-{n:012}")
-}
+use spool_records::{body, cfg, occ};
 
 fn n_of(payload: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
     v.pointer("/current/seq").unwrap().as_u64().unwrap()
 }
 
-/// The child side of `sigkill_while_appending_loses_nothing_acknowledged`: appends forever (64
-/// appends in flight at a time) and prints `ACK <n>` once record `n` is durable. Runs only when
-/// started by that test.
-#[test]
-#[ignore]
-fn spool_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let (spool, _) =
-            Spool::open(&cfg(Path::new(&dir), 256 * 1024), Arc::new(Metrics::new())).unwrap();
-        let mut n = 0u64;
-        loop {
-            let mut pending = Vec::new();
-            for _ in 0..64 {
-                pending.push((
-                    n,
-                    spool
-                        .begin_append("c1", &occ(n), body(n), Pace::Prompt)
-                        .await
-                        .unwrap(),
-                ));
-                n += 1;
-            }
-            for (n, p) in pending {
-                let id = p.wait().await.unwrap();
-                // Release every third record: released records may come back, unreleased must.
-                if n % 3 == 0 {
-                    spool.release(id);
-                    println!("REL {n}");
-                } else {
-                    println!("ACK {n}");
-                }
-            }
-        }
-    });
-}
-
+/// A child process (`tests/bin/spool_child.rs`) appends to a spool and says which records are
+/// durable; it is killed with SIGKILL in the middle of appending, and every record it said was
+/// durable and did not release must come back, in order.
 #[test]
 fn sigkill_while_appending_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "spool_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
+    let mut child = Command::new(env!("CARGO_BIN_EXE_test-spool-child"))
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

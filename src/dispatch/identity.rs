@@ -98,6 +98,16 @@ pub struct Resolved {
     pub late: bool,
 }
 
+impl Resolved {
+    fn new_occurrence(id: &Arc<str>, late: bool) -> Self {
+        Self {
+            id: Arc::clone(id),
+            how: Resolution::New,
+            late,
+        }
+    }
+}
+
 /// A remembered webhook delivery.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -145,6 +155,29 @@ struct State {
 struct Waiting {
     seq: u64,
     id: Arc<str>,
+}
+
+impl State {
+    /// The oldest unpaired occurrence of `key` on side `side`, taken out of the table.
+    fn take_twin(&mut self, key: u128, side: usize) -> Option<Waiting> {
+        let twin = self.unpaired.get_mut(&key)?[side].pop_front()?;
+        self.unpaired_len -= 1;
+        if self
+            .unpaired
+            .get(&key)
+            .is_some_and(|s| s[0].is_empty() && s[1].is_empty())
+        {
+            self.unpaired.remove(&key);
+        }
+        Some(twin)
+    }
+
+    /// Records a new occurrence `id` of `key` on side `side` as waiting for its twin.
+    fn wait_for_twin(&mut self, key: u128, side: usize, seq: u64, id: Arc<str>, now: Instant) {
+        self.unpaired.entry(key).or_default()[side].push_back(Waiting { seq, id });
+        self.unpaired_order.push_back((seq, now, key, side));
+        self.unpaired_len += 1;
+    }
 }
 
 /// A map whose entries all live the same time, forgotten oldest first: a queue in insertion order
@@ -232,86 +265,27 @@ impl Identities {
 
     /// Identifies one copy at `now`. Never fails: anything unknown is a new occurrence.
     pub fn resolve(&self, copy: Copy<'_>, now: Instant) -> Resolved {
-        let new = |late| Resolved {
-            id: Arc::clone(copy.id),
-            how: Resolution::New,
-            late,
-        };
         let Some(me) = side(copy.source) else {
-            return new(false);
+            return Resolved::new_occurrence(copy.id, false);
         };
-        let cfg = &self.cfg;
         let mut st = self.lock();
         st.seq += 1;
         let seq = st.seq;
         self.expire(&mut st, now);
-        if let Some(d) = copy.delivery_id {
-            match st.replay.get(&Arc::from(d), now, cfg.replay_ttl) {
-                Some((id, key)) if *key == copy.content_key => {
-                    let id = Arc::clone(id);
-                    drop(st);
-                    self.metrics.identity_retries.inc();
-                    return Resolved {
-                        id,
-                        how: Resolution::Retry,
-                        late: false,
-                    };
-                }
-                Some(_) => {
-                    self.metrics
-                        .identity_forgotten_in("reused_delivery_id")
-                        .inc();
-                    tracing::warn!(
-                        delivery_id = d,
-                        "a webhook delivery id came again with another body: published as a new change"
-                    );
-                }
-                None => {}
-            }
+        if let Some(id) = self.retried(&st, copy, now) {
+            drop(st);
+            self.metrics.identity_retries.inc();
+            return Resolved {
+                id,
+                how: Resolution::Retry,
+                late: false,
+            };
         }
-        let mut out = new(false);
-        if cfg.pair_sources {
-            let other = 1 - me;
-            let twin = st
-                .unpaired
-                .get_mut(&copy.content_key)
-                .and_then(|sides| sides[other].pop_front());
-            if let Some(twin) = twin {
-                st.unpaired_len -= 1;
-                if st
-                    .unpaired
-                    .get(&copy.content_key)
-                    .is_some_and(|s| s[0].is_empty() && s[1].is_empty())
-                {
-                    st.unpaired.remove(&copy.content_key);
-                }
-                out = Resolved {
-                    id: twin.id,
-                    how: Resolution::Paired,
-                    late: false,
-                };
-            } else {
-                let late = copy.source == SourceKind::Webhook
-                    && copy.object.is_some_and(|o| {
-                        st.stream_seen
-                            .get(&Arc::from(o), now, cfg.pair_window)
-                            .is_some()
-                    });
-                out = new(late);
-                st.unpaired.entry(copy.content_key).or_default()[me].push_back(Waiting {
-                    seq,
-                    id: Arc::clone(copy.id),
-                });
-                st.unpaired_order
-                    .push_back((seq, now, copy.content_key, me));
-                st.unpaired_len += 1;
-            }
-            if copy.source == SourceKind::WebSocket {
-                if let Some(o) = copy.object {
-                    st.stream_seen.insert(seq, Arc::from(o), (), now);
-                }
-            }
-        }
+        let out = if self.cfg.pair_sources {
+            self.pair(&mut st, copy, me, seq, now)
+        } else {
+            Resolved::new_occurrence(copy.id, false)
+        };
         if let Some(d) = copy.delivery_id {
             st.replay.insert(
                 seq,
@@ -327,6 +301,56 @@ impl Identities {
         }
         if out.late {
             self.metrics.late.inc();
+        }
+        out
+    }
+
+    /// The occurrence id of the first copy when `copy` is a webhook retry: its delivery id was
+    /// seen, with the same content. The same id with other content is counted and logged, and is
+    /// not a retry.
+    fn retried(&self, st: &State, copy: Copy<'_>, now: Instant) -> Option<Arc<str>> {
+        let d = copy.delivery_id?;
+        match st.replay.get(&Arc::from(d), now, self.cfg.replay_ttl) {
+            Some((id, key)) if *key == copy.content_key => Some(Arc::clone(id)),
+            Some(_) => {
+                self.metrics
+                    .identity_forgotten_in("reused_delivery_id")
+                    .inc();
+                tracing::warn!(
+                    delivery_id = d,
+                    "a webhook delivery id came again with another body: published as a new change"
+                );
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Both sources on: the copy pairs with the oldest unpaired occurrence of its content from
+    /// the other side, or is a new occurrence that waits, unpaired, for its twin. The stream's
+    /// copies also record their object, for spotting late webhook changes.
+    fn pair(&self, st: &mut State, copy: Copy<'_>, me: usize, seq: u64, now: Instant) -> Resolved {
+        let out = match st.take_twin(copy.content_key, 1 - me) {
+            Some(twin) => Resolved {
+                id: twin.id,
+                how: Resolution::Paired,
+                late: false,
+            },
+            None => {
+                let late = copy.source == SourceKind::Webhook
+                    && copy.object.is_some_and(|o| {
+                        st.stream_seen
+                            .get(&Arc::from(o), now, self.cfg.pair_window)
+                            .is_some()
+                    });
+                st.wait_for_twin(copy.content_key, me, seq, Arc::clone(copy.id), now);
+                Resolved::new_occurrence(copy.id, late)
+            }
+        };
+        if copy.source == SourceKind::WebSocket {
+            if let Some(o) = copy.object {
+                st.stream_seen.insert(seq, Arc::from(o), (), now);
+            }
         }
         out
     }

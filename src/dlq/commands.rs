@@ -161,6 +161,11 @@ pub struct ReplaySummary {
 }
 
 impl ReplaySummary {
+    /// Whether anything selected was not replayed: failed, refused, not sent, or interrupted.
+    pub fn is_bad(&self) -> bool {
+        self.failed + self.refused + self.not_sent > 0 || self.interrupted
+    }
+
     pub fn line(&self) -> String {
         format!(
             "replay{}: {} selected, {} succeeded, {} failed (dead-lettered again), {} refused, {} not sent{}",
@@ -315,60 +320,9 @@ pub async fn run_with(
     stop: CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> Result<DlqOutcome, DlqCliError> {
-    let cfg = plan.config();
     match cmd {
-        DlqCommand::List { select, json } => {
-            let filter = Filter::new(&select)?;
-            let (all, unreadable) = read_all(cfg, &select.from).await?;
-            let dls: Vec<DeadLetter> = all.into_iter().filter(|d| filter.keep(d)).collect();
-            if json {
-                for d in &dls {
-                    let mut d = d.clone();
-                    d.body = None;
-                    d.body_base64 = None;
-                    writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default())?;
-                }
-            } else {
-                print_table(out, &dls)?;
-                writeln!(out, "{} dead letter(s)", dls.len())?;
-            }
-            if unreadable > 0 {
-                eprintln!("warning: {unreadable} record(s) are not dead letters and were skipped");
-            }
-            Ok(DlqOutcome {
-                code: 0,
-                dead_letters: dls,
-                unreadable,
-                replay: None,
-            })
-        }
-        DlqCommand::Show { id, from, json } => {
-            let (all, unreadable) = read_all(cfg, &from).await?;
-            let dls: Vec<DeadLetter> = all
-                .into_iter()
-                .filter(|d| d.event_id == id || d.message_id() == id)
-                .collect();
-            if dls.is_empty() {
-                return Err(DlqCliError::NotFound(id));
-            }
-            for d in &dls {
-                if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string_pretty(d).unwrap_or_default()
-                    )?;
-                } else {
-                    print_full(out, d)?;
-                }
-            }
-            Ok(DlqOutcome {
-                code: 0,
-                dead_letters: dls,
-                unreadable,
-                replay: None,
-            })
-        }
+        DlqCommand::List { select, json } => list(plan.config(), &select, json, out).await,
+        DlqCommand::Show { id, from, json } => show(plan.config(), id, &from, json, out).await,
         DlqCommand::Replay {
             select,
             original,
@@ -379,37 +333,9 @@ pub async fn run_with(
             limit,
         } => {
             let filter = Filter::new(&select)?;
-            let explicit = match (to_sink, to_topic) {
-                (Some(s), Some(t)) => {
-                    if !cfg.sinks.contains_key(&s) {
-                        return Err(DlqCliError::Usage(format!(
-                            "--to-sink {s}: no such sink in the config"
-                        )));
-                    }
-                    Some((s, t))
-                }
-                (None, None) => None,
-                _ => {
-                    return Err(DlqCliError::Usage(
-                        "--to-sink and --to-topic go together".into(),
-                    ));
-                }
-            };
-            let (all, unreadable) = read_all(cfg, &select.from).await?;
-            let mode = match (&explicit, original) {
-                (Some((s, t)), _) => Mode::Explicit(s.clone(), t.clone()),
-                (None, true) => Mode::Original,
-                (None, false) => Mode::Routed,
-            };
-            let mut seen = HashSet::new();
-            let mut dls: Vec<DeadLetter> = all
-                .into_iter()
-                .filter(|d| filter.keep(d))
-                .filter(|d| seen.insert(mode.dedupe_key(d)))
-                .collect();
-            if let Some(n) = limit {
-                dls.truncate(n);
-            }
+            let mode = Mode::from_flags(plan.config(), original, to_sink, to_topic)?;
+            let (all, unreadable) = read_all(plan.config(), &select.from).await?;
+            let dls = select_for_replay(all, &filter, &mode, limit);
             let opts = ReplayOpts {
                 mode,
                 dry_run,
@@ -417,16 +343,101 @@ pub async fn run_with(
             };
             let summary = replay(plan, &dls, &opts, stop, out).await?;
             writeln!(out, "{}", summary.line())?;
-            let bad =
-                summary.failed + summary.refused + summary.not_sent > 0 || summary.interrupted;
             Ok(DlqOutcome {
-                code: u8::from(bad),
+                code: u8::from(summary.is_bad()),
                 dead_letters: dls,
                 unreadable,
                 replay: Some(summary),
             })
         }
     }
+}
+
+/// `dlq list`: a table, or JSON lines without bodies.
+async fn list(
+    cfg: &Config,
+    select: &Select,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<DlqOutcome, DlqCliError> {
+    let filter = Filter::new(select)?;
+    let (all, unreadable) = read_all(cfg, &select.from).await?;
+    let dls: Vec<DeadLetter> = all.into_iter().filter(|d| filter.keep(d)).collect();
+    if json {
+        for d in &dls {
+            let mut d = d.clone();
+            d.body = None;
+            d.body_base64 = None;
+            writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default())?;
+        }
+    } else {
+        print_table(out, &dls)?;
+        writeln!(out, "{} dead letter(s)", dls.len())?;
+    }
+    if unreadable > 0 {
+        eprintln!("warning: {unreadable} record(s) are not dead letters and were skipped");
+    }
+    Ok(DlqOutcome {
+        code: 0,
+        dead_letters: dls,
+        unreadable,
+        replay: None,
+    })
+}
+
+/// `dlq show`: every dead letter of one event id (or one `dlq:` message id), in full.
+async fn show(
+    cfg: &Config,
+    id: String,
+    from: &ReadFrom,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<DlqOutcome, DlqCliError> {
+    let (all, unreadable) = read_all(cfg, from).await?;
+    let dls: Vec<DeadLetter> = all
+        .into_iter()
+        .filter(|d| d.event_id == id || d.message_id() == id)
+        .collect();
+    if dls.is_empty() {
+        return Err(DlqCliError::NotFound(id));
+    }
+    for d in &dls {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(d).unwrap_or_default()
+            )?;
+        } else {
+            print_full(out, d)?;
+        }
+    }
+    Ok(DlqOutcome {
+        code: 0,
+        dead_letters: dls,
+        unreadable,
+        replay: None,
+    })
+}
+
+/// The dead letters a replay takes: those the filter keeps, each once (see [`Mode::dedupe_key`]),
+/// at most `limit`.
+fn select_for_replay(
+    all: Vec<DeadLetter>,
+    filter: &Filter,
+    mode: &Mode,
+    limit: Option<usize>,
+) -> Vec<DeadLetter> {
+    let mut seen = HashSet::new();
+    let mut dls: Vec<DeadLetter> = all
+        .into_iter()
+        .filter(|d| filter.keep(d))
+        .filter(|d| seen.insert(mode.dedupe_key(d)))
+        .collect();
+    if let Some(n) = limit {
+        dls.truncate(n);
+    }
+    dls
 }
 
 fn spawn_signal_handler(stop: CancellationToken) {
@@ -699,6 +710,31 @@ enum Mode {
 }
 
 impl Mode {
+    /// From `replay`'s flags: `--to-sink S --to-topic T` (a sink of the config), else
+    /// `--original`, else through the routing table.
+    fn from_flags(
+        cfg: &Config,
+        original: bool,
+        to_sink: Option<String>,
+        to_topic: Option<String>,
+    ) -> Result<Self, DlqCliError> {
+        match (to_sink, to_topic) {
+            (Some(s), Some(t)) => {
+                if !cfg.sinks.contains_key(&s) {
+                    return Err(DlqCliError::Usage(format!(
+                        "--to-sink {s}: no such sink in the config"
+                    )));
+                }
+                Ok(Self::Explicit(s, t))
+            }
+            (None, None) if original => Ok(Self::Original),
+            (None, None) => Ok(Self::Routed),
+            _ => Err(DlqCliError::Usage(
+                "--to-sink and --to-topic go together".into(),
+            )),
+        }
+    }
+
     fn dedupe_key(&self, d: &DeadLetter) -> String {
         match self {
             Self::Routed | Self::Explicit(..) => d.event_id.clone(),
@@ -1091,14 +1127,7 @@ impl Replayer {
                     continue;
                 }
             };
-            let routed = router.route(&ev);
-            let clean = routed.failures.is_empty()
-                && (!routed.is_unmatched() || ev.event_type.is_heartbeat());
-            let expected: Vec<(String, String, String)> = routed
-                .destinations
-                .iter()
-                .map(|x| (d.event_id.clone(), x.sink.to_string(), x.topic.clone()))
-                .collect();
+            let (clean, expected) = expectations(&router.route(&ev), &ev, d);
             let (ack, rx) = AckHandle::new();
             let mut env = Envelope::new(ev, ack, SourceKind::Replay);
             env.trace.traceparent = d.traceparent.clone();
@@ -1114,29 +1143,7 @@ impl Replayer {
             progress.tick(summary, false);
         }
         summary.not_sent = dls.len() - sent;
-        let mut deadline: Option<tokio::time::Instant> = None;
-        while !pending.is_empty() {
-            let until = deadline.unwrap_or_else(|| {
-                tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365)
-            });
-            tokio::select! {
-                r = pending.next() => {
-                    if let Some(r) = r {
-                        count(summary, &ok, r);
-                    }
-                    progress.tick(summary, false);
-                }
-                _ = stop.cancelled(), if deadline.is_none() => {
-                    summary.interrupted = true;
-                    deadline = Some(tokio::time::Instant::now() + drain);
-                }
-                _ = tokio::time::sleep_until(until) => {
-                    // Not finished: still dead letters, counted as failed.
-                    summary.failed += pending.len();
-                    break;
-                }
-            }
-        }
+        await_pending(&mut pending, &ok, stop, drain, summary, progress).await;
         let end = Instant::now() + drain;
         dispatcher.drain(end).await;
         dispatcher.shutdown(end).await;
@@ -1216,6 +1223,58 @@ impl Replayer {
 
 type Outcome = (AckStatus, bool, Vec<(String, String, String)>);
 
+/// What a routed replay of `d` must come to to count as a success: whether its routing is clean
+/// (no route failed to render, and some route matched unless it is a heartbeat), and the
+/// (event id, sink, topic) publishes that must all succeed.
+fn expectations(
+    routed: &crate::router::Routed,
+    ev: &Event,
+    d: &DeadLetter,
+) -> (bool, Vec<(String, String, String)>) {
+    let clean =
+        routed.failures.is_empty() && (!routed.is_unmatched() || ev.event_type.is_heartbeat());
+    let expected = routed
+        .destinations
+        .iter()
+        .map(|x| (d.event_id.clone(), x.sink.to_string(), x.topic.clone()))
+        .collect();
+    (clean, expected)
+}
+
+/// Waits for the replays still in flight and counts each. Once `stop` fires, waits `drain` more;
+/// what has not finished by then is counted as failed (it stays a dead letter).
+async fn await_pending<F: Future<Output = Outcome>>(
+    pending: &mut FuturesUnordered<F>,
+    ok: &Mutex<HashSet<(String, String, String)>>,
+    stop: &CancellationToken,
+    drain: Duration,
+    summary: &mut ReplaySummary,
+    progress: &mut Progress,
+) {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while !pending.is_empty() {
+        let until = deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365));
+        tokio::select! {
+            r = pending.next() => {
+                if let Some(r) = r {
+                    count(summary, ok, r);
+                }
+                progress.tick(summary, false);
+            }
+            _ = stop.cancelled(), if deadline.is_none() => {
+                summary.interrupted = true;
+                deadline = Some(tokio::time::Instant::now() + drain);
+            }
+            _ = tokio::time::sleep_until(until) => {
+                // Not finished: still dead letters, counted as failed.
+                summary.failed += pending.len();
+                break;
+            }
+        }
+    }
+}
+
 fn count(s: &mut ReplaySummary, ok: &Mutex<HashSet<(String, String, String)>>, r: Outcome) {
     let (status, clean, expected) = r;
     let all_ok = ok
@@ -1254,81 +1313,121 @@ async fn send_direct(
     stop: &CancellationToken,
 ) -> Direct {
     let mut failures = Failures::default();
-    let dest = crate::dlq::IntendedDestination {
-        route: d.destination.route.clone(),
-        sink: Some(sink_name.to_owned()),
-        topic: Some(topic.to_owned()),
-        key: key.map(str::to_owned),
-    };
     let (kind, reason) = match sink {
         None => (
             ReasonKind::NoSink,
             format!("replay: sink {sink_name} is not configured"),
         ),
         Some(sink) => {
-            let mut h = vec![(headers::EVENT_ID.to_owned(), d.event_id.clone())];
-            if let Some(t) = &d.event_type {
-                h.push((headers::EVENT_TYPE.to_owned(), t.clone()));
-            }
-            if let Some(c) = &d.client_id {
-                h.push((headers::CLIENT_ID.to_owned(), c.clone()));
-            }
-            h.push((
-                headers::SOURCE.to_owned(),
-                SourceKind::Replay.as_str().to_owned(),
-            ));
-            if let Some(tp) = &d.traceparent {
-                h.push((headers::TRACEPARENT.to_owned(), tp.clone()));
-            }
-            let msg = Message {
-                topic: topic.to_owned(),
-                key: key.map(str::to_owned),
-                headers: h,
-                payload: Bytes::from(d.body_bytes()),
-                event_id: Arc::from(d.event_id.as_str()),
-                message_id: Arc::from(crate::event::message_id(
-                    &d.event_id,
-                    d.destination.route.as_deref().unwrap_or("-"),
-                    topic,
-                )),
-                // A dead letter's body may be the malformed input that made it one.
-                payload_is_json: false,
-                pace: crate::group_commit::Pace::Prompt,
-                cloudevent: None,
-            };
-            let started = Instant::now();
-            let mut delay = policy.initial;
-            loop {
-                failures.attempts += 1;
-                // The ReplaySink adds fondo-replayed-at.
-                match sink.publish(&msg).await {
-                    Ok(()) => return Direct::Ok,
-                    Err(e) => {
-                        failures.record(&e.to_string());
-                        let out_of_time =
-                            policy.max_elapsed.is_some_and(|m| started.elapsed() >= m);
-                        if !e.is_retriable() {
-                            break (ReasonKind::Fatal, format!("replay: {e}"));
-                        }
-                        if failures.attempts >= policy.max_attempts || out_of_time {
-                            break (
-                                ReasonKind::Exhausted,
-                                format!(
-                                    "replay: gave up after {} attempts: {e}",
-                                    failures.attempts
-                                ),
-                            );
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => return Direct::Interrupted,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(policy.max);
-                    }
-                }
+            let msg = direct_message(d, topic, key);
+            match publish_with_retries(sink, &msg, policy, stop, &mut failures).await {
+                Published::Ok => return Direct::Ok,
+                Published::Interrupted => return Direct::Interrupted,
+                Published::GaveUp(kind, reason) => (kind, reason),
             }
         }
     };
+    let dest = crate::dlq::IntendedDestination {
+        route: d.destination.route.clone(),
+        sink: Some(sink_name.to_owned()),
+        topic: Some(topic.to_owned()),
+        key: key.map(str::to_owned),
+    };
+    dead_letter_again(d, dest, kind, reason, &failures, writer).await;
+    Direct::Failed
+}
+
+/// The message a direct replay sends: the dead letter's body and the bridge's headers, under the
+/// message id of the route it failed on.
+fn direct_message(d: &DeadLetter, topic: &str, key: Option<&str>) -> Message {
+    let mut h = vec![(headers::EVENT_ID.to_owned(), d.event_id.clone())];
+    if let Some(t) = &d.event_type {
+        h.push((headers::EVENT_TYPE.to_owned(), t.clone()));
+    }
+    if let Some(c) = &d.client_id {
+        h.push((headers::CLIENT_ID.to_owned(), c.clone()));
+    }
+    h.push((
+        headers::SOURCE.to_owned(),
+        SourceKind::Replay.as_str().to_owned(),
+    ));
+    if let Some(tp) = &d.traceparent {
+        h.push((headers::TRACEPARENT.to_owned(), tp.clone()));
+    }
+    Message {
+        topic: topic.to_owned(),
+        key: key.map(str::to_owned),
+        headers: h,
+        payload: Bytes::from(d.body_bytes()),
+        event_id: Arc::from(d.event_id.as_str()),
+        message_id: Arc::from(crate::event::message_id(
+            &d.event_id,
+            d.destination.route.as_deref().unwrap_or("-"),
+            topic,
+        )),
+        // A dead letter's body may be the malformed input that made it one.
+        payload_is_json: false,
+        pace: crate::group_commit::Pace::Prompt,
+        cloudevent: None,
+    }
+}
+
+/// How [`publish_with_retries`] ended.
+enum Published {
+    Ok,
+    /// A fatal error, or retries used up: the reason to dead-letter it with.
+    GaveUp(ReasonKind, String),
+    /// Stopped while waiting to retry.
+    Interrupted,
+}
+
+/// Publishes `msg`, retrying retriable errors with `policy`'s backoff; every failure is recorded
+/// in `failures`.
+async fn publish_with_retries(
+    sink: &DynSink,
+    msg: &Message,
+    policy: &RetryPolicy,
+    stop: &CancellationToken,
+    failures: &mut Failures,
+) -> Published {
+    let started = Instant::now();
+    let mut delay = policy.initial;
+    loop {
+        failures.attempts += 1;
+        // The ReplaySink adds fondo-replayed-at.
+        let e = match sink.publish(msg).await {
+            Ok(()) => return Published::Ok,
+            Err(e) => e,
+        };
+        failures.record(&e.to_string());
+        let out_of_time = policy.max_elapsed.is_some_and(|m| started.elapsed() >= m);
+        if !e.is_retriable() {
+            return Published::GaveUp(ReasonKind::Fatal, format!("replay: {e}"));
+        }
+        if failures.attempts >= policy.max_attempts || out_of_time {
+            return Published::GaveUp(
+                ReasonKind::Exhausted,
+                format!("replay: gave up after {} attempts: {e}", failures.attempts),
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Published::Interrupted,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(policy.max);
+    }
+}
+
+/// Writes `d` again as a dead letter of this replay, with the new destination, reason and
+/// failures. When that fails too, says so: the old dead letter is still there.
+async fn dead_letter_again(
+    d: &DeadLetter,
+    dest: crate::dlq::IntendedDestination,
+    kind: ReasonKind,
+    reason: String,
+    failures: &Failures,
+    writer: &DeadLetterWriter,
+) {
     let mut again = d.clone();
     again.source = SourceKind::Replay.as_str().to_owned();
     again.destination = dest;
@@ -1346,7 +1445,6 @@ async fn send_direct(
             d.event_id
         );
     }
-    Direct::Failed
 }
 
 #[cfg(test)]

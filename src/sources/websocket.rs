@@ -372,6 +372,40 @@ enum End {
     Watchdog,
 }
 
+/// One client id's stream across reconnects.
+struct Link<'a> {
+    client_id: &'a str,
+    url: String,
+    labels: ClientLabels,
+    /// Its readiness entry, `websocket:<client_id>`.
+    ready_key: String,
+    backoff: crate::backoff::Backoff,
+    /// The delay before the next attempt when the token is refused or unreadable.
+    auth_retry: Duration,
+    /// How long a connection must stay up for the backoff to start over.
+    stable: Duration,
+    /// Set when a connection was lost; the next successful connect closes the gap.
+    lost: Option<(Instant, SystemTime)>,
+}
+
+/// Resolves at `timer`'s next tick; never without a timer.
+async fn tick(timer: Option<&mut tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -725,95 +759,150 @@ impl Ctx {
 
     /// Connects, reads, reconnects, until shutdown.
     async fn stream(self: &Arc<Self>, client_id: &str, tx: mpsc::Sender<Item>) {
-        let labels = Self::metrics_labels(client_id);
-        let metrics = Arc::clone(self.dispatcher.metrics());
-        let ready_key = format!("websocket:{client_id}");
-        let initial = Duration::from_millis(self.cfg.reconnect_initial_ms.max(1));
-        let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1)).max(initial);
-        let auth_retry = Duration::from_millis(self.cfg.auth_retry_ms);
-        let stable = Duration::from_millis(self.cfg.stable_after_ms);
-        let mut backoff = crate::backoff::Backoff::new(initial, max);
-        // Set when a connection was lost; the next successful connect closes the gap.
-        let mut lost: Option<(Instant, SystemTime)> = None;
-        metrics.ws_connected.get_or_create(&labels).set(0);
+        let mut link = self.link(client_id);
+        self.set_connected(&link, false);
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
             WebSocketStats::inc(&self.stats.connect_attempts);
-            let url = format!("{}/v2/partner/client/{client_id}/subscribe", self.base);
             let delay = match self.connect(client_id).await {
-                Ok(ws) => {
-                    let connected_at = Instant::now();
-                    WebSocketStats::inc(&self.stats.connections);
-                    metrics.ws_connected.get_or_create(&labels).set(1);
-                    self.readiness.set(ready_key.clone(), Ok(()));
-                    if let Some((since, since_wall)) = lost.take() {
-                        let secs = since.elapsed().as_secs_f64();
-                        let to = SystemTime::now();
-                        metrics.ws_gaps.get_or_create(&labels).inc();
-                        metrics.ws_gap_seconds.get_or_create(&labels).inc_by(secs);
-                        WebSocketStats::inc(&self.stats.gaps);
-                        tracing::warn!(
-                            client_id,
-                            from = %rfc3339(since_wall),
-                            to = %rfc3339(to),
-                            seconds = secs,
-                            "WebSocket gap closed: events Fondo sent meanwhile are not replayed by Fondo"
-                        );
-                        if self.cfg.gap_marker {
-                            self.gap_marker(client_id, since_wall, to, secs, &tx).await;
-                        }
-                    } else {
-                        tracing::info!(client_id, url, "WebSocket connected");
-                    }
-                    let end = self.session(client_id, ws, &tx).await;
-                    metrics.ws_connected.get_or_create(&labels).set(0);
-                    let now_wall = SystemTime::now();
-                    self.readiness.set(
-                        ready_key.clone(),
-                        Err(format!("disconnected since {}", rfc3339(now_wall))),
-                    );
-                    if end == End::Shutdown {
-                        return;
-                    }
-                    lost = Some((Instant::now(), now_wall));
-                    if connected_at.elapsed() >= stable {
-                        backoff.reset();
-                    }
-                    tracing::warn!(client_id, reason = ?end, up_secs = connected_at.elapsed().as_secs_f64(),
-                        "WebSocket disconnected; reconnecting");
-                    backoff.next_delay()
-                }
-                Err(ConnectError::Auth(status)) => {
-                    WebSocketStats::inc(&self.stats.auth_failures);
-                    self.mark_down(&ready_key, &lost, &format!("token refused (HTTP {status})"));
-                    tracing::error!(
-                        client_id,
-                        url,
-                        status,
-                        retry_in_secs = auth_retry.as_secs_f64(),
-                        "Fondo refused the token (HTTP {status}); check sources.websocket.token/token_file; retrying slowly"
-                    );
-                    auth_retry
-                }
-                Err(ConnectError::Token(why)) => {
-                    self.mark_down(&ready_key, &lost, &why);
-                    tracing::error!(client_id, reason = %why, retry_in_secs = auth_retry.as_secs_f64(),
-                        "no usable WebSocket token; retrying slowly");
-                    auth_retry
-                }
-                Err(ConnectError::Other(why)) => {
-                    let d = backoff.next_delay();
-                    self.mark_down(&ready_key, &lost, &why);
-                    tracing::warn!(client_id, url, error = %why, retry_in_ms = d.as_millis() as u64,
-                        "WebSocket connection failed");
-                    d
-                }
+                Ok(ws) => match self.connected(&mut link, ws, &tx).await {
+                    Some(delay) => delay,
+                    None => return,
+                },
+                Err(e) => self.connect_failed(&mut link, e),
             };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn link<'a>(&self, client_id: &'a str) -> Link<'a> {
+        let initial = Duration::from_millis(self.cfg.reconnect_initial_ms.max(1));
+        let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1)).max(initial);
+        Link {
+            client_id,
+            url: format!("{}/v2/partner/client/{client_id}/subscribe", self.base),
+            labels: Self::metrics_labels(client_id),
+            ready_key: format!("websocket:{client_id}"),
+            backoff: crate::backoff::Backoff::new(initial, max),
+            auth_retry: Duration::from_millis(self.cfg.auth_retry_ms),
+            stable: Duration::from_millis(self.cfg.stable_after_ms),
+            lost: None,
+        }
+    }
+
+    fn set_connected(&self, link: &Link<'_>, up: bool) {
+        let metrics = self.dispatcher.metrics();
+        metrics
+            .ws_connected
+            .get_or_create(&link.labels)
+            .set(i64::from(up));
+    }
+
+    /// One connection's life: closes the gap before it, reads until the connection ends, and marks
+    /// the stream down. Returns the delay before the next attempt, `None` on shutdown.
+    async fn connected(
+        &self,
+        link: &mut Link<'_>,
+        ws: WsStream,
+        tx: &mpsc::Sender<Item>,
+    ) -> Option<Duration> {
+        let client_id = link.client_id;
+        let connected_at = Instant::now();
+        WebSocketStats::inc(&self.stats.connections);
+        self.set_connected(link, true);
+        self.readiness.set(link.ready_key.clone(), Ok(()));
+        match link.lost.take() {
+            Some((since, since_wall)) => self.close_gap(link, since, since_wall, tx).await,
+            None => tracing::info!(client_id, url = link.url, "WebSocket connected"),
+        }
+        let end = self.session(client_id, ws, tx).await;
+        self.set_connected(link, false);
+        let now_wall = SystemTime::now();
+        self.readiness.set(
+            link.ready_key.clone(),
+            Err(format!("disconnected since {}", rfc3339(now_wall))),
+        );
+        if end == End::Shutdown {
+            return None;
+        }
+        link.lost = Some((Instant::now(), now_wall));
+        if connected_at.elapsed() >= link.stable {
+            link.backoff.reset();
+        }
+        tracing::warn!(client_id, reason = ?end, up_secs = connected_at.elapsed().as_secs_f64(),
+            "WebSocket disconnected; reconnecting");
+        Some(link.backoff.next_delay())
+    }
+
+    /// A reconnect closed the gap since `since`: counts and logs it, and publishes a gap marker
+    /// when configured.
+    async fn close_gap(
+        &self,
+        link: &Link<'_>,
+        since: Instant,
+        since_wall: SystemTime,
+        tx: &mpsc::Sender<Item>,
+    ) {
+        let client_id = link.client_id;
+        let secs = since.elapsed().as_secs_f64();
+        let to = SystemTime::now();
+        let metrics = self.dispatcher.metrics();
+        metrics.ws_gaps.get_or_create(&link.labels).inc();
+        metrics
+            .ws_gap_seconds
+            .get_or_create(&link.labels)
+            .inc_by(secs);
+        WebSocketStats::inc(&self.stats.gaps);
+        tracing::warn!(
+            client_id,
+            from = %rfc3339(since_wall),
+            to = %rfc3339(to),
+            seconds = secs,
+            "WebSocket gap closed: events Fondo sent meanwhile are not replayed by Fondo"
+        );
+        if self.cfg.gap_marker {
+            self.gap_marker(client_id, since_wall, to, secs, tx).await;
+        }
+    }
+
+    /// A connection attempt failed: marks the stream down and says why. Returns the delay before
+    /// the next attempt: slow (`auth_retry_ms`) when the token is the problem.
+    fn connect_failed(&self, link: &mut Link<'_>, e: ConnectError) -> Duration {
+        let (client_id, url, auth_retry) = (link.client_id, &link.url, link.auth_retry);
+        match e {
+            ConnectError::Auth(status) => {
+                WebSocketStats::inc(&self.stats.auth_failures);
+                self.mark_down(
+                    &link.ready_key,
+                    &link.lost,
+                    &format!("token refused (HTTP {status})"),
+                );
+                tracing::error!(
+                    client_id,
+                    url,
+                    status,
+                    retry_in_secs = auth_retry.as_secs_f64(),
+                    "Fondo refused the token (HTTP {status}); check sources.websocket.token/token_file; retrying slowly"
+                );
+                auth_retry
+            }
+            ConnectError::Token(why) => {
+                self.mark_down(&link.ready_key, &link.lost, &why);
+                tracing::error!(client_id, reason = %why, retry_in_secs = auth_retry.as_secs_f64(),
+                    "no usable WebSocket token; retrying slowly");
+                auth_retry
+            }
+            ConnectError::Other(why) => {
+                let d = link.backoff.next_delay();
+                self.mark_down(&link.ready_key, &link.lost, &why);
+                tracing::warn!(client_id, url, error = %why, retry_in_ms = d.as_millis() as u64,
+                    "WebSocket connection failed");
+                d
             }
         }
     }
@@ -985,13 +1074,7 @@ impl Ctx {
         let (mut sink, mut stream) = ws.split();
         let watchdog = (self.cfg.heartbeat_timeout_ms > 0)
             .then(|| Duration::from_millis(self.cfg.heartbeat_timeout_ms));
-        let ping_every = (self.cfg.ping_interval_ms > 0)
-            .then(|| Duration::from_millis(self.cfg.ping_interval_ms));
-        let mut ping = ping_every.map(|d| {
-            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+        let mut ping = self.ping_timer();
         let mut last_activity = tokio::time::Instant::now();
         let ctx = ParseContext {
             client_id: Some(client_id),
@@ -1011,68 +1094,22 @@ impl Ctx {
                 }
                 msg = stream.next() => {
                     let started = tokio::time::Instant::now();
-                    let activity = match msg {
-                        None => {
-                            tracing::debug!(client_id, "server closed the TCP connection");
-                            return End::Closed;
-                        }
-                        Some(Err(tungstenite::Error::Capacity(e))) => {
-                            WebSocketStats::inc(&self.stats.refused_too_large);
-                            let m = self.dispatcher.metrics();
-                            m.rejected.get_or_create(&SourceReasonLabels {
-                                source: "websocket".into(),
-                                reason: "frame_too_large".into(),
-                            }).inc();
-                            tracing::error!(client_id, error = %e, hard_limit = self.hard_limit(),
-                                "WebSocket frame beyond the hard size limit refused unread; the connection cannot continue, reconnecting");
-                            return End::Error;
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(client_id, error = %e, "WebSocket read failed");
-                            return End::Error;
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            WebSocketStats::inc(&self.stats.frames);
-                            match self.frame(client_id, text, &ctx, tx).await {
-                                Some(a) => a,
-                                None => return End::Shutdown,
-                            }
-                        }
-                        Some(Ok(Message::Binary(b))) => {
-                            WebSocketStats::inc(&self.stats.frames);
-                            self.dead_letter(client_id, &b, format!(
-                                "binary frame of {} bytes; the Fondo stream sends JSON text frames", b.len()
-                            )).await;
-                            false
-                        }
-                        Some(Ok(Message::Close(frame))) => {
-                            tracing::info!(client_id, code = ?frame.as_ref().map(|f| f.code), "server closed the WebSocket");
-                            return End::Closed;
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => false,
+                    let activity = match self.received(client_id, msg, &ctx, tx).await {
+                        Ok(activity) => activity,
+                        Err(end) => return end,
                     };
                     let now = tokio::time::Instant::now();
                     if activity || now - started > BLOCKED {
                         last_activity = now;
                     }
                 }
-                _ = async {
-                    match ping.as_mut() {
-                        Some(p) => { p.tick().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {
+                () = tick(ping.as_mut()) => {
                     if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
                         tracing::warn!(client_id, error = %e, "WebSocket ping failed");
                         return End::Error;
                     }
                 }
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {
+                () = sleep_until(deadline) => {
                     WebSocketStats::inc(&self.stats.watchdog_timeouts);
                     tracing::warn!(client_id, timeout_ms = self.cfg.heartbeat_timeout_ms,
                         "no event or heartbeat within the heartbeat timeout; reconnecting");
@@ -1080,6 +1117,75 @@ impl Ctx {
                     return End::Watchdog;
                 }
             }
+        }
+    }
+
+    /// The timer for WebSocket pings, every `ping_interval_ms` from one interval after now; none
+    /// when pings are off.
+    fn ping_timer(&self) -> Option<tokio::time::Interval> {
+        let every = (self.cfg.ping_interval_ms > 0)
+            .then(|| Duration::from_millis(self.cfg.ping_interval_ms))?;
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Some(i)
+    }
+
+    /// Handles what one read from the socket gave. `Ok(true)` for an event or heartbeat (watchdog
+    /// food), `Ok(false)` for anything else the connection goes on after, `Err` with how the
+    /// session ends otherwise.
+    async fn received(
+        &self,
+        client_id: &str,
+        msg: Option<Result<Message, tungstenite::Error>>,
+        ctx: &ParseContext<'_>,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<bool, End> {
+        match msg {
+            None => {
+                tracing::debug!(client_id, "server closed the TCP connection");
+                Err(End::Closed)
+            }
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                WebSocketStats::inc(&self.stats.refused_too_large);
+                let m = self.dispatcher.metrics();
+                m.rejected
+                    .get_or_create(&SourceReasonLabels {
+                        source: "websocket".into(),
+                        reason: "frame_too_large".into(),
+                    })
+                    .inc();
+                tracing::error!(client_id, error = %e, hard_limit = self.hard_limit(),
+                    "WebSocket frame beyond the hard size limit refused unread; the connection cannot continue, reconnecting");
+                Err(End::Error)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(client_id, error = %e, "WebSocket read failed");
+                Err(End::Error)
+            }
+            Some(Ok(Message::Text(text))) => {
+                WebSocketStats::inc(&self.stats.frames);
+                self.frame(client_id, text, ctx, tx)
+                    .await
+                    .ok_or(End::Shutdown)
+            }
+            Some(Ok(Message::Binary(b))) => {
+                WebSocketStats::inc(&self.stats.frames);
+                self.dead_letter(
+                    client_id,
+                    &b,
+                    format!(
+                        "binary frame of {} bytes; the Fondo stream sends JSON text frames",
+                        b.len()
+                    ),
+                )
+                .await;
+                Ok(false)
+            }
+            Some(Ok(Message::Close(frame))) => {
+                tracing::info!(client_id, code = ?frame.as_ref().map(|f| f.code), "server closed the WebSocket");
+                Err(End::Closed)
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(false),
         }
     }
 

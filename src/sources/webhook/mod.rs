@@ -61,7 +61,8 @@ use crate::config::{EventConfig, REQUEST_ALLOWANCE_BYTES, SignatureConfig, Webho
 use crate::dispatch::{Dispatcher, Identity, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
-    AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
+    AckHandle, AckReceiver, AckStatus, Envelope, Event, ParseContext, ParseError, ParseOptions,
+    SourceKind, TraceContext,
 };
 use crate::metrics::SourceReasonLabels;
 use crate::sources::Readiness;
@@ -491,81 +492,25 @@ async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let received_wall = SystemTime::now();
     let (parts, body) = req.into_parts();
     let http1 = parts.version <= Version::HTTP_11;
-    if s.closing.is_cancelled() {
-        s.count_rejected("shutting_down");
-        return unavailable(r#"{"error":"shutting down"}"#, RETRY_AFTER_S, http1);
-    }
-    if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
-        s.count_rejected("content_type");
-        return reply(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            r#"{"error":"content type must be application/json"}"#,
-        );
-    }
-    let max = s.cfg.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        s.count_rejected("too_large");
-        return too_large();
-    }
-    let verifier = s.verifier.load_full();
-    if let Err(e) = verifier.check_headers(&parts.headers, unix_now()) {
-        return s.unauthorized(e);
-    }
-    let id_hint = match &s.id_header {
-        Some(h) => match single_value(&parts.headers, h) {
-            Ok(v) => v,
-            Err(()) => {
-                return s.unauthorized(SignatureError::DuplicateHeader("id"));
-            }
-        },
-        None => None,
+    let head = match s.admit_head(&parts.headers, http1) {
+        Ok(head) => head,
+        Err(refused) => return refused,
     };
-    let capacity = declared.map_or(0, |d| usize::try_from(d).unwrap_or(max).min(max));
     // Held until the answer is returned (dropped with this function's locals).
-    let Some(mut reservation) = s.body_budget.admit(capacity) else {
+    let Some(mut reservation) = s.body_budget.admit(head.capacity) else {
         return s.over_budget(http1);
     };
-    let left = s.request_timeout.saturating_sub(started.elapsed());
-    let limits = BodyLimits {
-        max,
-        capacity,
-        budget: &s.body_budget,
+    let body = match s
+        .read_body_in_time(body, head.capacity, &mut reservation, started, http1)
+        .await
+    {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
-    let read = read_body(body, limits, &mut reservation);
-    let body = match tokio::time::timeout(left, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(BodyError::OverBudget)) => return s.over_budget(http1),
-        Ok(Err(BodyError::TooLarge)) => {
-            s.count_rejected("too_large");
-            return too_large();
-        }
-        Ok(Err(BodyError::Aborted)) => {
-            s.count_rejected("body_aborted");
-            return reply(
-                StatusCode::BAD_REQUEST,
-                r#"{"error":"body could not be read"}"#,
-            );
-        }
-        Err(_) => {
-            s.count_rejected("timeout");
-            tracing::debug!("webhook body did not arrive in time");
-            let mut r = reply(
-                StatusCode::REQUEST_TIMEOUT,
-                r#"{"error":"request body did not arrive in time"}"#,
-            );
-            if http1 {
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            return r;
-        }
-    };
-    let verified = match verifier.verify(&parts.headers, Payload::new(body), unix_now()) {
+    let verified = match head
+        .verifier
+        .verify(&parts.headers, Payload::new(body), unix_now())
+    {
         Ok(v) => v,
         Err(e) => return s.unauthorized(e),
     };
@@ -578,13 +523,120 @@ async fn receive(State(s): State<Arc<Shared>>, req: Request) -> Response {
     // (only allowed where no signature could cover it: scheme `none`).
     let delivery = verified.webhook_id().map(str::to_owned);
     let hints = Hints {
-        id: delivery.as_deref().or(id_hint),
+        id: delivery.as_deref().or(head.id_hint),
         event_type: type_hint,
         trace,
         started,
         received_wall,
     };
     deliver(&s, verified, hints).await
+}
+
+/// A request whose head was accepted, and what reading and verifying its body take.
+struct Head<'h> {
+    /// The verifier as it was when the head was checked; the body is verified with the same one.
+    verifier: Arc<Verifier>,
+    /// The configured id header's value.
+    id_hint: Option<&'h str>,
+    /// The body bytes to reserve and allocate at once: its `Content-Length`, at most
+    /// `max_body_bytes`.
+    capacity: usize,
+}
+
+impl Shared {
+    /// Checks a request's head before any of its body is read: not shutting down, JSON, a
+    /// declared length within `max_body_bytes`, the signature headers present and in time. The
+    /// refusal to answer otherwise.
+    // The error is the answer itself, built once on a refusal: boxing it would gain nothing.
+    #[allow(clippy::result_large_err)]
+    fn admit_head<'h>(&self, headers: &'h HeaderMap, http1: bool) -> Result<Head<'h>, Response> {
+        if self.closing.is_cancelled() {
+            self.count_rejected("shutting_down");
+            return Err(unavailable(
+                r#"{"error":"shutting down"}"#,
+                RETRY_AFTER_S,
+                http1,
+            ));
+        }
+        if !is_json(headers.get(header::CONTENT_TYPE)) {
+            self.count_rejected("content_type");
+            return Err(reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                r#"{"error":"content type must be application/json"}"#,
+            ));
+        }
+        let max = self.cfg.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max as u64) {
+            self.count_rejected("too_large");
+            return Err(too_large());
+        }
+        let verifier = self.verifier.load_full();
+        if let Err(e) = verifier.check_headers(headers, unix_now()) {
+            return Err(self.unauthorized(e));
+        }
+        let id_hint = match &self.id_header {
+            Some(h) => single_value(headers, h)
+                .map_err(|()| self.unauthorized(SignatureError::DuplicateHeader("id")))?,
+            None => None,
+        };
+        Ok(Head {
+            verifier,
+            id_hint,
+            capacity: declared.map_or(0, |d| usize::try_from(d).unwrap_or(max).min(max)),
+        })
+    }
+
+    /// Reads the body within what is left of `request_timeout_ms`, with the limits of
+    /// [`read_body`]. The refusal to answer when it is too large, over the budget, aborted or
+    /// late (HTTP/1.1 then closes the connection).
+    async fn read_body_in_time(
+        &self,
+        body: Body,
+        capacity: usize,
+        reservation: &mut Reservation,
+        started: Instant,
+        http1: bool,
+    ) -> Result<Bytes, Response> {
+        let left = self.request_timeout.saturating_sub(started.elapsed());
+        let limits = BodyLimits {
+            max: self.cfg.max_body_bytes,
+            capacity,
+            budget: &self.body_budget,
+        };
+        let read = read_body(body, limits, reservation);
+        match tokio::time::timeout(left, read).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(BodyError::OverBudget)) => Err(self.over_budget(http1)),
+            Ok(Err(BodyError::TooLarge)) => {
+                self.count_rejected("too_large");
+                Err(too_large())
+            }
+            Ok(Err(BodyError::Aborted)) => {
+                self.count_rejected("body_aborted");
+                Err(reply(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"body could not be read"}"#,
+                ))
+            }
+            Err(_) => {
+                self.count_rejected("timeout");
+                tracing::debug!("webhook body did not arrive in time");
+                let mut r = reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    r#"{"error":"request body did not arrive in time"}"#,
+                );
+                if http1 {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Err(r)
+            }
+        }
+    }
 }
 
 /// What the transport tells about an event.
@@ -605,32 +657,7 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
     };
     let mut event = match Event::parse(raw.clone(), &s.parse, &ctx) {
         Ok(e) => e,
-        Err(e) => {
-            let id = hints
-                .id
-                .filter(|i| !i.is_empty())
-                .map_or_else(raw_id, str::to_owned);
-            tracing::warn!(event_id = %id, reason = e.kind(), "authentic webhook body cannot be parsed; dead-lettering it raw");
-            let dl = DeadLetter::unparseable(
-                &raw,
-                id,
-                None,
-                SourceKind::Webhook,
-                hints.received_wall,
-                &hints.trace,
-                e.to_string(),
-            );
-            let written =
-                tokio::time::timeout(s.ack_timeout, s.dispatcher.dead_letter_unparseable(dl)).await;
-            return match written {
-                Ok(AckStatus::Delivered) => reply(StatusCode::OK, r#"{"status":"dead_lettered"}"#),
-                _ => unavailable(
-                    r#"{"error":"temporarily unavailable"}"#,
-                    RETRY_AFTER_S,
-                    false,
-                ),
-            };
-        }
+        Err(e) => return dead_letter_raw(s, &raw, &hints, &e).await,
     };
     if let Some(sink) = unconnected_sink(&s.dispatcher, &event) {
         s.count_rejected("sink_not_connected");
@@ -667,7 +694,42 @@ async fn deliver(s: &Shared, payload: Payload<Verified>, hints: Hints<'_>) -> Re
             return unavailable(r#"{"error":"shutting down"}"#, RETRY_AFTER_S, false);
         }
     }
-    let left = s.ack_timeout.saturating_sub(hints.started.elapsed());
+    answer_when_acknowledged(s, rx, hints.started).await
+}
+
+/// An authentic body that is not an event: dead-lettered raw, and answered 200 once that is
+/// written, 503 (send it again) when it could not be within `ack_timeout_ms`.
+async fn dead_letter_raw(s: &Shared, raw: &Bytes, hints: &Hints<'_>, e: &ParseError) -> Response {
+    let id = hints
+        .id
+        .filter(|i| !i.is_empty())
+        .map_or_else(raw_id, str::to_owned);
+    tracing::warn!(event_id = %id, reason = e.kind(), "authentic webhook body cannot be parsed; dead-lettering it raw");
+    let dl = DeadLetter::unparseable(
+        raw,
+        id,
+        None,
+        SourceKind::Webhook,
+        hints.received_wall,
+        &hints.trace,
+        e.to_string(),
+    );
+    let written =
+        tokio::time::timeout(s.ack_timeout, s.dispatcher.dead_letter_unparseable(dl)).await;
+    match written {
+        Ok(AckStatus::Delivered) => reply(StatusCode::OK, r#"{"status":"dead_lettered"}"#),
+        _ => unavailable(
+            r#"{"error":"temporarily unavailable"}"#,
+            RETRY_AFTER_S,
+            false,
+        ),
+    }
+}
+
+/// The answer for a submitted event: its acknowledgement, if it comes within what is left of
+/// `ack_timeout_ms`.
+async fn answer_when_acknowledged(s: &Shared, rx: AckReceiver, started: Instant) -> Response {
+    let left = s.ack_timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(left, rx.wait()).await {
         Ok(AckStatus::Delivered) => reply(StatusCode::OK, r#"{"status":"delivered"}"#),
         Ok(AckStatus::Rejected) => reply(

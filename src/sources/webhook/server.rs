@@ -24,6 +24,7 @@
 //!   at the deadline is dropped.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -195,73 +196,128 @@ pub(super) async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(builder(opts.header_read_timeout, &opts.limits));
-    let max_connections = opts.limits.max_connections.max(1);
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let connections = TaskTracker::new();
-    // Cancelled when shutdown starts: open connections are told to finish.
-    let draining = CancellationToken::new();
-    // Cancelled at the end of the grace period: connections still open are dropped.
-    let hard_stop = CancellationToken::new();
+    let mut gate = Gate::new(opts.limits.max_connections);
+    let connections = Connections::new(router, &opts);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut last_accept_error: Option<Instant> = None;
-    let mut last_limit_log: Option<Instant> = None;
     loop {
         // A free slot first: at the limit nothing is accepted, and new connections wait in the
         // listen backlog instead of each becoming a task.
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if last_limit_log.is_none_or(|t| t.elapsed() > LIMIT_LOG_EVERY) {
-                    tracing::warn!(
-                        max_connections,
-                        "webhook server: connection limit reached; new connections wait in the listen backlog"
-                    );
-                    last_limit_log = Some(Instant::now());
-                }
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    slot = Arc::clone(&slots).acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                }
-            }
+        let Some(slot) = gate.slot(shutdown.as_mut()).await else {
+            break;
         };
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    if !is_connection_error(&e) {
-                        // Out of file descriptors and the like: say so (at most every 10 s), back
-                        // off so the loop does not spin, and go on.
-                        if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                            tracing::error!(error = %e, "webhook server: accept failed");
-                            last_accept_error = Some(Instant::now());
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
-                }
-            },
+            () = shutdown.as_mut() => break,
+            accepted = listener.accept() => accepted,
         };
+        match accepted {
+            Ok((stream, peer)) => connections.spawn(stream, peer, slot),
+            Err(e) => gate.accept_failed(&e).await,
+        }
+    }
+    drop(listener);
+    connections.drain(opts.grace).await;
+}
+
+/// Admission: at most `max_connections` served at once, and when the limit and accept errors
+/// were last logged.
+struct Gate {
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    last_limit_log: Option<Instant>,
+    last_accept_error: Option<Instant>,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Self {
+        let max_connections = max_connections.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            last_limit_log: None,
+            last_accept_error: None,
+        }
+    }
+
+    /// A free connection slot, waiting for one at the limit (logged at most every
+    /// [`LIMIT_LOG_EVERY`]); `None` when shutdown comes first.
+    async fn slot(
+        &mut self,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        if self
+            .last_limit_log
+            .is_none_or(|t| t.elapsed() > LIMIT_LOG_EVERY)
+        {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                "webhook server: connection limit reached; new connections wait in the listen backlog"
+            );
+            self.last_limit_log = Some(Instant::now());
+        }
+        tokio::select! {
+            biased;
+            () = shutdown => None,
+            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+        }
+    }
+
+    /// After a failed accept: an error of that one connection is passed over; anything else (out
+    /// of file descriptors and the like) is said (at most every 10 s) and backed off from, so the
+    /// loop does not spin.
+    async fn accept_failed(&mut self, e: &io::Error) {
+        if is_connection_error(e) {
+            return;
+        }
+        if self
+            .last_accept_error
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            tracing::error!(error = %e, "webhook server: accept failed");
+            self.last_accept_error = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The connections being served, and the signals that end them.
+struct Connections {
+    tracker: TaskTracker,
+    /// What every connection is served with (its `draining` token is cancelled when shutdown
+    /// starts: open connections are told to finish).
+    conn: Conn,
+    /// Cancelled at the end of the grace period: connections still open are dropped.
+    hard_stop: CancellationToken,
+}
+
+impl Connections {
+    fn new(router: Router, opts: &ServeOptions) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            conn: Conn {
+                builder: Arc::new(builder(opts.header_read_timeout, &opts.limits)),
+                router,
+                tls: opts.tls.clone(),
+                header_read_timeout: opts.header_read_timeout,
+                idle_timeout: opts.limits.idle_timeout,
+                draining: CancellationToken::new(),
+            },
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Serves an accepted connection in a task of its own, which holds `slot` until it ends.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         // Nagle only delays the short answers.
         let _ = stream.set_nodelay(true);
         // Tracked from the moment of accept, so a connection still in its TLS handshake when
         // shutdown starts is waited for (and told to finish) like the others.
-        let conn = Conn {
-            builder: Arc::clone(&builder),
-            router: router.clone(),
-            tls: opts.tls.clone(),
-            header_read_timeout: opts.header_read_timeout,
-            idle_timeout: opts.limits.idle_timeout,
-            draining: draining.clone(),
-        };
-        let hard_stop = hard_stop.clone();
-        connections.spawn(async move {
+        let conn = self.conn.clone();
+        let hard_stop = self.hard_stop.clone();
+        self.tracker.spawn(async move {
             let _slot = slot;
             tokio::select! {
                 () = conn.run(stream) => {}
@@ -271,22 +327,25 @@ pub(super) async fn serve(
             }
         });
     }
-    drop(listener);
-    draining.cancel();
-    connections.close();
-    tracing::debug!(
-        open = connections.len(),
-        "webhook server: listener closed, draining connections"
-    );
-    if tokio::time::timeout(opts.grace, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "webhook source: connections still open at the shutdown deadline; closing them"
+
+    /// Tells the open connections to finish, waits up to `grace` for them, then drops the rest.
+    async fn drain(self, grace: Duration) {
+        self.conn.draining.cancel();
+        self.tracker.close();
+        tracing::debug!(
+            open = self.tracker.len(),
+            "webhook server: listener closed, draining connections"
         );
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "webhook source: connections still open at the shutdown deadline; closing them"
+            );
+        }
+        self.hard_stop.cancel();
     }
-    hard_stop.cancel();
 }
 
 fn builder(header_read_timeout: Duration, limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -307,6 +366,7 @@ fn builder(header_read_timeout: Duration, limits: &Limits) -> auto::Builder<Toki
 }
 
 /// One accepted connection, before its protocol is known.
+#[derive(Clone)]
 struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
