@@ -202,7 +202,7 @@ async fn read_amqp(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<Received> 
     let mut consumer = ch
         .basic_consume(
             queue.into(),
-            "ce-test".into(),
+            format!("ce-test-{queue}").as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

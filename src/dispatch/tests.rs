@@ -848,9 +848,8 @@ fn cloudevents_templates_are_checked_and_need_a_cloudevents_format() {
         source: Some("x".into()),
         event_type: None,
     });
-    let errs = Router::compile_routes(&[r.clone()], Unmatched::DeadLetter, |_| true)
-        .err()
-        .expect("refused");
+    let errs =
+        Router::compile_routes(&[r.clone()], Unmatched::DeadLetter, |_| true).expect_err("refused");
     assert!(
         errs.iter()
             .any(|e| e.path == "routes[0].to[0].cloudevents" && e.message.contains("format")),
@@ -861,9 +860,7 @@ fn cloudevents_templates_are_checked_and_need_a_cloudevents_format() {
         source: Some("{nope}".into()),
         event_type: Some("a{".into()),
     });
-    let errs = Router::compile_routes(&[r], Unmatched::DeadLetter, |_| true)
-        .err()
-        .expect("refused");
+    let errs = Router::compile_routes(&[r], Unmatched::DeadLetter, |_| true).expect_err("refused");
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,

@@ -20,7 +20,8 @@
 //!   fail as retriable) and creates a new one, which asks the broker for a new producer id.
 //!
 //! Message mapping: `msg.topic` is the Kafka topic, `msg.key` the key, `msg.headers` (all of them,
-//! in order) the record headers, `msg.payload` the value, verbatim.
+//! in order) the record headers, `msg.payload` the value, verbatim; a CloudEvents destination adds
+//! its headers or makes the value the event format ([`crate::cloudevents`]).
 
 pub mod reader;
 

@@ -3,7 +3,7 @@
 //!
 //! The route's topic is the subject. Every message carries the dispatcher's headers (`fondo-event-id`,
 //! `fondo-event-type`, `fondo-client-id`, `fondo-source`, `traceparent`, route headers), the key as
-//! `fondo-key`, and in JetStream mode `Nats-Msg-Id` = the message id (unique per occurrence and
+//! `fondo-key`, a CloudEvents destination's headers ([`crate::cloudevents`]), and in JetStream mode `Nats-Msg-Id` = the message id (unique per occurrence and
 //! destination, see `event::message_id`), so the stream's duplicate window drops a replay of one
 //! occurrence to one subject, while one event fanned out to two subjects of one stream is stored
 //! twice. A duplicate PubAck is a confirmed delivery (the stream holds the message) and is counted

@@ -4,6 +4,7 @@
 //! (`delivery_mode` 2), `content_type: application/json`, `message_id` = the message id (unique per occurrence and destination), the AMQP
 //! `type` = the event type, and the dispatcher's headers (`fondo-event-id`, `fondo-event-type`,
 //! `fondo-client-id`, `fondo-source`, `traceparent`, route headers) plus the key as `fondo-key`.
+//! A CloudEvents destination adds its attributes and content type ([`crate::cloudevents`]).
 //!
 //! # Delivery
 //!
