@@ -37,7 +37,9 @@
 //! - **Each broker.** `src/sinks/{kafka,rabbitmq,nats,file}/`: `mod.rs` the sink, `reader.rs`
 //!   what `dlq` reads dead letters back with; their settings in `src/config/{kafka,rabbitmq,nats}.rs`.
 //!   `src/sinks/mod.rs` has the [`sinks::Sink`] trait; `deferred.rs` connects a sink in the
-//!   background when its broker is down at start.
+//!   background when its broker is down at start. A destination with a CloudEvents `format` gets
+//!   its attributes from the dispatcher, and each sink writes them as its broker's binding names
+//!   them ([`cloudevents`], `src/cloudevents.rs`).
 //! - **What operators see.** [`telemetry`]: logs, traces (`trace.rs`, W3C propagation),
 //!   metrics (`metrics.rs`) and the admin server (`admin.rs`: `/metrics`, `/healthz`, `/readyz`).
 //! - **The Fondo stand-in.** [`simulator`]: the WebSocket stream and the signed webhook sender that
