@@ -635,11 +635,13 @@ impl Dispatcher {
         }
     }
 
+    /// Hands each destination of an event to its sink's worker; what cannot go anywhere (no
+    /// route, a destination that cannot be rendered, a sink that is not running) is dead-lettered.
     fn route(&self, env: Envelope, in_flight: InFlight, span: Arc<EventSpan>) {
         let router = self.inner.router.load();
         let routed = router.route(&env.event);
-        let m = &self.inner.shared.metrics;
         if !routed.filtered_by.is_empty() {
+            let m = &self.inner.shared.metrics;
             m.filtered.inc_by(routed.filtered_by.len() as u64);
         }
         let ctx = Arc::new(EventCtx {
@@ -651,37 +653,7 @@ impl Dispatcher {
             _in_flight: in_flight,
         });
         if routed.is_unmatched() {
-            if env.event.event_type.is_heartbeat() {
-                env.ack.finish(AckStatus::Delivered);
-                return;
-            }
-            m.unmatched.inc();
-            match router.unmatched_policy() {
-                Unmatched::Drop => {
-                    m.dropped_unmatched.inc();
-                    ctx.span.mark(Outcome::Dropped);
-                    env.ack.finish(AckStatus::Delivered);
-                }
-                Unmatched::DeadLetter => {
-                    let reason = if routed.filtered_by.is_empty() {
-                        format!("no route matches event type {}", env.event.event_type)
-                    } else {
-                        format!(
-                            "every route matching {} filtered it out ({})",
-                            env.event.event_type,
-                            routed.filtered_by.join(", ")
-                        )
-                    };
-                    self.spawn_dead_letter(
-                        env.ack,
-                        ctx,
-                        (IntendedDestination::default(), None),
-                        ReasonKind::Unmatched,
-                        reason,
-                        Failures::default(),
-                    );
-                }
-            }
+            self.unmatched(env, ctx, &routed.filtered_by, router.unmatched_policy());
             return;
         }
         let mut acks = env
@@ -689,18 +661,16 @@ impl Dispatcher {
             .split(routed.destinations.len() + routed.failures.len());
         for f in routed.failures {
             let Some(ack) = acks.pop() else { break };
+            let dest = IntendedDestination {
+                route: Some(f.route.to_string()),
+                sink: Some(f.sink.to_string()),
+                topic: None,
+                key: None,
+            };
             self.spawn_dead_letter(
                 ack,
                 Arc::clone(&ctx),
-                (
-                    IntendedDestination {
-                        route: Some(f.route.to_string()),
-                        sink: Some(f.sink.to_string()),
-                        topic: None,
-                        key: None,
-                    },
-                    Some(f.body),
-                ),
+                (dest, Some(f.body)),
                 ReasonKind::Render,
                 f.reason,
                 Failures::default(),
@@ -710,10 +680,9 @@ impl Dispatcher {
         for d in routed.destinations {
             let Some(ack) = acks.pop() else { break };
             let route = Arc::clone(&d.route);
-            let msg = build_message(d, &ctx);
-            let sink_name = Arc::clone(&msg.1);
+            let (msg, sink_name) = build_message(d, &ctx);
             let job = Job {
-                msg: msg.0,
+                msg,
                 route,
                 ack,
                 ctx: Arc::clone(&ctx),
@@ -725,24 +694,70 @@ impl Dispatcher {
                         job.ack.finish(AckStatus::Retry);
                     }
                 }
-                None => {
-                    let dest = IntendedDestination {
-                        route: Some(job.route.to_string()),
-                        sink: Some(sink_name.to_string()),
-                        topic: Some(job.msg.topic.clone()),
-                        key: job.msg.key.clone(),
-                    };
-                    self.spawn_dead_letter(
-                        job.ack,
-                        job.ctx,
-                        (dest, Some(job.msg.payload.clone())),
-                        ReasonKind::NoSink,
-                        format!("sink {sink_name} is not running"),
-                        Failures::default(),
-                    );
-                }
+                None => self.no_sink(job, &sink_name),
             }
         }
+    }
+
+    /// An event no route took: a heartbeat is done with; anything else is dropped or
+    /// dead-lettered as `unmatched` says.
+    fn unmatched(
+        &self,
+        env: Envelope,
+        ctx: Arc<EventCtx>,
+        filtered_by: &[Arc<str>],
+        policy: Unmatched,
+    ) {
+        if env.event.event_type.is_heartbeat() {
+            env.ack.finish(AckStatus::Delivered);
+            return;
+        }
+        let m = &self.inner.shared.metrics;
+        m.unmatched.inc();
+        match policy {
+            Unmatched::Drop => {
+                m.dropped_unmatched.inc();
+                ctx.span.mark(Outcome::Dropped);
+                env.ack.finish(AckStatus::Delivered);
+            }
+            Unmatched::DeadLetter => {
+                let reason = if filtered_by.is_empty() {
+                    format!("no route matches event type {}", env.event.event_type)
+                } else {
+                    format!(
+                        "every route matching {} filtered it out ({})",
+                        env.event.event_type,
+                        filtered_by.join(", ")
+                    )
+                };
+                self.spawn_dead_letter(
+                    env.ack,
+                    ctx,
+                    (IntendedDestination::default(), None),
+                    ReasonKind::Unmatched,
+                    reason,
+                    Failures::default(),
+                );
+            }
+        }
+    }
+
+    /// A destination whose sink has no worker (it is not running): dead-lettered.
+    fn no_sink(&self, job: Job, sink_name: &str) {
+        let dest = IntendedDestination {
+            route: Some(job.route.to_string()),
+            sink: Some(sink_name.to_owned()),
+            topic: Some(job.msg.topic.clone()),
+            key: job.msg.key.clone(),
+        };
+        self.spawn_dead_letter(
+            job.ack,
+            job.ctx,
+            (dest, Some(job.msg.payload.clone())),
+            ReasonKind::NoSink,
+            format!("sink {sink_name} is not running"),
+            Failures::default(),
+        );
     }
 
     /// `dest`: where the event was going, and the body it would have had there (`None`: the
@@ -948,42 +963,20 @@ async fn deliver(
         ack,
         ctx,
     } = job;
+    let one = Publication {
+        sink: &sink,
+        route: &route,
+        msg: &msg,
+        ctx: &ctx,
+    };
     let policy = &shared.policy;
-    let m = &shared.metrics;
     let started = Instant::now();
     let mut backoff = policy.backoff();
     let mut failures = Failures::default();
     let (kind, reason) = loop {
         failures.attempts += 1;
         let t0 = Instant::now();
-        let span = publish_span(
-            &ctx.span,
-            sink.system(),
-            sink.name(),
-            &route,
-            &msg,
-            failures.attempts,
-        );
-        // A copy only when the publish span is exported and its context goes into the headers.
-        let traced = with_trace(&span, &msg);
-        let result = sink
-            .publish(traced.as_ref().unwrap_or(&msg))
-            .instrument(span.clone())
-            .await;
-        if let Err(e) = &result {
-            span.record("otel.status_code", "error");
-            span.record(
-                "error.type",
-                if e.is_retriable() {
-                    "retriable"
-                } else {
-                    "fatal"
-                },
-            );
-            span.record("otel.status_description", e.reason());
-        }
-        drop(span);
-        match result {
+        match one.attempt(failures.attempts).await {
             Ok(()) => {
                 series.latency.observe(t0.elapsed().as_secs_f64());
                 series.published.inc();
@@ -1015,29 +1008,9 @@ async fn deliver(
                         format!("gave up after {} attempts: {r}", failures.attempts),
                     );
                 }
-                m.retried
-                    .get_or_create(&SinkRouteLabels {
-                        sink: sink.name().into(),
-                        route: route.to_string(),
-                    })
-                    .inc();
-                tracing::debug!(
-                    sink = sink.name(), topic = %msg.topic, event_id = %msg.event_id,
-                    attempt = failures.attempts, error = %r, "publish failed; retrying"
-                );
                 let delay = backoff.next().unwrap_or(policy.max);
-                let retry = tracing::info_span!(
-                    target: "fondo_bridge::dispatch",
-                    parent: ctx.span.span(),
-                    "retry",
-                    fondo.sink = sink.name(),
-                    fondo.route = %route,
-                    fondo.attempt = failures.attempts,
-                    fondo.delay_ms = delay.as_millis() as u64,
-                    "error.type" = "retriable",
-                    fondo.error = %r,
-                );
-                tokio::time::sleep(delay).instrument(retry).await;
+                one.pause(&shared.metrics, failures.attempts, delay, &r)
+                    .await;
             }
         }
     };
@@ -1058,6 +1031,76 @@ async fn deliver(
     .await;
     ack.finish(status);
     key
+}
+
+/// One message on its way to one sink: what each attempt and each pause between attempts needs.
+struct Publication<'a> {
+    sink: &'a DynSink,
+    route: &'a Arc<str>,
+    msg: &'a Message,
+    ctx: &'a EventCtx,
+}
+
+impl Publication<'_> {
+    /// One publish, inside its `publish` span (marked with the error when it fails).
+    async fn attempt(&self, attempt: u32) -> Result<(), SinkError> {
+        let span = publish_span(
+            &self.ctx.span,
+            self.sink.system(),
+            self.sink.name(),
+            self.route,
+            self.msg,
+            attempt,
+        );
+        // A copy only when the publish span is exported and its context goes into the headers.
+        let traced = with_trace(&span, self.msg);
+        let result = self
+            .sink
+            .publish(traced.as_ref().unwrap_or(self.msg))
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "error");
+            span.record(
+                "error.type",
+                if e.is_retriable() {
+                    "retriable"
+                } else {
+                    "fatal"
+                },
+            );
+            span.record("otel.status_description", e.reason());
+        }
+        result
+    }
+
+    /// Counts a retry and waits `delay` inside a `retry` span.
+    async fn pause(&self, metrics: &Metrics, attempt: u32, delay: Duration, reason: &str) {
+        let sink = self.sink.name();
+        metrics
+            .retried
+            .get_or_create(&SinkRouteLabels {
+                sink: sink.into(),
+                route: self.route.to_string(),
+            })
+            .inc();
+        tracing::debug!(
+            sink, topic = %self.msg.topic, event_id = %self.msg.event_id,
+            attempt, error = %reason, "publish failed; retrying"
+        );
+        let retry = tracing::info_span!(
+            target: "fondo_bridge::dispatch",
+            parent: self.ctx.span.span(),
+            "retry",
+            fondo.sink = sink,
+            fondo.route = %self.route,
+            fondo.attempt = attempt,
+            fondo.delay_ms = delay.as_millis() as u64,
+            "error.type" = "retriable",
+            fondo.error = %reason,
+        );
+        tokio::time::sleep(delay).instrument(retry).await;
+    }
 }
 
 /// Writes one dead letter inside a `dead_letter` span; `Retry` when it could be written nowhere.

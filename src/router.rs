@@ -371,80 +371,28 @@ impl Router {
         sink_exists: impl Fn(&str) -> bool,
     ) -> Result<Self, Vec<CompileError>> {
         let mut errors = Vec::new();
-        let mut compiled = Vec::with_capacity(routes.len());
         let mut names = BTreeMap::new();
-        for (i, r) in routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            let mut err =
-                |path: String, message: String| errors.push(CompileError { path, message });
-            if r.name.trim().is_empty() {
-                err(format!("{at}.name"), "must not be empty".into());
-            } else if let Some(prev) = names.insert(r.name.clone(), i) {
-                err(
-                    format!("{at}.name"),
-                    format!("duplicate route name {:?} (also routes[{prev}])", r.name),
-                );
-            }
-            if r.matches.is_empty() {
-                err(format!("{at}.match"), "needs at least one pattern".into());
-            }
-            let mut globs = Vec::new();
-            for (j, m) in r.matches.iter().enumerate() {
-                match Glob::parse(m) {
-                    Ok(g) => globs.push(g),
-                    Err(e) => err(format!("{at}.match[{j}]"), e),
-                }
-            }
-            let mut filter = Vec::new();
-            for (ptr, v) in &r.filter {
-                if !ptr.starts_with('/') {
+        let mut err = |path: String, message: String| errors.push(CompileError { path, message });
+        let compiled: Vec<CompiledRoute> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("routes[{i}]");
+                if r.name.trim().is_empty() {
+                    err(format!("{at}.name"), "must not be empty".into());
+                } else if let Some(prev) = names.insert(r.name.clone(), i) {
                     err(
-                        format!("{at}.where.{ptr:?}"),
-                        "must be a JSON pointer starting with `/`".into(),
+                        format!("{at}.name"),
+                        format!("duplicate route name {:?} (also routes[{prev}])", r.name),
                     );
                 }
-                filter.push((ptr.clone(), v.clone()));
-            }
-            for (j, ptr) in r.redact.iter().enumerate() {
-                if !ptr.starts_with('/') || ptr.len() < 2 {
-                    err(
-                        format!("{at}.redact[{j}]"),
-                        "must be a JSON pointer like /current/owner/ssn".into(),
-                    );
-                }
-            }
-            if r.to.is_empty() {
-                err(format!("{at}.to"), "needs at least one destination".into());
-            }
-            let mut to = Vec::new();
-            for (j, d) in r.to.iter().enumerate() {
-                if let Some(dest) =
-                    compile_destination(d, &format!("{at}.to[{j}]"), &sink_exists, &mut err)
-                {
-                    to.push(dest);
-                }
-            }
-            compiled.push(CompiledRoute {
-                name: Arc::from(r.name.as_str()),
-                globs,
-                filter,
-                redact: r.redact.clone(),
-                to,
-            });
-        }
+                compile_route(r, &at, &sink_exists, &mut err)
+            })
+            .collect();
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut by_type = HashMap::new();
-        for t in crate::event::KNOWN_EVENT_TYPES {
-            let idx: Vec<usize> = compiled
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.matches_type(t))
-                .map(|(i, _)| i)
-                .collect();
-            by_type.insert((*t).to_owned(), idx);
-        }
+        let by_type = index_by_type(&compiled);
         Ok(Self {
             routes: compiled.into(),
             by_type: Arc::new(by_type),
@@ -516,6 +464,74 @@ impl Router {
         }
         out
     }
+}
+
+/// One route's globs, filter, redactions and destinations; problems go to `err`.
+fn compile_route(
+    r: &RouteConfig,
+    at: &str,
+    sink_exists: &impl Fn(&str) -> bool,
+    err: &mut impl FnMut(String, String),
+) -> CompiledRoute {
+    if r.matches.is_empty() {
+        err(format!("{at}.match"), "needs at least one pattern".into());
+    }
+    let mut globs = Vec::new();
+    for (j, m) in r.matches.iter().enumerate() {
+        match Glob::parse(m) {
+            Ok(g) => globs.push(g),
+            Err(e) => err(format!("{at}.match[{j}]"), e),
+        }
+    }
+    let mut filter = Vec::new();
+    for (ptr, v) in &r.filter {
+        if !ptr.starts_with('/') {
+            err(
+                format!("{at}.where.{ptr:?}"),
+                "must be a JSON pointer starting with `/`".into(),
+            );
+        }
+        filter.push((ptr.clone(), v.clone()));
+    }
+    for (j, ptr) in r.redact.iter().enumerate() {
+        if !ptr.starts_with('/') || ptr.len() < 2 {
+            err(
+                format!("{at}.redact[{j}]"),
+                "must be a JSON pointer like /current/owner/ssn".into(),
+            );
+        }
+    }
+    if r.to.is_empty() {
+        err(format!("{at}.to"), "needs at least one destination".into());
+    }
+    let to =
+        r.to.iter()
+            .enumerate()
+            .filter_map(|(j, d)| compile_destination(d, &format!("{at}.to[{j}]"), sink_exists, err))
+            .collect();
+    CompiledRoute {
+        name: Arc::from(r.name.as_str()),
+        globs,
+        filter,
+        redact: r.redact.clone(),
+        to,
+    }
+}
+
+/// For every known event type, the indices of the routes whose globs match it.
+fn index_by_type(routes: &[CompiledRoute]) -> HashMap<String, Vec<usize>> {
+    crate::event::KNOWN_EVENT_TYPES
+        .iter()
+        .map(|t| {
+            let idx = routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matches_type(t))
+                .map(|(i, _)| i)
+                .collect();
+            ((*t).to_owned(), idx)
+        })
+        .collect()
 }
 
 fn compile_destination(
