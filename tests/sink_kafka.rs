@@ -37,36 +37,10 @@ fn config(brokers: &str, options: &[(&str, &str)]) -> KafkaSinkConfig {
     }
 }
 
-/// A message like the dispatcher renders it: the `fondo-*` headers, `traceparent`, a route header.
+/// The shared test message, with an event id made of its key and sequence number.
 fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
-    let event_id: Arc<str> = Arc::from(format!("evt-{}-{seq}", key.unwrap_or("none")));
-    // Not UTF-8, with NUL bytes: the value must come back byte for byte.
-    let mut payload = format!("{{\"key\":{key:?},\"seq\":{seq}}}").into_bytes();
-    payload.extend_from_slice(&[0, 0xff, 0xfe, (seq % 256) as u8]);
-    Message {
-        topic: topic.to_owned(),
-        key: key.map(str::to_owned),
-        headers: vec![
-            (headers::EVENT_ID.into(), event_id.to_string()),
-            (headers::EVENT_TYPE.into(), "order.update".into()),
-            (
-                headers::CLIENT_ID.into(),
-                "49ad7378-121c-4a53-9894-dfd14a7b4877".into(),
-            ),
-            (headers::SOURCE.into(), "webhook".into()),
-            (
-                headers::TRACEPARENT.into(),
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-            ),
-            ("x-seq".into(), seq.to_string()),
-        ],
-        payload: Bytes::from(payload),
-        message_id: Arc::clone(&event_id),
-        event_id,
-        payload_is_json: false,
-        pace: fondo_bridge::group_commit::Pace::Prompt,
-        cloudevent: None,
-    }
+    let id = format!("evt-{}-{seq}", key.unwrap_or("none"));
+    common::messages::message(topic, key, seq, &id)
 }
 
 async fn connect(cfg: &KafkaSinkConfig) -> KafkaSink {
@@ -225,7 +199,7 @@ async fn delivers_everything_in_order_per_key_with_headers() {
         let seq: usize = r
             .headers
             .iter()
-            .find(|(k, _)| k == "x-seq")
+            .find(|(k, _)| k == "x-test-seq")
             .map(|(_, v)| v.parse().unwrap())
             .unwrap();
         match last.get(key) {

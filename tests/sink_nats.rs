@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::messages::message;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,42 +28,6 @@ use futures::StreamExt;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// A message as the dispatcher renders it: the `fondo-*` headers, `traceparent`, a route header.
-fn message(subject: &str, key: &str, seq: usize, event_id: &str) -> Message {
-    // JSON with non-ASCII text and escaped line breaks, then raw bytes that are not UTF-8.
-    let mut body = format!(
-        r#"{{"eventType":"order.update","current":{{"id":"{key}","seq":{seq},"note":"åäö \r\n"}}}}"#
-    )
-    .into_bytes();
-    if seq % 3 == 0 {
-        body.extend_from_slice(&[0, 159, 146, 150, 255, b'\n']);
-    }
-    Message {
-        topic: subject.to_owned(),
-        key: Some(key.to_owned()),
-        headers: vec![
-            ("fondo-event-id".into(), event_id.to_owned()),
-            ("fondo-event-type".into(), "order.update".into()),
-            (
-                "fondo-client-id".into(),
-                "49ad7378-121c-4a53-9894-dfd14a7b4877".into(),
-            ),
-            ("fondo-source".into(), "websocket".into()),
-            (
-                "traceparent".into(),
-                format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1),
-            ),
-            ("x-test-seq".into(), seq.to_string()),
-        ],
-        payload: Bytes::from(body),
-        event_id: Arc::from(event_id),
-        message_id: Arc::from(event_id),
-        payload_is_json: false,
-        pace: fondo_bridge::group_commit::Pace::Prompt,
-        cloudevent: None,
-    }
-}
 
 fn sink_config(url: &str) -> NatsSinkConfig {
     let mut cfg = NatsSinkConfig::new(url);

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::messages::message;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,10 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fondo_bridge::config::RabbitMqSinkConfig;
 use fondo_bridge::sinks::rabbitmq::RabbitMqSink;
-use fondo_bridge::sinks::{Message, Sink, SinkError};
+use fondo_bridge::sinks::{Sink, SinkError};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -33,42 +34,6 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// A message as the dispatcher renders it: the `fondo-*` headers, `traceparent`, a route header.
-fn message(topic: &str, key: &str, seq: usize, event_id: &str) -> Message {
-    // JSON with non-ASCII text and escaped line breaks, sometimes followed by non-UTF-8 bytes.
-    let mut body = format!(
-        r#"{{"eventType":"order.update","current":{{"id":"{key}","seq":{seq},"note":"åäö \r\n"}}}}"#
-    )
-    .into_bytes();
-    if seq % 3 == 0 {
-        body.extend_from_slice(&[0, 159, 146, 150, 255, b'\n']);
-    }
-    Message {
-        topic: topic.to_owned(),
-        key: Some(key.to_owned()),
-        headers: vec![
-            ("fondo-event-id".into(), event_id.to_owned()),
-            ("fondo-event-type".into(), "order.update".into()),
-            (
-                "fondo-client-id".into(),
-                "49ad7378-121c-4a53-9894-dfd14a7b4877".into(),
-            ),
-            ("fondo-source".into(), "websocket".into()),
-            (
-                "traceparent".into(),
-                format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1),
-            ),
-            ("x-test-seq".into(), seq.to_string()),
-        ],
-        payload: Bytes::from(body),
-        event_id: Arc::from(event_id),
-        message_id: Arc::from(event_id),
-        payload_is_json: false,
-        pace: fondo_bridge::group_commit::Pace::Prompt,
-        cloudevent: None,
-    }
-}
 
 fn sink_config(url: &str, exchange: &str) -> RabbitMqSinkConfig {
     serde_json::from_value(serde_json::json!({ "url": url, "exchange": exchange })).unwrap()

@@ -2,6 +2,7 @@
 //! `eventually` (poll a condition until it holds or a deadline passes).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod messages;
 pub mod rig;
 
 /// The address of a real broker for tests, from `FONDO_BRIDGE_TEST_<NAME>` (`KAFKA`, `AMQP`, `NATS`).
