@@ -34,6 +34,8 @@ pub mod headers {
     /// sources on: the stream lost it and its webhook brought it).
     pub const LATE: &str = "fondo-late";
     pub const REPLAYED_AT: &str = "fondo-replayed-at";
+    /// The message key, on brokers without a key of their own (RabbitMQ, NATS).
+    pub const KEY: &str = "fondo-key";
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
 }
