@@ -9,9 +9,12 @@
 //!   the payload schema of that type ([`schema`]) narrowed by the route's `where` filter and
 //!   redaction, the headers the bridge sets, the key and the broker's bindings.
 //! - **Operations**: one `send` per channel.
+//! - **Dead letters**: with a `dead_letter.sink`, a channel for its topic, whose message is the
+//!   dead-letter record (`crate::dlq::DeadLetter`).
 //!
 //! The document is built from a [`Plan`], so the config is known to be valid.
 
+mod dead_letter;
 mod message;
 pub mod schema;
 
@@ -118,6 +121,25 @@ pub fn document(plan: &Plan) -> Result<Document, AsyncApiError> {
                 described.insert(schema::OTHER_EVENT_SCHEMA.to_owned());
             }
         }
+    }
+    if let Some((sink_name, sink)) = cfg
+        .dead_letter
+        .sink
+        .as_ref()
+        .and_then(|n| cfg.sinks.get_key_value(n))
+    {
+        let server_id = identifier(sink_name);
+        servers
+            .entry(server_id.clone())
+            .or_insert_with(|| server(sink_name, sink));
+        let id = dead_letter::CHANNEL.to_owned();
+        let ch = dead_letter::channel(cfg, sink_name, sink, &server_id)?;
+        operations.insert(
+            format!("send-{id}"),
+            dead_letter::operation(sink_name, sink),
+        );
+        channels.insert(id, ch);
+        described.insert(dead_letter::SCHEMA.to_owned());
     }
     Ok(Document {
         asyncapi: ASYNCAPI_VERSION,
@@ -259,7 +281,7 @@ fn channel(
             path: format!("{at}.topic"),
             source,
         })?;
-    let (address, parameters) = address(&topic, view, types, other);
+    let (address, parameters) = address(&topic, view.config, types, other);
     let mut messages = Map::new();
     for t in types {
         messages.insert(identifier(t), message_for(view, Some(t)));
@@ -267,12 +289,7 @@ fn channel(
     if other {
         messages.insert("other".into(), message_for(view, None));
     }
-    let (what, family) = match view.sink {
-        SinkConfig::Kafka(_) => ("Kafka topic", "kafka"),
-        SinkConfig::Rabbitmq(_) => ("AMQP routing key", "amqp"),
-        SinkConfig::Nats(_) => ("NATS subject", "nats"),
-        SinkConfig::File(_) => ("file name (without `.jsonl`)", "file"),
-    };
+    let what = address_kind(view.sink);
     let mut ch = json!({
         "address": address,
         "title": format!("{} → {}", view.route.name, view.destination.sink),
@@ -289,16 +306,26 @@ fn channel(
     if !parameters.is_empty() {
         ch["parameters"] = Value::Object(parameters);
     }
-    if let Some(b) = channel_bindings(view, family, &topic) {
+    if let Some(b) = channel_bindings(view.sink, &topic) {
         ch["bindings"] = b;
     }
     Ok(ch)
 }
 
+/// What a channel address is on this sink.
+fn address_kind(sink: &SinkConfig) -> &'static str {
+    match sink {
+        SinkConfig::Kafka(_) => "Kafka topic",
+        SinkConfig::Rabbitmq(_) => "AMQP routing key",
+        SinkConfig::Nats(_) => "NATS subject",
+        SinkConfig::File(_) => "file name (without `.jsonl`)",
+    }
+}
+
 /// The channel address (pointers renamed to parameter names) and its parameters.
 fn address(
     topic: &Template,
-    view: &DestinationView<'_>,
+    cfg: &Config,
     types: &[String],
     other: bool,
 ) -> (String, Map<String, Value>) {
@@ -348,8 +375,7 @@ fn address(
                 ),
             ),
             TemplatePart::ClientId => {
-                let ids = view
-                    .config
+                let ids = cfg
                     .sources
                     .websocket
                     .as_ref()
@@ -397,9 +423,9 @@ fn pointer_parameter(pointer: &str) -> String {
     identifier(pointer.trim_start_matches('/').replace('/', "_").as_str())
 }
 
-fn channel_bindings(view: &DestinationView<'_>, family: &str, topic: &Template) -> Option<Value> {
-    match (family, view.sink) {
-        ("kafka", SinkConfig::Kafka(k)) => {
+fn channel_bindings(sink: &SinkConfig, topic: &Template) -> Option<Value> {
+    match sink {
+        SinkConfig::Kafka(k) => {
             let mut b = json!({ "bindingVersion": "0.5.0" });
             let literal: Option<String> = topic
                 .parts()
@@ -420,7 +446,7 @@ fn channel_bindings(view: &DestinationView<'_>, family: &str, topic: &Template) 
             }
             Some(json!({ "kafka": b }))
         }
-        ("amqp", SinkConfig::Rabbitmq(r)) => {
+        SinkConfig::Rabbitmq(r) => {
             let (_, _, path) = split_url(&r.url);
             let mut exchange = json!({ "name": r.exchange, "vhost": vhost(path) });
             if r.exchange.is_empty() {
@@ -433,7 +459,7 @@ fn channel_bindings(view: &DestinationView<'_>, family: &str, topic: &Template) 
                 json!({ "amqp": { "is": "routingKey", "exchange": exchange, "bindingVersion": "0.3.0" } }),
             )
         }
-        _ => None,
+        SinkConfig::Nats(_) | SinkConfig::File(_) => None,
     }
 }
 
@@ -484,6 +510,10 @@ fn operation(view: &DestinationView<'_>, channel_id: &str, messages: Vec<Value>)
 fn component_schemas(described: &BTreeSet<String>, opts: SchemaOptions) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for t in described {
+        if t == dead_letter::SCHEMA {
+            out.insert(t.clone(), dead_letter::schema());
+            continue;
+        }
         if t == schema::OTHER_EVENT_SCHEMA {
             out.insert(t.clone(), schema::other_event(opts));
             continue;

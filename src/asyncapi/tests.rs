@@ -70,9 +70,10 @@ fn addresses_are_templates_with_their_parameters() {
         nats["address"],
         "fondo.{entity}.{action}.{current_accountRef}"
     );
-    assert_eq!(nats["parameters"]["entity"]["enum"], json!(["order"]));
+    // `order.*` may match an action Fondo adds later: examples, not an enum.
+    assert_eq!(nats["parameters"]["entity"]["examples"], json!(["order"]));
     assert_eq!(
-        nats["parameters"]["action"]["enum"],
+        nats["parameters"]["action"]["examples"],
         json!(["create", "delete", "update"])
     );
     assert_eq!(
@@ -105,7 +106,14 @@ fn messages_per_event_type_with_payload_refs() {
         .as_object()
         .unwrap();
     let names: Vec<&str> = msgs.keys().map(String::as_str).collect();
-    assert_eq!(names, ["order_create", "order_delete", "order_update"]);
+    assert_eq!(
+        names,
+        ["order_create", "order_delete", "order_update", "other"]
+    );
+    assert_eq!(
+        msgs["other"]["payload"]["$ref"],
+        "#/components/schemas/fondoEvent"
+    );
     let m = &msgs["order_update"];
     assert_eq!(m["name"], "order.update");
     assert_eq!(m["payload"]["$ref"], "#/components/schemas/order.update");
@@ -208,7 +216,7 @@ sources:
     signature: { scheme: none, insecure: true }
     event_type_header: x-fondo-type
 sinks: { files: { type: file, dir: /tmp/out } }
-routes: [{ name: hb, match: ["heartbeat", "account.update"], to: [{ sink: files, topic: "t" }] }]
+routes: [{ name: hb, match: ["heartbeat", "account.update"], to: [{ sink: files, topic: "t.{event_type}" }] }]
 "#;
     let d = doc(with_header);
     let s = &d["components"]["schemas"];
@@ -217,6 +225,10 @@ routes: [{ name: hb, match: ["heartbeat", "account.update"], to: [{ sink: files,
     let msgs = d["channels"]["hb-files"]["messages"].as_object().unwrap();
     assert!(msgs.contains_key("heartbeat"));
     assert!(!msgs.contains_key("other"), "literal known globs only");
+    assert_eq!(
+        d["channels"]["hb-files"]["parameters"]["event_type"]["enum"],
+        json!(["account.update", "heartbeat"])
+    );
     assert_eq!(
         d["channels"]["hb-files"]["messages"]["heartbeat"]["headers"]["properties"]["fondo-source"]
             ["enum"],
@@ -237,4 +249,30 @@ fn url_and_vhost_parsing() {
     assert_eq!(vhost("/%2Fa%zz"), "/a%zz");
     assert_eq!(identifier("a.b c"), "a_b_c");
     assert_eq!(pointer_parameter("/current/ref"), "current_ref");
+}
+
+#[test]
+fn dead_letters_get_their_own_channel() {
+    let text = format!("{CONFIG}\ndead_letter: {{ sink: kafka, topic: fondo.dead-letter }}\n");
+    let d = doc(&text);
+    let ch = &d["channels"]["dead-letters"];
+    assert_eq!(ch["address"], "fondo.dead-letter");
+    assert_eq!(ch["servers"][0]["$ref"], "#/servers/kafka");
+    let m = &ch["messages"]["deadLetter"];
+    assert_eq!(m["payload"]["$ref"], "#/components/schemas/deadLetter");
+    assert_eq!(
+        m["headers"]["properties"]["fondo-dead-letter-reason"]["enum"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(m["bindings"]["kafka"]["key"]["type"], "string");
+    assert!(d["components"]["schemas"]["deadLetter"].is_object());
+    assert_eq!(
+        d["operations"]["send-dead-letters"]["channel"]["$ref"],
+        "#/channels/dead-letters"
+    );
+    // Without a dead-letter sink there is only the local fallback file: nothing published.
+    assert!(doc(CONFIG)["channels"].get("dead-letters").is_none());
 }
