@@ -171,7 +171,7 @@ fn every_message_the_demo_writes_validates() {
     assert_eq!(summary["failed"], 0);
     // Every event lands in `fondo.{entity}`; ISK account events also in the analytics topics.
     let per_entity = summary["byChannel"]["per-entity-files"].as_u64().unwrap();
-    assert_eq!(per_entity, count);
+    assert!(per_entity >= count, "{summary}");
     assert!(
         summary["byChannel"]["accounts-for-analytics-files"]
             .as_u64()

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::message::NATS_MSG_ID;
 use super::{AsyncApiError, address, address_kind, channel_bindings};
 use crate::config::nats::NatsMode;
 use crate::config::{Config, SinkConfig};
@@ -10,7 +11,7 @@ use crate::dlq::ReasonKind;
 use crate::router::Template;
 use crate::sinks::headers;
 
-/// The channel's id.
+/// The channel's id (unless a route's channel has it already).
 pub const CHANNEL: &str = "dead-letters";
 /// The `components.schemas` key of the dead-letter record.
 pub const SCHEMA: &str = "deadLetter";
@@ -48,12 +49,12 @@ pub fn channel(
     Ok(ch)
 }
 
-pub fn operation(sink_name: &str, sink: &SinkConfig) -> Value {
+pub fn operation(sink_name: &str, sink: &SinkConfig, channel_id: &str) -> Value {
     let mut op = json!({
         "action": "send",
-        "channel": { "$ref": format!("#/channels/{CHANNEL}") },
+        "channel": { "$ref": format!("#/channels/{channel_id}") },
         "title": format!("Publish dead letters to sink `{sink_name}`"),
-        "messages": [{ "$ref": format!("#/channels/{CHANNEL}/messages/deadLetter") }],
+        "messages": [{ "$ref": format!("#/channels/{channel_id}/messages/deadLetter") }],
     });
     if let SinkConfig::Rabbitmq(_) = sink {
         op["bindings"] =
@@ -87,8 +88,8 @@ fn message(sink: &SinkConfig) -> Value {
     }
     if let SinkConfig::Nats(n) = sink {
         if n.mode == NatsMode::Jetstream {
-            props["Nats-Msg-Id"] = string("Stable per event, route and sink.");
-            required.push("Nats-Msg-Id");
+            props[NATS_MSG_ID] = string("Stable per event, route and sink.");
+            required.push(NATS_MSG_ID);
         }
     }
     let mut m = json!({

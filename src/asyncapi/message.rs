@@ -14,7 +14,7 @@ use crate::router::{Template, TemplatePart};
 use crate::sinks::headers;
 
 /// The header JetStream deduplicates on (set by the NATS sink in JetStream mode).
-const NATS_MSG_ID: &str = "Nats-Msg-Id";
+pub(super) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// The message `view`'s destination publishes for `event_type`; `None`: for the event types no
 /// schema describes (a route glob may match types Fondo adds later).
@@ -127,6 +127,24 @@ fn headers_schema(view: &DestinationView<'_>, event_type: Option<&str>) -> Value
         headers::TRACESTATE.into(),
         string("W3C trace state, with `traceparent`."),
     );
+    sink_headers(view, event_type, &mut props, &mut required);
+    let mut out = json!({ "type": "object", "properties": props });
+    let mut required: Vec<String> = required.into_iter().map(str::to_owned).collect();
+    for (name, template) in &view.destination.headers {
+        out["properties"][name] = template_schema(template, event_type, "A header of the route");
+        required.push(name.clone());
+    }
+    out["required"] = json!(required);
+    out
+}
+
+/// The headers a sink adds: the key where the broker has no key of its own, JetStream's message id.
+fn sink_headers(
+    view: &DestinationView<'_>,
+    event_type: Option<&str>,
+    props: &mut Map<String, Value>,
+    required: &mut Vec<&'static str>,
+) {
     match view.sink {
         SinkConfig::Rabbitmq(_) | SinkConfig::Nats(_) => {
             if let Some(k) = key_schema(view, event_type) {
@@ -142,19 +160,11 @@ fn headers_schema(view: &DestinationView<'_>, event_type: Option<&str>) -> Value
         if n.mode == NatsMode::Jetstream {
             props.insert(
                 NATS_MSG_ID.into(),
-                string("Unique per occurrence and destination."),
+                json!({ "type": "string", "description": "Unique per occurrence and destination." }),
             );
             required.push(NATS_MSG_ID);
         }
     }
-    let mut out = json!({ "type": "object", "properties": props });
-    let mut required: Vec<String> = required.into_iter().map(str::to_owned).collect();
-    for (name, template) in &view.destination.headers {
-        out["properties"][name] = template_schema(template, event_type, "A header of the route");
-        required.push(name.clone());
-    }
-    out["required"] = json!(required);
-    out
 }
 
 /// The message key: the destination's `key` template, or by default the object's `ref`/`id`.

@@ -75,10 +75,7 @@ pub fn document(plan: &Plan) -> Result<Document, AsyncApiError> {
             .as_ref()
             .is_none_or(|w| w.event_type_header.is_none()),
     };
-    let mut servers = Map::new();
-    let mut channels = Map::new();
-    let mut operations = Map::new();
-    let mut described: BTreeSet<String> = BTreeSet::new();
+    let mut parts = Parts::default();
     for (i, route) in cfg.routes.iter().enumerate() {
         let (types, other) = routed_types(cfg, route);
         for (j, dest) in route.to.iter().enumerate() {
@@ -90,10 +87,6 @@ pub fn document(plan: &Plan) -> Result<Document, AsyncApiError> {
                     path: format!("{at}.sink"),
                     sink: dest.sink.clone(),
                 })?;
-            let server_id = identifier(&dest.sink);
-            servers
-                .entry(server_id.clone())
-                .or_insert_with(|| server(&dest.sink, sink));
             let view = DestinationView {
                 config: cfg,
                 route,
@@ -101,24 +94,16 @@ pub fn document(plan: &Plan) -> Result<Document, AsyncApiError> {
                 sink,
                 schemas: opts,
             };
-            let mut id = identifier(&format!("{}-{}", route.name, dest.sink));
-            if channels.contains_key(&id) {
-                id = format!("{id}-{j}");
-            }
+            let server_id = parts.server(&dest.sink, sink);
+            let id = parts.channel_id(&format!("{}-{}", route.name, dest.sink));
             let ch = channel(&view, &server_id, &types, other, &at)?;
-            let message_ids: Vec<Value> = ch["messages"]
-                .as_object()
-                .map(|m| {
-                    m.keys()
-                        .map(|k| json!({ "$ref": format!("#/channels/{id}/messages/{k}") }))
-                        .collect()
-                })
-                .unwrap_or_default();
-            operations.insert(format!("send-{id}"), operation(&view, &id, message_ids));
-            channels.insert(id, ch);
-            described.extend(types.iter().cloned());
+            let op = operation(&view, &id, message_refs(&id, &ch));
+            parts.add(id, ch, op);
+            parts.described.extend(types.iter().cloned());
             if other {
-                described.insert(schema::OTHER_EVENT_SCHEMA.to_owned());
+                parts
+                    .described
+                    .insert(schema::OTHER_EVENT_SCHEMA.to_owned());
             }
         }
     }
@@ -128,28 +113,71 @@ pub fn document(plan: &Plan) -> Result<Document, AsyncApiError> {
         .as_ref()
         .and_then(|n| cfg.sinks.get_key_value(n))
     {
-        let server_id = identifier(sink_name);
-        servers
-            .entry(server_id.clone())
-            .or_insert_with(|| server(sink_name, sink));
-        let id = dead_letter::CHANNEL.to_owned();
+        let server_id = parts.server(sink_name, sink);
+        let id = parts.channel_id(dead_letter::CHANNEL);
         let ch = dead_letter::channel(cfg, sink_name, sink, &server_id)?;
-        operations.insert(
-            format!("send-{id}"),
-            dead_letter::operation(sink_name, sink),
-        );
-        channels.insert(id, ch);
-        described.insert(dead_letter::SCHEMA.to_owned());
+        let op = dead_letter::operation(sink_name, sink, &id);
+        parts.add(id, ch, op);
+        parts.described.insert(dead_letter::SCHEMA.to_owned());
     }
     Ok(Document {
         asyncapi: ASYNCAPI_VERSION,
         info: info(cfg),
         default_content_type: "application/json",
-        servers,
-        channels,
-        operations,
-        components: json!({ "schemas": component_schemas(&described, opts) }),
+        servers: parts.servers,
+        channels: parts.channels,
+        operations: parts.operations,
+        components: json!({ "schemas": component_schemas(&parts.described, opts) }),
     })
+}
+
+/// The maps of the document while it is built, and the payload schemas its messages refer to.
+#[derive(Default)]
+struct Parts {
+    servers: Map<String, Value>,
+    channels: Map<String, Value>,
+    operations: Map<String, Value>,
+    described: BTreeSet<String>,
+}
+
+impl Parts {
+    /// The server id of a sink, adding its server on first use.
+    fn server(&mut self, name: &str, sink: &SinkConfig) -> String {
+        let id = identifier(name);
+        self.servers
+            .entry(id.clone())
+            .or_insert_with(|| server(name, sink));
+        id
+    }
+
+    /// An id for a new channel, from `name`, unique in the document.
+    fn channel_id(&self, name: &str) -> String {
+        let base = identifier(name);
+        let mut id = base.clone();
+        let mut n = 1;
+        while self.channels.contains_key(&id) {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        id
+    }
+
+    fn add(&mut self, id: String, channel: Value, operation: Value) {
+        self.operations.insert(format!("send-{id}"), operation);
+        self.channels.insert(id, channel);
+    }
+}
+
+/// References to every message of a channel, for its operation.
+fn message_refs(id: &str, channel: &Value) -> Vec<Value> {
+    channel["messages"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .map(|k| json!({ "$ref": format!("#/channels/{id}/messages/{k}") }))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The known event types a route's globs match, and whether they can match others too (a
@@ -374,22 +402,7 @@ fn address(
                     Some("$message.header#/fondo-event-type"),
                 ),
             ),
-            TemplatePart::ClientId => {
-                let ids = cfg
-                    .sources
-                    .websocket
-                    .as_ref()
-                    .map(|w| w.client_ids.clone())
-                    .unwrap_or_default();
-                let mut p = json!({
-                    "description": "The Fondo client id: the stream's, or the body's `clientId` for a webhook.",
-                    "location": "$message.header#/fondo-client-id",
-                });
-                if !ids.is_empty() {
-                    p["examples"] = json!(ids);
-                }
-                ("client_id".to_owned(), p)
-            }
+            TemplatePart::ClientId => ("client_id".to_owned(), client_id_parameter(cfg)),
             TemplatePart::Pointer(ptr) => (
                 pointer_parameter(ptr),
                 json!({
@@ -404,6 +417,22 @@ fn address(
         params.entry(name).or_insert(param);
     }
     (address, params)
+}
+
+fn client_id_parameter(cfg: &Config) -> Value {
+    let mut p = json!({
+        "description": "The Fondo client id: the stream's, or the body's `clientId` for a webhook.",
+        "location": "$message.header#/fondo-client-id",
+    });
+    if let Some(w) = cfg
+        .sources
+        .websocket
+        .as_ref()
+        .filter(|w| !w.client_ids.is_empty())
+    {
+        p["examples"] = json!(w.client_ids);
+    }
+    p
 }
 
 /// A parameter whose values are the routed types' (an `enum` when the route can match no other).
