@@ -1,7 +1,7 @@
 //! `fondo-bridge asyncapi`, checked by the official AsyncAPI parser (`@asyncapi/parser`, run by
 //! node from `tests/asyncapi/`): every example config's document parses without an error or a
 //! warning, the Fondo samples validate against their schemas, and every message the demo writes
-//! validates against the message of its channel and event type.
+//! (dead letters included) validates against the message of its channel and event type.
 //!
 //! Needs node and `npm ci --prefix tests/asyncapi` (scripts/test.sh and scripts/setup.sh run it).
 //! Without them the tests fail under `CI=true` and skip loudly elsewhere.
@@ -148,15 +148,11 @@ fn every_message_the_demo_writes_validates() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo-out");
     let count = 3000;
+    // Malformed frames and an event type no schema describes come with `--malformed-every`:
+    // the dead-letter channel and the channels' `other` messages are checked too.
     let demo = bin()
-        .args([
-            "demo",
-            "--rate",
-            "0",
-            "--count",
-            &count.to_string(),
-            "--out",
-        ])
+        .args(["demo", "--rate", "0", "--count", &count.to_string()])
+        .args(["--malformed-every", "97", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -177,6 +173,10 @@ fn every_message_the_demo_writes_validates() {
             .as_u64()
             .unwrap()
             > 0
+    );
+    assert!(
+        summary["byChannel"]["dead-letters"].as_u64().unwrap() > 0,
+        "{summary}"
     );
     let types = summary["byType"].as_object().unwrap();
     for t in fondo_bridge::event::KNOWN_EVENT_TYPES {
