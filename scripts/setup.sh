@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets a fresh Debian/Ubuntu machine up for fondo-bridge's tests and demo: the brokers the tests run
-# against (RabbitMQ, NATS with JetStream, Redis, and tansu as the Kafka-protocol broker) and the release build.
+# against (RabbitMQ, NATS with JetStream, Redis, and tansu as the Kafka-protocol broker), the AsyncAPI
+# validator's node packages, and the release build.
 # Idempotent: what is already there is skipped. Run as root or with sudo available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)   # the shar
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)   # rdkafka's SSL/SASL
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)   # the AsyncAPI parser of tests/asyncapi.rs
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]} from Debian's packages"
     $SUDO apt-get update -qq
@@ -23,6 +25,8 @@ if ((${#need_apt[@]})); then
 fi
 
 scripts/kafka-broker.sh install
+say "installing the AsyncAPI validator's node packages (tests/asyncapi/)"
+npm ci --prefix tests/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 command -v cargo-fuzz >/dev/null 2>&1 || { say "installing cargo-fuzz (scripts/fuzz.sh)"; cargo install cargo-fuzz --locked; }
 say "building fondo-bridge (release)"
 cargo build --release

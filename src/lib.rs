@@ -42,10 +42,13 @@
 //!   them ([`cloudevents`], `src/cloudevents.rs`).
 //! - **What operators see.** [`telemetry`]: logs, traces (`trace.rs`, W3C propagation),
 //!   metrics (`metrics.rs`) and the admin server (`admin.rs`: `/metrics`, `/healthz`, `/readyz`).
+//! - **What consumers can rely on.** [`asyncapi`]: the AsyncAPI document of what a config
+//!   publishes (`fondo-bridge asyncapi`), with the Fondo payload schemas in `schema.rs`.
 //! - **The Fondo stand-in.** [`simulator`]: the WebSocket stream and the signed webhook sender that
 //!   tests, the demo and the benchmarks use.
 
 pub mod app;
+pub mod asyncapi;
 pub mod backoff;
 pub mod cloudevents;
 pub mod config;

@@ -48,6 +48,14 @@ enum Command {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Print the AsyncAPI 3.0 document of what a config publishes: channels, messages, schemas.
+    Asyncapi {
+        #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
+        config: PathBuf,
+        /// `yaml` or `json`.
+        #[arg(long, value_enum, default_value_t = cli::asyncapi::Format::Yaml)]
+        format: cli::asyncapi::Format,
+    },
     /// Show where one event would go: destinations, topic, key, headers and (redacted) body.
     Route {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
@@ -100,6 +108,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => cli::run::run(config).await,
         Command::Check { config } => Ok(cli::check::check(&config)),
+        Command::Asyncapi { config, format } => cli::asyncapi::asyncapi(&config, format),
         Command::Demo(args) => cli::demo::demo(args).await,
         Command::Dlq { config, command } => cli::dlq::dlq(&config, command).await,
         Command::Simulate { what } => cli::simulate::simulate(what).await,

@@ -26,6 +26,18 @@ enum Segment {
     Pointer(String),
 }
 
+/// One piece of a [`Template`], as [`Template::parts`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Literal(&'a str),
+    Entity,
+    Action,
+    EventType,
+    ClientId,
+    /// A JSON pointer into the body, such as `/current/ref`.
+    Pointer(&'a str),
+}
+
 /// A compiled `{placeholder}` template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -92,6 +104,18 @@ impl Template {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The template's pieces in order, for describing it (the AsyncAPI document).
+    pub fn parts(&self) -> impl Iterator<Item = TemplatePart<'_>> {
+        self.segments.iter().map(|s| match s {
+            Segment::Literal(l) => TemplatePart::Literal(l),
+            Segment::Entity => TemplatePart::Entity,
+            Segment::Action => TemplatePart::Action,
+            Segment::EventType => TemplatePart::EventType,
+            Segment::ClientId => TemplatePart::ClientId,
+            Segment::Pointer(p) => TemplatePart::Pointer(p),
+        })
     }
 
     /// Renders for an event, or says which placeholder had no usable value.

@@ -3,6 +3,7 @@
 //! replay that failed, webhooks not delivered), 2 an invalid config or usage, 3 an incomplete
 //! drain.
 
+pub mod asyncapi;
 pub mod check;
 pub mod demo;
 pub mod dlq;

@@ -54,6 +54,16 @@ pub enum ReasonKind {
 }
 
 impl ReasonKind {
+    /// Every kind.
+    pub const ALL: [ReasonKind; 6] = [
+        Self::Unparseable,
+        Self::Unmatched,
+        Self::Render,
+        Self::Fatal,
+        Self::Exhausted,
+        Self::NoSink,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unparseable => "unparseable",
@@ -435,7 +445,7 @@ fn dead_letter_headers(dl: &DeadLetter) -> Vec<(String, String)> {
         (headers::EVENT_ID.to_owned(), dl.event_id.clone()),
         (headers::SOURCE.to_owned(), dl.source.clone()),
         (
-            "fondo-dead-letter-reason".to_owned(),
+            headers::DEAD_LETTER_REASON.to_owned(),
             dl.reason_kind.as_str().to_owned(),
         ),
     ];

@@ -36,6 +36,10 @@ pub mod headers {
     /// sources on: the stream lost it and its webhook brought it).
     pub const LATE: &str = "fondo-late";
     pub const REPLAYED_AT: &str = "fondo-replayed-at";
+    /// The message key, on brokers without a key of their own (RabbitMQ, NATS).
+    pub const KEY: &str = "fondo-key";
+    /// On a dead letter: why (`unparseable`, `unmatched`, `render`, `fatal`, `exhausted`, `no_sink`).
+    pub const DEAD_LETTER_REASON: &str = "fondo-dead-letter-reason";
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
 }

@@ -47,7 +47,7 @@ use crate::config::nats::{
 use crate::config::read_secret;
 
 /// The header carrying the message key.
-pub const KEY_HEADER: &str = "fondo-key";
+pub const KEY_HEADER: &str = super::headers::KEY;
 
 /// The largest `max_in_flight` honoured (the window is a semaphore).
 const MAX_WINDOW: usize = 1 << 20;

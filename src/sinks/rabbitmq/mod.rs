@@ -75,7 +75,7 @@ use crate::config::rabbitmq::{
 use crate::config::read_secret;
 
 /// The header carrying the message key.
-pub const KEY_HEADER: &str = "fondo-key";
+pub const KEY_HEADER: &str = super::headers::KEY;
 
 /// The `content_type` of every published message.
 pub const CONTENT_TYPE: &str = "application/json";
