@@ -7,6 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use super::DestinationView;
+use super::cloudevents;
 use super::schema::{self, schema_ref};
 use crate::config::SinkConfig;
 use crate::config::nats::NatsMode;
@@ -27,9 +28,9 @@ pub fn message_for(view: &DestinationView<'_>, event_type: Option<&str>) -> Valu
             None => "Any other Fondo event type".to_owned(),
         },
         "description": sink_notes(view),
-        "contentType": "application/json",
+        "contentType": cloudevents::content_type(view),
         "headers": headers_schema(view, event_type),
-        "payload": payload(view, event_type),
+        "payload": cloudevents::payload(view, event_type, payload(view, event_type)),
         "correlationId": {
             "description": "The occurrence id: the same on every copy of one change, on every destination.",
             "location": format!("$message.header#/{}", headers::EVENT_ID),
@@ -128,8 +129,9 @@ fn headers_schema(view: &DestinationView<'_>, event_type: Option<&str>) -> Value
         string("W3C trace state, with `traceparent`."),
     );
     sink_headers(view, event_type, &mut props, &mut required);
-    let mut out = json!({ "type": "object", "properties": props });
     let mut required: Vec<String> = required.into_iter().map(str::to_owned).collect();
+    cloudevents::headers(view, event_type, &mut props, &mut required);
+    let mut out = json!({ "type": "object", "properties": props });
     for (name, template) in &view.destination.headers {
         out["properties"][name] = template_schema(template, event_type, "A header of the route");
         required.push(name.clone());
@@ -186,7 +188,7 @@ fn key_schema(view: &DestinationView<'_>, event_type: Option<&str>) -> Option<Va
 
 /// The schema of a rendered template: its value when the event type alone decides it, else a
 /// string described by the template.
-fn template_schema(template: &str, event_type: Option<&str>, what: &str) -> Value {
+pub(super) fn template_schema(template: &str, event_type: Option<&str>, what: &str) -> Value {
     let rendered = Template::parse(template)
         .ok()
         .and_then(|t| event_type.and_then(|et| render_static(&t, et)));

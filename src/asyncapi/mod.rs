@@ -7,13 +7,16 @@
 //!   `{/current/ref}` as `{current_ref}`, with its location in the payload).
 //! - **Messages**: per channel, one per event type its route can match ([`message::message_for`]):
 //!   the payload schema of that type ([`schema`]) narrowed by the route's `where` filter and
-//!   redaction, the headers the bridge sets, the key and the broker's bindings.
+//!   redaction, the headers the bridge sets, the key and the broker's bindings. A CloudEvents
+//!   destination's message has the attribute headers (binary) or the event format around the
+//!   payload (structured), from `cloudevents.rs`.
 //! - **Operations**: one `send` per channel.
 //! - **Dead letters**: with a `dead_letter.sink`, a channel for its topic, whose message is the
 //!   dead-letter record (`crate::dlq::DeadLetter`).
 //!
 //! The document is built from a [`Plan`], so the config is known to be valid.
 
+mod cloudevents;
 mod dead_letter;
 mod message;
 pub mod schema;

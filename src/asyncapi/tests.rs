@@ -276,3 +276,61 @@ fn dead_letters_get_their_own_channel() {
     // Without a dead-letter sink there is only the local fallback file: nothing published.
     assert!(doc(CONFIG)["channels"].get("dead-letters").is_none());
 }
+
+#[test]
+fn cloudevents_destinations_describe_their_attributes() {
+    let yaml = r#"
+sources: { websocket: { url: "ws://127.0.0.1:1/x", client_ids: [c1], token: t } }
+sinks:
+  k: { type: kafka, brokers: "127.0.0.1:9092" }
+  n: { type: nats, url: "nats://127.0.0.1:4222" }
+routes:
+  - name: r
+    match: ["order.create"]
+    to:
+      - { sink: k, topic: "bin", format: cloudevents-binary }
+      - { sink: n, topic: "str", format: cloudevents-structured, cloudevents: { type: "com.x.{entity}" } }
+dead_letter: { fallback_file: /tmp/x.jsonl }
+"#;
+    let doc = doc(yaml);
+    let msgs: Vec<&serde_json::Value> = doc["channels"]
+        .as_object()
+        .into_iter()
+        .flat_map(|c| c.values())
+        .flat_map(|ch| {
+            ch["messages"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+        })
+        .collect();
+    let bin = msgs
+        .iter()
+        .find(|m| m["headers"]["properties"].get("ce_id").is_some())
+        .expect("a Kafka binary message with ce_ headers");
+    let required = bin["headers"]["required"].to_string();
+    for h in [
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "content-type",
+    ] {
+        assert!(required.contains(h), "{h} required: {required}");
+    }
+    assert_eq!(
+        bin["headers"]["properties"]["ce_type"]["const"],
+        "se.fondo.order.create"
+    );
+    let st = msgs
+        .iter()
+        .find(|m| m["contentType"] == crate::cloudevents::STRUCTURED_CONTENT_TYPE)
+        .expect("a structured message");
+    assert_eq!(st["payload"]["properties"]["type"]["const"], "com.x.order");
+    assert!(st["payload"]["properties"]["data"].is_object());
+    assert_eq!(
+        st["headers"]["properties"]["Content-Type"]["const"],
+        crate::cloudevents::STRUCTURED_CONTENT_TYPE
+    );
+}
