@@ -14,9 +14,12 @@ use common::containers::{
 
 #[test]
 fn the_variable_wins_and_docker_is_not_asked() {
-    let source = decide(Some("nats://10.0.0.1:4222"), Some(Broker::Nats), true, || {
-        panic!("the engine must not be probed when the variable is set")
-    });
+    let source = decide(
+        Some("nats://10.0.0.1:4222"),
+        Some(Broker::Nats),
+        true,
+        || panic!("the engine must not be probed when the variable is set"),
+    );
     assert_eq!(source, Source::Env("nats://10.0.0.1:4222".into()));
 }
 
@@ -50,7 +53,10 @@ fn an_answering_engine_gives_a_container() {
 #[test]
 fn switched_off_or_unknown_broker_never_asks_docker() {
     let never = || panic!("the engine must not be probed");
-    assert_eq!(decide(None, Some(Broker::Nats), false, never), Source::Missing);
+    assert_eq!(
+        decide(None, Some(Broker::Nats), false, never),
+        Source::Missing
+    );
     assert_eq!(decide(None, None, true, never), Source::Missing);
 }
 

@@ -196,9 +196,12 @@ pub fn engine_answers() -> bool {
         let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let docker_host = std::env::var("DOCKER_HOST").ok();
-        docker_endpoint(docker_host.as_deref(), xdg.as_deref(), home.as_deref(), |p| {
-            p.exists()
-        })
+        docker_endpoint(
+            docker_host.as_deref(),
+            xdg.as_deref(),
+            home.as_deref(),
+            |p| p.exists(),
+        )
         .is_some_and(|e| answers(&e, PROBE_TIMEOUT))
     })
 }
@@ -222,8 +225,12 @@ pub fn container_name(descriptor: &str) -> String {
 /// this process asks. Panics when Docker answered but the container could not be had: a developer
 /// who has Docker wants to hear why, not a skip.
 pub fn address(broker: Broker) -> String {
-    static STARTED: [OnceLock<Result<String, String>>; 4] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static STARTED: [OnceLock<Result<String, String>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let started = STARTED[broker.index()].get_or_init(|| {
         eprintln!("fondo-bridge tests: starting (or reusing) the {broker:?} test container");
         // Off the tests' tokio runtime: testcontainers' blocking runner has its own.
@@ -250,9 +257,7 @@ fn host_port(broker: Broker) -> Result<u16, TestcontainersError> {
             // sink declares); its start-up line, without the plugin count that changes by version.
             RabbitMq::default()
                 .with_tag("3.13-management")
-                .with_ready_conditions(vec![WaitFor::message_on_stdout(
-                    "Server startup complete",
-                )]),
+                .with_ready_conditions(vec![WaitFor::message_on_stdout("Server startup complete")]),
             5672,
         ),
         Broker::Nats => shared(
