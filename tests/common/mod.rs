@@ -2,18 +2,28 @@
 //! `eventually` (poll a condition until it holds or a deadline passes).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod containers;
 pub mod messages;
 pub mod rig;
 
-/// The address of a real broker for tests, from `FONDO_BRIDGE_TEST_<NAME>` (`KAFKA`, `AMQP`, `NATS`).
+/// The address of a real broker for tests (`KAFKA`, `AMQP`, `NATS`, `REDIS`): from
+/// `FONDO_BRIDGE_TEST_<NAME>`; else, when a Docker engine answers, from a container started (or
+/// reused) through testcontainers (see [`containers`]).
 ///
-/// Unset: under `CI=true` this panics (CI must never be green without testing); elsewhere it prints
-/// a loud message and returns `None`, and the test returns early.
+/// Neither: under `CI=true` this panics (CI must never be green without testing); elsewhere it
+/// prints a loud message and returns `None`, and the test returns early.
 pub fn broker(name: &str) -> Option<String> {
     let var = format!("FONDO_BRIDGE_TEST_{name}");
-    match std::env::var(&var) {
-        Ok(v) if !v.trim().is_empty() => Some(v),
-        _ => {
+    let source = containers::decide(
+        std::env::var(&var).ok().as_deref(),
+        containers::Broker::from_name(name),
+        containers::fallback_enabled(std::env::var(containers::SWITCH_VAR).ok().as_deref()),
+        containers::engine_answers,
+    );
+    match source {
+        containers::Source::Env(v) => Some(v),
+        containers::Source::Container(b) => Some(containers::address(b)),
+        containers::Source::Missing => {
             let ci = std::env::var("CI")
                 .map(|v| v == "true" || v == "1")
                 .unwrap_or(false);
@@ -22,7 +32,7 @@ pub fn broker(name: &str) -> Option<String> {
                 "{var} is not set and CI=true: the README's test command starts the brokers and sets it"
             );
             eprintln!(
-                "\n!!! SKIPPING: {var} is not set, so this test has no real broker to run against.\n!!! Run the tests with scripts/test.sh (see README) to start the brokers.\n"
+                "\n!!! SKIPPING: {var} is not set and no Docker engine answers, so this test has no real broker to run against.\n!!! Run the tests with scripts/test.sh (see README) to start the brokers, or start Docker.\n"
             );
             None
         }
