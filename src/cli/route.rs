@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 use fondo_bridge::event::{Event, ParseContext, ParseOptions};
+use fondo_bridge::router::{Destination, Router};
 
 pub fn route(
     config: &std::path::Path,
@@ -49,38 +50,10 @@ pub fn route(
         println!("route {f}: type matches, excluded by its `where` filter");
     }
     if routed.is_unmatched() {
-        if ev.event_type.is_heartbeat() {
-            println!("-> heartbeat: feeds the WebSocket watchdog, not published");
-        } else {
-            println!(
-                "-> unmatched: {}",
-                match router.unmatched_policy() {
-                    fondo_bridge::config::Unmatched::DeadLetter => "dead-lettered",
-                    fondo_bridge::config::Unmatched::Drop => "dropped (counted)",
-                }
-            );
-        }
+        print_unmatched(&ev, router);
     }
     for d in &routed.destinations {
-        println!("-> route {} → sink {}", d.route, d.sink);
-        println!("   topic:   {}", d.topic);
-        println!("   key:     {}", d.key.as_deref().unwrap_or("(none)"));
-        for (k, v) in &d.headers {
-            println!("   header:  {k}: {v}");
-        }
-        if let Some(ce) = &d.cloudevents {
-            let mode = match ce.mode {
-                fondo_bridge::cloudevents::Mode::Binary => "binary",
-                fondo_bridge::cloudevents::Mode::Structured => "structured",
-            };
-            println!(
-                "   cloudevent ({mode}): source {}, type {}, subject {}",
-                ce.source,
-                ce.event_type,
-                ev.object_ref().unwrap_or("(none)")
-            );
-        }
-        println!("   body:    {}", String::from_utf8_lossy(&d.body));
+        print_destination(d, &ev);
     }
     for f in &routed.failures {
         println!(
@@ -89,4 +62,42 @@ pub fn route(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What happens to an event no route takes.
+fn print_unmatched(ev: &Event, router: &Router) {
+    if ev.event_type.is_heartbeat() {
+        println!("-> heartbeat: feeds the WebSocket watchdog, not published");
+    } else {
+        println!(
+            "-> unmatched: {}",
+            match router.unmatched_policy() {
+                fondo_bridge::config::Unmatched::DeadLetter => "dead-lettered",
+                fondo_bridge::config::Unmatched::Drop => "dropped (counted)",
+            }
+        );
+    }
+}
+
+/// One destination: where the message goes and what it carries.
+fn print_destination(d: &Destination, ev: &Event) {
+    println!("-> route {} → sink {}", d.route, d.sink);
+    println!("   topic:   {}", d.topic);
+    println!("   key:     {}", d.key.as_deref().unwrap_or("(none)"));
+    for (k, v) in &d.headers {
+        println!("   header:  {k}: {v}");
+    }
+    if let Some(ce) = &d.cloudevents {
+        let mode = match ce.mode {
+            fondo_bridge::cloudevents::Mode::Binary => "binary",
+            fondo_bridge::cloudevents::Mode::Structured => "structured",
+        };
+        println!(
+            "   cloudevent ({mode}): source {}, type {}, subject {}",
+            ce.source,
+            ce.event_type,
+            ev.object_ref().unwrap_or("(none)")
+        );
+    }
+    println!("   body:    {}", String::from_utf8_lossy(&d.body));
 }

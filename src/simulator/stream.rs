@@ -580,6 +580,7 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 /// How many events one batch feeds before flushing.
 const BATCH: u64 = 512;
 
+/// Feeds one connection until it ends; returns why it ended.
 async fn serve(
     ws: Ws,
     client_id: &str,
@@ -587,8 +588,17 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> &'static str {
     let cfg = &shared.cfg;
-    let client = shared.client(client_id);
-    let (mut tx, mut rx) = ws.split();
+    let (tx, mut rx) = ws.split();
+    let mut feeder = Feeder {
+        tx,
+        client_id,
+        client: shared.client(client_id),
+        shared,
+        on_conn: 0,
+        stalled_until: None,
+        allowance: 0.0,
+        last_refill: Instant::now(),
+    };
     let mut heartbeat_tick = cfg.heartbeat.map(|d| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -598,85 +608,158 @@ async fn serve(
     let limited = cfg.rate > 0.0;
     let mut rate_tick = tokio::time::interval(Duration::from_millis(5));
     rate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut allowance = 0.0f64;
-    let mut last_refill = Instant::now();
-    let mut on_conn = 0u64;
-    let mut stalled_until: Option<Option<tokio::time::Instant>> = None;
     let kicked = shared.kick.notified();
     tokio::pin!(kicked);
     loop {
-        let stalled = match stalled_until {
+        let stalled = feeder.stalled();
+        let stall_end = feeder.stalled_until.flatten();
+        let can_send = !stalled && !feeder.exhausted() && !shared.paused.load(Ordering::Relaxed);
+        let step: Result<(), &'static str> = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                feeder.say_goodbye().await;
+                Err("shutdown")
+            }
+            _ = &mut kicked => Err("kicked"),
+            m = rx.next() => match m {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err("client closed"),
+                Some(Ok(_)) => Ok(()),
+            },
+            _ = next_tick(heartbeat_tick.as_mut()), if !stalled => feeder.heartbeat().await,
+            _ = sleep_until_some(stall_end) => Ok(()),
+            _ = rate_tick.tick(), if limited && can_send => match feeder.refill() {
+                0 => Ok(()),
+                n => feeder.feed(n).await,
+            },
+            _ = std::future::ready(()), if !limited && can_send => {
+                let fed = feeder.feed(BATCH).await;
+                if fed.is_ok() {
+                    // Let the runtime breathe between batches at full speed.
+                    tokio::task::yield_now().await;
+                }
+                fed
+            }
+            // Nothing to send (paused, stalled or done): wake up now and then to re-check.
+            _ = tokio::time::sleep(Duration::from_millis(20)), if !can_send => Ok(()),
+        };
+        if let Err(why) = step {
+            return why;
+        }
+    }
+}
+
+/// Waits for the next heartbeat tick; forever without heartbeats.
+async fn next_tick(tick: Option<&mut tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Sleeps until `t`; forever without one.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// One connection's sending side, shared by the branches of [`serve`]'s loop.
+struct Feeder<'a> {
+    tx: WsTx,
+    client_id: &'a str,
+    client: Arc<tokio::sync::Mutex<ClientState>>,
+    shared: &'a Shared,
+    /// Events sent on this connection.
+    on_conn: u64,
+    /// `Some(Some(t))`: stalled until `t`; `Some(None)`: stalled until the client goes away.
+    stalled_until: Option<Option<tokio::time::Instant>>,
+    /// The rate limit's token bucket: events that may be sent now, and when it was last refilled.
+    allowance: f64,
+    last_refill: Instant,
+}
+
+impl Feeder<'_> {
+    /// Whether the connection is stalled; a stall whose time is up ends here.
+    fn stalled(&mut self) -> bool {
+        match self.stalled_until {
             Some(Some(t)) if tokio::time::Instant::now() >= t => {
-                stalled_until = None;
+                self.stalled_until = None;
                 false
             }
             Some(_) => true,
             None => false,
-        };
-        let exhausted = cfg
-            .count
-            .is_some_and(|c| client.try_lock().map(|s| s.generated >= c).unwrap_or(false));
-        let can_send = !stalled && !exhausted && !shared.paused.load(Ordering::Relaxed);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                let _ = tx.send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Away,
-                    reason: Utf8Bytes::from_static("simulator stopping"),
-                }))).await;
-                return "shutdown";
+        }
+    }
+
+    /// Whether the client has had the configured `count` of events.
+    fn exhausted(&self) -> bool {
+        self.shared.cfg.count.is_some_and(|c| {
+            self.client
+                .try_lock()
+                .map(|s| s.generated >= c)
+                .unwrap_or(false)
+        })
+    }
+
+    async fn say_goodbye(&mut self) {
+        let _ = self
+            .tx
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: Utf8Bytes::from_static("simulator stopping"),
+            })))
+            .await;
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), &'static str> {
+        let frame = Utf8Bytes::from_static(r#"{"eventType":"heartbeat"}"#);
+        if self.tx.send(Message::Text(frame)).await.is_err() {
+            return Err("write failed");
+        }
+        debug_assert_eq!(&heartbeat()[..], br#"{"eventType":"heartbeat"}"#);
+        self.shared.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Refills the token bucket for the time since the last refill (holding at most a second's
+    /// worth, and at least one event) and takes the whole events out of it.
+    fn refill(&mut self) -> u64 {
+        let rate = self.shared.cfg.rate;
+        let now = Instant::now();
+        self.allowance = (self.allowance
+            + rate * now.duration_since(self.last_refill).as_secs_f64())
+        .min(rate.max(1.0));
+        self.last_refill = now;
+        let n = self.allowance.floor() as u64;
+        if n > 0 {
+            self.allowance -= n as f64;
+        }
+        n
+    }
+
+    /// Sends up to `n` events; a configured fault drops the connection or starts a stall.
+    async fn feed(&mut self, n: u64) -> Result<(), &'static str> {
+        let next = send_batch(
+            &mut self.tx,
+            self.client_id,
+            &self.client,
+            self.shared,
+            n,
+            &mut self.on_conn,
+        )
+        .await;
+        match next {
+            Ok(Next::Continue) => Ok(()),
+            Ok(Next::Drop) => Err("dropped (fault)"),
+            Ok(Next::Stall) => {
+                let stall = self.shared.cfg.stall;
+                self.stalled_until = Some(stall.map(|d| tokio::time::Instant::now() + d));
+                Ok(())
             }
-            _ = &mut kicked => return "kicked",
-            m = rx.next() => match m {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
-                Some(Ok(_)) => {}
-            },
-            _ = async {
-                match heartbeat_tick.as_mut() {
-                    Some(t) => { t.tick().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            }, if !stalled => {
-                if tx.send(Message::Text(Utf8Bytes::from_static(r#"{"eventType":"heartbeat"}"#))).await.is_err() {
-                    return "write failed";
-                }
-                debug_assert_eq!(&heartbeat()[..], br#"{"eventType":"heartbeat"}"#);
-                shared.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            _ = async {
-                match stalled_until {
-                    Some(Some(t)) => tokio::time::sleep_until(t).await,
-                    _ => std::future::pending::<()>().await,
-                }
-            } => {}
-            _ = rate_tick.tick(), if limited && can_send => {
-                let now = Instant::now();
-                allowance = (allowance + cfg.rate * now.duration_since(last_refill).as_secs_f64())
-                    .min(cfg.rate.max(1.0));
-                last_refill = now;
-                let n = allowance.floor() as u64;
-                if n > 0 {
-                    allowance -= n as f64;
-                    match send_batch(&mut tx, client_id, &client, shared, n, &mut on_conn).await {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Drop) => return "dropped (fault)",
-                        Ok(Next::Stall) => stalled_until = Some(cfg.stall.map(|d| tokio::time::Instant::now() + d)),
-                        Err(()) => return "write failed",
-                    }
-                }
-            }
-            _ = std::future::ready(()), if !limited && can_send => {
-                match send_batch(&mut tx, client_id, &client, shared, BATCH, &mut on_conn).await {
-                    Ok(Next::Continue) => {}
-                    Ok(Next::Drop) => return "dropped (fault)",
-                    Ok(Next::Stall) => stalled_until = Some(cfg.stall.map(|d| tokio::time::Instant::now() + d)),
-                    Err(()) => return "write failed",
-                }
-                // Let the runtime breathe between batches at full speed.
-                tokio::task::yield_now().await;
-            }
-            // Nothing to send (paused, stalled or done): wake up now and then to re-check.
-            _ = tokio::time::sleep(Duration::from_millis(20)), if !can_send => {}
+            Err(()) => Err("write failed"),
         }
     }
 }

@@ -269,6 +269,8 @@ impl Drop for SyncPool {
 /// The most writes one batch takes.
 const MAX_BATCH: usize = 4096;
 
+/// The writer thread: takes batches of lines, writes them, flushes and fsyncs as the policy says,
+/// then answers each line.
 fn writer_loop(
     mut rx: mpsc::Receiver<Request>,
     dir: PathBuf,
@@ -277,64 +279,108 @@ fn writer_loop(
     group_commit: Duration,
     name: &str,
 ) {
-    let pool = SyncPool::start(name);
-    let mut files: HashMap<String, Writer> = HashMap::new();
-    let mut last_sync = Instant::now();
+    let mut files = Files {
+        open: HashMap::new(),
+        pool: SyncPool::start(name),
+        dir,
+        policy,
+        interval,
+        last_sync: Instant::now(),
+    };
     let mut pacer = CommitPacer::new(group_commit);
     while let Some(first) = rx.blocking_recv() {
-        let mut patient = first.2 == Pace::Patient;
-        let mut batch = vec![first];
-        let mut drain = || {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        patient &= r.2 == Pace::Patient;
-                        batch.push(r);
-                    }
-                    Err(_) => break,
+        let batch = gather_batch(&mut rx, first, policy, &mut pacer);
+        let (results, mut failed) = files.write_batch(&batch);
+        files.commit(&mut failed);
+        answer(batch, results, &failed);
+    }
+    files.close();
+}
+
+/// Takes what is waiting after `first`, up to [`MAX_BATCH`] writes.
+fn gather_batch(
+    rx: &mut mpsc::Receiver<Request>,
+    first: Request,
+    policy: FsyncPolicy,
+    pacer: &mut CommitPacer,
+) -> Vec<Request> {
+    let mut patient = first.2 == Pace::Patient;
+    let mut batch = vec![first];
+    let mut drain = || {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => {
+                    patient &= r.2 == Pace::Patient;
+                    batch.push(r);
                 }
+                Err(_) => break,
             }
-            Gathered {
-                size: batch.len(),
-                full: batch.len() >= MAX_BATCH,
-                patient,
-            }
-        };
-        if policy == FsyncPolicy::Batch {
-            // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
-            pacer.gather(drain);
-        } else {
-            drain();
         }
+        Gathered {
+            size: batch.len(),
+            full: batch.len() >= MAX_BATCH,
+            patient,
+        }
+    };
+    if policy == FsyncPolicy::Batch {
+        // Under load the batch takes what keeps arriving: fewer, larger fsyncs.
+        pacer.gather(drain);
+    } else {
+        drain();
+    }
+    batch
+}
+
+/// What the writer thread keeps between batches: the open files, one per topic, and the fsync
+/// policy with its helpers.
+struct Files {
+    open: HashMap<String, Writer>,
+    pool: SyncPool,
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    interval: Duration,
+    last_sync: Instant,
+}
+
+impl Files {
+    /// Writes the batch's lines; returns each write's result and the failed topics with why.
+    fn write_batch(
+        &mut self,
+        batch: &[Request],
+    ) -> (Vec<Result<(), SinkError>>, HashMap<String, String>) {
         let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(batch.len());
         let mut failed: HashMap<String, String> = HashMap::new();
-        for (topic, line, _, _) in &batch {
+        for (topic, line, _, _) in batch {
             // After a failed write the file's tail is unknown: nothing more goes into it in this
-            // batch (it is cut back below).
+            // batch (it is cut back in `commit`).
             let r = match failed.get(topic) {
                 Some(e) => Err(SinkError::Retriable(format!("write failed: {e}"))),
-                None => write_line(&mut files, &dir, topic, line),
+                None => write_line(&mut self.open, &self.dir, topic, line),
             };
             if let Err(e) = &r {
                 failed.entry(topic.clone()).or_insert_with(|| e.to_string());
             }
             results.push(r);
         }
-        // Flush every touched file, and fsync as the policy says; a failure fails the whole batch
-        // of that file, so nothing is confirmed that may not be on disk.
-        let sync_now = match policy {
+        (results, failed)
+    }
+
+    /// Flushes every touched file, and fsyncs as the policy says; a failure fails the whole batch
+    /// of that file (added to `failed`), so nothing is confirmed that may not be on disk.
+    fn commit(&mut self, failed: &mut HashMap<String, String>) {
+        let sync_now = match self.policy {
             FsyncPolicy::Batch => true,
-            FsyncPolicy::Interval => last_sync.elapsed() >= interval,
+            FsyncPolicy::Interval => self.last_sync.elapsed() >= self.interval,
             FsyncPolicy::Never => false,
         };
-        let mut dirty: Vec<(&String, &mut Writer)> = files
+        let mut dirty: Vec<(&String, &mut Writer)> = self
+            .open
             .iter_mut()
             .filter(|(t, w)| w.dirty && !failed.contains_key(*t))
             .collect();
         let mut flushed = Vec::with_capacity(dirty.len());
-        for (topic, w) in dirty.iter_mut() {
+        for (_, w) in dirty.iter_mut() {
             flushed.push(w.file.flush().map_err(|e| e.to_string()));
-            let _ = topic;
         }
         // The files' fsyncs run side by side on the pool: one batch waits for the slowest of its
         // files, not for their sum.
@@ -344,7 +390,7 @@ fn writer_loop(
                 .zip(&flushed)
                 .map(|((_, w), f)| f.is_ok().then_some(&w.sync))
                 .collect();
-            pool.sync_all(&targets)
+            self.pool.sync_all(&targets)
         } else {
             vec![Ok(()); dirty.len()]
         };
@@ -361,29 +407,41 @@ fn writer_loop(
             }
         }
         if sync_now {
-            last_sync = Instant::now();
+            self.last_sync = Instant::now();
         }
         for topic in failed.keys() {
             // Cut back to the last confirmed batch and reopen on the next write: the buffered
             // state is unknown.
-            if let Some(w) = files.remove(topic) {
-                w.discard(&topic_file(&dir, topic));
+            if let Some(w) = self.open.remove(topic) {
+                w.discard(&topic_file(&self.dir, topic));
             }
-        }
-        for ((topic, _, _, reply), mut result) in batch.into_iter().zip(results) {
-            if let Some(e) = failed.get(&topic) {
-                if result.is_ok() {
-                    result = Err(SinkError::Retriable(format!("flush failed: {e}")));
-                }
-            }
-            let _ = reply.send(result);
         }
     }
-    for w in files.values_mut() {
-        let _ = w.file.flush();
-        if policy != FsyncPolicy::Never {
-            let _ = w.file.get_ref().sync_data();
+
+    /// Flushes every file, and fsyncs it unless the policy is `never`.
+    fn close(mut self) {
+        for w in self.open.values_mut() {
+            let _ = w.file.flush();
+            if self.policy != FsyncPolicy::Never {
+                let _ = w.file.get_ref().sync_data();
+            }
         }
+    }
+}
+
+/// Answers each write: its own result, or the failure of its file's flush or fsync.
+fn answer(
+    batch: Vec<Request>,
+    results: Vec<Result<(), SinkError>>,
+    failed: &HashMap<String, String>,
+) {
+    for ((topic, _, _, reply), mut result) in batch.into_iter().zip(results) {
+        if let Some(e) = failed.get(&topic) {
+            if result.is_ok() {
+                result = Err(SinkError::Retriable(format!("flush failed: {e}")));
+            }
+        }
+        let _ = reply.send(result);
     }
 }
 

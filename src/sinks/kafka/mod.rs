@@ -36,7 +36,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
@@ -620,6 +620,82 @@ impl KafkaSink {
             }
         }
     }
+
+    /// Hands `record` to `active`'s queue, waiting with back-off while the queue is full; a fatal
+    /// error replaces the producer.
+    async fn enqueue(
+        &self,
+        active: &Arc<Active>,
+        mut record: FutureRecord<'_, str, [u8]>,
+        msg: &Message,
+    ) -> Result<DeliveryFuture, SinkError> {
+        let topic = msg.topic.as_str();
+        let mut wait = QUEUE_FULL_WAIT_MIN;
+        let mut waited_since: Option<Instant> = None;
+        loop {
+            match active.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if self.closed.load(Ordering::Acquire) {
+                        return Err(SinkError::Retriable(format!(
+                            "kafka topic {topic:?}: the sink closed while the producer queue was full"
+                        )));
+                    }
+                    if waited_since.is_none() {
+                        waited_since = Some(Instant::now());
+                        tracing::trace!(
+                            sink = &*self.name,
+                            topic,
+                            "kafka producer queue full; waiting"
+                        );
+                    }
+                    record = r;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(QUEUE_FULL_WAIT_MAX);
+                }
+                Err((e, _)) => {
+                    let err = to_sink_error(&e, topic);
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        self.recover(active);
+                    }
+                    tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka enqueue failed");
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Waits for the delivery report of a record sent on `active`.
+    ///
+    /// A stuck producer is purged by its watcher (`watch_for_stuck`): `delivery` then resolves
+    /// with a purge error and the producer is replaced here. No timer per message.
+    async fn delivered(
+        &self,
+        active: &Arc<Active>,
+        delivery: DeliveryFuture,
+        msg: &Message,
+    ) -> Result<(), SinkError> {
+        let topic = msg.topic.as_str();
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => {
+                let mut err = to_sink_error(&e, topic);
+                if let Some(why) = active.unusable() {
+                    // The idempotent producer is unusable; a new one will take the retry.
+                    self.recover(active);
+                    err = SinkError::Retriable(format!(
+                        "{}; the idempotent producer was replaced ({why})",
+                        err.reason()
+                    ));
+                }
+                tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka delivery failed");
+                Err(err)
+            }
+            Err(_canceled) => Err(SinkError::Retriable(format!(
+                "kafka topic {topic:?}: the producer went away before confirming the message"
+            ))),
+        }
+    }
 }
 
 /// The librdkafka configuration for `cfg`: defaults, then `options`, then servers and password.
@@ -770,61 +846,8 @@ impl Sink for KafkaSink {
             self.recover(&active);
             active = self.producer.load_full();
         }
-        let producer = &active.producer;
-        let mut wait = QUEUE_FULL_WAIT_MIN;
-        let mut waited_since: Option<Instant> = None;
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    if self.closed.load(Ordering::Acquire) {
-                        return Err(SinkError::Retriable(format!(
-                            "kafka topic {topic:?}: the sink closed while the producer queue was full"
-                        )));
-                    }
-                    if waited_since.is_none() {
-                        waited_since = Some(Instant::now());
-                        tracing::trace!(
-                            sink = &*self.name,
-                            topic,
-                            "kafka producer queue full; waiting"
-                        );
-                    }
-                    record = r;
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(QUEUE_FULL_WAIT_MAX);
-                }
-                Err((e, _)) => {
-                    let err = to_sink_error(&e, topic);
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-                        self.recover(&active);
-                    }
-                    tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka enqueue failed");
-                    return Err(err);
-                }
-            }
-        };
-        // A stuck producer is purged by its watcher (`watch_for_stuck`): `delivery` then resolves
-        // with a purge error and the producer is replaced below. No timer per message.
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => {
-                let mut err = to_sink_error(&e, topic);
-                if let Some(why) = active.unusable() {
-                    // The idempotent producer is unusable; a new one will take the retry.
-                    self.recover(&active);
-                    err = SinkError::Retriable(format!(
-                        "{}; the idempotent producer was replaced ({why})",
-                        err.reason()
-                    ));
-                }
-                tracing::debug!(sink = &*self.name, topic, event_id = &*msg.event_id, error = %err, "kafka delivery failed");
-                Err(err)
-            }
-            Err(_canceled) => Err(SinkError::Retriable(format!(
-                "kafka topic {topic:?}: the producer went away before confirming the message"
-            ))),
-        }
+        let delivery = self.enqueue(&active, record, msg).await?;
+        self.delivered(&active, delivery, msg).await
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {

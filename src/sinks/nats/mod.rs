@@ -98,86 +98,15 @@ impl NatsSink {
     /// TLS failures, an invalid config, unreadable secret files and a server without JetStream are
     /// [`SinkError::Fatal`]. Messages never contain passwords.
     pub async fn connect(name: &str, cfg: &NatsSinkConfig) -> Result<NatsSink, SinkError> {
-        let problems = cfg.validate();
-        if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
-            return Err(SinkError::Fatal(format!(
-                "invalid NATS sink config: {}",
-                list.join("; ")
-            )));
-        }
-        let urls = cfg.urls();
-        if urls.is_empty() {
-            return Err(SinkError::Fatal(
-                "invalid NATS sink config: url: must list at least one server".into(),
-            ));
-        }
-        let servers = urls
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut addrs = Vec::with_capacity(urls.len());
-        for u in &urls {
-            let addr = ServerAddr::from_str(u).map_err(|e| {
-                SinkError::Fatal(format!("invalid NATS server URL {}: {e}", redact_url(u)))
-            })?;
-            addrs.push(addr);
-        }
-
-        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let (addrs, servers) = server_addrs(cfg)?;
         let ack_timeout = Duration::from_millis(cfg.confirm_timeout_ms);
-        let delay_max = Duration::from_millis(cfg.reconnect_max_ms);
-
         let (state_tx, state_rx) = watch::channel(ConnState {
             generation: 0,
             connected: false,
         });
         let state_tx = Arc::new(state_tx);
-        let sink_name = name.to_owned();
-        let cb_tx = Arc::clone(&state_tx);
-        let mut opts = ConnectOptions::new()
-            .name(format!("fondo-bridge/{name}"))
-            .connection_timeout(connect_timeout)
-            .ping_interval(Duration::from_millis(cfg.ping_interval_ms))
-            .max_reconnects(None)
-            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, delay_max))
-            .event_callback(move |event| {
-                let tx = Arc::clone(&cb_tx);
-                let sink = sink_name.clone();
-                async move { on_event(&sink, &tx, event) }
-            });
-
-        opts = apply_credentials(opts, cfg).await?;
-        if let Some(tls) = &cfg.tls {
-            check_tls_files(tls)?;
-            opts = opts.require_tls(true);
-            if let Some(ca) = &tls.ca_file {
-                opts = opts.add_root_certificates(ca.clone());
-            }
-            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                opts = opts.add_client_certificate(cert.clone(), key.clone());
-            }
-            if tls.handshake_first {
-                opts = opts.tls_first();
-            }
-        }
-
-        // The client bounds each server by `connection_timeout`; this bounds the whole round.
-        let whole = connect_timeout
-            .saturating_mul(u32::try_from(addrs.len()).unwrap_or(u32::MAX))
-            .saturating_add(delay_max.saturating_mul(2))
-            .saturating_add(Duration::from_secs(1));
-        let client = match tokio::time::timeout(whole, opts.connect(addrs)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify_connect(&e, &servers, cfg.connect_timeout_ms)),
-            Err(_) => {
-                return Err(SinkError::Retriable(format!(
-                    "cannot connect to NATS {servers}: no answer within {} ms",
-                    whole.as_millis()
-                )));
-            }
-        };
+        let opts = connect_options(name, cfg, Arc::clone(&state_tx)).await?;
+        let client = open_client(opts, addrs, &servers, cfg).await?;
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_modify(|s| {
                 if s.generation == 0 {
@@ -211,21 +140,7 @@ impl NatsSink {
             servers,
             duplicates: std::sync::OnceLock::new(),
         };
-
-        match cfg.mode {
-            NatsMode::Core => {
-                warn!(
-                    sink = %sink.name,
-                    servers = %sink.servers,
-                    "NATS sink in core mode: publishes are AT MOST ONCE (no broker confirmation; \
-                     messages are lost without a subscriber or when the connection drops)"
-                );
-            }
-            NatsMode::Jetstream => {
-                sink.check_jetstream().await?;
-                sink.ensure_streams(cfg).await?;
-            }
-        }
+        sink.prepare(cfg).await?;
         info!(
             sink = %sink.name,
             servers = %sink.servers,
@@ -234,6 +149,26 @@ impl NatsSink {
             "NATS sink connected"
         );
         Ok(sink)
+    }
+
+    /// Readies the connected sink for its mode: core mode only warns that it is at most once;
+    /// JetStream mode checks that JetStream answers and creates the missing `streams`.
+    async fn prepare(&self, cfg: &NatsSinkConfig) -> Result<(), SinkError> {
+        match cfg.mode {
+            NatsMode::Core => {
+                warn!(
+                    sink = %self.name,
+                    servers = %self.servers,
+                    "NATS sink in core mode: publishes are AT MOST ONCE (no broker confirmation; \
+                     messages are lost without a subscriber or when the connection drops)"
+                );
+            }
+            NatsMode::Jetstream => {
+                self.check_jetstream().await?;
+                self.ensure_streams(cfg).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The underlying client (for tests and diagnostics).
@@ -611,6 +546,87 @@ impl Sink for NatsSink {
     }
 }
 
+/// Validates the config and parses its server URLs; also returns the servers without
+/// credentials, for messages.
+fn server_addrs(cfg: &NatsSinkConfig) -> Result<(Vec<ServerAddr>, String), SinkError> {
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
+        return Err(SinkError::Fatal(format!(
+            "invalid NATS sink config: {}",
+            list.join("; ")
+        )));
+    }
+    let urls = cfg.urls();
+    if urls.is_empty() {
+        return Err(SinkError::Fatal(
+            "invalid NATS sink config: url: must list at least one server".into(),
+        ));
+    }
+    let servers = urls
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut addrs = Vec::with_capacity(urls.len());
+    for u in &urls {
+        let addr = ServerAddr::from_str(u).map_err(|e| {
+            SinkError::Fatal(format!("invalid NATS server URL {}: {e}", redact_url(u)))
+        })?;
+        addrs.push(addr);
+    }
+    Ok((addrs, servers))
+}
+
+/// The client's options: timeouts, endless reconnects with back-off, connection events reported
+/// into `state_tx`, credentials and TLS.
+async fn connect_options(
+    name: &str,
+    cfg: &NatsSinkConfig,
+    state_tx: Arc<watch::Sender<ConnState>>,
+) -> Result<ConnectOptions, SinkError> {
+    let delay_max = Duration::from_millis(cfg.reconnect_max_ms);
+    let sink_name = name.to_owned();
+    let opts = ConnectOptions::new()
+        .name(format!("fondo-bridge/{name}"))
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .ping_interval(Duration::from_millis(cfg.ping_interval_ms))
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, delay_max))
+        .event_callback(move |event| {
+            let tx = Arc::clone(&state_tx);
+            let sink = sink_name.clone();
+            async move { on_event(&sink, &tx, event) }
+        });
+    let opts = apply_credentials(opts, cfg).await?;
+    match &cfg.tls {
+        Some(tls) => apply_tls(opts, tls),
+        None => Ok(opts),
+    }
+}
+
+/// One round over the servers. The client bounds each server by `connection_timeout`; this bounds
+/// the whole round.
+async fn open_client(
+    opts: ConnectOptions,
+    addrs: Vec<ServerAddr>,
+    servers: &str,
+    cfg: &NatsSinkConfig,
+) -> Result<async_nats::Client, SinkError> {
+    let whole = Duration::from_millis(cfg.connect_timeout_ms)
+        .saturating_mul(u32::try_from(addrs.len()).unwrap_or(u32::MAX))
+        .saturating_add(Duration::from_millis(cfg.reconnect_max_ms).saturating_mul(2))
+        .saturating_add(Duration::from_secs(1));
+    match tokio::time::timeout(whole, opts.connect(addrs)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(classify_connect(&e, servers, cfg.connect_timeout_ms)),
+        Err(_) => Err(SinkError::Retriable(format!(
+            "cannot connect to NATS {servers}: no answer within {} ms",
+            whole.as_millis()
+        ))),
+    }
+}
+
 /// Applies the configured credentials (at most one method; validated before).
 async fn apply_credentials(
     mut opts: ConnectOptions,
@@ -647,6 +663,26 @@ async fn apply_credentials(
             .credentials_file(path)
             .await
             .map_err(|e| unreadable("creds", Some(path), e))?;
+    }
+    Ok(opts)
+}
+
+/// Requires TLS with the configured CA, client certificate and handshake order (files checked
+/// first, see [`check_tls_files`]).
+fn apply_tls(
+    mut opts: ConnectOptions,
+    tls: &crate::config::nats::NatsTlsConfig,
+) -> Result<ConnectOptions, SinkError> {
+    check_tls_files(tls)?;
+    opts = opts.require_tls(true);
+    if let Some(ca) = &tls.ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls.handshake_first {
+        opts = opts.tls_first();
     }
     Ok(opts)
 }

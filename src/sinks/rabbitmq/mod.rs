@@ -70,7 +70,8 @@ use tracing::{debug, info, warn};
 use super::{Message, Sink, SinkError, SinkStatus, headers};
 use crate::cloudevents::Mode;
 use crate::config::rabbitmq::{
-    AMQP_SHORTSTR_MAX, ExchangeType, MAX_IN_FLIGHT, QueueType, RabbitMqSinkConfig, redact_url,
+    AMQP_SHORTSTR_MAX, DeadLetterExchange, ExchangeDeclaration, ExchangeType, MAX_IN_FLIGHT,
+    QueueDeclaration, QueueType, RabbitMqSinkConfig, redact_url,
 };
 use crate::config::read_secret;
 
@@ -716,68 +717,84 @@ async fn declare_topology(
     cfg: &RabbitMqSinkConfig,
     target: &str,
 ) -> Result<(), SinkError> {
+    let declarer = Declarer { channel, target };
     let exchange = short(&cfg.exchange)?;
     let topo = cfg.declare.as_ref();
     match topo.and_then(|t| t.exchange.as_ref()) {
-        Some(decl) => {
-            let options = ExchangeDeclareOptions {
-                durable: decl.durable,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange.clone(),
-                    exchange_kind(decl.kind),
-                    options,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    topology_error(
-                        &e,
-                        &format!("declaring exchange {:?}", cfg.exchange),
-                        target,
-                    )
-                })?;
-        }
+        Some(decl) => declarer.exchange(&cfg.exchange, decl).await?,
         // The default exchange always exists and cannot be declared, not even passively.
         None if cfg.exchange.is_empty() => {}
-        None => {
-            let options = ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange.clone(),
-                    ExchangeKind::Topic,
-                    options,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    let err =
-                        topology_error(&e, &format!("the exchange {:?}", cfg.exchange), target);
-                    // Not declared by its owner yet: worth trying again (at start too).
-                    match err {
-                        SinkError::Fatal(reason) if is_not_found(&e) => {
-                            SinkError::Retriable(reason)
-                        }
-                        other => other,
-                    }
-                })?;
-        }
+        None => declarer.check_exchange(&cfg.exchange).await?,
     }
     let Some(topo) = topo else {
         return Ok(());
     };
     let dlx_name = topo.dead_letter_exchange.as_ref().map(|d| d.name.as_str());
     if let Some(dlx) = &topo.dead_letter_exchange {
+        declarer.dead_letter(dlx).await?;
+    }
+    for q in &topo.queues {
+        declarer.queue(q, &exchange, dlx_name).await?;
+    }
+    Ok(())
+}
+
+/// What every step of [`declare_topology`] shares: the channel it declares on and the target its
+/// errors name.
+struct Declarer<'a> {
+    channel: &'a Channel,
+    target: &'a str,
+}
+
+impl Declarer<'_> {
+    /// Declares the sink's exchange as configured.
+    async fn exchange(&self, name: &str, decl: &ExchangeDeclaration) -> Result<(), SinkError> {
+        let options = ExchangeDeclareOptions {
+            durable: decl.durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel
+            .exchange_declare(
+                short(name)?,
+                exchange_kind(decl.kind),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| topology_error(&e, &format!("declaring exchange {name:?}"), self.target))
+    }
+
+    /// Checks passively that the sink's exchange, declared by someone else, exists.
+    async fn check_exchange(&self, name: &str) -> Result<(), SinkError> {
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel
+            .exchange_declare(
+                short(name)?,
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                let err = topology_error(&e, &format!("the exchange {name:?}"), self.target);
+                // Not declared by its owner yet: worth trying again (at start too).
+                match err {
+                    SinkError::Fatal(reason) if is_not_found(&e) => SinkError::Retriable(reason),
+                    other => other,
+                }
+            })
+    }
+
+    /// Declares the dead-letter exchange and, when configured, its queue bound with `#`.
+    async fn dead_letter(&self, dlx: &DeadLetterExchange) -> Result<(), SinkError> {
         let options = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        channel
+        self.channel
             .exchange_declare(
                 short(&dlx.name)?,
                 exchange_kind(dlx.kind),
@@ -789,45 +806,59 @@ async fn declare_topology(
                 topology_error(
                     &e,
                     &format!("declaring dead-letter exchange {:?}", dlx.name),
-                    target,
+                    self.target,
                 )
             })?;
-        if let Some(q) = &dlx.queue {
-            let options = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(short(q)?, options, FieldTable::default())
-                .await
-                .map_err(|e| {
-                    topology_error(&e, &format!("declaring dead-letter queue {q:?}"), target)
-                })?;
-            channel
-                .queue_bind(
-                    short(q)?,
-                    short(&dlx.name)?,
-                    ShortString::from("#"),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
+        let Some(q) = &dlx.queue else {
+            return Ok(());
+        };
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(short(q)?, options, FieldTable::default())
+            .await
+            .map_err(|e| {
+                topology_error(
+                    &e,
+                    &format!("declaring dead-letter queue {q:?}"),
+                    self.target,
                 )
-                .await
-                .map_err(|e| {
-                    topology_error(&e, &format!("binding dead-letter queue {q:?}"), target)
-                })?;
-        }
+            })?;
+        self.channel
+            .queue_bind(
+                short(q)?,
+                short(&dlx.name)?,
+                ShortString::from("#"),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                topology_error(&e, &format!("binding dead-letter queue {q:?}"), self.target)
+            })
     }
-    for q in &topo.queues {
+
+    /// Declares one queue and binds it to `exchange` with each of its binding keys.
+    async fn queue(
+        &self,
+        q: &QueueDeclaration,
+        exchange: &ShortString,
+        dlx_name: Option<&str>,
+    ) -> Result<(), SinkError> {
         let options = QueueDeclareOptions {
             durable: q.durable,
             ..QueueDeclareOptions::default()
         };
-        channel
+        self.channel
             .queue_declare(short(&q.name)?, options, queue_arguments(q, dlx_name)?)
             .await
-            .map_err(|e| topology_error(&e, &format!("declaring queue {:?}", q.name), target))?;
+            .map_err(|e| {
+                topology_error(&e, &format!("declaring queue {:?}", q.name), self.target)
+            })?;
         for b in &q.bindings {
-            channel
+            self.channel
                 .queue_bind(
                     short(&q.name)?,
                     exchange.clone(),
@@ -840,12 +871,12 @@ async fn declare_topology(
                     topology_error(
                         &e,
                         &format!("binding queue {:?} with {b:?}", q.name),
-                        target,
+                        self.target,
                     )
                 })?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One connection attempt: connect, channel, topology, confirm mode; then the pump and the
