@@ -86,11 +86,11 @@ fn message(sink: &SinkConfig) -> Value {
         }
         SinkConfig::Kafka(_) | SinkConfig::File(_) => {}
     }
-    if let SinkConfig::Nats(n) = sink {
-        if n.mode == NatsMode::Jetstream {
-            props[NATS_MSG_ID] = string("Stable per event, route and sink.");
-            required.push(NATS_MSG_ID);
-        }
+    if let SinkConfig::Nats(n) = sink
+        && n.mode == NatsMode::Jetstream
+    {
+        props[NATS_MSG_ID] = string("Stable per event, route and sink.");
+        required.push(NATS_MSG_ID);
     }
     let mut m = json!({
         "name": "deadLetter",

@@ -158,14 +158,14 @@ fn sink_headers(
         }
         SinkConfig::Kafka(_) | SinkConfig::File(_) => {}
     }
-    if let SinkConfig::Nats(n) = view.sink {
-        if n.mode == NatsMode::Jetstream {
-            props.insert(
-                NATS_MSG_ID.into(),
-                json!({ "type": "string", "description": "Unique per occurrence and destination." }),
-            );
-            required.push(NATS_MSG_ID);
-        }
+    if let SinkConfig::Nats(n) = view.sink
+        && n.mode == NatsMode::Jetstream
+    {
+        props.insert(
+            NATS_MSG_ID.into(),
+            json!({ "type": "string", "description": "Unique per occurrence and destination." }),
+        );
+        required.push(NATS_MSG_ID);
     }
 }
 

@@ -551,10 +551,10 @@ fn component_schemas(described: &BTreeSet<String>, opts: SchemaOptions) -> BTree
             continue;
         }
         out.insert(t.clone(), schema::event_schema(t, opts));
-        if let Some(entity) = schema::referenced_entity(t) {
-            if let Some(s) = schema::object_schema(entity) {
-                out.insert(entity.to_owned(), s);
-            }
+        if let Some(entity) = schema::referenced_entity(t)
+            && let Some(s) = schema::object_schema(entity)
+        {
+            out.insert(entity.to_owned(), s);
         }
     }
     out
