@@ -561,10 +561,10 @@ impl Dispatcher {
         // first of them becomes the new attempt and the rest wait for it.
         let tracked = AckHandle::on_done(move |status| {
             let delivered = status == AckStatus::Delivered;
-            if let Some(mark) = done_mark {
-                if status != AckStatus::Retry {
-                    this.mark_done(&id, mark);
-                }
+            if let Some(mark) = done_mark
+                && status != AckStatus::Retry
+            {
+                this.mark_done(&id, mark);
             }
             let twins = this.ids().settle(&id, delivered, Instant::now());
             this.count_ack(source, status);
@@ -610,12 +610,12 @@ impl Dispatcher {
     }
 
     fn deduplicated(&self, env: Envelope, in_flight: InFlight, span: &EventSpan) {
-        if let Some(mark) = &env.event.done_mark {
-            if mark.delivery.is_some() {
-                // The occurrence is done; this copy's own delivery id says so too, for its
-                // retries on other replicas.
-                self.mark_done(&env.event.event_id, mark.clone());
-            }
+        if let Some(mark) = &env.event.done_mark
+            && mark.delivery.is_some()
+        {
+            // The occurrence is done; this copy's own delivery id says so too, for its
+            // retries on other replicas.
+            self.mark_done(&env.event.event_id, mark.clone());
         }
         let m = &self.inner.shared.metrics;
         m.deduplicated_from(env.source).inc();

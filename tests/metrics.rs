@@ -816,10 +816,10 @@ telemetry: {{ log_format: json }}
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = reqwest::get(format!("http://{admin_addr}/readyz")).await {
-            if r.status().is_success() {
-                break;
-            }
+        if let Ok(r) = reqwest::get(format!("http://{admin_addr}/readyz")).await
+            && r.status().is_success()
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "bridge not ready");
         tokio::time::sleep(Duration::from_millis(50)).await;

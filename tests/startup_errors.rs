@@ -92,13 +92,12 @@ fn starts_not_ready(sinks: &str, sink: &str) -> (String, String) {
         }
         let health = admin_get(admin, "/healthz");
         let ready = admin_get(admin, "/readyz");
-        if let (Some((200, _)), Some((503, body))) = (&health, &ready) {
-            if body
+        if let (Some((200, _)), Some((503, body))) = (&health, &ready)
+            && body
                 .lines()
                 .any(|l| l.starts_with(&format!("sink:{sink}:")))
-            {
-                break body.clone();
-            }
+        {
+            break body.clone();
         }
         assert!(
             started.elapsed() < WITHIN,

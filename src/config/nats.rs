@@ -282,19 +282,19 @@ impl NatsSinkConfig {
                     .into(),
             );
         }
-        if let Some(seed) = &self.nkey_seed {
-            if !seed.expose().trim().starts_with('S') {
-                add(
-                    "nkey_seed",
-                    "an NKey seed starts with `S` (e.g. `SU...`)".into(),
-                );
-            }
+        if let Some(seed) = &self.nkey_seed
+            && !seed.expose().trim().starts_with('S')
+        {
+            add(
+                "nkey_seed",
+                "an NKey seed starts with `S` (e.g. `SU...`)".into(),
+            );
         }
 
-        if let Some(tls) = self.tls.as_deref() {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                add("tls", "`cert_file` and `key_file` go together".into());
-            }
+        if let Some(tls) = self.tls.as_deref()
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            add("tls", "`cert_file` and `key_file` go together".into());
         }
 
         if self.connect_timeout_ms == 0 {

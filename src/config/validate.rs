@@ -84,26 +84,26 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
     let is_nats = |name: &str| matches!(cfg.sinks.get(name), Some(SinkConfig::Nats(_)));
     for (i, r) in cfg.routes.iter().enumerate() {
         for (j, d) in r.to.iter().enumerate() {
-            if is_nats(&d.sink) {
-                if let Err(e) = super::nats::validate_subject_template(&d.topic) {
-                    add(&format!("routes[{i}].to[{j}].topic"), e);
-                }
+            if is_nats(&d.sink)
+                && let Err(e) = super::nats::validate_subject_template(&d.topic)
+            {
+                add(&format!("routes[{i}].to[{j}].topic"), e);
             }
         }
     }
-    if cfg.dead_letter.sink.as_deref().is_some_and(is_nats) {
-        if let Err(e) = super::nats::validate_subject_template(&cfg.dead_letter.topic) {
-            add("dead_letter.topic", e);
-        }
+    if cfg.dead_letter.sink.as_deref().is_some_and(is_nats)
+        && let Err(e) = super::nats::validate_subject_template(&cfg.dead_letter.topic)
+    {
+        add("dead_letter.topic", e);
     }
 
-    if let Some(sink) = &cfg.dead_letter.sink {
-        if !cfg.sinks.contains_key(sink) {
-            add(
-                "dead_letter.sink",
-                format!("no sink named {sink:?} in `sinks`"),
-            );
-        }
+    if let Some(sink) = &cfg.dead_letter.sink
+        && !cfg.sinks.contains_key(sink)
+    {
+        add(
+            "dead_letter.sink",
+            format!("no sink named {sink:?} in `sinks`"),
+        );
     }
     if cfg.dead_letter.fallback_file.as_os_str().is_empty() {
         add("dead_letter.fallback_file", "must not be empty".into());
@@ -305,13 +305,13 @@ pub(super) fn validate(cfg: &Config) -> Vec<Problem> {
             );
         }
     }
-    if let Some(ptr) = &cfg.event.id_pointer {
-        if !ptr.starts_with('/') {
-            add(
-                "event.id_pointer",
-                "must be a JSON pointer starting with `/`".into(),
-            );
-        }
+    if let Some(ptr) = &cfg.event.id_pointer
+        && !ptr.starts_with('/')
+    {
+        add(
+            "event.id_pointer",
+            "must be a JSON pointer starting with `/`".into(),
+        );
     }
     p
 }

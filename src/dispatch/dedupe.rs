@@ -101,10 +101,10 @@ impl<P> Ids<P> {
             if !too_old && self.expiry.len() <= self.capacity {
                 break;
             }
-            if let Some((at, id)) = self.expiry.pop_front() {
-                if matches!(self.map.get(&id), Some(Slot::Delivered(t)) if *t == at) {
-                    self.map.remove(&id);
-                }
+            if let Some((at, id)) = self.expiry.pop_front()
+                && matches!(self.map.get(&id), Some(Slot::Delivered(t)) if *t == at)
+            {
+                self.map.remove(&id);
             }
         }
     }

@@ -347,10 +347,10 @@ impl Identities {
                 Resolved::new_occurrence(copy.id, late)
             }
         };
-        if copy.source == SourceKind::WebSocket {
-            if let Some(o) = copy.object {
-                st.stream_seen.insert(seq, Arc::from(o), (), now);
-            }
+        if copy.source == SourceKind::WebSocket
+            && let Some(o) = copy.object
+        {
+            st.stream_seen.insert(seq, Arc::from(o), (), now);
         }
         out
     }

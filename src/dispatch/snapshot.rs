@@ -76,10 +76,10 @@ pub(super) fn write(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
         .map_err(std::io::IntoInnerError::into_error)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(())
 }

@@ -806,23 +806,23 @@ async fn send_batch(
         if cfg.record {
             recorded.push(body);
         }
-        if let Some(every) = cfg.malformed_every {
-            if state.generated % every == 0 {
-                let k = shared.malformed_sent.fetch_add(1, Ordering::Relaxed);
-                let (kind, msg, bytes) = malformed_frame(k, cfg.oversized_bytes);
-                tx.feed(msg).await.map_err(|_| ())?;
-                if cfg.record {
-                    if let Ok(mut m) = shared.malformed.lock() {
-                        m.push(MalformedFrame {
-                            kind,
-                            client_id: client_id.to_owned(),
-                            body: bytes,
-                        });
-                    }
-                }
+        if let Some(every) = cfg.malformed_every
+            && state.generated % every == 0
+        {
+            let k = shared.malformed_sent.fetch_add(1, Ordering::Relaxed);
+            let (kind, msg, bytes) = malformed_frame(k, cfg.oversized_bytes);
+            tx.feed(msg).await.map_err(|_| ())?;
+            if cfg.record
+                && let Ok(mut m) = shared.malformed.lock()
+            {
+                m.push(MalformedFrame {
+                    kind,
+                    client_id: client_id.to_owned(),
+                    body: bytes,
+                });
             }
         }
-        if cfg.drop_every.is_some_and(|d| *on_conn % d == 0) {
+        if cfg.drop_every.is_some_and(|d| (*on_conn).is_multiple_of(d)) {
             next = Next::Drop;
             break;
         }
@@ -832,10 +832,11 @@ async fn send_batch(
         }
     }
     drop(state);
-    if cfg.record && !recorded.is_empty() {
-        if let Ok(mut s) = shared.sent.lock() {
-            s.entry(client_id.to_owned()).or_default().extend(recorded);
-        }
+    if cfg.record
+        && !recorded.is_empty()
+        && let Ok(mut s) = shared.sent.lock()
+    {
+        s.entry(client_id.to_owned()).or_default().extend(recorded);
     }
     let flushed = tx.flush().await;
     shared.events_sent.fetch_add(sent, Ordering::Relaxed);

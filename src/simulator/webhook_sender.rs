@@ -453,10 +453,10 @@ impl WebhookSender {
             }
             if attempt < max_attempts {
                 let mut wait = backoff.next_delay();
-                if self.opts.honor_retry_after {
-                    if let Some(ra) = retry_after {
-                        wait = wait.max(ra.min(self.opts.backoff_max));
-                    }
+                if self.opts.honor_retry_after
+                    && let Some(ra) = retry_after
+                {
+                    wait = wait.max(ra.min(self.opts.backoff_max));
                 }
                 tokio::time::sleep(wait).await;
             }

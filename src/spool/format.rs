@@ -113,7 +113,7 @@ fn read_frame(r: &mut impl Read) -> Result<Option<(u64, Vec<u8>)>, RecordError> 
 
 /// The body of a release record: the released ids, `u64 LE` each.
 fn decode_release(id: u64, body: &[u8]) -> Result<Rec, RecordError> {
-    if body.len() % 8 != 0 {
+    if !body.len().is_multiple_of(8) {
         return Err(RecordError::Corrupt(
             "release record length is not a multiple of 8",
         ));

@@ -256,10 +256,10 @@ struct WriterThread(Mutex<Option<std::thread::JoinHandle<()>>>);
 impl Drop for WriterThread {
     fn drop(&mut self) {
         let handle = self.0.get_mut().ok().and_then(Option::take);
-        if let Some(h) = handle {
-            if h.join().is_err() {
-                tracing::error!("the spool writer thread panicked");
-            }
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the spool writer thread panicked");
         }
     }
 }

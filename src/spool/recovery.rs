@@ -148,10 +148,10 @@ fn load_segment(path: PathBuf, first_id: u64, scan: &Scan) -> Segment {
 fn apply_releases(segments: &mut [Segment], released: Vec<u64>) {
     for id in released {
         let i = segments.partition_point(|s| s.first_id <= id);
-        if let Some(seg) = i.checked_sub(1).and_then(|i| segments.get_mut(i)) {
-            if seg.holds(id) {
-                seg.clear_live(id - seg.first_id);
-            }
+        if let Some(seg) = i.checked_sub(1).and_then(|i| segments.get_mut(i))
+            && seg.holds(id)
+        {
+            seg.clear_live(id - seg.first_id);
         }
     }
 }

@@ -128,11 +128,11 @@ impl Shared {
         }
         let mut freed = 0u64;
         for d in doomed {
-            if let Err(e) = fs::remove_file(&d.path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %d.path.display(), error = %e,
+            if let Err(e) = fs::remove_file(&d.path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %d.path.display(), error = %e,
                         "could not delete a released spool segment; its records may be replayed after a restart");
-                }
             }
             // Its live-set file, if it has one.
             let _ = fs::remove_file(live_path(&d.path));

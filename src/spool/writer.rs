@@ -328,10 +328,10 @@ impl Writer {
     /// Stops appending to the active segment. One without event records took no id of its own:
     /// the next segment must not reuse its name.
     fn drop_active(&mut self) {
-        if let Some(a) = self.active.take() {
-            if self.next_id == a.first_id {
-                self.next_id += 1;
-            }
+        if let Some(a) = self.active.take()
+            && self.next_id == a.first_id
+        {
+            self.next_id += 1;
         }
     }
 
@@ -400,11 +400,11 @@ impl Writer {
         releases: Vec<u64>,
         buf: &mut Vec<u8>,
     ) -> Result<(), String> {
-        if self.active.is_none() {
-            if let Err(e) = self.open_segment() {
-                self.requeue_releases(releases);
-                return Err(e.to_string());
-            }
+        if self.active.is_none()
+            && let Err(e) = self.open_segment()
+        {
+            self.requeue_releases(releases);
+            return Err(e.to_string());
         }
         let Some(active) = self.active.as_mut() else {
             self.requeue_releases(releases);

@@ -47,11 +47,11 @@ impl EventSpan {
                 fondo.event_id = %env.event.event_id,
                 fondo.outcome = tracing::field::Empty,
             );
-            if !span.is_disabled() {
-                if let Some(parent) = propagation::extract(&env.trace) {
-                    // Fails only when no OpenTelemetry layer is installed: nothing to continue.
-                    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-                }
+            if !span.is_disabled()
+                && let Some(parent) = propagation::extract(&env.trace)
+            {
+                // Fails only when no OpenTelemetry layer is installed: nothing to continue.
+                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
             }
             span
         };

@@ -18,7 +18,7 @@ pub fn message(topic: &str, key: impl MessageKey, seq: usize, event_id: &str) ->
         r#"{{"eventType":"order.update","current":{{"id":"{id}","seq":{seq},"note":"åäö \r\n"}}}}"#
     )
     .into_bytes();
-    if seq % 3 == 0 {
+    if seq.is_multiple_of(3) {
         body.extend_from_slice(&[0, 159, 146, 150, 255, b'\n']);
     }
     Message {

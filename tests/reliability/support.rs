@@ -394,18 +394,18 @@ impl BridgeProc {
     pub fn wait_healthy(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(body) = http_get(self.admin, "/healthz") {
-                if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+            if let Some(body) = http_get(self.admin, "/healthz")
+                && (body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"))
+            {
+                return;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Some(st) = c.try_wait().unwrap() {
-                    panic!(
-                        "fondo-bridge exited during start ({st}); log tail:\n{}",
-                        self.log_tail(30)
-                    );
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Some(st) = c.try_wait().unwrap()
+            {
+                panic!(
+                    "fondo-bridge exited during start ({st}); log tail:\n{}",
+                    self.log_tail(30)
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -814,10 +814,10 @@ impl Want {
     }
 
     pub fn feed(&mut self, body: &[u8]) {
-        if !self.missing.is_empty() {
-            if let Some(id) = identity(body) {
-                self.missing.remove(&id);
-            }
+        if !self.missing.is_empty()
+            && let Some(id) = identity(body)
+        {
+            self.missing.remove(&id);
         }
     }
 

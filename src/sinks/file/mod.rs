@@ -436,10 +436,10 @@ fn answer(
     failed: &HashMap<String, String>,
 ) {
     for ((topic, _, _, reply), mut result) in batch.into_iter().zip(results) {
-        if let Some(e) = failed.get(&topic) {
-            if result.is_ok() {
-                result = Err(SinkError::Retriable(format!("flush failed: {e}")));
-            }
+        if let Some(e) = failed.get(&topic)
+            && result.is_ok()
+        {
+            result = Err(SinkError::Retriable(format!("flush failed: {e}")));
         }
         let _ = reply.send(result);
     }

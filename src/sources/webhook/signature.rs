@@ -626,10 +626,10 @@ fn any_match<M: Mac + Clone>(keys: &[M], parts: &[&[u8]], candidates: &[Vec<u8>]
         }
         let tag: CtOutput<M> = mac.finalize();
         for c in candidates {
-            if let Ok(expected) = Output::<M>::try_from(c.as_slice()) {
-                if tag == CtOutput::new(expected) {
-                    return true;
-                }
+            if let Ok(expected) = Output::<M>::try_from(c.as_slice())
+                && tag == CtOutput::new(expected)
+            {
+                return true;
             }
         }
     }
