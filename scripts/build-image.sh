@@ -30,8 +30,8 @@
 #   scripts/build-image.sh                  # as root
 #   IMAGE=localhost/fondo-bridge:test scripts/build-image.sh --rebuild-bases
 #
-# A cold run (bases and all layers) takes about 15 minutes on 2 cores; with the cache, a run with
-# nothing changed takes seconds and a change under src/ rebuilds the crate only (see README).
+# A cold run (bases and all layers) took 33 minutes on 2 busy cores; with the cache, a run with
+# nothing changed takes seconds and a change under src/ rebuilds the crate only (README: numbers).
 # Needs root (debootstrap, mount, chroot), Debian's apt, the rustup toolchain of this machine, and
 # network access to the Debian mirror and crates.io. Variables: IMAGE (default
 # localhost/fondo-bridge:dev), BUILDAH_DRIVER (default overlay), DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR (default: taken from
