@@ -55,9 +55,12 @@ RUN mkdir -p src benches \
     && cargo build --release --locked \
     && rm -rf src benches tests
 
-# The real sources. Touch the crate roots so cargo rebuilds the crate instead of trusting the
-# stand-ins' fingerprints (COPY keeps the files' original, possibly older, modification times).
+# The real sources, and the files they compile in (src/demo.rs embeds config/demo.yaml with
+# include_str!; each such file must be copied here and let through by .dockerignore). Touch the
+# crate roots so cargo rebuilds the crate instead of trusting the stand-ins' fingerprints (COPY
+# keeps the files' original, possibly older, modification times).
 COPY src ./src
+COPY config/demo.yaml ./config/demo.yaml
 COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin fondo-bridge \
@@ -65,16 +68,6 @@ RUN touch src/main.rs src/lib.rs \
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE}
-
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-
-LABEL org.opencontainers.image.title="fondo-bridge" \
-      org.opencontainers.image.description="Carries Fondo Partner API events (WebSocket stream and signed webhooks) into Kafka, RabbitMQ or NATS, at least once." \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -112,3 +105,15 @@ EXPOSE 8080 9090
 
 ENTRYPOINT ["fondo-bridge"]
 CMD ["run", "--config", "/etc/fondo-bridge/config.yaml"]
+
+# Last, so that a new revision (a build argument every RUN above would see) rebuilds only this
+# metadata, not the cached layers above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+
+LABEL org.opencontainers.image.title="fondo-bridge" \
+      org.opencontainers.image.description="Carries Fondo Partner API events (WebSocket stream and signed webhooks) into Kafka, RabbitMQ or NATS, at least once." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
