@@ -40,6 +40,7 @@
 //!   background when its broker is down at start.
 //! - **What operators see.** [`telemetry`]: logs, traces (`trace.rs`, W3C propagation),
 //!   metrics (`metrics.rs`) and the admin server (`admin.rs`: `/metrics`, `/healthz`, `/readyz`).
+//!   [`top`] (`src/top/mod.rs`) reads them back for `fondo-bridge top`: scrape, rates, figures.
 //! - **The Fondo stand-in.** [`simulator`]: the WebSocket stream and the signed webhook sender that
 //!   tests, the demo and the benchmarks use.
 
@@ -59,6 +60,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod top;
 
 // The metrics and the admin server live in `telemetry`; these keep `crate::metrics` and
 // `crate::admin` (and `fondo_bridge::metrics`, `fondo_bridge::admin`) as paths.
