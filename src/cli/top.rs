@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row as TableRow, Table};
+use ratatui::widgets::{Block, Cell, Paragraph, Row as TableRow, Table, Wrap};
 use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,12 @@ fn draw(f: &mut Frame<'_>, args: &TopArgs, model: &Model) {
             ),
             None => format!("connecting to {} ...", args.admin),
         };
-        f.render_widget(Paragraph::new(text).fg(Color::Yellow), body);
+        f.render_widget(
+            Paragraph::new(text)
+                .fg(Color::Yellow)
+                .wrap(Wrap { trim: false }),
+            body,
+        );
         return;
     };
     let table_height = |rows: usize| u16::try_from(rows.max(1) + 3).unwrap_or(u16::MAX);

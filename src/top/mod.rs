@@ -122,19 +122,17 @@ impl Scraper {
     }
 }
 
-/// A reqwest error with its causes ("error sending request" alone does not say "connection
-/// refused").
+/// What went wrong, in the words of the innermost cause ("Connection refused (os error 111)"):
+/// reqwest's own message only repeats the URL the error names already.
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text = format!("{text}: {c_text}");
-        }
-        cause = c.source();
+    if e.is_timeout() {
+        return "timed out".to_owned();
     }
-    text
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(cause) = innermost.source() {
+        innermost = cause;
+    }
+    innermost.to_string()
 }
 
 /// A WebSocket stream's figures, per client id.
@@ -365,7 +363,7 @@ impl View {
             sinks,
             routes,
             sources,
-            dead_letters: rate(&|f| f.dead_lettered.values().sum()),
+            dead_letters: rate(&|f| f.dead_lettered.values().fold(0.0, |a, v| a + v)),
             dead_letter_reasons: now
                 .dead_lettered
                 .iter()
@@ -409,7 +407,10 @@ fn count(total: f64, previous: Option<(f64, f64)>) -> Count {
 }
 
 fn sum_where<K>(map: &BTreeMap<K, f64>, wanted: impl Fn(&K) -> bool) -> f64 {
-    map.iter().filter(|(k, _)| wanted(k)).map(|(_, v)| v).sum()
+    // A fold from +0.0: an empty `sum` of floats is -0.0, which would show as "-0".
+    map.iter()
+        .filter(|(k, _)| wanted(k))
+        .fold(0.0, |acc, (_, v)| acc + v)
 }
 
 fn distinct<'a, T: Ord + Clone + 'a>(items: impl Iterator<Item = &'a T>) -> Vec<T> {
