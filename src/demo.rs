@@ -31,6 +31,10 @@ pub struct DemoArgs {
     /// Where the output goes (replaces ./demo-out in the demo config).
     #[arg(long, default_value = "./demo-out")]
     pub out: std::path::PathBuf,
+    /// Serve the admin endpoint (`/metrics`, `/healthz`, `/readyz`) on this address, for
+    /// `fondo-bridge top` or a scraper (default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +114,8 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
         .await
         .map_err(|e| DemoError::Simulator(e.to_string()))?;
     ws.url = format!("ws://{addr}");
-    // The admin port of the demo config may be taken; the demo does not need it.
-    cfg.admin.listen = None;
+    // The admin port of the demo config may be taken: the demo serves one only when asked.
+    cfg.admin.listen = args.admin;
     let bridge = Bridge::start(cfg).await?;
     let metrics = std::sync::Arc::clone(&bridge.metrics);
     let started = Instant::now();
@@ -119,6 +123,11 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
     let mut last = (Instant::now(), 0u64);
     let mut stderr = std::io::stderr();
     eprintln!("demo: simulated Fondo on ws://{addr} → bridge → {out}/*.jsonl   (Ctrl-C to stop)");
+    if let Some(admin) = args.admin {
+        eprintln!(
+            "demo: admin endpoint on http://{admin} (`fondo-bridge top --admin http://{admin}`)"
+        );
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -42,6 +42,7 @@
 //!   them ([`cloudevents`], `src/cloudevents.rs`).
 //! - **What operators see.** [`telemetry`]: logs, traces (`trace.rs`, W3C propagation),
 //!   metrics (`metrics.rs`) and the admin server (`admin.rs`: `/metrics`, `/healthz`, `/readyz`).
+//!   [`top`] (`src/top/mod.rs`) reads them back for `fondo-bridge top`: scrape, rates, figures.
 //! - **What consumers can rely on.** [`asyncapi`]: the AsyncAPI document of what a config
 //!   publishes (`fondo-bridge asyncapi`), with the Fondo payload schemas in `schema.rs`.
 //! - **The Fondo stand-in.** [`simulator`]: the WebSocket stream and the signed webhook sender that
@@ -65,6 +66,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod top;
 
 // The metrics and the admin server live in `telemetry`; these keep `crate::metrics` and
 // `crate::admin` (and `fondo_bridge::metrics`, `fondo_bridge::admin`) as paths.

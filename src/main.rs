@@ -56,6 +56,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = cli::asyncapi::Format::Yaml)]
         format: cli::asyncapi::Format,
     },
+    /// A live view of a running bridge from its admin endpoint: events/s per sink and route, in
+    /// flight, dead letters, retries, WebSocket streams, spool, readiness. `q` quits.
+    Top(cli::top::TopArgs),
     /// Show where one event would go: destinations, topic, key, headers and (redacted) body.
     Route {
         #[arg(short, long, env = "FONDO_BRIDGE_CONFIG")]
@@ -112,6 +115,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => cli::demo::demo(args).await,
         Command::Dlq { config, command } => cli::dlq::dlq(&config, command).await,
         Command::Simulate { what } => cli::simulate::simulate(what).await,
+        Command::Top(args) => cli::top::top(args).await,
         Command::Route {
             config,
             event,

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::args::Args;
-use crate::prom;
+use fondo_bridge::telemetry::prom;
 
 #[derive(Serialize)]
 pub struct Env {

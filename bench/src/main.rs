@@ -33,7 +33,6 @@ mod environment;
 mod latency;
 mod measure;
 mod payload;
-mod prom;
 mod report;
 mod row;
 mod scenarios;

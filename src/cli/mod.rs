@@ -10,6 +10,7 @@ pub mod dlq;
 pub mod route;
 pub mod run;
 pub mod simulate;
+pub mod top;
 
 use std::process::ExitCode;
 

@@ -318,6 +318,9 @@ impl Spool {
             st.segments.insert(seg.first_id, seg);
         }
         let group_commit = Duration::from_millis(cfg.group_commit_ms);
+        metrics
+            .spool_max_bytes
+            .set(i64::try_from(cfg.max_bytes.max(1)).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             max_bytes: cfg.max_bytes.max(1),

@@ -98,6 +98,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub spool_events: Gauge,
     pub spool_bytes: Gauge,
+    /// `spool.max_bytes`: what `spool_bytes` may grow to.
+    pub spool_max_bytes: Gauge,
+    /// When this bridge started (Unix seconds), for its uptime.
+    pub start_time: Gauge<f64, AtomicU64>,
     /// Appends handed to the spool writer thread and not yet committed.
     pub spool_writer_pending: Gauge,
     /// When the spool writer last committed a batch, or, if it was idle, when work for it
@@ -203,6 +207,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             spool_events: Gauge::default(),
             spool_bytes: Gauge::default(),
+            spool_max_bytes: Gauge::default(),
+            start_time: Gauge::default(),
             spool_writer_pending: Gauge::default(),
             spool_writer_progress: Gauge::default(),
             ws_connected: Family::default(),
@@ -216,6 +222,11 @@ impl Metrics {
             registry: Registry::default(),
             per_source: std::array::from_fn(|_| PerSource::placeholder()),
         };
+        m.start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         let per_source = SOURCES.map(|s| PerSource::resolve(&m, s));
         let m = Self { per_source, ..m };
         registry.register(
@@ -328,6 +339,16 @@ impl Metrics {
             "spool_bytes",
             "Bytes of WebSocket spool segments on disk",
             m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_max_bytes",
+            "The spool's max_bytes: what spool_bytes may grow to",
+            m.spool_max_bytes.clone(),
+        );
+        registry.register(
+            "start_time_seconds",
+            "When this bridge started (Unix seconds)",
+            m.start_time.clone(),
         );
         registry.register(
             "spool_writer_pending",

@@ -22,7 +22,7 @@ use fondo_bridge::app::Bridge;
 
 use crate::args::Args;
 use crate::latency::Latencies;
-use crate::prom;
+use fondo_bridge::telemetry::prom;
 
 /// What every scenario reads.
 pub struct Ctx {

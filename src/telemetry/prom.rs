@@ -1,5 +1,7 @@
-//! Reading the bridge's metrics as Prometheus text (what `/metrics` serves, `Metrics::encode`):
-//! one parser for every figure the bench takes from it.
+//! Reading the bridge's metrics back from their text (what `/metrics` serves, `Metrics::encode`):
+//! one small parser for every figure `fondo-bridge top` and the benchmark harness take from it.
+//! It reads the sample lines only (name, labels, value); `# HELP`, `# TYPE` and `# EOF` are not
+//! needed to find a figure whose name the caller knows.
 
 /// One sample line: `name{label="value",...} value [timestamp]`.
 #[derive(Debug, PartialEq)]
