@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppError, Bridge};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::simulator::stream::{self, SimulateArgs, StreamConfig};
+use crate::simulator::stream::{self, SimHandle, SimulateArgs, StreamConfig};
 
 /// The demo's config, compiled in so `demo` works from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -92,7 +92,41 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
         .as_ref()
         .map(|t| t.expose().to_owned())
         .unwrap_or_default();
-    let sim_args = SimulateArgs {
+    let (addr, sim) = stream::start(StreamConfig::from(&simulator_args(&args, token)?))
+        .await
+        .map_err(|e| DemoError::Simulator(e.to_string()))?;
+    ws.url = format!("ws://{addr}");
+    // The admin port of the demo config may be taken: the demo serves one only when asked.
+    cfg.admin.listen = args.admin;
+    let bridge = Bridge::start(cfg).await?;
+    let metrics = std::sync::Arc::clone(&bridge.metrics);
+    let started = Instant::now();
+    eprintln!("demo: simulated Fondo on ws://{addr} → bridge → {out}/*.jsonl   (Ctrl-C to stop)");
+    if let Some(admin) = args.admin {
+        eprintln!(
+            "demo: admin endpoint on http://{admin} (`fondo-bridge top --admin http://{admin}`)"
+        );
+    }
+    show_progress(&bridge, &sim, args.count, &stop).await;
+    let sent = sim.events_sent();
+    bridge.shutdown().await?;
+    sim.stop().await;
+    Ok(Summary {
+        sent,
+        received: metrics
+            .received
+            .get_or_create(&metrics.source("websocket"))
+            .get(),
+        delivered: metrics.delivered_total(),
+        dead_lettered: dead_lettered(&metrics),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The simulator the demo streams from, as `--rate`, `--count`, `--drop-every` and
+/// `--malformed-every` ask.
+fn simulator_args(args: &DemoArgs, token: String) -> Result<SimulateArgs, DemoError> {
+    Ok(SimulateArgs {
         listen: "127.0.0.1:0"
             .parse()
             .map_err(|_| DemoError::Simulator("address".into()))?,
@@ -109,25 +143,21 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
         stall_after: None,
         stall_ms: 0,
         client_ids: Vec::new(),
-    };
-    let (addr, sim) = stream::start(StreamConfig::from(&sim_args))
-        .await
-        .map_err(|e| DemoError::Simulator(e.to_string()))?;
-    ws.url = format!("ws://{addr}");
-    // The admin port of the demo config may be taken: the demo serves one only when asked.
-    cfg.admin.listen = args.admin;
-    let bridge = Bridge::start(cfg).await?;
-    let metrics = std::sync::Arc::clone(&bridge.metrics);
-    let started = Instant::now();
+    })
+}
+
+/// The live line on stderr, twice a second, until `stop` or (with `--count`) until every event
+/// was sent, received and acknowledged.
+async fn show_progress(
+    bridge: &Bridge,
+    sim: &SimHandle,
+    count: Option<u64>,
+    stop: &CancellationToken,
+) {
+    let metrics = &bridge.metrics;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = (Instant::now(), 0u64);
     let mut stderr = std::io::stderr();
-    eprintln!("demo: simulated Fondo on ws://{addr} → bridge → {out}/*.jsonl   (Ctrl-C to stop)");
-    if let Some(admin) = args.admin {
-        eprintln!(
-            "demo: admin endpoint on http://{admin} (`fondo-bridge top --admin http://{admin}`)"
-        );
-    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -138,7 +168,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
             .get_or_create(&metrics.source("websocket"))
             .get();
         let delivered = metrics.delivered_total();
-        let dl = dead_lettered(&metrics);
+        let dl = dead_lettered(metrics);
         let rate = (delivered - last.1.min(delivered)) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), delivered);
         let _ = write!(
@@ -147,25 +177,11 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<Summary, Dem
             bridge.dispatcher.in_flight()
         );
         let _ = stderr.flush();
-        if args.count.is_some_and(|c| {
+        if count.is_some_and(|c| {
             sim.events_sent() >= c && received >= c && bridge.dispatcher.in_flight() == 0
         }) {
             break;
         }
     }
     eprintln!();
-    let summary_metrics = std::sync::Arc::clone(&bridge.metrics);
-    let sent = sim.events_sent();
-    bridge.shutdown().await?;
-    sim.stop().await;
-    Ok(Summary {
-        sent,
-        received: summary_metrics
-            .received
-            .get_or_create(&summary_metrics.source("websocket"))
-            .get(),
-        delivered: summary_metrics.delivered_total(),
-        dead_lettered: dead_lettered(&summary_metrics),
-        elapsed: started.elapsed(),
-    })
 }
