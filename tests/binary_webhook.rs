@@ -99,6 +99,7 @@ fn wait_ready(admin: u16) {
                 return;
             }
         }
+        // Poll interval of this blocking wait (a plain fn, called from `start`).
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("bridge not ready on admin port {admin}");
@@ -152,7 +153,13 @@ async fn every_acknowledged_webhook_is_on_disk_and_sigterm_exits_zero() {
     let events = outgoing(400);
     let s = sender(bridge.webhook, 1);
     let send = tokio::spawn(async move { s.send_all(events, Some(2000.0)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let admin = bridge.admin;
+    common::eventually_async(
+        "the first webhooks to be published",
+        Duration::from_secs(30),
+        || async move { metric(admin, "fondo_bridge_published_total").await > 0.0 },
+    )
+    .await;
     sigterm(&bridge.child);
     let report = send.await.unwrap();
     let status = tokio::task::spawn_blocking(move || {
@@ -260,11 +267,12 @@ async fn metric(admin: u16, name: &str) -> f64 {
 }
 
 async fn wait_metric(admin: u16, name: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(admin, name).await != want {
-        assert!(Instant::now() < deadline, "{name} never reached {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(
+        &format!("{name} to reach {want}"),
+        Duration::from_secs(30),
+        || async move { metric(admin, name).await == want },
+    )
+    .await;
 }
 
 fn sighup(child: &Child) {

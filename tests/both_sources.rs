@@ -129,6 +129,7 @@ spool: {{ dir: {dir}/spool }}
                 async move { sender.send_all(batch, None).await },
             ));
         }
+        // This mirroring loop's interval: it forwards what the simulator has sent so far.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (mut posted, mut acknowledged) = (0, 0);
@@ -148,6 +149,7 @@ spool: {{ dir: {dir}/spool }}
             "websocket copies received: {}",
             counter(&bridge, "received", "websocket")
         );
+        // Poll interval (the failure message reports the count reached).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let received_ws = counter(&bridge, "received", "websocket");

@@ -174,11 +174,12 @@ async fn nats_down_at_start_the_stream_is_spooled_and_delivered_once_nats_is_up(
     assert_eq!(status, 200, "webhook once the sink is connected");
 
     // Everything the simulator sent is in the stream, nothing dead-lettered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sim.events_sent() < COUNT {
-        assert!(Instant::now() < deadline, "simulator finished sending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        "the simulator to finish sending",
+        Duration::from_secs(60),
+        || sim.events_sent() >= COUNT,
+    )
+    .await;
     let sent = sim.sent_events(CID);
     let got = nats_collect(&url, "DOWN", Duration::from_secs(60), Want::of(&sent, &[])).await;
     let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));
@@ -260,11 +261,12 @@ async fn rabbitmq_exchange_missing_at_start_is_used_once_declared() {
     rabbit_topology(&url, &exchange, &queue, "#").await;
     readyz_becomes(admin, 200, Duration::from_secs(30)).await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sim.events_sent() < COUNT {
-        assert!(Instant::now() < deadline, "simulator finished sending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        "the simulator to finish sending",
+        Duration::from_secs(60),
+        || sim.events_sent() >= COUNT,
+    )
+    .await;
     let sent = sim.sent_events(CID);
     let got = rabbit_collect(&url, &queue, Duration::from_secs(60), Want::of(&sent, &[])).await;
     let dead = fallback_bodies(&dir.path().join("dead-letter.jsonl"));

@@ -174,6 +174,7 @@ fn wait_ready(b: &Bridge) {
                 return;
             }
         }
+        // Poll interval of this blocking wait (its failure message carries the bridge's log).
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
@@ -304,6 +305,7 @@ impl Sampler {
             while !s.load(Ordering::Relaxed) {
                 rss = rss.max(vm_rss(pid));
                 fds = fds.max(open_fds(pid));
+                // The sampling interval.
                 std::thread::sleep(Duration::from_millis(20));
             }
             (rss, fds)
@@ -895,6 +897,7 @@ async fn flood_phase(rig: &Rig, flood: Flood) {
     }
     let flood_over = started.elapsed();
     let (peak_rss, peak_fds) = sampler.stop();
+    // The "1 s after" RSS figure: a second for the bridge to release the flood's memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_rss = vm_rss(pid);
 
@@ -999,6 +1002,7 @@ async fn flood_keeps_memory_bounded_and_genuine_webhooks_through() {
         deliver_like_fondo(&h1, &bridge.url(), "genuine-warm-up").await,
         0
     );
+    // Settles after the warm-up before the baseline RSS and fd counts are taken.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rig = Rig {
         baseline_rss: vm_rss(pid),

@@ -570,6 +570,8 @@ impl Rig {
                 self.published(),
                 dls.len()
             );
+            // This wait's poll interval (it gathers dead letters as it polls, and its
+            // message names the counts reached, so it is not `common::eventually`).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let delivered = self.sink.delivered();
@@ -1368,11 +1370,10 @@ async fn ws_bridge(dir: &Path) -> WsBridge {
     let stats = src.stats();
     let stop = CancellationToken::new();
     let task = tokio::spawn(src.run(stop.clone()));
-    let t0 = Instant::now();
-    while fondo.connections() == 0 {
-        assert!(t0.elapsed() < CASE_TIMEOUT, "the bridge never connected");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually("the bridge to connect", CASE_TIMEOUT, || {
+        fondo.connections() > 0
+    })
+    .await;
     WsBridge {
         rig,
         fondo,
@@ -1390,25 +1391,26 @@ impl WsBridge {
         let heartbeats = self.stats.heartbeats.load(Ordering::SeqCst);
         let dead = self.stats.dead_lettered.load(Ordering::SeqCst);
         self.fondo.send(frame);
-        let t0 = Instant::now();
         match expect {
             Expect::Reconnect => {
-                while self.fondo.connections() == connections {
-                    assert!(t0.elapsed() < CASE_TIMEOUT, "{what}: no reconnect");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                common::eventually(&format!("{what}: a reconnect"), CASE_TIMEOUT, || {
+                    self.fondo.connections() != connections
+                })
+                .await;
             }
             Expect::Ignored => {
-                while self.stats.heartbeats.load(Ordering::SeqCst) == heartbeats {
-                    assert!(t0.elapsed() < CASE_TIMEOUT, "{what}: not seen");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                common::eventually(
+                    &format!("{what}: the frame to be seen as a heartbeat"),
+                    CASE_TIMEOUT,
+                    || self.stats.heartbeats.load(Ordering::SeqCst) != heartbeats,
+                )
+                .await;
             }
             Expect::DeadLetter(_) => {
-                while self.stats.dead_lettered.load(Ordering::SeqCst) == dead {
-                    assert!(t0.elapsed() < CASE_TIMEOUT, "{what}: not dead-lettered");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                common::eventually(&format!("{what}: a dead letter"), CASE_TIMEOUT, || {
+                    self.stats.dead_lettered.load(Ordering::SeqCst) != dead
+                })
+                .await;
             }
             Expect::Routed(..) => {}
             Expect::Refused(_) | Expect::RefusedAny(_) => unreachable!("webhook only"),
@@ -1516,6 +1518,7 @@ async fn hostile_corpus_to_the_webhook_source() {
     run(&mut rig, "liveness", request, &live, ORDER).await;
     expected_published += 1;
 
+    // A quiet spell: a stray late publish or dead letter would show in the totals below.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rig.published(), expected_published, "total published");
     let all = fondo_bridge::dlq::read_fallback_file(&rig.dl_file).unwrap();
@@ -1646,6 +1649,7 @@ async fn hostile_corpus_to_the_websocket_source() {
     b.case("liveness", text_frame(&live), &live, ORDER).await;
     expected_published += 1;
 
+    // A quiet spell: a stray late publish or dead letter would show in the totals below.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.rig.published(), expected_published, "total published");
     let all = fondo_bridge::dlq::read_fallback_file(&b.rig.dl_file).unwrap();

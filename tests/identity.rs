@@ -198,6 +198,7 @@ impl Rig {
                 "acknowledged {} of {n}",
                 self.bridge().metrics.delivered_total()
             );
+            // Poll interval (the failure message reports the count reached).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -641,6 +641,7 @@ impl Nats {
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
+            // Poll interval of this blocking wait (a plain fn) for nats-server to listen.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -814,16 +815,16 @@ telemetry: {{ log_format: json }}
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{admin_addr}/readyz")).await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bridge not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(
+        "the bridge's /readyz to answer 2xx",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get(format!("http://{admin_addr}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
     let http = reqwest::Client::new();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
     let body = format!(
@@ -846,6 +847,8 @@ telemetry: {{ log_format: json }}
         .unwrap()
         .status();
     assert!(st.is_client_error());
+    // Lets the span exporter (every 100 ms) try and fail a few exports to the dead endpoint, so
+    // that a header leaking into its error log would be caught below.
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let ok = Command::new("kill")

@@ -262,6 +262,7 @@ async fn wait_trace(trace_id: &str, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
                     .collect::<Vec<_>>()
             );
         }
+        // Poll interval (this wait's failure message lists the spans that did arrive).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -928,20 +929,21 @@ admin: {{ listen: 127.0.0.1:{admin} }}
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
 
-    // Ready?
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await;
-        if r.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bridge not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(
+        "the bridge's /readyz to answer 2xx",
+        Duration::from_secs(30),
+        || {
+            let http = &http;
+            async move {
+                http.get(format!("http://127.0.0.1:{admin}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        },
+    )
+    .await;
 
     let (tid, caller) = (random_hex(16), random_hex(8));
     let body = br#"{"eventType":"order.update","current":{"id":"o-9","seq":1}}"#;

@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fondo_bridge::app::Bridge;
 use fondo_bridge::config::Config;
@@ -82,14 +82,12 @@ admin: {{ listen: null }}
             .await
             .acknowledged
     );
-    let t0 = Instant::now();
-    while bridge.metrics.delivered_total() < 300 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the stream did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        "the stream to arrive (300 events delivered)",
+        Duration::from_secs(30),
+        || bridge.metrics.delivered_total() >= 300,
+    )
+    .await;
     // While it runs (the spool's segments exist) and after a clean shutdown (which deletes the
     // released segments and writes the identity snapshot).
     let mut found = Vec::new();

@@ -176,10 +176,12 @@ async fn nats_stopped_10s_mid_stream() {
         return;
     };
     let sampler = run.sampler();
+    // Three seconds of normal flow before the outage.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let at_stop = run.sim.events_sent();
     let t_stop = Instant::now();
     blocking(|| run.nats.stop());
+    // The broker stays down 10 s from the stop.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
     blocking(|| run.nats.spawn());
     let t_up = Instant::now();
@@ -221,9 +223,11 @@ async fn rabbitmq_stopped_10s_mid_stream() {
     let bridge = start_bridge(dir.path(), &cfg, &ws_env());
     let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
 
+    // Three seconds of normal flow before the outage.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t_stop = Instant::now();
     blocking(|| node.stop());
+    // The broker stays down 10 s from the stop.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
     blocking(|| node.up());
     let t_up = Instant::now();
@@ -276,8 +280,10 @@ async fn kafka_stopped_10s_mid_stream() {
     let bridge = start_bridge(dir.path(), &cfg, &ws_env());
     let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
 
+    // Three seconds of normal flow, then the stream pauses.
     tokio::time::sleep(Duration::from_secs(3)).await;
     sim.set_paused(true);
+    // Lets a send under way at the pause finish, so `before` is all phase 1 streamed.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = sim.sent_events(CID);
     let phase1 = kafka_collect(&bootstrap, "fondo.events", COLLECT, Want::of(&before, &[])).await;
@@ -285,6 +291,7 @@ async fn kafka_stopped_10s_mid_stream() {
     let t_stop = Instant::now();
     blocking(|| tansu.stop());
     sim.set_paused(false);
+    // The broker stays down 10 s while the stream goes on.
     tokio::time::sleep(Duration::from_secs(10)).await;
     blocking(|| tansu.up());
     kafka_create_topic(&bootstrap, "fondo.events", 3).await;
@@ -367,6 +374,7 @@ async fn bridge_sigkilled_three_times() {
     let mut restarts = Vec::new();
     let mut kill_points = Vec::new();
     for k in 0..3 {
+        // A random spell of streaming before each kill.
         let wait = Duration::from_millis(rng.u64(1000..3000));
         tokio::time::sleep(wait).await;
         let sent_at_kill = sim.events_sent();
@@ -511,10 +519,12 @@ async fn sigkill_replays_only_what_was_in_flight() {
     let mut bridge = start_bridge(dir.path(), &cfg, &ws_env());
     let mut rng = fastrand::Rng::new();
     for k in 0..KILLS {
+        // A random spell of streaming before each kill.
         tokio::time::sleep(Duration::from_millis(rng.u64(1200..2200))).await;
         if k == 0 {
             // Published on A, stuck on B: these are in flight when the bridge dies.
             slow.pause();
+            // Lets events pile up in flight before the kill.
             tokio::time::sleep(Duration::from_millis(800)).await;
         }
         let sent = sim.events_sent();
@@ -647,6 +657,7 @@ async fn both_sources_sigkilled_lose_nothing() {
 
     let mut rng = fastrand::Rng::new();
     for k in 0..KILLS {
+        // A random spell of streaming before each kill.
         tokio::time::sleep(Duration::from_millis(rng.u64(800..1500))).await;
         let sent = sim.events_sent();
         blocking(|| bridge.sigkill());
@@ -762,11 +773,13 @@ async fn nats_paused_sigstop_then_sigcont() {
         return;
     };
     let sampler = run.sampler();
+    // Three seconds of normal flow before the pause.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t_stop = Instant::now();
     run.nats.pause();
     // A paused process still accepts TCP connections (the kernel completes the handshake).
     assert!(accepts(run.nats.port), "a paused server still accepts");
+    // The broker stays paused (hung, not gone) for 10 s.
     tokio::time::sleep(Duration::from_secs(10)).await;
     run.nats.resume();
     let t_up = Instant::now();
@@ -842,9 +855,11 @@ async fn dead_letter_destination_down_with_main() {
     );
     let send = tokio::spawn(async move { sender.send_all(outgoing, Some(300.0)).await });
 
+    // Three seconds of webhooks before the outage.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t_stop = Instant::now();
     blocking(|| nats.stop());
+    // The broker stays down 10 s from the stop.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_stop.elapsed())).await;
     let failures_during = bridge
         .metric("fondo_bridge_dead_letter_failures_total")
@@ -898,8 +913,8 @@ async fn dead_letter_destination_down_with_main() {
 // ---------------------------------------------------------------------------------------------
 // 6. disk full for the spool
 
-/// The spool is capped at 256 KiB (a few hundred events) and the broker stops for 8 s, so the spool
-/// fills: the WebSocket source must stop reading (TCP backpressure reaches the simulator) and lose
+/// The spool is capped at 256 KiB (a few hundred events) and the broker stays stopped until the
+/// spool has filled and 6 s more: the WebSocket source must stop reading (TCP backpressure reaches the simulator) and lose
 /// nothing. (`prlimit --fsize` is no substitute: the kernel sends SIGXFSZ, which kills the process.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_full_pauses_reading() {
@@ -921,13 +936,25 @@ async fn spool_full_pauses_reading() {
         return;
     };
     let sampler = run.sampler();
+    // Two seconds of normal flow before the outage.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_stop = Instant::now();
     blocking(|| run.nats.stop());
     let sent_at_stop = run.sim.events_sent();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bridge = &run.bridge;
+    common::eventually_async(
+        "the source to stop reading on a full spool (nothing received for 500 ms)",
+        Duration::from_secs(30),
+        || async move {
+            let before = bridge.metric("fondo_bridge_received_total");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            before.is_some() && bridge.metric("fondo_bridge_received_total") == before
+        },
+    )
+    .await;
     let recv = "fondo_bridge_received_total";
     let received_a = run.bridge.metric(recv).unwrap_or(0.0);
+    // The measuring window: what the source reads while the spool is full.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let received_during = run.bridge.metric(recv).unwrap_or(0.0) - received_a;
     let sent_during = run.sim.events_sent() - sent_at_stop;
@@ -944,7 +971,7 @@ async fn spool_full_pauses_reading() {
         tally,
         recovery_after(&samples, t_up),
         format!(
-            "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} received_in_last_6s_of_outage={received_during} sim_sent_during_8s_outage={sent_during} (unthrottled: {}; the rest sat in TCP buffers)",
+            "spool_max_bytes={MAX} max_spool_bytes_seen={max_spool} received_in_last_6s_of_outage={received_during} sim_sent_during_outage={sent_during} (unthrottled: {}; the rest sat in TCP buffers)",
             (RATE * (t_up - t_stop).as_secs_f64()) as u64
         ),
     );
@@ -956,7 +983,7 @@ async fn spool_full_pauses_reading() {
 }
 
 /// The spool's disk really fills: the spool sits on a 512 KiB tmpfs while its own cap is far above
-/// that, and the broker stops for 8 s, so appends fail with "no space left". The source must keep
+/// that, and the broker stays stopped until the disk is full and 5 s more, so appends fail with "no space left". The source must keep
 /// each event it read and append it again until it is durable, stop reading meanwhile, and lose
 /// nothing once the broker is back and delivered events free the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,11 +1010,21 @@ async fn spool_disk_full_pauses_reading_and_loses_nothing() {
     let Some(_tmpfs) = tmpfs else {
         return;
     };
+    // Two seconds of normal flow before the outage.
     tokio::time::sleep(Duration::from_secs(2)).await;
     blocking(|| run.nats.stop());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::eventually(
+        "the 512 KiB spool disk to fill (/readyz: spool writes failing)",
+        Duration::from_secs(30),
+        || {
+            http_get(run.bridge.admin, "/readyz")
+                .is_some_and(|r| r.contains("spool writes failing"))
+        },
+    )
+    .await;
     let recv = "fondo_bridge_received_total";
     let received_a = run.bridge.metric(recv).unwrap_or(0.0);
+    // The measuring window: what the source reads while the disk is full.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let received_during = run.bridge.metric(recv).unwrap_or(0.0) - received_a;
     let failed_writes = run
@@ -1098,6 +1135,7 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
     let t0 = Instant::now();
     let mut bridge = start_bridge(dir.path(), &cfg, &ws_env());
     let sampler = Sampler::start(bridge.admin, bridge.pid.clone(), Duration::from_millis(100));
+    // Three seconds of normal flow before the outage.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before = rss_kb(bridge.os_pid()).expect("VmRSS of the bridge");
     blocking(|| nats.stop());
@@ -1136,6 +1174,7 @@ async fn disk_full_sigkill_then_restart_with_room_loses_nothing_received() {
         last = now;
     }
     let sent_paused = sim.events_sent();
+    // An observation window: reading must stay stopped while the disk is full.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         sim.events_sent(),

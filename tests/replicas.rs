@@ -314,6 +314,7 @@ impl OwnRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !accepts(self.port) {
             assert!(Instant::now() < deadline, "redis-server did not come up");
+            // Poll interval of this blocking wait (a plain fn) for redis-server to listen.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -392,7 +393,22 @@ async fn redis_stopped_mid_stream_loses_nothing() {
     .await;
     let at = sim.events_sent();
     blocking(|| redis.kill());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::eventually(
+        "/readyz to report the store unreachable",
+        Duration::from_secs(30),
+        || {
+            http_get(a.proc.admin, "/readyz")
+                .is_some_and(|r| r.contains("dedupe_store: unreachable"))
+        },
+    )
+    .await;
+    // Redis stays down for two seconds of the stream (1000 events at 500/s).
+    common::eventually(
+        "1000 events streamed while Redis is down",
+        Duration::from_secs(60),
+        || sim.events_sent() >= at + 1000,
+    )
+    .await;
     let readyz = http_get(a.proc.admin, "/readyz").unwrap_or_default();
     assert!(
         readyz.contains("dedupe_store: unreachable"),
@@ -414,6 +430,7 @@ async fn redis_stopped_mid_stream_loses_nothing() {
     )
     .await;
     let got = nats_collect(&url, "REP", COLLECT, Want::of(&all, &[])).await;
+    // A quiet second: anything published late shows up before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = nats_collect(&url, "REP", Duration::from_secs(5), Want::drain()).await;
     let got = if again.len() > got.len() { again } else { got };
@@ -471,6 +488,7 @@ async fn pod_loss_gap_is_covered_by_webhooks_on_the_other_replica() {
     let connections = sim.connections();
     let killed = Instant::now();
     blocking(|| a.proc.sigkill());
+    // The pod stays down for 2 s, as a StatefulSet's replacement would.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     blocking(|| a.proc.spawn());

@@ -60,6 +60,7 @@ async fn answers(port: u16, want: u16, tag: &str) {
             Instant::now() < deadline,
             "webhooks still get {got} (wanted {want}) {RELOAD:?} after the change"
         );
+        // Paces the probes: each poll is a fresh signed request to the bridge.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -182,13 +182,12 @@ async fn bridge(o: Opts) -> Bridge {
     .unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(source.run(listener, shutdown.clone()));
-    // Readiness is set once the server runs.
-    for _ in 0..100 {
-        if readiness.snapshot().contains_key("webhook") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        "the webhook source to report readiness",
+        Duration::from_secs(30),
+        || readiness.snapshot().contains_key("webhook"),
+    )
+    .await;
     Bridge {
         url: format!("http://{addr}{PATH}"),
         addr,
@@ -534,6 +533,7 @@ async fn sink_down_then_recovers_sender_retries_published_once() {
     let out = Outgoing::new("msg_recover_1", order("r1", 1));
     let sink = b.sink.clone();
     let recover = tokio::spawn(async move {
+        // Keeps the sink down long enough for the sender to be answered 503 and retry.
         tokio::time::sleep(Duration::from_millis(900)).await;
         sink.recover();
     });
@@ -647,9 +647,12 @@ async fn overloaded_bridge_answers_503_with_retry_after() {
             req.send().await.unwrap().status().as_u16()
         })
     };
-    while b.dispatcher.in_flight() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually(
+        "the first request to be in flight",
+        Duration::from_secs(30),
+        || b.dispatcher.in_flight() > 0,
+    )
+    .await;
     let a = b.post_signed("msg_busy_2", order("busy2", 1)).await;
     assert_eq!(a.status, 503);
     assert_eq!(a.headers.get("retry-after").unwrap(), "1");
@@ -958,12 +961,24 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
             req.send().await.unwrap().status().as_u16()
         })
     };
-    while b.dispatcher.in_flight() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually(
+        "the first request to be in flight",
+        Duration::from_secs(30),
+        || b.dispatcher.in_flight() > 0,
+    )
+    .await;
     b.shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(b.readiness.snapshot().get("webhook").unwrap().is_err());
+    common::eventually(
+        "the webhook source to report not ready after shutdown",
+        Duration::from_secs(30),
+        || {
+            b.readiness
+                .snapshot()
+                .get("webhook")
+                .is_some_and(|r| r.is_err())
+        },
+    )
+    .await;
     // A new request: refused (connection refused, or 503 on a connection still open).
     let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
     let body = order("g2", 1);
@@ -1148,6 +1163,7 @@ async fn an_idle_keep_alive_connection_serves_requests_until_the_header_timeout(
     let mut s = TcpStream::connect(b.addr).await.unwrap();
     let body = order("ka", 1);
     for (i, pause) in [0u64, 300, 300].into_iter().enumerate() {
+        // Idle on the open connection, but less than the header read timeout.
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let cl = format!("content-length: {}\r\n", body.len());
         let head = raw_head(&b, &format!("msg_ka_{i}"), &body, &cl);

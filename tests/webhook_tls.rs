@@ -279,12 +279,12 @@ async fn shutdown_over_tls_finishes_in_flight_and_stops_accepting() {
         ..Faults::default()
     })
     .await;
-    for _ in 0..100 {
-        if r.readiness.snapshot().contains_key("webhook") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        "the webhook source to report readiness",
+        Duration::from_secs(30),
+        || r.readiness.snapshot().contains_key("webhook"),
+    )
+    .await;
     let client = r.client(false);
     let in_flight = {
         let (client, url) = (client.clone(), r.url());
@@ -294,9 +294,12 @@ async fn shutdown_over_tls_finishes_in_flight_and_stops_accepting() {
                 .map(|r| r.status().as_u16())
         })
     };
-    while r.sink.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually(
+        "the in-flight request to reach the sink",
+        Duration::from_secs(30),
+        || r.sink.calls() > 0,
+    )
+    .await;
     r.shutdown.cancel();
     assert_eq!(
         in_flight

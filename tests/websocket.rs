@@ -258,6 +258,11 @@ async fn watchdog_reconnects_when_the_stream_goes_silent_but_heartbeats_keep_it(
         ws_cfg(&quiet, &["c1"], extra.clone()),
         spool_cfg(dir.path(), 1 << 20),
     );
+    common::eventually("the bridge to connect", Duration::from_secs(30), || {
+        quiet.connections() == 1
+    })
+    .await;
+    // Four watchdog periods of heartbeats only: the watchdog must not fire in that time.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(src.stats.watchdog_timeouts.load(Ordering::SeqCst), 0);
     assert_eq!(quiet.connections(), 1);
@@ -492,8 +497,19 @@ async fn full_spool_stops_reading_until_space_frees_and_loses_nothing() {
         src.stats.frames.load(Ordering::SeqCst) > 10
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frames = &src.stats.frames;
+    common::eventually_async(
+        "the source to stop reading (no new frame for 200 ms)",
+        Duration::from_secs(30),
+        || async move {
+            let before = frames.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            frames.load(Ordering::SeqCst) == before
+        },
+    )
+    .await;
     let a = src.stats.frames.load(Ordering::SeqCst);
+    // An observation window: the source must stay stopped while the spool stays full.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let b = src.stats.frames.load(Ordering::SeqCst);
     assert_eq!(a, b, "the source kept reading while the spool was full");
