@@ -98,5 +98,9 @@ fn check_event(e: &Event, data: &[u8]) {
     );
     assert_eq!(content_key(t, &again), content_key(t, e.body()));
     let node = fondo_bridge::event::Node::parse(data).expect("parsed once already");
-    assert_eq!(fondo_bridge::event::node_content_key(t, &node, data.len()), content_key(t, e.body()), "Node and Value ids differ");
+    assert_eq!(
+        fondo_bridge::event::node_content_key(t, &node, data.len()),
+        content_key(t, e.body()),
+        "Node and Value ids differ"
+    );
 }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use fondo_bridge::config::{DestinationConfig, RouteConfig, Unmatched};
+use fondo_bridge::config::{
+    CloudEventsConfig, DestinationConfig, MessageFormat, RouteConfig, Unmatched,
+};
 use fondo_bridge::event::{Event, ParseContext, ParseOptions};
 use fondo_bridge::router::{Router, Template};
 use fondo_bridge::sinks::file::topic_file;
@@ -87,6 +89,16 @@ fuzz_target!(|data: &[u8]| {
         topic: topic.clone(),
         key: key.clone(),
         headers,
+        ..Default::default()
+    };
+    // The same templates as a CloudEvent's `type` and `source`, in structured mode.
+    let cloudevent = DestinationConfig {
+        format: MessageFormat::CloudeventsStructured,
+        cloudevents: Some(CloudEventsConfig {
+            source: key.clone(),
+            event_type: Some(topic.clone()),
+        }),
+        ..dest.clone()
     };
     let routes = vec![
         RouteConfig {
@@ -94,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
             matches: vec![glob.clone()],
             filter: BTreeMap::new(),
             redact: redact.iter().cloned().collect(),
-            to: vec![dest.clone(), dest.clone()],
+            to: vec![dest.clone(), cloudevent],
         },
         RouteConfig {
             name: "filtered".into(),

@@ -741,6 +741,55 @@ mod tests {
         assert_eq!(v["payload_json"]["current"]["id"], 7);
     }
 
+    /// A CloudEvent in a line: binary mode with the HTTP binding's `ce-` headers and the body
+    /// embedded as it is; structured mode with the event format embedded.
+    #[test]
+    fn cloudevents_lines_carry_the_attributes() {
+        use crate::cloudevents::{CloudEvent, Mode};
+        let body = br#"{"eventType":"order.create","current":{"id":"o1"}}"#;
+        let ce = |mode| {
+            Arc::new(CloudEvent {
+                mode,
+                id: Arc::from("e"),
+                source: "fondo:client/c1".into(),
+                event_type: "se.fondo.order.create".into(),
+                subject: Some("o1".into()),
+                time: "2026-12-07T09:00:00.000Z".into(),
+                partition_key: Some("k1".into()),
+                traceparent: None,
+                tracestate: None,
+            })
+        };
+        let mut m = msg("t", "e", body);
+        m.cloudevent = Some(ce(Mode::Binary));
+        let v: serde_json::Value = serde_json::from_slice(&encode_line(&m).unwrap()).unwrap();
+        assert_eq!(v["headers"]["ce-specversion"], "1.0");
+        assert_eq!(v["headers"]["ce-type"], "se.fondo.order.create");
+        assert_eq!(v["headers"]["ce-subject"], "o1");
+        assert_eq!(v["headers"]["content-type"], "application/json");
+        assert_eq!(v["payload_json"]["current"]["id"], "o1");
+
+        m.cloudevent = Some(ce(Mode::Structured));
+        let line = encode_line(&m).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert!(
+            v["headers"].get("ce-id").is_none(),
+            "structured: no attribute headers"
+        );
+        assert_eq!(
+            v["headers"]["content-type"],
+            crate::cloudevents::STRUCTURED_CONTENT_TYPE
+        );
+        assert_eq!(v["payload_json"]["id"], "e");
+        assert_eq!(v["payload_json"]["data"]["current"]["id"], "o1");
+        let rec: FileRecord = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            rec.payload_bytes(),
+            m.body().to_vec(),
+            "the envelope, byte for byte"
+        );
+    }
+
     #[tokio::test]
     async fn unwritable_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
