@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Instructions per event, bridge core vs. raw client: an A/B measure that does not drift.
 #
-#   scripts/instructions.sh [--only kafka,nats,rabbitmq,file] [--small N] [--large N] [--bin PATH]
+#   scripts/instructions.sh [--only kafka,nats,rabbitmq,file] [--scenarios raw,core,ws] [--small N]
+#                           [--large N] [--bin PATH]
 #
 # Timings on a shared VM drift (the same binary's throughput varies by up to 1.7x within an hour),
 # so two builds compared by msg/s need many alternating runs. valgrind's callgrind counts the
 # instructions every thread executes instead: the same for the same binary and input whatever else
-# the machine is doing. For each broker and scenario (raw client, bridge core) this runs
+# the machine is doing. For each broker and scenario (raw client, bridge core; `ws` adds the
+# WebSocket source with its spool in front of the core: the simulator's stream into the broker) this runs
 # `fondo-bench --events N` under callgrind at two sizes and prints the marginal cost of one event,
 # (total(large) - total(small)) / (large - small), less the bench's own payload generator (read off
 # the profile), so start-up, connection set-up and the generator cancel out.
@@ -19,12 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ONLY=kafka,nats
+SCENARIOS=raw,core
 SMALL=5000
 LARGE=15000
 BIN=${CARGO_TARGET_DIR:-target}/release/fondo-bench
 while (($#)); do
     case $1 in
     --only) ONLY=$2; shift 2 ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
     --small) SMALL=$2; shift 2 ;;
     --large) LARGE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
@@ -71,7 +75,8 @@ printf "%-9s %-5s %14s %14s\n" broker path "instr/event" "bridge/raw"
 IFS=, read -ra BROKERS <<<"$ONLY"
 for b in "${BROKERS[@]}"; do
     raw_per=""
-    for s in raw core; do
+    IFS=, read -ra KINDS <<<"$SCENARIOS"
+    for s in "${KINDS[@]}"; do
         [[ $b == file && $s == raw ]] && continue
         m1=$(measure "$b" "$s" "$SMALL") || exit 1
         m2=$(measure "$b" "$s" "$LARGE") || exit 1
