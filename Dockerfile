@@ -40,7 +40,7 @@ WORKDIR /src
 # Cargo.lock changes. Cargo.toml declares each `[[bench]]` by name and cargo looks for its file
 # when it reads the manifest, so each gets a stand-in too. Its `[[bin]]`s with a declared path
 # (the test helper under tests/bin/) are built by plain `cargo build`, so they get stand-ins as
-# well. The workspace's other member, the benchmark harness (bench/), needs only its manifest:
+# well, and theirs stay: the manifest is read again below, and the helper is never built there. The workspace's other member, the benchmark harness (bench/), needs only its manifest:
 # its binary's path is declared, so its source is looked for only when it is built, and plain
 # `cargo build` builds the root package alone (default-members).
 COPY Cargo.toml Cargo.lock ./
@@ -53,7 +53,7 @@ RUN mkdir -p src benches \
     && sed -n '/^\[\[bin\]\]/,/^path/s/^path = "\(.*\)"$/\1/p' Cargo.toml \
         | while read -r bin; do mkdir -p "$(dirname "$bin")" && echo 'fn main() {}' > "$bin"; done \
     && cargo build --release --locked \
-    && rm -rf src benches tests
+    && rm -rf src benches
 
 # The real sources, and the files they compile in (src/demo.rs embeds config/demo.yaml with
 # include_str!; each such file must be copied here and let through by .dockerignore). Touch the
