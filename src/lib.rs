@@ -66,6 +66,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod timers;
 pub mod top;
 
 // The metrics and the admin server live in `telemetry`; these keep `crate::metrics` and

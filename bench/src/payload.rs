@@ -8,15 +8,7 @@ pub const CLIENT_ID: &str = "49ad7378-121c-4a53-9894-dfd14a7b4877";
 /// The simulated stream's bearer token.
 pub const TOKEN: &str = "bench-token";
 /// The entities of Fondo's event types: one topic (subject, routing key) each.
-pub const ENTITIES: [&str; 7] = [
-    "account",
-    "client",
-    "cashTransaction",
-    "fundTransaction",
-    "order",
-    "journey",
-    "instrument",
-];
+pub use fondo_bridge::event::ENTITIES;
 /// Events kept in memory for the raw publishers (cycled; ids stay unique).
 pub const POOL: usize = 20_000;
 

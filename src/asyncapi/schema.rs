@@ -12,15 +12,7 @@
 use serde_json::{Map, Value, json};
 
 /// The Fondo objects with a schema, by the entity part of their event types.
-pub const ENTITIES: &[&str] = &[
-    "account",
-    "client",
-    "cashTransaction",
-    "fundTransaction",
-    "order",
-    "journey",
-    "instrument",
-];
+pub use crate::event::ENTITIES;
 
 /// The marker event the WebSocket source publishes after a reconnect (`gap_marker: true`).
 pub const GAP_MARKER_TYPE: &str = "bridge.gap";

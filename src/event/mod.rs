@@ -19,6 +19,17 @@ pub use ack::{AckHandle, AckReceiver, AckStatus};
 pub use id::{canonical_json, content_key, message_id, mint_occurrence_id, node_content_key};
 pub use node::Node;
 
+/// The entities of Fondo's event types (the part before the dot), heartbeat aside.
+pub const ENTITIES: &[&str] = &[
+    "account",
+    "client",
+    "cashTransaction",
+    "fundTransaction",
+    "order",
+    "journey",
+    "instrument",
+];
+
 /// Every event type the Fondo Partner API reference lists.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "heartbeat",

@@ -339,3 +339,16 @@ fn long_occurrence_ids_are_hashed_to_a_bounded_id() {
     );
     assert!(a.event_id.len() <= 128 && a.event_id.starts_with("h:"));
 }
+
+#[test]
+fn every_known_event_type_has_its_entity_listed() {
+    for t in KNOWN_EVENT_TYPES.iter().filter(|t| **t != "heartbeat") {
+        let entity = t.split('.').next().unwrap_or_default();
+        assert!(ENTITIES.contains(&entity), "{t}: entity {entity} missing");
+    }
+    assert!(ENTITIES.iter().all(|e| {
+        KNOWN_EVENT_TYPES
+            .iter()
+            .any(|t| t.starts_with(&format!("{e}.")))
+    }));
+}

@@ -625,8 +625,8 @@ async fn serve(
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err("client closed"),
                 Some(Ok(_)) => Ok(()),
             },
-            _ = next_tick(heartbeat_tick.as_mut()), if !stalled => feeder.heartbeat().await,
-            _ = sleep_until_some(stall_end) => Ok(()),
+            _ = crate::timers::tick(heartbeat_tick.as_mut()), if !stalled => feeder.heartbeat().await,
+            _ = crate::timers::sleep_until(stall_end) => Ok(()),
             _ = rate_tick.tick(), if limited && can_send => match feeder.refill() {
                 0 => Ok(()),
                 n => feeder.feed(n).await,
@@ -645,24 +645,6 @@ async fn serve(
         if let Err(why) = step {
             return why;
         }
-    }
-}
-
-/// Waits for the next heartbeat tick; forever without heartbeats.
-async fn next_tick(tick: Option<&mut tokio::time::Interval>) {
-    match tick {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-/// Sleeps until `t`; forever without one.
-async fn sleep_until_some(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending::<()>().await,
     }
 }
 

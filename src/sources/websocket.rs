@@ -68,6 +68,7 @@ use crate::event::{
 use crate::group_commit::Pace;
 use crate::metrics::{ClientLabels, SourceReasonLabels};
 use crate::spool::{PendingAppend, Spool, SpoolError};
+use crate::timers;
 
 /// Why the WebSocket source could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -386,24 +387,6 @@ struct Link<'a> {
     stable: Duration,
     /// Set when a connection was lost; the next successful connect closes the gap.
     lost: Option<(Instant, SystemTime)>,
-}
-
-/// Resolves at `timer`'s next tick; never without a timer.
-async fn tick(timer: Option<&mut tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-/// Resolves at `deadline`; never without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending::<()>().await,
-    }
 }
 
 type WsStream =
@@ -1103,13 +1086,13 @@ impl Ctx {
                         last_activity = now;
                     }
                 }
-                () = tick(ping.as_mut()) => {
+                () = timers::tick(ping.as_mut()) => {
                     if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
                         tracing::warn!(client_id, error = %e, "WebSocket ping failed");
                         return End::Error;
                     }
                 }
-                () = sleep_until(deadline) => {
+                () = timers::sleep_until(deadline) => {
                     WebSocketStats::inc(&self.stats.watchdog_timeouts);
                     tracing::warn!(client_id, timeout_ms = self.cfg.heartbeat_timeout_ms,
                         "no event or heartbeat within the heartbeat timeout; reconnecting");
