@@ -159,7 +159,9 @@ impl Writer {
     }
 
     /// Waits for the next command: while releases are queued, only until they are due; while a
-    /// failed batch waits, only until its next attempt (its releases go with it).
+    /// failed batch waits, only until its next attempt (its releases go with it); while records
+    /// are live, at most one release window, to find releases queued meanwhile ([`Spool::release`]
+    /// does not wake the writer for them: they ride along with the next append).
     fn wait(
         &self,
         rx: &mut mpsc::Receiver<Cmd>,
@@ -168,7 +170,9 @@ impl Writer {
     ) -> Woken {
         let due = match retry {
             Some(r) => Some(r.at),
-            None => self.releases_due(),
+            None => self.releases_due().or_else(|| {
+                (self.shared.lock().live > 0).then(|| Instant::now() + self.shared.release_window)
+            }),
         };
         match due {
             None => match rt.block_on(rx.recv()) {
