@@ -289,6 +289,12 @@ impl PendingAppend {
     pub async fn wait(self) -> Result<u64, SpoolError> {
         self.rx.await.unwrap_or(Err(SpoolError::Closed))
     }
+
+    /// [`PendingAppend::wait`] without giving the append up, for a `select!` that may drop the
+    /// wait. Not to be called again once it returned.
+    pub async fn durable(&mut self) -> Result<u64, SpoolError> {
+        (&mut self.rx).await.unwrap_or(Err(SpoolError::Closed))
+    }
 }
 
 /// Decrements the waiting count when an append stops waiting for space.
@@ -389,6 +395,20 @@ impl Spool {
             .await
     }
 
+    /// Like [`Spool::begin_append`], for a caller that does not wait for the commit to go on (the
+    /// WebSocket source, which publishes the event meanwhile and releases it once both are
+    /// done): the batch waits up to [`crate::group_commit::BACKGROUND`] for more appends, even
+    /// after a quiet period, so a slow stream shares its fsyncs too.
+    pub async fn begin_background_append(
+        &self,
+        client_id: &str,
+        occurrence_id: &str,
+        payload: Bytes,
+    ) -> Result<PendingAppend, SpoolError> {
+        self.queue_append(client_id, occurrence_id, payload, Pace::Patient, true)
+            .await
+    }
+
     /// Waits for space (backpressure), then queues the record for the next group commit. The
     /// returned [`PendingAppend`] resolves after the fsync; appends queued from one task are
     /// written in the order they were queued. `pace` says whether the caller waits for this
@@ -400,6 +420,18 @@ impl Spool {
         occurrence_id: &str,
         payload: Bytes,
         pace: Pace,
+    ) -> Result<PendingAppend, SpoolError> {
+        self.queue_append(client_id, occurrence_id, payload, pace, false)
+            .await
+    }
+
+    async fn queue_append(
+        &self,
+        client_id: &str,
+        occurrence_id: &str,
+        payload: Bytes,
+        pace: Pace,
+        background: bool,
     ) -> Result<PendingAppend, SpoolError> {
         if client_id.len() > usize::from(u16::MAX) {
             return Err(SpoolError::ClientIdTooLong);
@@ -415,6 +447,7 @@ impl Spool {
             occurrence_id: occurrence_id.to_owned(),
             payload,
             pace,
+            background,
             reply,
         };
         if self.tx.send(cmd).await.is_err() {

@@ -643,8 +643,9 @@ async fn a_crash_replays_only_live_records_when_releases_rode_along_with_an_appe
 }
 
 #[tokio::test]
-async fn releases_of_an_idle_spool_become_durable_within_a_commit_window() {
-    // 0 ms commits at once when appends come, but waits 1 ms for releases.
+async fn releases_of_an_idle_spool_become_durable_within_the_release_window() {
+    // 0 ms commits at once when appends come, but releases wait the release window (1 s) for an
+    // append to ride along with before they are committed on their own.
     for group_commit_ms in [0, 5] {
         let dir = tempfile::tempdir().unwrap();
         let c = SpoolConfig {
@@ -661,8 +662,14 @@ async fn releases_of_an_idle_spool_become_durable_within_a_commit_window() {
                 s.release(id);
             }
         }
-        // No more appends: the writer commits the releases on their own.
+        // Within the window nothing is committed yet: a crash now replays the released records
+        // too (duplicates, never a loss).
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let early = crash_copy(dir.path());
+        let (_s1, report) = open(&cfg(early.path(), 1 << 30, 1 << 20));
+        assert_eq!((report.records, report.released), (50, 0));
+        // No more appends: the writer commits the releases on their own.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
         let crashed = crash_copy(dir.path());
         let (s2, report) = open(&cfg(crashed.path(), 1 << 30, 1 << 20));
         assert_eq!(
