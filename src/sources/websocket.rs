@@ -1362,6 +1362,37 @@ mod tests {
         assert!(ws_base("https://x?a=b").is_err());
     }
 
+    #[tokio::test]
+    async fn a_published_event_is_released_once_durable_and_delivered_in_either_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            ..SpoolConfig::default()
+        };
+        let (spool, _) = Spool::open(&cfg, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let a = spool
+            .append("c", "a", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let b = spool
+            .append("c", "b", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(spool.live_records(), 2);
+        // Delivered before its record is durable: released only once it is.
+        let first = Release::default();
+        first.delivered(&spool);
+        assert_eq!(spool.live_records(), 2);
+        first.durable(&spool, a);
+        assert_eq!(spool.live_records(), 1);
+        // Durable first: released on delivery.
+        let second = Release::default();
+        second.durable(&spool, b);
+        assert_eq!(spool.live_records(), 1);
+        second.delivered(&spool);
+        assert_eq!(spool.live_records(), 0);
+    }
+
     #[test]
     fn client_ids() {
         assert!(valid_client_id("49ad7378-121c-4a53-9894-dfd14a7b4877"));
