@@ -22,7 +22,9 @@
 //!   into memory; that ends the connection (logged and counted as `rejected{reason=frame_too_large}`)
 //!   and the source reconnects.
 //! - **Durability**: each event is appended to the [`Spool`] (group-committed fsync) before it is
-//!   submitted; its record is released when the dispatcher acknowledges it `Delivered` or
+//!   submitted (with the WebSocket source alone, it is submitted while the append commits in the
+//!   background, and counts as received at once; see [`Ctx::submitter`] for what a crash can
+//!   lose then); its record is released when the dispatcher acknowledges it `Delivered` or
 //!   `Rejected`, and resubmitted after a backoff on `Retry`. On start, before connecting, every
 //!   unreleased record is replayed (a record that no longer parses is dead-lettered, and released
 //!   only once its dead letter is written). When the spool is full the source stops reading the
