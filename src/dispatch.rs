@@ -246,6 +246,11 @@ impl Dispatcher {
         }
     }
 
+    /// Whether copies from the WebSocket stream pair with webhook copies (both sources on).
+    pub fn pairs_sources(&self) -> bool {
+        self.inner.identities.config().pair_sources
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.shared.metrics
     }

@@ -22,7 +22,9 @@
 //!   into memory; that ends the connection (logged and counted as `rejected{reason=frame_too_large}`)
 //!   and the source reconnects.
 //! - **Durability**: each event is appended to the [`Spool`] (group-committed fsync) before it is
-//!   submitted; its record is released when the dispatcher acknowledges it `Delivered` or
+//!   submitted (with the WebSocket source alone, it is submitted while the append commits in the
+//!   background, and counts as received at once; see [`Ctx::submitter`] for what a crash can
+//!   lose then); its record is released when the dispatcher acknowledges it `Delivered` or
 //!   `Rejected`, and resubmitted after a backoff on `Retry`. On start, before connecting, every
 //!   unreleased record is replayed (a record that no longer parses is dead-lettered, and released
 //!   only once its dead letter is written). When the spool is full the source stops reading the
@@ -261,6 +263,7 @@ impl WebSocketSource {
             max_bytes: max,
             ..self.parse.clone()
         };
+        let background_commits = !self.dispatcher.pairs_sources();
         let ctx = Arc::new(Ctx {
             cfg: self.cfg,
             base: self.base,
@@ -271,6 +274,7 @@ impl WebSocketSource {
             stats: self.stats,
             acks: TaskTracker::new(),
             spool_failing: AtomicBool::new(false),
+            background_commits,
             retry_room: tokio::sync::Notify::new(),
             shutdown_deadline: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),
@@ -333,6 +337,54 @@ enum Pending {
     Append(PendingAppend),
     /// Already on disk (appended while the reader waited for the spool to write again).
     Durable(u64),
+    /// Queued for a background commit: the event is published meanwhile.
+    Background(PendingAppend),
+}
+
+/// The spool record an event releases once it is delivered.
+#[derive(Clone)]
+enum Record {
+    /// None: the spool is off, or the append failed (shutting down while the spool cannot write).
+    None,
+    /// This record, already durable.
+    Known(u64),
+    /// A record still being committed while the event is published.
+    Later(Arc<Release>),
+}
+
+/// An event published while its spool append commits: its record is released once it is both
+/// durable and delivered, whichever comes second.
+#[derive(Default)]
+struct Release(std::sync::Mutex<ReleaseState>);
+
+#[derive(Default)]
+struct ReleaseState {
+    id: Option<u64>,
+    delivered: bool,
+}
+
+impl Release {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReleaseState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record is durable as `id`.
+    fn durable(&self, spool: &Spool, id: u64) {
+        let mut st = self.lock();
+        st.id = Some(id);
+        if st.delivered {
+            spool.release(id);
+        }
+    }
+
+    /// The event was delivered (or dead-lettered, or rejected).
+    fn delivered(&self, spool: &Spool) {
+        let mut st = self.lock();
+        st.delivered = true;
+        if let Some(id) = st.id {
+            spool.release(id);
+        }
+    }
 }
 
 struct Ctx {
@@ -347,6 +399,9 @@ struct Ctx {
     /// Set when a spool append failed (a full disk, an I/O error): the reader stops reading and
     /// makes its next event durable first, retrying until the spool writes again.
     spool_failing: AtomicBool,
+    /// With one source, events are published while their spool appends commit in the background
+    /// (see [`Ctx::submitter`]); with both, only once durable.
+    background_commits: bool,
     /// Signalled when an event waiting for its resubmission was handed on.
     retry_room: tokio::sync::Notify,
     /// Set on first use after shutdown began: when waiting for the spool ends.
@@ -428,7 +483,7 @@ impl Ctx {
             match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
                 Ok(event) => {
                     self.room_for_new().await;
-                    if self.submit(event, Some(rec.id)).await.is_err() {
+                    if self.submit(event, Record::Known(rec.id)).await.is_err() {
                         tracing::warn!(
                             "dispatcher closed during spool replay; the rest stays spooled"
                         );
@@ -469,7 +524,7 @@ impl Ctx {
     }
 
     /// Hands an event to the dispatcher and tracks its acknowledgement.
-    async fn submit(self: &Arc<Self>, event: Event, id: Option<u64>) -> Result<(), ()> {
+    async fn submit(self: &Arc<Self>, event: Event, id: Record) -> Result<(), ()> {
         self.submit_tracked(Arc::new(event), id, RETRY_INITIAL)
             .await
     }
@@ -480,7 +535,7 @@ impl Ctx {
     async fn submit_tracked(
         self: &Arc<Self>,
         event: Arc<Event>,
-        id: Option<u64>,
+        id: Record,
         delay: Duration,
     ) -> Result<(), ()> {
         let this = Arc::clone(self);
@@ -499,17 +554,15 @@ impl Ctx {
         self.dispatcher.submit(env).await.map_err(|_| ())
     }
 
-    fn settle(
-        self: Arc<Self>,
-        event: Arc<Event>,
-        id: Option<u64>,
-        status: AckStatus,
-        delay: Duration,
-    ) {
+    fn settle(self: Arc<Self>, event: Arc<Event>, id: Record, status: AckStatus, delay: Duration) {
         match status {
             AckStatus::Delivered | AckStatus::Rejected => {
-                if let (Some(spool), Some(id)) = (&self.spool, id) {
-                    spool.release(id);
+                if let Some(spool) = &self.spool {
+                    match id {
+                        Record::None => {}
+                        Record::Known(id) => spool.release(id),
+                        Record::Later(r) => r.delivered(spool),
+                    }
                 }
                 WebSocketStats::inc(&self.stats.acknowledged);
             }
@@ -568,13 +621,43 @@ impl Ctx {
     /// that pairs with it (and is then not published by its own replica) always has a copy that
     /// will be. A copy whose occurrence another replica delivered is released without
     /// publishing. Events are identified one at a time, in the stream's order.
+    ///
+    /// With one source (no pairing), an event is published while its append commits in the
+    /// background ([`Spool::begin_background_append`]): a commit may then wait up to
+    /// [`crate::group_commit::BACKGROUND`] for more events without delaying anything, so a slow
+    /// stream shares its fsyncs. Its record is released once it is both durable and delivered
+    /// ([`Release`]); commits finish in order, so this task follows them oldest first. What a
+    /// crash can lose is what it could lose before, events read and not yet durable, less those
+    /// the broker already confirmed: the commit window is longer, but an event the broker
+    /// confirms within it is safe there.
     async fn submitter(self: Arc<Self>, mut rx: mpsc::Receiver<Item>) {
         let mut abandoned = 0u64;
         let mut grace: Option<tokio::time::Instant> = None;
-        while let Some(item) = rx.recv().await {
+        // Background appends of published events, oldest first.
+        let mut committing: std::collections::VecDeque<(PendingAppend, Arc<Release>)> =
+            std::collections::VecDeque::new();
+        loop {
+            let item = tokio::select! {
+                biased;
+                r = async { committing.front_mut().map(|(p, _)| p)?.durable().await.ok() }, if !committing.is_empty() => {
+                    if let Some((_, release)) = committing.pop_front() {
+                        self.committed(r, &release);
+                    }
+                    continue;
+                }
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
             let id = match item.pending {
+                Some(Pending::Background(p)) => {
+                    let release = Arc::new(Release::default());
+                    committing.push_back((p, Arc::clone(&release)));
+                    Record::Later(release)
+                }
                 Some(Pending::Append(p)) => match self.appended(p).await {
-                    Ok(id) => Some(id),
+                    Ok(id) => Record::Known(id),
                     Err(e) => {
                         // Shutting down while the spool cannot write (or it closed): read, and
                         // Fondo will not send it again, so it is delivered now if the dispatcher
@@ -582,11 +665,11 @@ impl Ctx {
                         self.spool_failed(&e);
                         tracing::error!(error = %e, event_id = %item.event.event_id,
                             "spool append failed; the event is handed on without crash protection");
-                        None
+                        Record::None
                     }
                 },
-                Some(Pending::Durable(id)) => Some(id),
-                None => None,
+                Some(Pending::Durable(id)) => Record::Known(id),
+                None => Record::None,
             };
             WebSocketStats::inc(&self.stats.events);
             let mut event = item.event;
@@ -597,8 +680,12 @@ impl Ctx {
                 == Identity::Covered
             {
                 self.dispatcher.covered(SourceKind::WebSocket);
-                if let (Some(spool), Some(id)) = (&self.spool, id) {
-                    spool.release(id);
+                if let Some(spool) = &self.spool {
+                    match id {
+                        Record::None => {}
+                        Record::Known(id) => spool.release(id),
+                        Record::Later(r) => r.delivered(spool),
+                    }
                 }
                 WebSocketStats::inc(&self.stats.acknowledged);
                 continue;
@@ -616,6 +703,12 @@ impl Ctx {
             if self.submit(event, id).await.is_err() {
                 abandoned += 1;
             }
+        }
+        // The reader is done: wait for the commits still going (up to the shutdown grace when
+        // the spool cannot write), so delivered events are released, not replayed.
+        for (p, release) in committing {
+            let r = self.appended(p).await;
+            self.committed(r.ok(), &release);
         }
         if abandoned > 0 {
             if self.spool.is_some() {
@@ -937,6 +1030,18 @@ impl Ctx {
                     .await
                     .map(Pending::Durable)
             }
+            // Published while it commits: the spool lets the batch grow for a while.
+            Some(spool) if self.background_commits => match spool
+                .begin_background_append(client_id, &event.event_id, event.raw.clone())
+                .await
+            {
+                Ok(p) => Some(Pending::Background(p)),
+                Err(e) => {
+                    tracing::error!(client_id, error = %e,
+                        "cannot spool an event; it is delivered without crash protection");
+                    None
+                }
+            },
             // The source reads on while its events commit: the spool may let a batch grow.
             Some(spool) => match spool
                 .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Patient)
@@ -1027,6 +1132,22 @@ impl Ctx {
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A background append finished: durable as `id`, or (`None`) failed, and then the event,
+    /// published already, has no crash protection.
+    fn committed(&self, id: Option<u64>, release: &Release) {
+        match (id, &self.spool) {
+            (Some(id), Some(spool)) => release.durable(spool, id),
+            _ => {
+                self.spool_failed(&SpoolError::WriteFailed(
+                    "a background spool append failed".into(),
+                ));
+                tracing::error!(
+                    "spool append failed; the event was handed on without crash protection"
+                );
+            }
         }
     }
 
@@ -1241,6 +1362,37 @@ mod tests {
         assert!(ws_base("api.fondo.se").is_err());
         assert!(ws_base("https://").is_err());
         assert!(ws_base("https://x?a=b").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_published_event_is_released_once_durable_and_delivered_in_either_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            ..SpoolConfig::default()
+        };
+        let (spool, _) = Spool::open(&cfg, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let a = spool
+            .append("c", "a", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let b = spool
+            .append("c", "b", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(spool.live_records(), 2);
+        // Delivered before its record is durable: released only once it is.
+        let first = Release::default();
+        first.delivered(&spool);
+        assert_eq!(spool.live_records(), 2);
+        first.durable(&spool, a);
+        assert_eq!(spool.live_records(), 1);
+        // Durable first: released on delivery.
+        let second = Release::default();
+        second.durable(&spool, b);
+        assert_eq!(spool.live_records(), 1);
+        second.delivered(&spool);
+        assert_eq!(spool.live_records(), 0);
     }
 
     #[test]

@@ -67,10 +67,13 @@
 //! for the filesystem: it clears the record's bit in its segment's in-memory bitmap and queues the
 //! id for the writer thread. The writer writes the queued ids as release records in front of the
 //! next batch of appends, in the same `write` and the same `fsync`: while appends flow, releases
-//! cost no fsync of their own. When releases are queued and no append comes, the writer commits
-//! them on their own once the oldest has waited `group_commit_ms` (at least 1 ms), so an idle
-//! stream's releases become durable too. A queued id whose segment is already gone is dropped: a
-//! deleted segment's records cannot come back.
+//! cost no fsync of their own. A release does not wake the writer: a writer with live records
+//! waits at most one release window before it looks for queued releases. When releases are queued
+//! and no append comes, the writer commits them on their own once the oldest has waited the
+//! release window (`group_commit_ms`, at least 1 s), so an idle stream's releases become durable
+//! too. At 100 events/s, a window of a few milliseconds cost an fsync per event for releases
+//! alone; with 1 s they ride along with the next event's commit. A queued id whose segment is
+//! already gone is dropped: a deleted segment's records cannot come back.
 //!
 //! A segment file is deleted when all its event records are released: by the writer thread. Its
 //! bytes count against `max_bytes` until the file is gone. Its release records may be all that
@@ -92,10 +95,10 @@
 //!
 //! - after a clean close: exactly the records not released;
 //! - after a crash (`kill -9`, power loss): the records not released, plus the releases that were
-//!   not durable yet. Those are the releases of about one commit window: the ones queued since the
-//!   last commit (at most `group_commit_ms`, at least 1 ms, while nothing is appended; the time
-//!   until the next group commit while appends flow), plus those of a commit whose `fsync` had not
-//!   returned. A release only counts once [`Spool::release`] returned, so an event being
+//!   not durable yet. Those are the releases queued since the last commit (at most the release
+//!   window, `group_commit_ms` but at least 1 s, while nothing is appended; the time until the
+//!   next group commit while appends flow), plus those of a commit whose `fsync` had not
+//!   returned: duplicates under the same occurrence id, never a loss. A release only counts once [`Spool::release`] returned, so an event being
 //!   delivered at the crash is replayed too. Rarer extras: the releases recorded in a segment that
 //!   was deleted when the `.live` file of an older segment could not be written (logged).
 //!
@@ -286,6 +289,12 @@ impl PendingAppend {
     pub async fn wait(self) -> Result<u64, SpoolError> {
         self.rx.await.unwrap_or(Err(SpoolError::Closed))
     }
+
+    /// [`PendingAppend::wait`] without giving the append up, for a `select!` that may drop the
+    /// wait. Not to be called again once it returned.
+    pub async fn durable(&mut self) -> Result<u64, SpoolError> {
+        (&mut self.rx).await.unwrap_or(Err(SpoolError::Closed))
+    }
 }
 
 /// Decrements the waiting count when an append stops waiting for space.
@@ -386,6 +395,20 @@ impl Spool {
             .await
     }
 
+    /// Like [`Spool::begin_append`], for a caller that does not wait for the commit to go on (the
+    /// WebSocket source, which publishes the event meanwhile and releases it once both are
+    /// done): the batch waits up to [`crate::group_commit::BACKGROUND`] for more appends, even
+    /// after a quiet period, so a slow stream shares its fsyncs too.
+    pub async fn begin_background_append(
+        &self,
+        client_id: &str,
+        occurrence_id: &str,
+        payload: Bytes,
+    ) -> Result<PendingAppend, SpoolError> {
+        self.queue_append(client_id, occurrence_id, payload, Pace::Patient, true)
+            .await
+    }
+
     /// Waits for space (backpressure), then queues the record for the next group commit. The
     /// returned [`PendingAppend`] resolves after the fsync; appends queued from one task are
     /// written in the order they were queued. `pace` says whether the caller waits for this
@@ -397,6 +420,18 @@ impl Spool {
         occurrence_id: &str,
         payload: Bytes,
         pace: Pace,
+    ) -> Result<PendingAppend, SpoolError> {
+        self.queue_append(client_id, occurrence_id, payload, pace, false)
+            .await
+    }
+
+    async fn queue_append(
+        &self,
+        client_id: &str,
+        occurrence_id: &str,
+        payload: Bytes,
+        pace: Pace,
+        background: bool,
     ) -> Result<PendingAppend, SpoolError> {
         if client_id.len() > usize::from(u16::MAX) {
             return Err(SpoolError::ClientIdTooLong);
@@ -412,6 +447,7 @@ impl Spool {
             occurrence_id: occurrence_id.to_owned(),
             payload,
             pace,
+            background,
             reply,
         };
         if self.tx.send(cmd).await.is_err() {
@@ -479,9 +515,11 @@ impl Spool {
         }
         let empty = seg.live_count == 0;
         let active = seg.active;
+        // The writer retires a fully released active segment only when its space is wanted.
+        let big = seg.bytes >= self.shared.segment_bytes / 4;
+        let retire_active = empty && active && (big || st.waiting > 0);
         st.live = st.live.saturating_sub(1);
-        let first_pending = st.pending.is_empty();
-        if first_pending {
+        if st.pending.is_empty() {
             st.pending_since = Some(Instant::now());
         }
         st.pending.push(id);
@@ -490,11 +528,12 @@ impl Spool {
         }
         self.shared.publish_gauges(&st);
         drop(st);
-        if empty || first_pending {
-            // The writer records the release, deletes a retired segment, or retires the active
-            // one if its space is wanted. A full queue means the writer is busy and looks at the
-            // queued releases after its batch anyway; a writer that is gone leaves the files for
-            // the next start (replayed, not lost).
+        if (empty && !active) || retire_active {
+            // The writer deletes a retired segment, or retires the active one. The release itself
+            // needs no wake-up: it rides along with the next append, and a writer with live
+            // records looks for queued releases at least once per release window. A full queue
+            // means the writer is busy and looks after its batch anyway; a writer that is gone
+            // leaves the files for the next start (replayed, not lost).
             let _ = self.tx.try_send(Cmd::Maintain);
         }
     }

@@ -16,8 +16,12 @@ use crate::metrics::Metrics;
 /// What an append reserves, besides its own size, for its id in a release record: 8 bytes, plus a
 /// release record header and a segment magic in case it is written alone.
 pub(super) const RELEASE_SLOT: u64 = 8 + HEADER as u64 + MAGIC_LEN;
-/// The shortest wait before queued releases are committed on their own.
-pub(super) const MIN_RELEASE_WINDOW: Duration = Duration::from_millis(1);
+/// The shortest wait before queued releases are committed on their own. Releases ride along with
+/// the next commit of appends, which costs them nothing; this is how long they wait for one before
+/// they pay for an fsync of their own. Releasing later is safe (a crash replays a delivered event,
+/// a duplicate under the same occurrence id), and a stream of 100 events/s that committed every
+/// release on its own spent one fsync per event on releases alone (~250 µs of CPU each).
+pub(super) const MIN_RELEASE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A fully released segment taken out of the spool, for the writer to delete.
 #[derive(Debug)]

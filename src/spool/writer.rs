@@ -33,6 +33,8 @@ pub(super) enum Cmd {
         occurrence_id: String,
         payload: Bytes,
         pace: Pace,
+        /// Nobody waits for this commit ([`Spool::begin_background_append`]).
+        background: bool,
         reply: oneshot::Sender<Result<u64, SpoolError>>,
     },
     /// Something was released: releases are queued for a release record, or a segment may be
@@ -159,7 +161,9 @@ impl Writer {
     }
 
     /// Waits for the next command: while releases are queued, only until they are due; while a
-    /// failed batch waits, only until its next attempt (its releases go with it).
+    /// failed batch waits, only until its next attempt (its releases go with it); while records
+    /// are live, at most one release window, to find releases queued meanwhile ([`Spool::release`]
+    /// does not wake the writer for them: they ride along with the next append).
     fn wait(
         &self,
         rx: &mut mpsc::Receiver<Cmd>,
@@ -168,7 +172,9 @@ impl Writer {
     ) -> Woken {
         let due = match retry {
             Some(r) => Some(r.at),
-            None => self.releases_due(),
+            None => self.releases_due().or_else(|| {
+                (self.shared.lock().live > 0).then(|| Instant::now() + self.shared.release_window)
+            }),
         };
         match due {
             None => match rt.block_on(rx.recv()) {
@@ -584,39 +590,48 @@ fn gather(
 ) {
     // Of the appends taken now, not of those a failed batch already holds.
     let mut bytes = 0usize;
-    let mut patient = true;
-    push(first, batch, &mut bytes, &mut patient);
+    // Every append taken is patient; every one is a background append.
+    let mut kind = (true, true);
+    push(first, batch, &mut bytes, &mut kind);
+    let background = std::cell::Cell::new(true);
     let mut drain = || {
         while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(cmd) => push(cmd, batch, &mut bytes, &mut patient),
+                Ok(cmd) => push(cmd, batch, &mut bytes, &mut kind),
                 Err(_) => break,
             }
         }
+        background.set(kind.1);
         Gathered {
             size: batch.len(),
             full: batch.len() >= MAX_BATCH_RECORDS || bytes >= MAX_BATCH_BYTES,
-            patient,
+            patient: kind.0,
         }
     };
     if drain().size > 0 && !retrying {
-        pacer.gather(drain);
+        if background.get() {
+            pacer.gather_background(drain);
+        } else {
+            pacer.gather(drain);
+        }
     }
 }
 
-/// Adds an append to `batch`, counting its bytes and whether every append taken is patient;
-/// [`Cmd::Maintain`] adds nothing.
-fn push(cmd: Cmd, batch: &mut Vec<BatchItem>, bytes: &mut usize, patient: &mut bool) {
+/// Adds an append to `batch`, counting its bytes and whether every append taken is patient and
+/// a background one (`kind`); [`Cmd::Maintain`] adds nothing.
+fn push(cmd: Cmd, batch: &mut Vec<BatchItem>, bytes: &mut usize, kind: &mut (bool, bool)) {
     if let Cmd::Append {
         client_id,
         occurrence_id,
         payload,
         pace,
+        background,
         reply,
     } = cmd
     {
         *bytes += payload.len() + HEADER;
-        *patient &= pace == Pace::Patient;
+        kind.0 &= pace == Pace::Patient || background;
+        kind.1 &= background;
         batch.push((client_id, occurrence_id, payload, reply));
     }
 }
