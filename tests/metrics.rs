@@ -523,7 +523,10 @@ admin: {{ listen: 127.0.0.1:0 }}
         let buckets: Vec<(f64, f64)> = m.families[&format!("{family}_seconds")]
             .samples
             .iter()
-            .filter(|s| s.name.ends_with("_bucket") && s.labels.get(labels.0).map(String::as_str) == Some(labels.1))
+            .filter(|s| {
+                s.name.ends_with("_bucket")
+                    && s.labels.get(labels.0).map(String::as_str) == Some(labels.1)
+            })
             .filter_map(|s| Some((s.labels.get("le")?.parse::<f64>().ok()?, s.value)))
             .collect();
         let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
