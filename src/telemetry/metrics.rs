@@ -148,7 +148,7 @@ fn encode_windows<'a>(
     family: &str,
     help: &str,
     label: &str,
-    windows: impl Iterator<Item = (&'a str, &'a RollingLatency)> + Clone,
+    windows: impl Iterator<Item = (&'a str, &'a RollingLatency)>,
 ) -> Result<(), std::fmt::Error> {
     let snaps: Vec<_> = windows
         .filter_map(|(name, w)| w.snapshot().map(|s| (name, s)))

@@ -115,9 +115,10 @@ impl RollingLatency {
             let ring = guard.as_mut()?;
             ring.advance(tick);
             let first = ring.slots.first()?;
-            let mut merged: Histogram<u64> = Histogram::new_from(first);
+            let mut merged: Histogram<u32> = Histogram::new_from(first);
             for s in &ring.slots {
-                // Same bounds, so adding cannot fail.
+                // Same bounds, so adding cannot fail; a count would overflow only past 4e9
+                // values in one window.
                 let _ = merged.add(s);
             }
             merged

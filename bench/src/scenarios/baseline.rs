@@ -79,7 +79,7 @@ impl Client {
         let a = &c.args;
         Ok(match dest.kind {
             SinkKind::Nats => Self::Nats(async_nats::jetstream::new(
-                async_nats::connect(&a.nats).await?,
+                async_nats::connect(a.nats.as_str()).await?,
             )),
             SinkKind::Kafka => Self::Kafka(kafka::producer(&a.kafka, &dest.prefix).await?),
             SinkKind::Rabbit => {
