@@ -211,7 +211,10 @@ async fn scrapes_a_real_admin_server() {
     // The exact p99s (HdrHistogram, within 0.1 %), shown per sink and per source.
     assert!((f.publish_p99["files"] - 0.099).abs() < 0.0001, "{f:?}");
     assert!((f.receive_p99["websocket"] - 0.040).abs() < 0.0001, "{f:?}");
-    assert!(!f.receive_p99.contains_key("webhook"), "no values, no series");
+    assert!(
+        !f.receive_p99.contains_key("webhook"),
+        "no values, no series"
+    );
     let view = View::new(&f, None, None, 0.0);
     let sink = view.sinks.iter().find(|r| r.name == "files").unwrap();
     assert!(sink.p99_ms.is_some_and(|ms| (ms - 99.0).abs() < 0.1));
