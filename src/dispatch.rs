@@ -34,12 +34,13 @@ use crate::config::{Config, Unmatched};
 use crate::dlq::{DeadLetter, DeadLetterWriter, Failures, IntendedDestination, ReasonKind};
 use crate::event::{AckHandle, AckStatus, Envelope, Event, IdOrigin, SourceKind, TraceContext};
 use crate::group_commit::Pace;
-use crate::metrics::{Metrics, SinkLabels, SinkRouteLabels, SourceLabels, SourceReasonLabels};
+use crate::metrics::{
+    Latency, Metrics, SinkLabels, SinkRouteLabels, SourceLabels, SourceReasonLabels,
+};
 use crate::router::{Destination, Router};
 use crate::sinks::{DynSink, Message, SinkError, headers};
 use crate::telemetry::trace::{EventSpan, Outcome, propagation, publish_span, with_trace};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 /// How failed publishes are retried.
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ impl Drop for InFlight {
         self.metrics.in_flight.dec();
         self.metrics
             .receive_to_ack_of(self.source)
-            .observe(self.received_at.elapsed().as_secs_f64());
+            .observe(self.received_at.elapsed());
     }
 }
 
@@ -882,13 +883,7 @@ async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared:
     let mut waiting: HashMap<u64, VecDeque<Job>, foldhash::fast::RandomState> = HashMap::default();
     let mut running: FuturesUnordered<Delivery> = FuturesUnordered::new();
     // This sink's series, resolved once per route rather than once per message.
-    let latency = shared
-        .metrics
-        .publish_latency
-        .get_or_create(&SinkLabels {
-            sink: sink.name().into(),
-        })
-        .clone();
+    let latency = shared.metrics.publish_latency_of(sink.name());
     let mut published: HashMap<Arc<str>, Counter> = HashMap::new();
     let mut start = |job: Job, key: Option<u64>| -> Delivery {
         let counter = published
@@ -950,7 +945,7 @@ async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared:
 /// The metric series one delivery updates.
 struct Series {
     published: Counter,
-    latency: Histogram,
+    latency: Latency,
 }
 
 /// Publishes one job with retries; returns its key's hash so the worker can start the key's next
@@ -983,7 +978,7 @@ async fn deliver(
         let t0 = Instant::now();
         match one.attempt(failures.attempts).await {
             Ok(()) => {
-                series.latency.observe(t0.elapsed().as_secs_f64());
+                series.latency.observe(t0.elapsed());
                 series.published.inc();
                 ack.finish(AckStatus::Delivered);
                 return key;

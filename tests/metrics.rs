@@ -490,6 +490,61 @@ admin: {{ listen: 127.0.0.1:0 }}
         5.0
     );
     assert_eq!(m.sum("fondo_bridge_receive_to_ack_seconds_count", &w), 10.0);
+    // The exact quantiles over the rolling window, of the same events.
+    assert_eq!(
+        m.kind("fondo_bridge_receive_to_ack_quantile_seconds"),
+        "gauge"
+    );
+    assert_eq!(m.sum("fondo_bridge_receive_to_ack_window_count", &w), 10.0);
+    assert_eq!(
+        m.sum(
+            "fondo_bridge_publish_latency_window_count",
+            &[("sink", "files")]
+        ),
+        5.0
+    );
+    for (family, labels) in [
+        ("fondo_bridge_receive_to_ack", ("source", "webhook")),
+        ("fondo_bridge_publish_latency", ("sink", "files")),
+    ] {
+        let q = |quantile: &str| {
+            m.sum(
+                &format!("{family}_quantile_seconds"),
+                &[labels, ("quantile", quantile)],
+            )
+        };
+        let (p50, p99, p999) = (q("0.5"), q("0.99"), q("0.999"));
+        assert!(
+            0.0 < p50 && p50 <= p99 && p99 <= p999,
+            "{family}: {p50} {p99} {p999}"
+        );
+        // Every value lies at or below the first bucket that holds them all, and above the
+        // last bucket that holds none (HdrHistogram: within 0.1 %).
+        let buckets: Vec<(f64, f64)> = m.families[&format!("{family}_seconds")]
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name.ends_with("_bucket")
+                    && s.labels.get(labels.0).map(String::as_str) == Some(labels.1)
+            })
+            .filter_map(|s| Some((s.labels.get("le")?.parse::<f64>().ok()?, s.value)))
+            .collect();
+        let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
+        let all_below = buckets
+            .iter()
+            .filter(|b| b.1 >= total)
+            .map(|b| b.0)
+            .fold(f64::INFINITY, f64::min);
+        let none_below = buckets
+            .iter()
+            .filter(|b| b.1 == 0.0)
+            .map(|b| b.0)
+            .fold(0.0, f64::max);
+        assert!(
+            p999 <= all_below * 1.001 && p50 >= none_below * 0.999,
+            "{family}: quantiles {p50}..{p999} outside the histogram's ({none_below}, {all_below}]"
+        );
+    }
     assert_eq!(m.kind("fondo_bridge_in_flight"), "gauge");
     assert_eq!(m.sum("fondo_bridge_in_flight", &[]), 0.0);
     // Every family follows the naming conventions.

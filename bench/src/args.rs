@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// The scenario kinds of `--scenarios` run when it is not given: the quick profile's.
-const QUICK_SCENARIOS: &str = "raw,core,ws";
+const QUICK_SCENARIOS: &str = "raw,core,baseline,ws";
 /// ... and the full profile's: every kind.
-const FULL_SCENARIOS: &str = "raw,core,ws,sink,source,simulator";
+const FULL_SCENARIOS: &str = "raw,core,baseline,ws,sink,source,simulator";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -76,10 +76,11 @@ pub struct Args {
     /// report gives each pair's ratio, their median and their minimum.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub pairs: u32,
-    /// Comma-separated subset of the scenario kinds: raw, core, ws (per broker), sink (the
-    /// bridge's sink alone, per broker), source (the WebSocket source, spool on and off, into a
-    /// file sink that does not fsync), simulator (the load generator alone). Default: raw,core,ws;
-    /// with --full every kind.
+    /// Comma-separated subset of the scenario kinds: raw, core, baseline, ws (per broker), sink
+    /// (the bridge's sink alone, per broker), source (the WebSocket source, spool on and off,
+    /// into a file sink that does not fsync), simulator (the load generator alone). `baseline`
+    /// is `ws`'s job done by hand (no file sink). Default: raw,core,baseline,ws; with --full
+    /// every kind.
     #[arg(long)]
     pub scenarios: Option<String>,
     /// CPUs for the simulator's thread, the load generator of the WebSocket and webhook
@@ -156,7 +157,7 @@ mod tests {
     #[test]
     fn scenario_kinds_follow_the_profile_unless_given() {
         let quick = Args::parse_from(["fondo-bench"]);
-        assert!(quick.runs("core") && !quick.runs("sink"));
+        assert!(quick.runs("core") && quick.runs("baseline") && !quick.runs("sink"));
         let full = Args::parse_from(["fondo-bench", "--full"]);
         assert!(full.runs("core") && full.runs("sink") && full.runs("simulator"));
         let some = Args::parse_from(["fondo-bench", "--full", "--scenarios", "raw, sink"]);

@@ -6,6 +6,9 @@
 //!   publishing the same Fondo payloads (from the simulator's `Generator`) with the same in-flight
 //!   window;
 //! - **the bridge core**: the same bodies parsed, dispatched and published by the bridge's sink;
+//! - **the same-job baseline**: the bridge's job done by hand on the same simulated stream (a
+//!   bare WebSocket client, serde_json, the topic from `eventType`, the raw client and window;
+//!   no spool, dedupe or per-key queues): the ceiling for what the bridge does;
 //! - **the bridge**: simulator → WebSocket source (spool on) → bridge → sink, counting only
 //!   broker-confirmed deliveries, then checked against the broker's own count;
 //! - the webhook source (signed Standard Webhooks POSTs) → file and → NATS;

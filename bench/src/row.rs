@@ -6,7 +6,8 @@ use crate::latency::Latencies;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Row {
-    /// `raw`, `bridge-core`, `bridge-ws`, `bridge-webhook`, `sink`, `source` or `simulator`.
+    /// `raw`, `bridge-core`, `baseline`, `bridge-ws`, `bridge-webhook`, `sink`, `source` or
+    /// `simulator`.
     pub scenario: String,
     pub sink: String,
     /// Which part of the report the row belongs to: `main`, `pair-N`, `machine`, `parts`,
@@ -26,7 +27,7 @@ pub struct Row {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
-    /// Bridge only: the sink's publish→confirm.
+    /// Bridge (and baseline) only: the sink's publish→confirm.
     pub publish_p50_ms: Option<f64>,
     pub publish_p99_ms: Option<f64>,
     pub cpu_s_process: f64,

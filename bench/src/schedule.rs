@@ -6,8 +6,8 @@ use crate::environment::{environment, loadavg};
 use crate::measure::clk_tck;
 use crate::report;
 use crate::row::Row;
-use crate::scenarios::{Ctx, bridge_core, machine, raw, simulator, sink, webhook, ws};
-use crate::summary::PairRatios;
+use crate::scenarios::{Ctx, baseline, bridge_core, machine, raw, simulator, sink, webhook, ws};
+use crate::summary::{PairRatios, baseline_ratio};
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut env = environment(&a);
@@ -100,10 +100,18 @@ async fn per_broker(c: &Ctx, k: SinkKind, n: u64, rows: &mut Vec<Row>) {
         eprintln!("{name}: the sink alone");
         record(sink::run(c, k, payload, n).await, "sink", rows);
     }
+    if a.runs("baseline") && k != SinkKind::File {
+        eprintln!("{name}: same-job baseline (the WebSocket stream parsed and published by hand)");
+        let r = baseline::run(c, k, payload, n, "main").await;
+        record(r, "baseline", rows);
+    }
     if a.runs("ws") {
         eprintln!("{name}: bridge from the WebSocket source");
         let r = ws::bridge(c, k, payload, 1, n, "main").await;
         record(r, "bridge", rows);
+    }
+    if let Some(pct) = baseline_ratio(rows, name) {
+        eprintln!("  bridge (ws) / baseline: {pct:.0}% (target ≥ 80%)");
     }
 }
 

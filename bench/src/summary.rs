@@ -49,6 +49,20 @@ impl PairRatios {
     }
 }
 
+/// The target of the bridge against the same-job baseline: at least this share of its events/s.
+pub const BASELINE_TARGET: f64 = 80.0;
+
+/// `bridge-ws` / `baseline` throughput of one broker's `main` rows, in percent; `None` unless
+/// both ran.
+pub fn baseline_ratio(rows: &[Row], sink: &str) -> Option<f64> {
+    let find = |scenario: &str| {
+        rows.iter()
+            .find(|r| r.group == "main" && r.sink == sink && r.scenario == scenario)
+    };
+    let (base, bridge) = (find("baseline")?, find("bridge-ws")?);
+    (base.msgs_per_s > 0.0).then(|| 100.0 * bridge.msgs_per_s / base.msgs_per_s)
+}
+
 /// The target for WebSocket → file on the whole machine, events/s.
 const MACHINE_TARGET: f64 = 50_000.0;
 
@@ -122,6 +136,23 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn the_baseline_ratio_is_the_bridges_share_of_the_main_baseline() {
+        let row = |group: &str, scenario: &str, rate: f64| Row {
+            group: group.into(),
+            sink: "nats".into(),
+            scenario: scenario.into(),
+            msgs_per_s: rate,
+            ..Row::default()
+        };
+        let mut rows = vec![row("main", "baseline", 40_000.0)];
+        assert_eq!(baseline_ratio(&rows, "nats"), None);
+        rows.push(row("payload", "bridge-ws", 1.0));
+        rows.push(row("main", "bridge-ws", 30_000.0));
+        assert_eq!(baseline_ratio(&rows, "nats"), Some(75.0));
+        assert_eq!(baseline_ratio(&rows, "kafka"), None);
     }
 
     #[test]

@@ -255,6 +255,9 @@ fn flow_table<'a>(title: &str, first: &'static str, with_sink: bool, rows: &[Row
             format!("{:.0}", r.retries.total),
             rate(r.retries),
         ]);
+        if !with_sink {
+            cells.push(p99(r));
+        }
         TableRow::new(cells)
     });
     let (header, widths) = if with_sink {
@@ -278,11 +281,19 @@ fn flow_table<'a>(title: &str, first: &'static str, with_sink: bool, rows: &[Row
         )
     } else {
         (
-            bold_row([first, "DELIVERED", "EVENTS/S", "RETRIES", "RETRIES/S"]),
+            bold_row([
+                first,
+                "DELIVERED",
+                "EVENTS/S",
+                "RETRIES",
+                "RETRIES/S",
+                "P99 MS",
+            ]),
             vec![
                 Constraint::Fill(3),
                 Constraint::Length(14),
                 Constraint::Length(12),
+                Constraint::Length(10),
                 Constraint::Length(10),
                 Constraint::Length(10),
             ],
@@ -291,12 +302,22 @@ fn flow_table<'a>(title: &str, first: &'static str, with_sink: bool, rows: &[Row
     Table::new(lines, widths).header(header).block(boxed(title))
 }
 
+/// A row's p99 over the last minute (exact, from the bridge's rolling window), or `–`.
+fn p99(r: &Row) -> String {
+    match r.p99_ms {
+        Some(ms) if ms >= 100.0 => format!("{ms:.0}"),
+        Some(ms) => format!("{ms:.2}"),
+        None => "–".into(),
+    }
+}
+
 fn sources_table(view: &View) -> Table<'static> {
     let rows = view.sources.iter().map(|r| {
         TableRow::new([
             r.name.clone(),
             format!("{:.0}", r.events.total),
             rate(r.events),
+            p99(r),
         ])
     });
     Table::new(
@@ -305,9 +326,10 @@ fn sources_table(view: &View) -> Table<'static> {
             Constraint::Fill(1),
             Constraint::Length(12),
             Constraint::Length(10),
+            Constraint::Length(12),
         ],
     )
-    .header(bold_row(["SOURCE", "RECEIVED", "EVENTS/S"]))
+    .header(bold_row(["SOURCE", "RECEIVED", "EVENTS/S", "ACK P99 MS"]))
     .block(boxed("Sources"))
 }
 

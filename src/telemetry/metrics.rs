@@ -3,17 +3,23 @@
 //! Names follow Prometheus conventions (`fondo_bridge_*_total`, `*_seconds`). Labels are low
 //! cardinality: source, sink, route, reason kinds; never event ids or client data.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::event::{AckStatus, SourceKind};
+use crate::telemetry::quantiles::{QUANTILES, RollingLatency};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -67,9 +73,136 @@ pub struct ClientLabels {
     pub client_id: String,
 }
 
+/// The mantissas of the latency buckets: ten per decade, each about 1.26× the one before (the
+/// E10-like series 1, 1.25, 1.6, 2, 2.5, 3.2, 4, 5, 6.3, 8).
+const MANTISSAS: [&str; 10] = ["1", "1.25", "1.6", "2", "2.5", "3.2", "4", "5", "6.3", "8"];
+
+/// The upper bounds (seconds) of the latency histograms: ten per decade from 100 µs to 63 s,
+/// 59 buckets (plus `+Inf`).
+///
+/// Adjacent bounds are at most 1.28× apart, so `histogram_quantile` always lands in a bucket
+/// whose edges are within 28 % of each other: about ±12 % around the bucket's geometric middle,
+/// where the ×2 buckets this replaces allowed a factor of two. For exact quantiles, see
+/// `*_quantile_seconds` ([`crate::telemetry::quantiles`]).
+///
+/// Cardinality: 59 buckets + `+Inf` + `_sum` + `_count` = 62 series per label set, so
+/// `receive_to_ack_seconds` exports 3 × 62 = 186 series (the three sources are always
+/// registered) and `publish_latency_seconds` 62 per sink: 310 series with two sinks, against
+/// 120 with the old 21 buckets. Labels stay source and sink only (no route, no client), so the
+/// count grows with the number of sinks configured, never with traffic.
+pub fn latency_buckets() -> Vec<f64> {
+    let mut b = Vec::with_capacity(59);
+    for exp in -4..=1 {
+        for m in MANTISSAS {
+            // Parsed from the decimal text, so a bound prints as `0.000125`, not as a product
+            // with rounding noise in its last digits.
+            if let Ok(v) = format!("{m}e{exp}").parse::<f64>()
+                && v <= 63.0
+            {
+                b.push(v);
+            }
+        }
+    }
+    b
+}
+
 fn latency_histogram() -> Histogram {
-    // 100 µs .. ~100 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+    Histogram::new(latency_buckets())
+}
+
+/// One latency series: the Prometheus histogram and the exact rolling window beside it.
+#[derive(Clone)]
+pub struct Latency {
+    histogram: Histogram,
+    window: Arc<RollingLatency>,
+}
+
+impl Latency {
+    /// Records `d` in both.
+    pub fn observe(&self, d: Duration) {
+        self.histogram.observe(d.as_secs_f64());
+        self.window.record(d);
+    }
+}
+
+/// The windows behind `*_quantile_seconds`, read at scrape time.
+#[derive(Debug, Default)]
+struct ExactQuantiles {
+    /// By source, in [`SOURCES`] order.
+    sources: [Arc<RollingLatency>; 3],
+    /// By sink name.
+    sinks: Mutex<BTreeMap<String, Arc<RollingLatency>>>,
+}
+
+impl ExactQuantiles {
+    fn sink(&self, name: &str) -> Arc<RollingLatency> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(sinks.entry(name.to_owned()).or_default())
+    }
+}
+
+/// Encodes one `*_quantile_seconds` family and its `*_window_count`, over `windows` labelled
+/// `label`.
+fn encode_windows<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    family: &str,
+    help: &str,
+    label: &str,
+    windows: impl Iterator<Item = (&'a str, &'a RollingLatency)>,
+) -> Result<(), std::fmt::Error> {
+    let snaps: Vec<_> = windows
+        .filter_map(|(name, w)| w.snapshot().map(|s| (name, s)))
+        .collect();
+    if snaps.is_empty() {
+        // Like a labelled family with no series yet: nothing, not a bare `# TYPE`.
+        return Ok(());
+    }
+    let name = format!("{family}_quantile_seconds");
+    let mut m = encoder.encode_descriptor(&name, help, None, MetricType::Gauge)?;
+    for (series, snap) in &snaps {
+        for ((_, q), v) in QUANTILES.iter().zip(snap.quantiles) {
+            let labels = [(label, *series), ("quantile", *q)];
+            ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let name = format!("{family}_window_count");
+    let help = format!("Values {family}_quantile_seconds rests on (the last 45 to 60 s)");
+    let mut m = encoder.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+    for (series, snap) in &snaps {
+        let labels = [(label, *series)];
+        ConstGauge::new(snap.count as i64).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ExactQuantiles {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let sources = SOURCES
+            .iter()
+            .zip(&self.sources)
+            .map(|(s, w)| (s.as_str(), &**w));
+        encode_windows(
+            &mut encoder,
+            "receive_to_ack",
+            "Exact receive→ack quantiles over the last 45 to 60 s (HdrHistogram, 3 significant digits)",
+            "source",
+            sources,
+        )?;
+        let sinks: Vec<(String, Arc<RollingLatency>)> = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        encode_windows(
+            &mut encoder,
+            "publish_latency",
+            "Exact publish→confirm quantiles over the last 45 to 60 s (HdrHistogram, 3 significant digits)",
+            "sink",
+            sinks.iter().map(|(k, v)| (k.as_str(), &**v)),
+        )
+    }
 }
 
 /// Every metric the bridge exports. Cheap to clone handles out of; shared as `Arc<Metrics>`.
@@ -114,6 +247,7 @@ pub struct Metrics {
     pub reloads: Counter,
     pub publish_latency: Family<SinkLabels, Histogram>,
     pub receive_to_ack: Family<SourceLabels, Histogram>,
+    exact: Arc<ExactQuantiles>,
     delivered_total: AtomicU64,
     /// Handles into the families above for every source, resolved once: the per-event path does
     /// no label allocation, hashing or locking.
@@ -126,7 +260,7 @@ struct PerSource {
     deduplicated: Counter,
     /// By [`AckStatus`] as index.
     acked: [Counter; 3],
-    receive_to_ack: Histogram,
+    receive_to_ack: Latency,
 }
 
 impl PerSource {
@@ -135,7 +269,10 @@ impl PerSource {
             received: Counter::default(),
             deduplicated: Counter::default(),
             acked: Default::default(),
-            receive_to_ack: latency_histogram(),
+            receive_to_ack: Latency {
+                histogram: latency_histogram(),
+                window: Arc::default(),
+            },
         }
     }
 
@@ -153,7 +290,10 @@ impl PerSource {
             received: m.received.get_or_create(&labels).clone(),
             deduplicated: m.deduplicated.get_or_create(&labels).clone(),
             acked: [acked("delivered"), acked("rejected"), acked("retry")],
-            receive_to_ack: m.receive_to_ack.get_or_create(&labels).clone(),
+            receive_to_ack: Latency {
+                histogram: m.receive_to_ack.get_or_create(&labels).clone(),
+                window: Arc::clone(&m.exact.sources[source_index(source)]),
+            },
         }
     }
 }
@@ -218,6 +358,7 @@ impl Metrics {
             reloads: Counter::default(),
             publish_latency: Family::new_with_constructor(latency_histogram),
             receive_to_ack: Family::new_with_constructor(latency_histogram),
+            exact: Arc::default(),
             delivered_total: AtomicU64::new(0),
             registry: Registry::default(),
             per_source: std::array::from_fn(|_| PerSource::placeholder()),
@@ -391,6 +532,7 @@ impl Metrics {
             "Time from receiving an event to acknowledging it to its source",
             m.receive_to_ack.clone(),
         );
+        registry.register_collector(Box::new(Arc::clone(&m.exact)));
         registry.register(
             "build",
             "The running build: fondo_bridge_build_info{version} 1",
@@ -452,9 +594,20 @@ impl Metrics {
         &self.per_source[source_index(s)].acked[status as usize]
     }
 
-    /// `receive_to_ack_seconds{source}`.
-    pub fn receive_to_ack_of(&self, s: SourceKind) -> &Histogram {
+    /// `receive_to_ack_seconds{source}` and its exact window.
+    pub fn receive_to_ack_of(&self, s: SourceKind) -> &Latency {
         &self.per_source[source_index(s)].receive_to_ack
+    }
+
+    /// `publish_latency_seconds{sink}` and its exact window (resolve once per sink).
+    pub fn publish_latency_of(&self, sink: &str) -> Latency {
+        Latency {
+            histogram: self
+                .publish_latency
+                .get_or_create(&SinkLabels { sink: sink.into() })
+                .clone(),
+            window: self.exact.sink(sink),
+        }
     }
 
     pub(crate) fn count_delivered(&self) {

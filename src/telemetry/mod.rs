@@ -30,6 +30,7 @@ use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 pub mod admin;
 pub mod metrics;
 pub mod prom;
+pub mod quantiles;
 pub(crate) mod trace;
 
 /// The `tracing` target prefix exported as spans.

@@ -165,6 +165,10 @@ pub struct Figures {
     /// When the bridge started (Unix seconds).
     pub start_time: Option<f64>,
     pub version: Option<String>,
+    /// `receive_to_ack_quantile_seconds{source, quantile="0.99"}`: exact, over the last minute.
+    pub receive_p99: BTreeMap<String, f64>,
+    /// `publish_latency_quantile_seconds{sink, quantile="0.99"}`.
+    pub publish_p99: BTreeMap<String, f64>,
 }
 
 impl Figures {
@@ -196,6 +200,12 @@ impl Figures {
                 "websocket_gaps_total" => {
                     f.streams.entry(label("client_id")).or_default().gaps = s.value
                 }
+                "receive_to_ack_quantile_seconds" if s.label("quantile") == Some("0.99") => {
+                    f.receive_p99.insert(label("source"), s.value);
+                }
+                "publish_latency_quantile_seconds" if s.label("quantile") == Some("0.99") => {
+                    f.publish_p99.insert(label("sink"), s.value);
+                }
                 "websocket_gap_seconds_total" => {
                     f.streams.entry(label("client_id")).or_default().gap_seconds = s.value;
                 }
@@ -225,6 +235,9 @@ pub struct Row {
     pub sink: Option<String>,
     pub events: Count,
     pub retries: Count,
+    /// p99 latency over the last minute, ms: publish→confirm for a sink, receive→ack for a
+    /// source; `None` for routes and while the bridge saw nothing.
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -335,6 +348,7 @@ impl View {
             .map(|sink| Row {
                 events: rate(&|f| sum_where(&f.published, |k| k.0 == sink)),
                 retries: rate(&|f| sum_where(&f.retried, |k| k.0 == sink)),
+                p99_ms: now.publish_p99.get(&sink).map(|s| s * 1e3),
                 name: sink,
                 sink: None,
             })
@@ -347,6 +361,7 @@ impl View {
                 retries: rate(&|f| f.retried.get(&key).copied().unwrap_or_default()),
                 name: key.1,
                 sink: Some(key.0),
+                p99_ms: None,
             })
             .collect();
         let sources = now
@@ -357,6 +372,7 @@ impl View {
                 sink: None,
                 events: rate(&|f| f.received.get(source).copied().unwrap_or_default()),
                 retries: Count::default(),
+                p99_ms: now.receive_p99.get(source).map(|s| s * 1e3),
             })
             .collect();
         Self {

@@ -185,6 +185,13 @@ async fn scrapes_a_real_admin_server() {
             route: "r".into(),
         })
         .inc_by(7);
+    let publish = metrics.publish_latency_of("files");
+    for ms in 1..=100 {
+        publish.observe(Duration::from_millis(ms));
+    }
+    metrics
+        .receive_to_ack_of(crate::event::SourceKind::WebSocket)
+        .observe(Duration::from_millis(40));
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -201,5 +208,15 @@ async fn scrapes_a_real_admin_server() {
     assert_eq!(scrape.readiness, None);
     let f = Figures::parse(&scrape.metrics);
     assert_eq!(f.published[&("files".to_owned(), "r".to_owned())], 7.0);
+    // The exact p99s (HdrHistogram, within 0.1 %), shown per sink and per source.
+    assert!((f.publish_p99["files"] - 0.099).abs() < 0.0001, "{f:?}");
+    assert!((f.receive_p99["websocket"] - 0.040).abs() < 0.0001, "{f:?}");
+    assert!(
+        !f.receive_p99.contains_key("webhook"),
+        "no values, no series"
+    );
+    let view = View::new(&f, None, None, 0.0);
+    let sink = view.sinks.iter().find(|r| r.name == "files").unwrap();
+    assert!(sink.p99_ms.is_some_and(|ms| (ms - 99.0).abs() < 0.1));
     server.abort();
 }

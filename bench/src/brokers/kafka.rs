@@ -85,14 +85,7 @@ pub async fn raw(
     n: u64,
     window: usize,
 ) -> anyhow::Result<Published> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "fondo-bench-raw")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "65536")
-        .create()?;
+    let producer = producer(brokers, prefix).await?;
     let topics: Vec<String> = ENTITIES.iter().map(|e| format!("{prefix}.{e}")).collect();
     let topic_of = |entity: &str| {
         ENTITIES
@@ -102,7 +95,28 @@ pub async fn raw(
             .cloned()
             .unwrap_or_else(|| format!("{prefix}.other"))
     };
-    // Warm up (idempotent producer id, metadata, connections) outside the timing.
+    let producer = &producer;
+    let published = windowed(n, window, |i| {
+        let ev = &pool[(i as usize) % pool.len()];
+        let topic = topic_of(ev.entity);
+        let id = format!("raw-{i}");
+        async move { send(producer, &topic, &id, ev.etype, &ev.key, &ev.body).await }
+    })
+    .await;
+    Ok(published)
+}
+
+/// The bare producer (`acks=all`, idempotent, the sink's queue limits), warmed up (idempotent
+/// producer id, metadata, connections) by one message to `<prefix>.warmup`.
+pub async fn producer(brokers: &str, prefix: &str) -> anyhow::Result<FutureProducer> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "fondo-bench-raw")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create()?;
     let warm = format!("{prefix}.warmup");
     producer
         .send(
@@ -111,40 +125,43 @@ pub async fn raw(
         )
         .await
         .map_err(|(e, _)| anyhow!("kafka warm-up: {e}"))?;
-    let producer = &producer;
-    let published = windowed(n, window, |i| {
-        let ev = &pool[(i as usize) % pool.len()];
-        let topic = topic_of(ev.entity);
-        let id = format!("raw-{i}");
-        async move {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "fondo-event-id",
-                    value: Some(id.as_str()),
-                })
-                .insert(Header {
-                    key: "fondo-event-type",
-                    value: Some(ev.etype),
-                })
-                .insert(Header {
-                    key: "fondo-client-id",
-                    value: Some(CLIENT_ID),
-                })
-                .insert(Header {
-                    key: "fondo-source",
-                    value: Some("websocket"),
-                });
-            let rec = FutureRecord::to(&topic)
-                .key(ev.key.as_bytes())
-                .payload(&ev.body[..])
-                .headers(headers);
-            producer
-                .send(rec, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| anyhow!("kafka: {e}"))
-        }
-    })
-    .await;
-    Ok(published)
+    Ok(producer)
+}
+
+/// One message as the bare producer sends it, with the sink's four `fondo-*` headers, awaited
+/// to its delivery report.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    id: &str,
+    etype: &str,
+    key: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "fondo-event-id",
+            value: Some(id),
+        })
+        .insert(Header {
+            key: "fondo-event-type",
+            value: Some(etype),
+        })
+        .insert(Header {
+            key: "fondo-client-id",
+            value: Some(CLIENT_ID),
+        })
+        .insert(Header {
+            key: "fondo-source",
+            value: Some("websocket"),
+        });
+    let rec = FutureRecord::to(topic)
+        .key(key.as_bytes())
+        .payload(body)
+        .headers(headers);
+    producer
+        .send(rec, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| anyhow!("kafka: {e}"))
 }

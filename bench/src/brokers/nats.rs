@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
 
 use crate::payload::{CLIENT_ID, Ev};
 use crate::window::{Published, windowed};
@@ -55,22 +56,33 @@ pub async fn raw(
         let ev = &pool[(i as usize) % pool.len()];
         let subject = format!("{prefix}.{}", ev.entity);
         let id = format!("raw-{i}");
-        async move {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("fondo-event-id", id.as_str());
-            h.insert("fondo-event-type", ev.etype);
-            h.insert("fondo-client-id", CLIENT_ID);
-            h.insert("fondo-source", "websocket");
-            h.insert("fondo-key", ev.key.as_str());
-            h.insert("Nats-Msg-Id", id.as_str());
-            let ack = js
-                .publish_with_headers(subject, h, ev.body.clone())
-                .await
-                .map_err(|e| anyhow!("publish: {e}"))?;
-            ack.await.map_err(|e| anyhow!("puback: {e}"))?;
-            Ok(())
-        }
+        async move { publish(js, subject, &id, ev.etype, &ev.key, ev.body.clone()).await }
     })
     .await;
     Ok(published)
+}
+
+/// One message as the bare client publishes it: the sink's headers and `Nats-Msg-Id`, awaited
+/// to its PubAck.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    id: &str,
+    etype: &str,
+    key: &str,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("fondo-event-id", id);
+    h.insert("fondo-event-type", etype);
+    h.insert("fondo-client-id", CLIENT_ID);
+    h.insert("fondo-source", "websocket");
+    h.insert("fondo-key", key);
+    h.insert("Nats-Msg-Id", id);
+    let ack = js
+        .publish_with_headers(subject, h, body)
+        .await
+        .map_err(|e| anyhow!("publish: {e}"))?;
+    ack.await.map_err(|e| anyhow!("puback: {e}"))?;
+    Ok(())
 }

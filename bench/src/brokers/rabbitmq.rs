@@ -85,49 +85,67 @@ pub async fn raw(
     n: u64,
     window: usize,
 ) -> anyhow::Result<Published> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (conn, ch) = confirming(url).await?;
     let ch = &ch;
     let published = windowed(n, window, |i| {
         let ev = &pool[(i as usize) % pool.len()];
         let rk = format!("{prefix}.{}", ev.entity);
         // As long as the bridge's ids (32 hex digits), so both send messages of one size.
         let id = format!("{i:032x}");
-        async move {
-            let confirm = ch
-                .basic_publish(
-                    exchange.into(),
-                    rk.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &ev.body,
-                    properties(&id, ev),
-                )
-                .await?
-                .await?;
-            match confirm {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(_)) => Err(anyhow!("returned (unroutable)")),
-                other => Err(anyhow!("not acked: {other:?}")),
-            }
-        }
+        async move { publish(ch, exchange, &rk, &id, ev.etype, &ev.key, &ev.body).await }
     })
     .await;
     let _ = conn.close(200, "bye".into()).await;
     Ok(published)
 }
 
+/// A connection and a channel in confirm mode: the bare publisher.
+pub async fn confirming(url: &str) -> anyhow::Result<(Connection, Channel)> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((conn, ch))
+}
+
+/// One message as the bare publisher sends it (`mandatory`, the sink's properties and headers),
+/// awaited to its confirm.
+pub async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    rk: &str,
+    id: &str,
+    etype: &str,
+    key: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            rk.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            body,
+            properties(id, etype, key),
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(anyhow!("returned (unroutable)")),
+        other => Err(anyhow!("not acked: {other:?}")),
+    }
+}
+
 /// The properties and headers the bridge's RabbitMQ sink sets, so the broker handles the same
 /// message in both scenarios and the ratio is the bridge's own.
-fn properties(id: &str, ev: &Ev) -> BasicProperties {
+fn properties(id: &str, etype: &str, key: &str) -> BasicProperties {
     let mut table = FieldTable::default();
     table.insert("fondo-event-id".into(), AMQPValue::LongString(id.into()));
     table.insert(
         "fondo-event-type".into(),
-        AMQPValue::LongString(ev.etype.into()),
+        AMQPValue::LongString(etype.into()),
     );
     table.insert(
         "fondo-client-id".into(),
@@ -137,10 +155,7 @@ fn properties(id: &str, ev: &Ev) -> BasicProperties {
         "fondo-source".into(),
         AMQPValue::LongString("websocket".into()),
     );
-    table.insert(
-        "fondo-key".into(),
-        AMQPValue::LongString(ev.key.as_str().into()),
-    );
+    table.insert("fondo-key".into(), AMQPValue::LongString(key.into()));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -152,5 +167,5 @@ fn properties(id: &str, ev: &Ev) -> BasicProperties {
         .with_timestamp(now)
         .with_app_id(ShortString::from("fondo-bridge"))
         .with_headers(table)
-        .with_type(ShortString::from(ev.etype))
+        .with_type(ShortString::from(etype))
 }

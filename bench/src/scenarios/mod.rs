@@ -2,6 +2,9 @@
 //! broker holds and returns one [`Row`](crate::row::Row).
 //!
 //! - [`raw`]: the bare broker client (the ceiling);
+//! - [`baseline`]: `ws`'s job by hand (the same stream read with a bare WebSocket client, parsed,
+//!   a topic from `eventType`, published with the raw client and window): the ceiling for what
+//!   the bridge does;
 //! - [`bridge_core`]: bodies parsed, dispatched and published by the bridge, no network source;
 //! - [`ws`]: simulator → WebSocket source → the whole bridge → broker (`bridge-ws`), and the
 //!   same into a file sink that does not fsync, spool on and off (`source`);
@@ -10,6 +13,7 @@
 //! - [`simulator`]: the load generator alone, read by a bare WebSocket client;
 //! - [`machine`]: `ws` → file in child processes allowed every CPU.
 
+pub mod baseline;
 pub mod bridge_core;
 pub mod machine;
 pub mod raw;
@@ -57,7 +61,8 @@ pub fn publish_latency(bridge: &Bridge) -> Latencies {
 }
 
 /// What the latency columns of rows read from the bridge's histograms say.
-pub const FROM_BRIDGE_HISTOGRAM: &str = "bridge histogram (buckets ×2 from 100 µs; upper bounds)";
+pub const FROM_BRIDGE_HISTOGRAM: &str =
+    "bridge histogram (10 buckets per decade from 100 µs; upper bounds)";
 
 /// Stops the bridge, logging (not failing on) a drain that timed out.
 pub async fn shutdown(bridge: Bridge) {

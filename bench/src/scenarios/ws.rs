@@ -141,7 +141,7 @@ async fn measure(c: &Ctx, case: &Case<'_>) -> anyhow::Result<Row> {
 }
 
 /// The simulated stream: `n` events as fast as the connection takes them, a heartbeat a second.
-fn stream(objects: usize, payload_bytes: usize, n: u64) -> StreamConfig {
+pub(crate) fn stream(objects: usize, payload_bytes: usize, n: u64) -> StreamConfig {
     StreamConfig {
         token: TOKEN.into(),
         seed: 11,
