@@ -48,6 +48,7 @@ fn bench_spool(c: &mut Criterion) {
             max_bytes: 1 << 30,
             segment_bytes: 16 << 20,
             group_commit_ms,
+            ..SpoolConfig::default()
         };
         let spool = match rt.block_on(async { Spool::open(&cfg, Arc::new(Metrics::new())) }) {
             Ok((s, _)) => s,

@@ -22,9 +22,9 @@
 //!   into memory; that ends the connection (logged and counted as `rejected{reason=frame_too_large}`)
 //!   and the source reconnects.
 //! - **Durability**: each event is appended to the [`Spool`] (group-committed fsync) before it is
-//!   submitted (with the WebSocket source alone, it is submitted while the append commits in the
-//!   background, and counts as received at once; see [`Ctx::submitter`] for what a crash can
-//!   lose then); its record is released when the dispatcher acknowledges it `Delivered` or
+//!   submitted (with `spool.publish_while_committing` and the WebSocket source alone, it is
+//!   submitted while the append commits in the background, and counts as received at once; see
+//!   [`Ctx::submitter`] for what a crash can lose then); its record is released when the dispatcher acknowledges it `Delivered` or
 //!   `Rejected`, and resubmitted after a backoff on `Retry`. On start, before connecting, every
 //!   unreleased record is replayed (a record that no longer parses is dead-lettered, and released
 //!   only once its dead letter is written). When the spool is full the source stops reading the
@@ -33,7 +33,7 @@
 //!   writes them again, in order, once it can; the reader makes its next event durable before it
 //!   reads on (readiness `spool` says why meanwhile). So per stream at most [`PIPELINE`] + 1
 //!   events are read and not yet durable at any moment, and none of them has been handed to the
-//!   dispatcher (an event is submitted, and counted as received, only once it is durable; only a
+//!   dispatcher unless `spool.publish_while_committing` is on (an event is submitted, and counted as received, only once it is durable; only a
 //!   shutdown that finds the spool still failing after its grace hands the rest on unprotected).
 //! - **Retries**: an event acknowledged `Retry` waits for its resubmission outside the
 //!   dispatcher's `max_in_flight`; new events wait (and the reader pauses once its pipeline is
@@ -151,6 +151,8 @@ pub struct WebSocketSource {
     dispatcher: Dispatcher,
     readiness: Arc<Readiness>,
     spool: Option<Spool>,
+    /// `spool.publish_while_committing`.
+    publish_while_committing: bool,
     stats: Arc<WebSocketStats>,
 }
 
@@ -216,6 +218,7 @@ impl WebSocketSource {
         if cfg.token.is_none() && cfg.token_file.is_none() {
             return Err(WebSocketError::NoToken);
         }
+        let publish_while_committing = spool.publish_while_committing;
         let spool = if spool.enabled {
             let (s, _report) = Spool::open(&spool, Arc::clone(dispatcher.metrics()))?;
             Some(s)
@@ -241,6 +244,7 @@ impl WebSocketSource {
             dispatcher,
             readiness,
             spool,
+            publish_while_committing,
             stats: Arc::new(WebSocketStats::default()),
         })
     }
@@ -263,7 +267,7 @@ impl WebSocketSource {
             max_bytes: max,
             ..self.parse.clone()
         };
-        let background_commits = !self.dispatcher.pairs_sources();
+        let background_commits = self.publish_while_committing && !self.dispatcher.pairs_sources();
         let ctx = Arc::new(Ctx {
             cfg: self.cfg,
             base: self.base,
@@ -399,8 +403,9 @@ struct Ctx {
     /// Set when a spool append failed (a full disk, an I/O error): the reader stops reading and
     /// makes its next event durable first, retrying until the spool writes again.
     spool_failing: AtomicBool,
-    /// With one source, events are published while their spool appends commit in the background
-    /// (see [`Ctx::submitter`]); with both, only once durable.
+    /// With `spool.publish_while_committing` and one source, events are published while their
+    /// spool appends commit in the background (see [`Ctx::submitter`]); otherwise only once
+    /// durable.
     background_commits: bool,
     /// Signalled when an event waiting for its resubmission was handed on.
     retry_room: tokio::sync::Notify,
@@ -622,7 +627,8 @@ impl Ctx {
     /// will be. A copy whose occurrence another replica delivered is released without
     /// publishing. Events are identified one at a time, in the stream's order.
     ///
-    /// With one source (no pairing), an event is published while its append commits in the
+    /// With `spool.publish_while_committing` and one source (no pairing), an event is published
+    /// while its append commits in the
     /// background ([`Spool::begin_background_append`]): a commit may then wait up to
     /// [`crate::group_commit::BACKGROUND`] for more events without delaying anything, so a slow
     /// stream shares its fsyncs. Its record is released once it is both durable and delivered
