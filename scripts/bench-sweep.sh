@@ -7,6 +7,8 @@
 #
 # Paths (PATHS, comma-separated):
 #   ws-nats       simulated WebSocket stream -> spool -> NATS JetStream (file storage, as production)
+#   ws-nats-pwc   the same with `spool.publish_while_committing: true` (published while the append
+#                 commits; see the README for what a crash can lose then)
 #   ws-kafka      simulated WebSocket stream -> spool -> Kafka (tansu on loopback)
 #   webhook-nats  Standard Webhooks POSTs (64 concurrent senders, paced) -> NATS JetStream
 # Every run starts a new bridge process and a new simulator process. After WARMUP seconds (default
@@ -25,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RATES=${RATES:-100 1000 10000}
-PATHS=${PATHS:-ws-nats,ws-kafka,webhook-nats}
+PATHS=${PATHS:-ws-nats,ws-nats-pwc,ws-kafka,webhook-nats}
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 IDLE_S=${IDLE_S:-60}
@@ -88,8 +90,10 @@ config() { # path index sim_port webhook_port admin_port -> writes the config
     signature: { scheme: standard-webhooks }"
         ;;
     esac
+    local spool="spool: { dir: $WORK/spool-$i }"
+    [[ $path == *-pwc ]] && spool="spool: { dir: $WORK/spool-$i, publish_while_committing: true }"
     case $path in
-    *-nats)
+    *-nats | *-nats-pwc)
         sink="  broker: { type: nats, url: \"$FONDO_BRIDGE_TEST_NATS\", streams: [{ name: SWEEP$$_$i, subjects: [\"sweep$$.$i.>\"], max_age_ms: 600000 }] }"
         topic="sweep$$.$i.{entity}"
         ;;
@@ -106,7 +110,7 @@ $sink
 routes:
   - { name: all, match: ["*"], to: [{ sink: broker, topic: "$topic" }] }
 dead_letter: { fallback_file: $WORK/dead-letter-$i.jsonl }
-spool: { dir: $WORK/spool-$i }
+$spool
 admin: { listen: 127.0.0.1:$admin }
 telemetry: { log_level: warn }
 EOF
