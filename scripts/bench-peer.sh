@@ -218,13 +218,16 @@ run_one() { # side path pair i
     else
         peer_config "$src" "$broker" "$port" "$simport" "$prefix" "$stream" "$exchange" \
             >"$WORK/peer-$i.yaml"
+        # mq-bridge-connect (its Go library) is loaded only for the WebSocket client input.
         PYTHONPATH=$PEER_DIR python3 -c '
-import sys, logging, mq_bridge, mq_bridge_connect
-mq_bridge_connect.register()
+import sys, logging, mq_bridge
+if sys.argv[2] == "ws":
+    import mq_bridge_connect
+    mq_bridge_connect.register()
 mq_bridge.init_logging("info")
 logging.basicConfig(level=logging.INFO)
 mq_bridge.Route.from_file(sys.argv[1], "bench").run()
-' "$WORK/peer-$i.yaml" >"$WORK/bridge-$i.log" 2>&1 &
+' "$WORK/peer-$i.yaml" "$src" >"$WORK/bridge-$i.log" 2>&1 &
         pid=$!
         for _ in $(seq 1 300); do
             if [[ $src == webhook ]]; then

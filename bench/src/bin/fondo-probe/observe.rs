@@ -8,7 +8,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use fondo_bridge::simulator::generator::{event_seq, object_key};
-use fondo_bridge::simulator::stream::STAMP_FIELD;
+
+/// The field `fondo-bridge simulate stream --stamp` writes (the simulator's `STAMP_FIELD`).
+const STAMP_FIELD: &str = "benchSentNs";
 
 /// Latencies are recorded in nanoseconds, up to an hour, to 3 significant digits (0.1 %).
 const MAX_NS: u64 = 3_600_000_000_000;
