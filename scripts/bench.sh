@@ -28,6 +28,7 @@ MACHINE=(--machine-runs "${BENCH_MACHINE_RUNS:-5}")
 for a in "$@"; do
     case $a in
     --quick | --full) MODE=$a ;;
+    --peer) exec scripts/bench-peer.sh ;;
     --machine-runs | --machine-runs=*) MACHINE=(); ARGS+=("$a") ;;
     -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$a") ;;

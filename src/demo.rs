@@ -131,6 +131,9 @@ fn simulator_args(args: &DemoArgs, token: String) -> Result<SimulateArgs, DemoEr
             .parse()
             .map_err(|_| DemoError::Simulator("address".into()))?,
         token,
+        query_token: false,
+        open: false,
+        stamp: false,
         seed: 1,
         rate: args.rate,
         count: args.count,

@@ -44,6 +44,18 @@ pub struct SimulateArgs {
     /// Bearer token clients must present (anything else gets HTTP 401).
     #[arg(long, env = "FONDO_SIM_TOKEN", default_value = "sim-token")]
     pub token: String,
+    /// Also accept the token as a query parameter (`?token=...` or `?access_token=...`), for
+    /// WebSocket clients that cannot send headers. The `Authorization` header still works.
+    #[arg(long)]
+    pub query_token: bool,
+    /// BENCHMARKS ONLY: no authentication at all; any client that knows the path is served.
+    /// Never point anything but a benchmark at a simulator started with it.
+    #[arg(long, conflicts_with = "query_token")]
+    pub open: bool,
+    /// Add the send time (Unix nanoseconds) to each event body as a top-level field
+    /// `"benchSentNs"`, so a consumer of the broker can compute send-to-visible latency.
+    #[arg(long)]
+    pub stamp: bool,
     /// Seed for the event generator: the same seed gives the same events.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -89,6 +101,10 @@ pub struct StreamConfig {
     pub listen: SocketAddr,
     /// Bearer token clients must present.
     pub token: String,
+    /// How a client may present the token (or that it need not).
+    pub auth: StreamAuth,
+    /// Add `"benchSentNs": <send time in Unix nanoseconds>` to each event body.
+    pub stamp: bool,
     /// Generator seed.
     pub seed: u64,
     /// Events per second per connection; 0 = as fast as possible.
@@ -126,6 +142,8 @@ impl Default for StreamConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: "sim-token".into(),
+            auth: StreamAuth::Header,
+            stamp: false,
             seed: 1,
             rate: 0.0,
             count: None,
@@ -149,6 +167,14 @@ impl From<&SimulateArgs> for StreamConfig {
         Self {
             listen: a.listen,
             token: a.token.clone(),
+            auth: if a.open {
+                StreamAuth::Open
+            } else if a.query_token {
+                StreamAuth::HeaderOrQuery
+            } else {
+                StreamAuth::Header
+            },
+            stamp: a.stamp,
             seed: a.seed,
             rate: a.rate.max(0.0),
             count: a.count,
@@ -166,6 +192,21 @@ impl From<&SimulateArgs> for StreamConfig {
         }
     }
 }
+
+/// How clients authenticate to the simulated stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamAuth {
+    /// `Authorization: Bearer <token>`, as Fondo requires.
+    #[default]
+    Header,
+    /// The header, or the token as the query parameter `token` or `access_token`.
+    HeaderOrQuery,
+    /// No authentication: for benchmarks of clients that can send neither.
+    Open,
+}
+
+/// The name of the field [`StreamConfig::stamp`] adds to each event body.
+pub const STAMP_FIELD: &str = "benchSentNs";
 
 /// Why the simulator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -436,6 +477,11 @@ pub async fn run_stream(
     shutdown: CancellationToken,
 ) -> Result<(), SimulatorError> {
     let cfg = StreamConfig::from(&args);
+    if cfg.auth == StreamAuth::Open {
+        tracing::warn!(
+            "simulator started with --open: NO AUTHENTICATION, any client is served; for benchmarks only"
+        );
+    }
     let (addr, handle) = start(cfg).await?;
     tracing::info!(
         %addr,
@@ -498,6 +544,57 @@ fn client_id_from_path(path: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
+/// Whether the handshake `req` presents `token` the way `auth` accepts.
+fn authorized(auth: StreamAuth, token: &str, req: &Request) -> bool {
+    let header_ok = || {
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == token)
+    };
+    let query_ok = || {
+        req.uri().query().is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == "token" || k == "access_token") && percent_decoded(v) == token
+            })
+        })
+    };
+    match auth {
+        StreamAuth::Open => true,
+        StreamAuth::Header => header_ok(),
+        StreamAuth::HeaderOrQuery => header_ok() || query_ok(),
+    }
+}
+
+/// `%XX` escapes and `+` of a query value decoded (invalid escapes are kept as they are).
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn reject(status: StatusCode, why: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(why.to_owned()));
     *r.status_mut() = status;
@@ -525,16 +622,12 @@ async fn connection(
             cb_shared.record_handshake(Some(id.to_owned()), 404);
             return Err(reject(StatusCode::NOT_FOUND, "unknown client"));
         }
-        let expected = cb_shared
+        let token = cb_shared
             .token
             .lock()
-            .map(|t| format!("Bearer {t}"))
+            .map(|t| t.clone())
             .unwrap_or_default();
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if given != Some(expected.as_str()) {
+        if !authorized(cb_shared.cfg.auth, &token, req) {
             cb_shared.record_handshake(Some(id.to_owned()), 401);
             return Err(reject(StatusCode::UNAUTHORIZED, "invalid token"));
         }
@@ -775,11 +868,14 @@ async fn send_batch(
         if limit.is_some_and(|c| state.generated >= c) {
             break;
         }
-        let body = if cfg.script.is_empty() {
+        let mut body = if cfg.script.is_empty() {
             state.generator.next_event()
         } else {
             cfg.script[(state.generated % cfg.script.len() as u64) as usize].clone()
         };
+        if cfg.stamp {
+            body = stamped(&body, unix_nanos());
+        }
         state.generated += 1;
         *on_conn += 1;
         let text = Utf8Bytes::try_from(body.clone()).map_err(|_| ())?;
@@ -824,6 +920,30 @@ async fn send_batch(
     shared.events_sent.fetch_add(sent, Ordering::Relaxed);
     flushed.map_err(|_| ())?;
     Ok(next)
+}
+
+/// The current time in Unix nanoseconds (0 before 1970).
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// `body` (a JSON object) with `"benchSentNs": ns` as its first field; a body that is not an
+/// object is returned as it is.
+fn stamped(body: &[u8], ns: u128) -> Bytes {
+    let Some(rest) = body.strip_prefix(b"{") else {
+        return Bytes::copy_from_slice(body);
+    };
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + 40);
+    out.extend_from_slice(format!("{{\"{STAMP_FIELD}\":{ns}").as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 fn malformed_frame(k: u64, oversized: usize) -> (MalformedKind, Message, Bytes) {
@@ -886,6 +1006,108 @@ mod tests {
             None
         );
         assert_eq!(client_id_from_path("/other"), None);
+    }
+
+    #[test]
+    fn stamp_is_a_first_top_level_field() {
+        let s = stamped(br#"{"eventType":"order.create","current":{"id":"o1"}}"#, 42);
+        let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+        assert_eq!(v[STAMP_FIELD], 42);
+        assert_eq!(v["eventType"], "order.create");
+        assert_eq!(v["current"]["id"], "o1");
+        let e: serde_json::Value = serde_json::from_slice(&stamped(b"{ }", 7)).unwrap();
+        assert_eq!(e, serde_json::json!({ STAMP_FIELD: 7 }));
+        assert_eq!(&stamped(b"[1]", 7)[..], b"[1]");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decoded("a%2Fb+c%zz%4"), "a/b c%zz%4");
+        assert_eq!(percent_decoded("%C3%A9"), "é");
+    }
+
+    /// Connects to `url` (with `bearer` as `Authorization` when given): the handshake's HTTP
+    /// status (101 when upgraded) and, when upgraded, the first event frame.
+    async fn connect(url: &str, bearer: Option<&str>) -> (u16, Option<serde_json::Value>) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = bearer {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, resp)) => {
+                let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let v = serde_json::from_slice(first.into_data().as_ref()).unwrap();
+                (resp.status().as_u16(), Some(v))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                (resp.status().as_u16(), None)
+            }
+            Err(e) => panic!("connect {url}: {e}"),
+        }
+    }
+
+    async fn sim(auth: StreamAuth, stamp: bool) -> SimHandle {
+        let (_, h) = start(StreamConfig {
+            token: "t0k/en".into(),
+            auth,
+            stamp,
+            count: Some(5),
+            heartbeat: None,
+            ..StreamConfig::default()
+        })
+        .await
+        .unwrap();
+        h
+    }
+
+    /// The stream URL of a fresh client id (each client id gets its own `count` events).
+    fn url(h: &SimHandle, query: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{}/v2/partner/client/c{id}/subscribe{query}", h.base_url())
+    }
+
+    #[tokio::test]
+    async fn header_only_by_default_query_token_and_open_on_request() {
+        let strict = sim(StreamAuth::default(), false).await;
+        assert_eq!(connect(&url(&strict, ""), Some("t0k/en")).await.0, 101);
+        let q = url(&strict, "?token=t0k%2Fen");
+        assert_eq!(connect(&q, None).await.0, 401);
+        assert_eq!(connect(&url(&strict, ""), None).await.0, 401);
+        assert_eq!(connect(&url(&strict, ""), Some("wrong")).await.0, 401);
+        strict.stop().await;
+
+        let query = sim(StreamAuth::HeaderOrQuery, false).await;
+        let (status, first) = connect(&url(&query, "?x=1&token=t0k%2Fen"), None).await;
+        assert_eq!(status, 101);
+        // Without stamping, bodies are exactly the generator's.
+        assert!(first.unwrap().get(STAMP_FIELD).is_none());
+        let q = url(&query, "?access_token=t0k/en");
+        assert_eq!(connect(&q, None).await.0, 101);
+        assert_eq!(connect(&url(&query, ""), Some("t0k/en")).await.0, 101);
+        let q = url(&query, "?token=wrong");
+        assert_eq!(connect(&q, None).await.0, 401);
+        assert_eq!(connect(&url(&query, ""), None).await.0, 401);
+        query.stop().await;
+
+        let open = sim(StreamAuth::Open, true).await;
+        let before = unix_nanos();
+        let (status, first) = connect(&url(&open, ""), None).await;
+        assert_eq!(status, 101);
+        let first = first.unwrap();
+        let sent = first[STAMP_FIELD].as_u64().unwrap();
+        assert!(u128::from(sent) >= before && u128::from(sent) <= unix_nanos());
+        assert!(first["eventType"].is_string());
+        // Paths are still checked.
+        let elsewhere = format!("{}/elsewhere", open.base_url());
+        assert_eq!(connect(&elsewhere, None).await.0, 404);
+        open.stop().await;
     }
 
     #[test]
