@@ -3,6 +3,8 @@
 # broker.
 #
 #   scripts/bench.sh [--quick|--full] [fondo-bench options...]
+#   scripts/bench.sh --peer     # fondo-bridge vs. mq-bridge 1.2.0, process against process (bench-peer.sh)
+#   scripts/bench.sh --sweep    # the release binary at 100 / 1 000 / 10 000 events/s and idle (bench-sweep.sh)
 #
 # Starts the brokers (scripts/brokers.sh: RabbitMQ 5672, NATS+JetStream 4222; its own tansu Kafka
 # broker on $BENCH_KAFKA_PORT, default 19192, restarted before every Kafka scenario because memory
@@ -29,8 +31,9 @@ for a in "$@"; do
     case $a in
     --quick | --full) MODE=$a ;;
     --peer) exec scripts/bench-peer.sh ;;
+    --sweep) exec scripts/bench-sweep.sh ;;
     --machine-runs | --machine-runs=*) MACHINE=(); ARGS+=("$a") ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$a") ;;
     esac
 done
