@@ -5,6 +5,8 @@
 #   scripts/bench.sh [--quick|--full] [fondo-bench options...]
 #   scripts/bench.sh --peer     # fondo-bridge vs. mq-bridge 1.2.0, process against process (bench-peer.sh)
 #   scripts/bench.sh --sweep    # the release binary at 100 / 1 000 / 10 000 events/s and idle (bench-sweep.sh)
+#   scripts/bench.sh --all      # the three above (peer, sweep, quick), then docs/benchmarks.md
+# Each writes its part to bench-results/ and assembles docs/benchmarks.md (scripts/bench-doc.sh).
 #
 # Starts the brokers (scripts/brokers.sh: RabbitMQ 5672, NATS+JetStream 4222; its own tansu Kafka
 # broker on $BENCH_KAFKA_PORT, default 19192, restarted before every Kafka scenario because memory
@@ -15,7 +17,7 @@
 # machine's services and are not re-pinned.
 # Then (when the file sink is in --only) WebSocket -> file runs $BENCH_MACHINE_RUNS times (default
 # 5) on the whole machine, unpinned: the demo's path at its real cost.
-# Writes bench-results/results.json and docs/benchmarks.md.
+# Writes bench-results/results.json and bench-results/ceiling.md, then docs/benchmarks.md.
 #
 # Environment: BENCH_CPUS, BENCH_KAFKA_PORT, BENCH_WAIT_LOAD (wait until the 1-minute load average
 # is below this, e.g. 2.5; default: don't wait), BENCH_WAIT_MAX_S (give up waiting after this many
@@ -30,10 +32,11 @@ MACHINE=(--machine-runs "${BENCH_MACHINE_RUNS:-5}")
 for a in "$@"; do
     case $a in
     --quick | --full) MODE=$a ;;
-    --peer) exec scripts/bench-peer.sh ;;
-    --sweep) exec scripts/bench-sweep.sh ;;
+    --peer) scripts/bench-peer.sh; exec scripts/bench-doc.sh ;;
+    --sweep) scripts/bench-sweep.sh; exec scripts/bench-doc.sh ;;
+    --all) scripts/bench-peer.sh; BENCH_SKIP_BUILD=1 scripts/bench-sweep.sh; BENCH_SKIP_BUILD=1 "$0" --quick; exit ;;
     --machine-runs | --machine-runs=*) MACHINE=(); ARGS+=("$a") ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$a") ;;
     esac
 done
@@ -87,5 +90,7 @@ say "running $MODE ($PINNING)"
     --kafka "127.0.0.1:$PORT" \
     --kafka-restart-cmd "$RESTART" \
     --note "$PINNING; busiest processes at start: $OTHERS" \
+    --out-md bench-results/ceiling.md \
     "${LOAD[@]}" "${MACHINE[@]}" "${ARGS[@]}"
 scripts/kafka-broker.sh stop "$PORT" >/dev/null 2>&1 || true
+scripts/bench-doc.sh

@@ -333,6 +333,8 @@ const BLOCKED: Duration = Duration::from_millis(50);
 struct Item {
     event: Event,
     pending: Option<Pending>,
+    /// When the frame was read: receive→ack latency counts from here, spool wait included.
+    read_at: Instant,
 }
 
 /// Where an event's spool record stands when it is queued for submission.
@@ -488,7 +490,11 @@ impl Ctx {
             match Event::parse(rec.payload.clone(), &self.parse, &ctx) {
                 Ok(event) => {
                     self.room_for_new().await;
-                    if self.submit(event, Record::Known(rec.id)).await.is_err() {
+                    if self
+                        .submit(event, Record::Known(rec.id), Instant::now())
+                        .await
+                        .is_err()
+                    {
                         tracing::warn!(
                             "dispatcher closed during spool replay; the rest stays spooled"
                         );
@@ -529,28 +535,35 @@ impl Ctx {
     }
 
     /// Hands an event to the dispatcher and tracks its acknowledgement.
-    async fn submit(self: &Arc<Self>, event: Event, id: Record) -> Result<(), ()> {
-        self.submit_tracked(Arc::new(event), id, RETRY_INITIAL)
+    async fn submit(
+        self: &Arc<Self>,
+        event: Event,
+        id: Record,
+        read_at: Instant,
+    ) -> Result<(), ()> {
+        self.submit_tracked(Arc::new(event), id, RETRY_INITIAL, read_at)
             .await
     }
 
     /// Submits with an acknowledgement that settles the event where the dispatcher finishes it
     /// (no task per event): `Delivered`/`Rejected` release its spool record, `Retry` resubmits it
-    /// after `delay`, doubling up to `RETRY_MAX`.
+    /// after `delay`, doubling up to `RETRY_MAX`. `read_at` (when the frame was read) is where
+    /// its receive→ack latency starts, also for a resubmission.
     async fn submit_tracked(
         self: &Arc<Self>,
         event: Arc<Event>,
         id: Record,
         delay: Duration,
+        read_at: Instant,
     ) -> Result<(), ()> {
         let this = Arc::clone(self);
         let ev = Arc::clone(&event);
-        let ack = AckHandle::on_done(move |status| this.settle(ev, id, status, delay));
+        let ack = AckHandle::on_done(move |status| this.settle(ev, id, status, delay, read_at));
         let env = Envelope {
             event,
             ack,
             source: SourceKind::WebSocket,
-            received_at: Instant::now(),
+            received_at: read_at,
             received_wall: SystemTime::now(),
             trace: TraceContext::default(),
         };
@@ -559,7 +572,14 @@ impl Ctx {
         self.dispatcher.submit(env).await.map_err(|_| ())
     }
 
-    fn settle(self: Arc<Self>, event: Arc<Event>, id: Record, status: AckStatus, delay: Duration) {
+    fn settle(
+        self: Arc<Self>,
+        event: Arc<Event>,
+        id: Record,
+        status: AckStatus,
+        delay: Duration,
+        read_at: Instant,
+    ) {
         match status {
             AckStatus::Delivered | AckStatus::Rejected => {
                 if let Some(spool) = &self.spool {
@@ -587,7 +607,7 @@ impl Ctx {
                 self.acks.spawn(async move {
                     tokio::time::sleep(delay).await;
                     let next = (delay * 2).min(RETRY_MAX);
-                    let handed_on = this.submit_tracked(event, id, next).await.is_ok();
+                    let handed_on = this.submit_tracked(event, id, next, read_at).await.is_ok();
                     this.stats.retry_waiting.fetch_sub(1, Ordering::AcqRel);
                     this.retry_room.notify_waiters();
                     if handed_on {
@@ -678,6 +698,7 @@ impl Ctx {
                 None => Record::None,
             };
             WebSocketStats::inc(&self.stats.events);
+            let read_at = item.read_at;
             let mut event = item.event;
             if self
                 .dispatcher
@@ -699,14 +720,14 @@ impl Ctx {
             if self.shutdown.is_cancelled() {
                 let deadline =
                     *grace.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
-                match tokio::time::timeout_at(deadline, self.submit(event, id)).await {
+                match tokio::time::timeout_at(deadline, self.submit(event, id, read_at)).await {
                     Ok(Ok(())) => {}
                     _ => abandoned += 1,
                 }
                 continue;
             }
             self.room_for_new().await;
-            if self.submit(event, id).await.is_err() {
+            if self.submit(event, id, read_at).await.is_err() {
                 abandoned += 1;
             }
         }
@@ -1029,6 +1050,7 @@ impl Ctx {
     /// The spool record holds the id minted at parse; the submitter identifies the event once its
     /// record is durable (see [`Ctx::submitter`]).
     async fn enqueue(&self, client_id: &str, event: Event, tx: &mpsc::Sender<Item>) -> bool {
+        let read_at = Instant::now();
         let pending = match &self.spool {
             Some(spool) if self.spool_paused(spool) => {
                 // `None` when shutting down: handed on unprotected, for the drain to deliver.
@@ -1062,7 +1084,13 @@ impl Ctx {
             },
             None => None,
         };
-        tx.send(Item { event, pending }).await.is_ok()
+        tx.send(Item {
+            event,
+            pending,
+            read_at,
+        })
+        .await
+        .is_ok()
     }
 
     /// Records that the spool could not write: `/readyz` says so, a counter counts it, and the
