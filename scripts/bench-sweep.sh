@@ -39,9 +39,10 @@ say() { echo "bench-sweep: $*" >&2; }
 
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
     say "building fondo-bridge (release)"
-    cargo build --release --bin fondo-bridge >&2
+    cargo build --release --bin fondo-bridge --bin fondo-probe -p fondo-bridge -p fondo-bench >&2
 fi
 BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/fondo-bridge
+PROBE=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/fondo-probe
 if [[ ,$PATHS, == *,ws-kafka,* ]]; then
     eval "$(KAFKA_PORT=$KAFKA_PORT scripts/brokers.sh up)"
     export FONDO_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
@@ -52,11 +53,14 @@ TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 BRIDGE_PID=""
 SIM_PID=""
+PROBE_PID=""
 stop_run() {
     [[ -n $SIM_PID ]] && kill "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
     [[ -n $BRIDGE_PID ]] && kill -TERM "$BRIDGE_PID" 2>/dev/null && wait "$BRIDGE_PID" 2>/dev/null
+    [[ -n $PROBE_PID ]] && kill "$PROBE_PID" 2>/dev/null && wait "$PROBE_PID" 2>/dev/null
     SIM_PID=""
     BRIDGE_PID=""
+    PROBE_PID=""
     return 0
 }
 trap 'stop_run; rm -rf "$WORK"' EXIT
@@ -99,7 +103,7 @@ config() { # path index sim_port webhook_port admin_port -> writes the config
         ;;
     *-kafka)
         sink="  broker: { type: kafka, brokers: \"$FONDO_BRIDGE_TEST_KAFKA\" }"
-        topic="sweep$$-$i-{entity}"
+        topic="sweep$$-$i.{event_type}"
         ;;
     esac
     cat >"$WORK/bridge-$i.yaml" <<EOF
@@ -124,6 +128,19 @@ run() {
     admin=$(free_port)
     ((rate == 0)) && window=$IDLE_S
     config "$path" "$i" "$sim" "$hook" "$admin"
+    if [[ $path == *-kafka ]]; then
+        # tansu creates no topics on its own: fondo-probe makes one per event type (and reads
+        # them, in its own process) until the run ends.
+        "$PROBE" watch --broker kafka --url "$FONDO_BRIDGE_TEST_KAFKA" --prefix "sweep$$-$i" \
+            --expect 1000000000 --idle-ms 3600000 --ready-file "$WORK/probe-$i.ready" \
+            >"$WORK/probe-$i.log" 2>&1 &
+        PROBE_PID=$!
+        for _ in $(seq 1 600); do
+            [[ -f $WORK/probe-$i.ready ]] && break
+            sleep 0.05
+        done
+        [[ -f $WORK/probe-$i.ready ]] || { say "fondo-probe did not prepare Kafka"; cat "$WORK/probe-$i.log" >&2; return 1; }
+    fi
     if [[ $path == ws-* ]]; then
         local count=()
         ((rate == 0)) && count=(--count 0)
