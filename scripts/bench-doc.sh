@@ -15,8 +15,8 @@ part() { # title file command
     if [[ -f $2 ]]; then
         echo "From \`$3\`, run at $(date -u -r "$2" '+%Y-%m-%d %H:%M UTC'); raw figures in \`${2%.md}.json\`."
         echo
-        # The parts' own headings move one level down.
-        sed -E 's/^(#+) /#\1 /' "$2"
+        # A part's own title gives way to the heading above; its other headings move one level down.
+        sed -E '1{/^# /d}; s/^(#+) /#\1 /' "$2"
     else
         echo "Not run yet: \`$3\` writes \`$2\`."
     fi
