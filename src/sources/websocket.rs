@@ -1058,30 +1058,27 @@ impl Ctx {
                     .await
                     .map(Pending::Durable)
             }
-            // Published while it commits: the spool lets the batch grow for a while.
-            Some(spool) if self.background_commits => match spool
-                .begin_background_append(client_id, &event.event_id, event.raw.clone())
-                .await
-            {
-                Ok(p) => Some(Pending::Background(p)),
-                Err(e) => {
-                    tracing::error!(client_id, error = %e,
-                        "cannot spool an event; it is delivered without crash protection");
-                    None
-                }
-            },
-            // The source reads on while its events commit: the spool may let a batch grow.
-            Some(spool) => match spool
-                .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Patient)
-                .await
-            {
-                Ok(p) => Some(Pending::Append(p)),
-                Err(e) => {
-                    tracing::error!(client_id, error = %e,
-                        "cannot spool an event; it is delivered without crash protection");
-                    None
-                }
-            },
+            Some(spool) => {
+                let queued = if self.background_commits {
+                    // Published while it commits: the spool lets the batch grow for a while.
+                    spool
+                        .begin_background_append(client_id, &event.event_id, event.raw.clone())
+                        .await
+                        .map(Pending::Background)
+                } else {
+                    // The source reads on while its events commit: the spool may let a batch grow.
+                    spool
+                        .begin_append(client_id, &event.event_id, event.raw.clone(), Pace::Patient)
+                        .await
+                        .map(Pending::Append)
+                };
+                queued
+                    .inspect_err(|e| {
+                        tracing::error!(client_id, error = %e,
+                            "cannot spool an event; it is delivered without crash protection");
+                    })
+                    .ok()
+            }
             None => None,
         };
         tx.send(Item {
