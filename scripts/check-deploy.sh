@@ -1011,6 +1011,13 @@ for name, field, info in re.findall(r'\.register\(\s*"(\w+)",\s*"(?:[^"\\]|\\.)*
     need(kind != "?", f"metrics.rs: cannot tell the type of {name} ({field}: {fields.get(field)})")
     for n in sample_names(prefix + name, kind):
         registered[n] = lbls | ({"le"} if n.endswith("_bucket") else set())
+# The exact-quantile gauges come from a collector (`encode_windows(&mut encoder, FAMILY, HELP,
+# LABEL, ...)`): FAMILY_quantile_seconds{LABEL,quantile} and FAMILY_window_count{LABEL}.
+windows = re.findall(r'encode_windows\(\s*&mut encoder,\s*"(\w+)",\s*"(?:[^"\\]|\\.)*",\s*"(\w+)"', src, re.S)
+need(len(windows) >= 2, f"read {len(windows)} exact-quantile families from {metrics_rs}: has the collector changed shape?")
+for family, label in windows:
+    registered[prefix + family + "_quantile_seconds"] = {label, "quantile"}
+    registered[prefix + family + "_window_count"] = {label}
 need(len(registered) >= 20, f"read only {len(registered)} metrics from {metrics_rs}: has its registry changed shape?")
 for n in live:
     if n.startswith(prefix):
