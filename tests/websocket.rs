@@ -22,6 +22,7 @@ use fondo_bridge::sinks::DynSink;
 use fondo_bridge::sinks::testing::{Faults, TestSink};
 use fondo_bridge::sources::Readiness;
 use fondo_bridge::sources::websocket::{WebSocketSource, WebSocketStats};
+use fondo_bridge::spool::Spool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -604,6 +605,81 @@ async fn after_a_crash_every_spooled_event_is_delivered_on_restart() {
     .await;
     src.stop().await;
     sim.stop().await;
+}
+
+/// `spool.publish_while_committing`: events are published while their appends commit, and a
+/// record is released only once it is both durable and delivered. With bodies that repeat byte
+/// for byte (accounts flipping active → blocked → active), every event is still delivered once,
+/// as its own occurrence, in order per object, and every record is released: a restart on the
+/// same spool replays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_while_committing_delivers_repeated_bodies_in_order_and_releases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let change = |id: &str, from: &str, to: &str| {
+        Bytes::from(
+            serde_json::json!({
+                "eventType": "account.update",
+                "current": { "id": id, "status": to },
+                "previous": { "id": id, "status": from },
+            })
+            .to_string(),
+        )
+    };
+    // 3 accounts, each flipping 100 times: 300 events, only 6 distinct bodies.
+    let mut script = Vec::new();
+    for i in 0..100 {
+        for id in ["a1", "a2", "a3"] {
+            let (from, to) = if i % 2 == 0 {
+                ("active", "blocked")
+            } else {
+                ("blocked", "active")
+            };
+            script.push(change(id, from, to));
+        }
+    }
+    let n = script.len();
+    let (_, sim) = start(StreamConfig {
+        script: Arc::new(script),
+        heartbeat: Some(Duration::from_millis(100)),
+        record: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rig = rig(Faults::default(), dir.path());
+    let spool = SpoolConfig {
+        publish_while_committing: true,
+        ..spool_cfg(dir.path(), 64 << 20)
+    };
+    let src = run_source(
+        &rig,
+        ws_cfg(&sim, &["c1"], serde_json::json!({})),
+        spool.clone(),
+    );
+    common::eventually("every event delivered", Duration::from_secs(30), || {
+        rig.sink.delivered().len() >= n
+    })
+    .await;
+    let sent = sim.sent_events("c1");
+    assert_eq!(sent.len(), n);
+    assert_all_in_order(&sent, &delivered(&rig));
+    let mut ids: Vec<_> = rig
+        .sink
+        .delivered()
+        .iter()
+        .map(|m| m.event_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "every repeated body is its own occurrence");
+    common::eventually("all acknowledged", Duration::from_secs(10), || {
+        src.stats.acknowledged.load(Ordering::SeqCst) == n as u64
+    })
+    .await;
+    src.stop().await;
+    sim.stop().await;
+    let (_, report) = Spool::open(&spool, Arc::new(Metrics::new())).unwrap();
+    assert_eq!(report.records, 0, "records left unreleased: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
