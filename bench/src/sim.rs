@@ -20,6 +20,36 @@ pub struct SimThread {
 type SimReady = anyhow::Result<(SimHandle, tokio::runtime::Handle, Option<String>)>;
 
 impl SimThread {
+    /// The simulated stream's handshake request for the bench's client id, with its Bearer token.
+    pub fn client_request(
+        &self,
+    ) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = format!(
+            "{}/v2/partner/client/{}/subscribe",
+            self.handle.base_url(),
+            crate::payload::CLIENT_ID
+        );
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", crate::payload::TOKEN).parse()?,
+        );
+        Ok(req)
+    }
+
+    /// Waits (up to 30 s) until the simulator sent its first event: runs are timed from there.
+    pub async fn first_event_sent(&self) -> anyhow::Result<()> {
+        let wait_start = std::time::Instant::now();
+        while self.handle.events_sent() == 0 {
+            if wait_start.elapsed() > Duration::from_secs(30) {
+                bail!("the simulator sent nothing in 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        Ok(())
+    }
+
     /// Starts the simulator with `cfg` (`None`: one that sends no events, for its runtime alone)
     /// and moves the thread to `load_cpus` (a `taskset` list) when given.
     pub fn spawn(cfg: Option<StreamConfig>, load_cpus: Option<&str>) -> anyhow::Result<Self> {

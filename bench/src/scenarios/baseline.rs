@@ -15,13 +15,12 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::brokers::{kafka, nats, rabbitmq};
 use crate::dest::{Dest, SinkKind, tmp_dir};
 use crate::latency::Latencies;
 use crate::measure::{CpuMeter, peak_rss_mb, reset_peak_rss};
-use crate::payload::{CLIENT_ID, TOKEN, avg_len, pool};
+use crate::payload::{avg_len, pool};
 use crate::row::{Outcome, Row, Setup};
 use crate::scenarios::{Ctx, ws};
 use crate::sim::SimThread;
@@ -134,13 +133,7 @@ pub async fn run(
     let dest = Dest::prepare(a, kind, &tmp).await?;
     let client = Client::connect(c, &dest).await?;
     let sim = SimThread::spawn(Some(ws::stream(a.objects, payload, n)), c.load_cpus())?;
-    let url = format!(
-        "{}/v2/partner/client/{CLIENT_ID}/subscribe",
-        sim.handle.base_url()
-    );
-    let mut req = url.into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let req = sim.client_request()?;
     reset_peak_rss();
     let (socket, _) = tokio_tungstenite::connect_async(req).await?;
     // Spawned, so the job runs on a runtime worker as the bridge's source and sink tasks do.
@@ -151,13 +144,7 @@ pub async fn run(
         done
     });
     // Time from the first event the simulator sent, as `bridge-ws` does.
-    let wait_start = Instant::now();
-    while sim.handle.events_sent() == 0 {
-        if wait_start.elapsed() > Duration::from_secs(30) {
-            bail!("the simulator sent nothing in 30 s");
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
+    sim.first_event_sent().await?;
     let cpu = CpuMeter::start(c.tck, sim.tid.clone());
     let t0 = Instant::now();
     let limit = Duration::from_secs(60 + n / 500);
@@ -260,6 +247,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payload::CLIENT_ID;
     use fondo_bridge::simulator::generator::{Generator, heartbeat};
 
     #[test]

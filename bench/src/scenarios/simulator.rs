@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use fondo_bridge::simulator::stream::StreamConfig;
 
 use crate::measure::{CpuMeter, peak_rss_mb, reset_peak_rss};
-use crate::payload::{CLIENT_ID, TOKEN};
+use crate::payload::TOKEN;
 use crate::row::{Outcome, Row, Setup};
 use crate::scenarios::Ctx;
 use crate::sim::SimThread;
@@ -33,13 +32,7 @@ pub async fn run(c: &Ctx, n: u64) -> anyhow::Result<Row> {
         }),
         c.load_cpus(),
     )?;
-    let url = format!(
-        "{}/v2/partner/client/{CLIENT_ID}/subscribe",
-        sim.handle.base_url()
-    );
-    let mut req = url.into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let req = sim.client_request()?;
     reset_peak_rss();
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let cpu = CpuMeter::start(c.tck, sim.tid.clone());

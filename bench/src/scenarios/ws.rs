@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use serde_json::json;
 
 use fondo_bridge::app::Bridge;
@@ -91,13 +91,7 @@ async fn measure(c: &Ctx, case: &Case<'_>) -> anyhow::Result<Row> {
     reset_peak_rss();
     let bridge = Bridge::start(cfg).await.map_err(|e| anyhow!("{e}"))?;
     // Time from the first event the simulator sent.
-    let wait_start = Instant::now();
-    while sim.handle.events_sent() == 0 {
-        if wait_start.elapsed() > Duration::from_secs(30) {
-            bail!("the simulator sent nothing in 30 s");
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
+    sim.first_event_sent().await?;
     let cpu = CpuMeter::start(c.tck, sim.tid.clone());
     let t0 = Instant::now();
     let limit = Duration::from_secs(60 + n / 500);
