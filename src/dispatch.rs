@@ -14,17 +14,14 @@
 //!   after their delivery was confirmed, and a copy that arrives while its occurrence is in flight
 //!   waits for that outcome. Content alone never makes an event a duplicate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
-use std::hash::BuildHasher as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -38,7 +35,7 @@ use crate::metrics::{
     Latency, Metrics, SinkLabels, SinkRouteLabels, SourceLabels, SourceReasonLabels,
 };
 use crate::router::{Destination, Router};
-use crate::sinks::{DynSink, Message, SinkError, headers};
+use crate::sinks::{DynSink, Message, Placement, SinkError, headers};
 use crate::telemetry::trace::{EventSpan, Outcome, propagation, publish_span, with_trace};
 use prometheus_client::metrics::counter::Counter;
 
@@ -195,8 +192,8 @@ struct Job {
     ctx: Arc<EventCtx>,
 }
 
-/// A delivery in flight; resolves to the hash of its key, so the worker can start the key's next.
-type Delivery = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+/// A delivery in flight; resolves to how it ended and its place in its key's lane.
+type Delivery = Pin<Box<dyn Future<Output = worker::Finished> + Send>>;
 
 impl Dispatcher {
     /// Starts one worker per sink. Must be called inside a Tokio runtime.
@@ -221,7 +218,11 @@ impl Dispatcher {
                     .clone(),
             );
             let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(run_worker(Arc::clone(&sink), rx, Arc::clone(&shared)));
+            tasks.spawn(worker::run_worker(
+                Arc::clone(&sink),
+                rx,
+                Arc::clone(&shared),
+            ));
             workers.insert(Arc::clone(&name), tx);
             sinks.insert(name, sink);
         }
@@ -876,87 +877,21 @@ fn build_message(d: Destination, ctx: &EventCtx) -> (Message, Arc<str>) {
     )
 }
 
-async fn run_worker(sink: DynSink, mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
-    // Keys by hash: two keys that collide are merely serialised together, which keeps each one's
-    // order, and no key is copied per message.
-    let hasher = foldhash::fast::RandomState::default();
-    let mut waiting: HashMap<u64, VecDeque<Job>, foldhash::fast::RandomState> = HashMap::default();
-    let mut running: FuturesUnordered<Delivery> = FuturesUnordered::new();
-    // This sink's series, resolved once per route rather than once per message.
-    let latency = shared.metrics.publish_latency_of(sink.name());
-    let mut published: HashMap<Arc<str>, Counter> = HashMap::new();
-    let mut start = |job: Job, key: Option<u64>| -> Delivery {
-        let counter = published
-            .entry(Arc::clone(&job.route))
-            .or_insert_with(|| {
-                shared
-                    .metrics
-                    .published
-                    .get_or_create(&SinkRouteLabels {
-                        sink: sink.name().into(),
-                        route: job.route.to_string(),
-                    })
-                    .clone()
-            })
-            .clone();
-        let series = Series {
-            published: counter,
-            latency: latency.clone(),
-        };
-        Box::pin(deliver(
-            Arc::clone(&sink),
-            job,
-            Arc::clone(&shared),
-            series,
-            key,
-        ))
-    };
-    let mut open = true;
-    loop {
-        tokio::select! {
-            biased;
-            Some(done_key) = running.next(), if !running.is_empty() => {
-                if let Some(key) = done_key {
-                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
-                    match next {
-                        Some(job) => running.push(start(job, Some(key))),
-                        None => { waiting.remove(&key); }
-                    }
-                }
-            }
-            job = rx.recv(), if open => match job {
-                Some(job) => match job.msg.key.as_deref().map(|k| hasher.hash_one(k)) {
-                    Some(k) => match waiting.get_mut(&k) {
-                        Some(q) => q.push_back(job),
-                        None => {
-                            waiting.insert(k, VecDeque::new());
-                            running.push(start(job, Some(k)));
-                        }
-                    },
-                    None => running.push(start(job, None)),
-                },
-                None => open = false,
-            },
-            else => break,
-        }
-    }
-}
-
 /// The metric series one delivery updates.
 struct Series {
     published: Counter,
     latency: Latency,
 }
 
-/// Publishes one job with retries; returns its key's hash so the worker can start the key's next
-/// job.
+/// Publishes one job with retries, in its key's lane (`ticket`): a retry waits until the lane's
+/// earlier messages are settled.
 async fn deliver(
     sink: DynSink,
     job: Job,
     shared: Arc<Shared>,
     series: Series,
-    key: Option<u64>,
-) -> Option<u64> {
+    ticket: Option<worker::Ticket>,
+) -> worker::Finished {
     let Job {
         msg,
         route,
@@ -969,6 +904,18 @@ async fn deliver(
         msg: &msg,
         ctx: &ctx,
     };
+    let lane = ticket.as_ref().map(|t| (t.key, t.seq));
+    let placed_once = AtomicBool::new(false);
+    let on_placed = |generation: u64| {
+        if let Some(t) = &ticket
+            && !placed_once.swap(true, Ordering::Relaxed)
+        {
+            t.placed(generation);
+        }
+    };
+    let mut after = ticket.as_ref().and_then(|t| t.after);
+    // Whether every earlier message of the lane is settled (so a retry needs no turn).
+    let mut in_turn = ticket.is_none();
     let policy = &shared.policy;
     let started = Instant::now();
     let mut backoff = policy.backoff();
@@ -976,12 +923,20 @@ async fn deliver(
     let (kind, reason) = loop {
         failures.attempts += 1;
         let t0 = Instant::now();
-        match one.attempt(failures.attempts).await {
+        let placement = Placement {
+            after,
+            placed: &on_placed,
+        };
+        match one.attempt(failures.attempts, &placement).await {
             Ok(()) => {
                 series.latency.observe(t0.elapsed());
                 series.published.inc();
                 ack.finish(AckStatus::Delivered);
-                return key;
+                return worker::Finished {
+                    lane,
+                    delivered: true,
+                    attempts: failures.attempts,
+                };
             }
             Err(SinkError::Fatal(r)) => {
                 failures.record(&r);
@@ -1008,6 +963,13 @@ async fn deliver(
                         format!("gave up after {} attempts: {r}", failures.attempts),
                     );
                 }
+                if !in_turn {
+                    if let Some(t) = &ticket {
+                        t.wait_turn().await;
+                    }
+                    in_turn = true;
+                    after = None;
+                }
                 let delay = backoff.next().unwrap_or(policy.max);
                 one.pause(&shared.metrics, failures.attempts, delay, &r)
                     .await;
@@ -1030,7 +992,11 @@ async fn deliver(
     )
     .await;
     ack.finish(status);
-    key
+    worker::Finished {
+        lane,
+        delivered: false,
+        attempts: failures.attempts,
+    }
 }
 
 /// One message on its way to one sink: what each attempt and each pause between attempts needs.
@@ -1043,7 +1009,7 @@ struct Publication<'a> {
 
 impl Publication<'_> {
     /// One publish, inside its `publish` span (marked with the error when it fails).
-    async fn attempt(&self, attempt: u32) -> Result<(), SinkError> {
+    async fn attempt(&self, attempt: u32, placement: &Placement<'_>) -> Result<(), SinkError> {
         let span = publish_span(
             &self.ctx.span,
             self.sink.system(),
@@ -1056,7 +1022,7 @@ impl Publication<'_> {
         let traced = with_trace(&span, self.msg);
         let result = self
             .sink
-            .publish(traced.as_ref().unwrap_or(self.msg))
+            .publish_placed(traced.as_ref().unwrap_or(self.msg), placement)
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
@@ -1149,9 +1115,12 @@ mod redis_batch;
 pub mod redis_store;
 mod snapshot;
 pub mod store;
+mod worker;
 
 pub use identity::{IdentityConfig, Resolution};
 use store::{IdentityStore, Mark};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lanes;

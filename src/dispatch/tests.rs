@@ -5,13 +5,13 @@ use crate::sinks::testing::{Faults, TestSink};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-struct Rig {
-    d: Dispatcher,
+pub(super) struct Rig {
+    pub(super) d: Dispatcher,
     dl_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
-fn route(name: &str, matches: &[&str], sink: &str, topic: &str) -> RouteConfig {
+pub(super) fn route(name: &str, matches: &[&str], sink: &str, topic: &str) -> RouteConfig {
     RouteConfig {
         name: name.into(),
         matches: matches.iter().map(|s| s.to_string()).collect(),
@@ -34,6 +34,18 @@ fn rig(
     max_attempts: u32,
     max_in_flight: usize,
 ) -> Rig {
+    let sinks = sinks.into_iter().map(|(n, s)| (n, s as DynSink)).collect();
+    rig_dyn(routes, sinks, dl_sink, max_attempts, max_in_flight)
+}
+
+/// [`rig`] with any sinks.
+pub(super) fn rig_dyn(
+    routes: Vec<RouteConfig>,
+    sinks: Vec<(&str, DynSink)>,
+    dl_sink: Option<Arc<TestSink>>,
+    max_attempts: u32,
+    max_in_flight: usize,
+) -> Rig {
     let identity = crate::dispatch::IdentityConfig {
         capacity: 10_000,
         ..Default::default()
@@ -50,7 +62,7 @@ fn rig(
 
 fn rig_with_identity(
     routes: Vec<RouteConfig>,
-    sinks: Vec<(&str, Arc<TestSink>)>,
+    sinks: Vec<(&str, DynSink)>,
     dl_sink: Option<Arc<TestSink>>,
     max_attempts: u32,
     max_in_flight: usize,
@@ -77,10 +89,7 @@ fn rig_with_identity(
     cfg.delivery.backoff_max_ms = 5;
     let d = Dispatcher::start(DispatcherParts {
         router,
-        sinks: sinks
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), s as DynSink))
-            .collect(),
+        sinks: sinks.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
         dead_letters: dls,
         policy: RetryPolicy::from_config(&cfg),
         max_in_flight,
@@ -109,7 +118,7 @@ fn copy_of(occ: &str, t: &str, id: &str, seq: u32) -> Event {
     .unwrap()
 }
 
-fn event(t: &str, id: &str, seq: u32) -> Event {
+pub(super) fn event(t: &str, id: &str, seq: u32) -> Event {
     let raw = format!(r#"{{"eventType":"{t}","current":{{"id":"{id}","seq":{seq}}}}}"#);
     Event::parse(
         Bytes::from(raw),
@@ -122,7 +131,7 @@ fn event(t: &str, id: &str, seq: u32) -> Event {
     .unwrap()
 }
 
-async fn send(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
+pub(super) async fn send(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
     let (ack, rx) = AckHandle::new();
     d.submit(Envelope::new(e, ack, SourceKind::WebSocket))
         .await
@@ -131,7 +140,7 @@ async fn send(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
     rx
 }
 
-fn seq_of(m: &Message) -> u64 {
+pub(super) fn seq_of(m: &Message) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
     v.pointer("/current/seq").unwrap().as_u64().unwrap()
 }
@@ -506,7 +515,7 @@ async fn repeated_bodies_are_published_every_time() {
         if pair_sources {
             rig = rig_with_identity(
                 vec![route("r", &["*"], "s", "t")],
-                vec![("s", sink.clone())],
+                vec![("s", sink.clone() as DynSink)],
                 None,
                 2,
                 100,
@@ -663,7 +672,7 @@ async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
     let sink = Arc::new(TestSink::new("s", Faults::default()));
     let rig = rig_with_identity(
         vec![route("r", &["*"], "s", "t")],
-        vec![("s", sink.clone())],
+        vec![("s", sink.clone() as DynSink)],
         None,
         2,
         100,

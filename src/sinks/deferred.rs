@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{DynSink, Message, Sink, SinkError, SinkStatus};
+use super::{DynSink, Message, Placement, Sink, SinkError, SinkStatus};
 use crate::group_commit::Pace;
 
 /// One connection attempt.
@@ -235,6 +235,17 @@ impl Sink for DeferredSink {
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         self.connected(msg.pace).await?.publish(msg).await
+    }
+
+    async fn publish_placed(
+        &self,
+        msg: &Message,
+        placement: &Placement<'_>,
+    ) -> Result<(), SinkError> {
+        self.connected(msg.pace)
+            .await?
+            .publish_placed(msg, placement)
+            .await
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {

@@ -146,6 +146,25 @@ impl std::fmt::Display for SinkStatus {
     }
 }
 
+/// What [`Sink::publish_placed`] is told about the message's place in the broker's order.
+pub struct Placement<'a> {
+    /// The order (for Kafka, the producer) the key's previous, still unconfirmed, message was
+    /// placed in; `None` when nothing of the key is in flight before this message.
+    pub after: Option<u64>,
+    /// Called once, with the order the message was placed in.
+    pub placed: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl Placement<'_> {
+    /// A message with nothing of its key in flight before it, whose placement nobody waits for.
+    pub const ALONE: Placement<'static> = Placement {
+        after: None,
+        placed: &nobody_waits,
+    };
+}
+
+fn nobody_waits(_: u64) {}
+
 /// A destination broker.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
@@ -157,6 +176,25 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Publishes one message and resolves when the broker has confirmed it durably.
     async fn publish(&self, msg: &Message) -> Result<(), SinkError>;
+
+    /// [`Sink::publish`] for a message whose key may have earlier messages still unconfirmed on
+    /// this sink. A sink that keeps the order of what it was handed, across its client's retries,
+    /// calls `placement.placed` once the message holds its place in that order (Kafka: enqueued
+    /// on the idempotent producer, which keeps a partition's order across retries); the dispatcher
+    /// then starts the key's next message without waiting for this one's confirm, passing the
+    /// order it was placed in as `placement.after`. When the sink's order has changed since (a
+    /// new producer), the sink must not place the message: it fails it as retriable, and the
+    /// dispatcher retries it after the key's earlier messages are settled.
+    ///
+    /// A sink that cannot promise an order leaves this as it is: `placed` is never called, and a
+    /// key's next message waits for the confirm.
+    async fn publish_placed(
+        &self,
+        msg: &Message,
+        _placement: &Placement<'_>,
+    ) -> Result<(), SinkError> {
+        self.publish(msg).await
+    }
 
     /// Whether the broker is reachable and accepting; `Err` explains why not. Asks the broker.
     async fn healthcheck(&self) -> Result<(), SinkError>;

@@ -221,6 +221,7 @@ pub struct Metrics {
     pub identity_forgotten: Family<TableLabels, Counter>,
     pub late: Counter,
     pub broker_duplicates: Family<SinkLabels, Counter>,
+    pub order_inversions: Family<SinkLabels, Counter>,
     pub dedupe_store_errors: Family<OpLabels, Counter>,
     pub identity_covered: Family<SourceLabels, Counter>,
     pub identity_owner_timeouts: Counter,
@@ -337,6 +338,7 @@ impl Metrics {
             identity_forgotten: Family::default(),
             late: Counter::default(),
             broker_duplicates: Family::default(),
+            order_inversions: Family::default(),
             dedupe_store_errors: Family::default(),
             identity_covered: Family::default(),
             identity_owner_timeouts: Counter::default(),
@@ -434,6 +436,11 @@ impl Metrics {
             "broker_duplicates",
             "Publishes the broker collapsed as a repeat of the same occurrence to the same destination (JetStream Nats-Msg-Id)",
             m.broker_duplicates.clone(),
+        );
+        registry.register(
+            "order_inversions",
+            "Messages delivered by a retry after a later message of their key on the same sink (on Kafka: it timed out in the producer's queue after the later one was placed); the key's order on the broker is inverted once",
+            m.order_inversions.clone(),
         );
         registry.register(
             "dedupe_store_errors",

@@ -40,7 +40,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, 
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaConfRes, RDKafkaErrorCode};
 
-use super::{Message, Sink, SinkError, SinkStatus};
+use super::{Message, Placement, Sink, SinkError, SinkStatus};
 use crate::cloudevents::Mode;
 use crate::config::KafkaSinkConfig;
 use crate::config::kafka::{is_secret_option, valid_topic_name};
@@ -228,6 +228,9 @@ type Producer_ = FutureProducer<Context>;
 struct Active {
     producer: Producer_,
     watch: Arc<IdempotenceWatch>,
+    /// Which producer of this sink it is (0 for the first, then one more per replacement): the
+    /// order a message is placed in ([`Placement`]).
+    generation: u64,
 }
 
 impl Active {
@@ -409,7 +412,7 @@ impl KafkaSink {
         let client_config = client_config(name, cfg)?;
         let name: Arc<str> = Arc::from(name);
         let shared = Arc::new(Shared::default());
-        let producer = Arc::new(create_producer(&name, &client_config, &shared)?);
+        let producer = Arc::new(create_producer(&name, &client_config, &shared, 0)?);
         watch_for_stuck(&producer);
         let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
         let sink = KafkaSink {
@@ -604,7 +607,8 @@ impl KafkaSink {
             in_flight = failed.producer.in_flight_count(),
             "kafka producer cannot deliver any more; replacing it"
         );
-        match create_producer(&self.name, &self.client_config, &self.shared) {
+        let generation = failed.generation + 1;
+        match create_producer(&self.name, &self.client_config, &self.shared, generation) {
             Ok(p) => {
                 let p = Arc::new(p);
                 watch_for_stuck(&p);
@@ -759,6 +763,7 @@ fn create_producer(
     name: &Arc<str>,
     client_config: &ClientConfig,
     shared: &Arc<Shared>,
+    generation: u64,
 ) -> Result<Active, SinkError> {
     let watch = Arc::new(IdempotenceWatch::default());
     client_config
@@ -767,7 +772,11 @@ fn create_producer(
             shared: shared.clone(),
             watch: watch.clone(),
         })
-        .map(|producer| Active { producer, watch })
+        .map(|producer| Active {
+            producer,
+            watch,
+            generation,
+        })
         .map_err(|e| {
             SinkError::Fatal(format!(
                 "kafka sink {name:?}: cannot create the producer: {}",
@@ -817,6 +826,18 @@ impl Sink for KafkaSink {
     }
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+        self.publish_placed(msg, &Placement::ALONE).await
+    }
+
+    /// Placed once librdkafka holds the record: the idempotent producer keeps a partition's order
+    /// across its retries, and a key always maps to the same partition. A record whose key's
+    /// earlier records went to a producer that was replaced since is not placed (retriable): the
+    /// old producer's records fail, and the dispatcher retries them first.
+    async fn publish_placed(
+        &self,
+        msg: &Message,
+        placement: &Placement<'_>,
+    ) -> Result<(), SinkError> {
         let topic = msg.topic.as_str();
         if self.closed.load(Ordering::Acquire) {
             return Err(SinkError::Retriable(format!(
@@ -846,7 +867,14 @@ impl Sink for KafkaSink {
             self.recover(&active);
             active = self.producer.load_full();
         }
+        if placement.after.is_some_and(|g| g != active.generation) {
+            return Err(SinkError::Retriable(format!(
+                "kafka topic {topic:?}: the producer holding this key's earlier messages was \
+                 replaced; this one waits for them"
+            )));
+        }
         let delivery = self.enqueue(&active, record, msg).await?;
+        (placement.placed)(active.generation);
         self.delivered(&active, delivery, msg).await
     }
 
