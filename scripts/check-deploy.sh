@@ -786,9 +786,9 @@ alert_of = {"deadLetters": "FondoBridgeDeadLetters", "deadLettersUnwritable": "F
             "publishErrors": "FondoBridgePublishErrors", "webhooksRefused": "FondoBridgeWebhooksRefused",
             "websocketDown": "FondoBridgeWebSocketDown", "websocketGap": "FondoBridgeWebSocketGap",
             "spoolFilling": "FondoBridgeSpoolFilling", "notReady": "FondoBridgeNotReady", "down": "FondoBridgeDown",
-            "dedupeStoreErrors": "FondoBridgeDedupeStoreErrors"}
+            "orderInversions": "FondoBridgeOrderInversions", "dedupeStoreErrors": "FondoBridgeDedupeStoreErrors"}
 need(set(alert_of) == set(pr["alerts"]), f"prometheusRule.alerts {sorted(pr['alerts'])} vs the alerts this check knows")
-want = {"deadLetters", "deadLettersUnwritable", "publishErrors", "notReady", "down"}
+want = {"deadLetters", "deadLettersUnwritable", "publishErrors", "orderInversions", "notReady", "down"}
 if sources.get("webhook"):
     want.add("webhooksRefused")
 if sources.get("websocket"):

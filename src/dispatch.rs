@@ -93,7 +93,7 @@ pub struct Dispatcher {
 
 struct Inner {
     router: ArcSwap<Router>,
-    workers: ArcSwap<HashMap<Arc<str>, mpsc::UnboundedSender<Job>>>,
+    workers: ArcSwap<Workers>,
     sinks: HashMap<Arc<str>, DynSink>,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
@@ -117,6 +117,9 @@ pub enum Identity {
     /// without submitting it ([`Dispatcher::covered`] counts it).
     Covered,
 }
+
+/// Each sink's worker queue, looked up once per destination (foldhash: no SipHash per message).
+type Workers = HashMap<Arc<str>, mpsc::UnboundedSender<Job>, foldhash::fast::RandomState>;
 
 /// What every delivery needs, shared by the workers.
 struct Shared {
@@ -204,7 +207,7 @@ impl Dispatcher {
             metrics: parts.metrics,
         });
         let tasks = TaskTracker::new();
-        let mut workers = HashMap::new();
+        let mut workers = Workers::default();
         let mut sinks = HashMap::new();
         for (name, sink) in parts.sinks {
             let name: Arc<str> = Arc::from(name);
@@ -801,7 +804,7 @@ impl Dispatcher {
     /// After [`Dispatcher::drain`]: ends the workers and waits for them, then closes every sink.
     pub async fn shutdown(&self, deadline: Instant) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.workers.store(Arc::new(HashMap::new()));
+        self.inner.workers.store(Arc::new(Workers::default()));
         self.inner.tasks.close();
         let left = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(left, self.inner.tasks.wait())

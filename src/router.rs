@@ -377,7 +377,7 @@ pub struct Router {
     routes: Arc<[CompiledRoute]>,
     /// For every known event type, the indices of the routes whose globs match it: matching costs
     /// one hash look-up however many routes there are.
-    by_type: Arc<HashMap<String, Vec<usize>>>,
+    by_type: Arc<HashMap<String, Vec<usize>, foldhash::fast::RandomState>>,
     unmatched: Unmatched,
 }
 
@@ -543,7 +543,9 @@ fn compile_route(
 }
 
 /// For every known event type, the indices of the routes whose globs match it.
-fn index_by_type(routes: &[CompiledRoute]) -> HashMap<String, Vec<usize>> {
+fn index_by_type(
+    routes: &[CompiledRoute],
+) -> HashMap<String, Vec<usize>, foldhash::fast::RandomState> {
     crate::event::KNOWN_EVENT_TYPES
         .iter()
         .map(|t| {

@@ -140,7 +140,7 @@ struct Starter {
     hasher: foldhash::fast::RandomState,
     latency: crate::metrics::Latency,
     /// This sink's series per route, resolved once per route rather than once per message.
-    published: HashMap<Arc<str>, Counter>,
+    published: HashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     next_seq: u64,
     events: mpsc::UnboundedSender<LaneEvent>,
 }
@@ -224,7 +224,7 @@ pub(super) async fn run_worker(
         sink: Arc::clone(&sink),
         shared,
         hasher: foldhash::fast::RandomState::default(),
-        published: HashMap::new(),
+        published: HashMap::default(),
         next_seq: 0,
         events: events_tx,
     };

@@ -888,6 +888,7 @@ fn parse_event(cfg: &Config, d: &DeadLetter) -> Result<Event, String> {
     let opts = ParseOptions {
         max_bytes: usize::MAX,
         id_pointer: cfg.event.id_pointer.clone(),
+        ..ParseOptions::default()
     };
     let ctx = ParseContext {
         client_id: d.client_id.as_deref(),

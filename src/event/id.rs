@@ -66,6 +66,15 @@ pub fn node_content_key(event_type: &str, body: &super::Node<'_>, size_hint: usi
     xxh3_128(&buf)
 }
 
+/// `xxh3_128(event_type "\n" body bytes)`: the content key of [`super::ContentKey::Bytes`].
+pub fn bytes_content_key(event_type: &str, raw: &[u8]) -> u128 {
+    let mut h = Xxh3Default::new();
+    h.update(event_type.as_bytes());
+    h.update(b"\n");
+    h.update(raw);
+    h.digest128()
+}
+
 /// A new occurrence id: 32 hex digits, unique across processes and restarts. The first half is
 /// drawn once per process (from the clock, the process id and a random seed), the second counts
 /// the ids this process minted, so minting is one atomic increment and one format.

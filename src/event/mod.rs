@@ -16,7 +16,10 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use ack::{AckHandle, AckReceiver, AckStatus};
-pub use id::{canonical_json, content_key, message_id, mint_occurrence_id, node_content_key};
+pub use id::{
+    bytes_content_key, canonical_json, content_key, message_id, mint_occurrence_id,
+    node_content_key,
+};
 pub use node::Node;
 
 /// The entities of Fondo's event types (the part before the dot), heartbeat aside.
@@ -177,6 +180,8 @@ pub struct ParseOptions {
     /// JSON pointer to an occurrence id Fondo provides (e.g. `/eventId`); absent or missing: a
     /// new occurrence id is minted.
     pub id_pointer: Option<String>,
+    /// What [`Event::content_key`] hashes.
+    pub content_key: ContentKey,
 }
 
 impl Default for ParseOptions {
@@ -184,6 +189,31 @@ impl Default for ParseOptions {
         Self {
             max_bytes: 1024 * 1024,
             id_pointer: None,
+            content_key: ContentKey::Canonical,
+        }
+    }
+}
+
+/// What an event's content key is a hash of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKey {
+    /// The event type and the canonical body (keys sorted, no whitespace): equal for the stream's
+    /// and the webhook's copy of one change however each is formatted. Needed to pair the two
+    /// sources.
+    Canonical,
+    /// The event type and the body's bytes as received: equal for a webhook delivery and its
+    /// retries (the same bytes, signed again), which is all a single source compares. Saves
+    /// writing the canonical form of every body.
+    Bytes,
+}
+
+impl ContentKey {
+    /// The key pairing needs when both sources are on, the cheaper one otherwise.
+    pub fn for_pairing(pairs_sources: bool) -> Self {
+        if pairs_sources {
+            Self::Canonical
+        } else {
+            Self::Bytes
         }
     }
 }
@@ -327,7 +357,10 @@ impl Event {
             },
             _ => minted(),
         };
-        let content_key = node_content_key(event_type.as_str(), &body, raw.len());
+        let content_key = match opts.content_key {
+            ContentKey::Canonical => node_content_key(event_type.as_str(), &body, raw.len()),
+            ContentKey::Bytes => bytes_content_key(event_type.as_str(), &raw),
+        };
         let object_ref = node_object_ref(&body);
         drop(body);
         Ok(Self {

@@ -79,6 +79,35 @@ fn content_key_ignores_key_order_and_whitespace_and_is_never_the_id() {
 }
 
 #[test]
+fn the_bytes_content_key_tells_bodies_apart_by_their_bytes_and_types() {
+    let bytes = ParseOptions {
+        content_key: ContentKey::Bytes,
+        ..ParseOptions::default()
+    };
+    let key = |raw: &'static str| {
+        Event::parse(
+            Bytes::from_static(raw.as_bytes()),
+            &bytes,
+            &ParseContext::default(),
+        )
+        .unwrap()
+        .content_key
+    };
+    let a = r#"{"eventType":"order.update","current":{"id":"o1","state":"a"}}"#;
+    assert_eq!(key(a), key(a), "a retry's bytes give the same key");
+    assert_ne!(
+        key(a),
+        key(r#"{"eventType":"order.update","current":{"id":"o1","state":"b"}}"#)
+    );
+    assert_ne!(
+        key(a),
+        key(r#"{"eventType":"order.update", "current":{"id":"o1","state":"a"}}"#),
+        "other formatting is other bytes: only the canonical key pairs it"
+    );
+    assert_eq!(key(a), bytes_content_key("order.update", a.as_bytes()));
+}
+
+#[test]
 fn event_id_from_pointer_or_header() {
     let opts = ParseOptions {
         id_pointer: Some("/eventId".into()),

@@ -103,6 +103,7 @@ impl Plan {
                 .as_ref()
                 .map_or(1024 * 1024, |w| w.max_frame_bytes),
             id_pointer: self.config.event.id_pointer.clone(),
+            ..ParseOptions::default()
         }
     }
 

@@ -65,7 +65,8 @@ use crate::config::{SpoolConfig, WebSocketSourceConfig};
 use crate::dispatch::{Dispatcher, Identity};
 use crate::dlq::{DeadLetter, rfc3339};
 use crate::event::{
-    AckHandle, AckStatus, Envelope, Event, ParseContext, ParseOptions, SourceKind, TraceContext,
+    AckHandle, AckStatus, ContentKey, Envelope, Event, ParseContext, ParseOptions, SourceKind,
+    TraceContext,
 };
 use crate::group_commit::Pace;
 use crate::metrics::{ClientLabels, SourceReasonLabels};
@@ -265,6 +266,7 @@ impl WebSocketSource {
         let max = self.cfg.max_frame_bytes.max(1);
         let parse = ParseOptions {
             max_bytes: max,
+            content_key: ContentKey::for_pairing(self.dispatcher.pairs_sources()),
             ..self.parse.clone()
         };
         let background_commits = self.publish_while_committing && !self.dispatcher.pairs_sources();

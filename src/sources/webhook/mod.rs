@@ -61,8 +61,8 @@ use crate::config::{EventConfig, REQUEST_ALLOWANCE_BYTES, SignatureConfig, Webho
 use crate::dispatch::{Dispatcher, Identity, SubmitError};
 use crate::dlq::DeadLetter;
 use crate::event::{
-    AckHandle, AckReceiver, AckStatus, Envelope, Event, ParseContext, ParseError, ParseOptions,
-    SourceKind, TraceContext,
+    AckHandle, AckReceiver, AckStatus, ContentKey, Envelope, Event, ParseContext, ParseError,
+    ParseOptions, SourceKind, TraceContext,
 };
 use crate::metrics::SourceReasonLabels;
 use crate::sources::Readiness;
@@ -185,6 +185,7 @@ impl WebhookSource {
         let parse = ParseOptions {
             max_bytes: cfg.max_body_bytes,
             id_pointer: event.id_pointer.clone(),
+            content_key: ContentKey::for_pairing(dispatcher.pairs_sources()),
         };
         let request_timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
         let ack_timeout = Duration::from_millis(cfg.ack_timeout_ms.max(1));
