@@ -156,6 +156,30 @@ fn inversions(d: &Dispatcher) -> u64 {
 
 const KEYS: [&str; 3] = ["k1", "k2", "k3"];
 
+/// A dispatcher with one catch-all route to an [`OrderedSink`].
+fn log_rig(max_attempts: u32) -> (Arc<OrderedSink>, super::tests::Rig) {
+    let sink = Arc::new(OrderedSink::default());
+    let rig = rig(
+        vec![route("all", &["*"], "log", "t")],
+        vec![("log", sink.clone() as DynSink)],
+        None,
+        max_attempts,
+        1000,
+    );
+    (sink, rig)
+}
+
+/// Each key's 20 messages were delivered once each, in order.
+fn assert_each_key_in_order(sink: &OrderedSink) {
+    for key in KEYS {
+        assert_eq!(
+            sink.delivered_of(key),
+            (0..20).collect::<Vec<u64>>(),
+            "{key}: each message once, in order"
+        );
+    }
+}
+
 async fn submit_rounds(d: &Dispatcher, rounds: std::ops::Range<u32>) -> Vec<AckReceiver> {
     let mut rxs = Vec::new();
     for seq in rounds {
@@ -168,25 +192,12 @@ async fn submit_rounds(d: &Dispatcher, rounds: std::ops::Range<u32>) -> Vec<AckR
 
 #[tokio::test]
 async fn a_placing_sink_gets_a_keys_messages_before_their_confirms_and_keeps_their_order() {
-    let sink = Arc::new(OrderedSink::default());
-    let rig = rig(
-        vec![route("all", &["*"], "log", "t")],
-        vec![("log", sink.clone() as DynSink)],
-        None,
-        5,
-        1000,
-    );
+    let (sink, rig) = log_rig(5);
     let rxs = submit_rounds(&rig.d, 0..20).await;
     // Nothing is confirmed yet, and every message is already with the sink.
     until_pending(&sink, 60).await;
     settle(&sink, rxs).await;
-    for key in KEYS {
-        assert_eq!(
-            sink.delivered_of(key),
-            (0..20).collect::<Vec<u64>>(),
-            "{key}"
-        );
-    }
+    assert_each_key_in_order(&sink);
     assert_eq!(
         sink.state().most_per_key,
         20,
@@ -197,40 +208,20 @@ async fn a_placing_sink_gets_a_keys_messages_before_their_confirms_and_keeps_the
 
 #[tokio::test]
 async fn a_replaced_client_fails_what_it_held_and_the_retries_keep_each_keys_order() {
-    let sink = Arc::new(OrderedSink::default());
-    let rig = rig(
-        vec![route("all", &["*"], "log", "t")],
-        vec![("log", sink.clone() as DynSink)],
-        None,
-        10,
-        1000,
-    );
+    let (sink, rig) = log_rig(10);
     // Ten of each key placed and unconfirmed when the client is replaced; ten more arrive after.
     let mut rxs = submit_rounds(&rig.d, 0..10).await;
     until_pending(&sink, 30).await;
     sink.replace_client();
     rxs.extend(submit_rounds(&rig.d, 10..20).await);
     settle(&sink, rxs).await;
-    for key in KEYS {
-        assert_eq!(
-            sink.delivered_of(key),
-            (0..20).collect::<Vec<u64>>(),
-            "{key}: each message once, in order"
-        );
-    }
+    assert_each_key_in_order(&sink);
     assert_eq!(inversions(&rig.d), 0);
 }
 
 #[tokio::test]
 async fn a_message_that_failed_after_a_later_one_was_confirmed_is_counted_as_an_inversion() {
-    let sink = Arc::new(OrderedSink::default());
-    let rig = rig(
-        vec![route("all", &["*"], "log", "t")],
-        vec![("log", sink.clone() as DynSink)],
-        None,
-        5,
-        1000,
-    );
+    let (sink, rig) = log_rig(5);
     let mut rxs = Vec::new();
     for seq in 0..5 {
         rxs.push(super::tests::send(&rig.d, event("order.update", "k1", seq)).await);
