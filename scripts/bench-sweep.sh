@@ -22,7 +22,8 @@
 #
 # Writes a Markdown table to stdout and bench-results/sweep.md, and one JSON object per run to
 # bench-results/sweep.json. Environment: RATES, PATHS, DURATION, WARMUP, IDLE_S (0 skips idle),
-# PAYLOAD_BYTES (default 2048), BENCH_SKIP_BUILD=1, BENCH_KAFKA_PORT (default 19192).
+# PAYLOAD_BYTES (default 2048), BENCH_SKIP_BUILD=1, BENCH_KAFKA_PORT (default 19192), BRIDGE_EXTRA
+# (YAML appended to every bridge config, e.g. 'delivery: { max_in_flight: 256 }').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,6 +118,7 @@ dead_letter: { fallback_file: $WORK/dead-letter-$i.jsonl }
 $spool
 admin: { listen: 127.0.0.1:$admin }
 telemetry: { log_level: warn }
+${BRIDGE_EXTRA:-}
 EOF
 }
 
