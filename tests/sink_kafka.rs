@@ -769,3 +769,102 @@ async fn broker_restarted_empty_is_recovered() {
         );
     }
 }
+
+/// The sink's half of pipelining a key: `placed` is called once librdkafka holds the record, well
+/// before its confirm; 60 messages of one key, each handed over as soon as the previous one was
+/// placed (as the dispatcher's lane does), arrive in order. A message whose key's earlier messages
+/// went to another producer generation is refused, retriable, and not placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pipelined_on_placement_arrives_in_order() {
+    use fondo_bridge::sinks::Placement;
+    use futures::StreamExt as _;
+    use std::sync::Mutex;
+
+    let Some(brokers) = common::broker("KAFKA") else {
+        return;
+    };
+    let topic = common::unique("fondo.sink-kafka-placed");
+    let mut cfg = config(&brokers, &[]);
+    cfg.create_topics = vec![KafkaTopicConfig {
+        name: topic.clone(),
+        partitions: Some(3),
+        replication: Some(1),
+        retention_ms: Some(3_600_000),
+        config: BTreeMap::new(),
+    }];
+    let sink = connect(&cfg).await;
+
+    let n = 60;
+    let sent: Vec<Message> = (0..n).map(|i| message(&topic, Some("acct-1"), i)).collect();
+    // What each message's `placed` saw: its generation, and how many publishes had resolved then.
+    let resolved = std::sync::atomic::AtomicUsize::new(0);
+    let seen: Vec<Mutex<Option<(u64, usize)>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let callbacks: Vec<Box<dyn Fn(u64) + Send + Sync + '_>> = (0..n)
+        .map(|i| {
+            let (tx, seen, resolved) = (tx.clone(), &seen, &resolved);
+            Box::new(move |g: u64| {
+                *seen[i].lock().unwrap() =
+                    Some((g, resolved.load(std::sync::atomic::Ordering::SeqCst)));
+                let _ = tx.send(i);
+            }) as Box<dyn Fn(u64) + Send + Sync + '_>
+        })
+        .collect();
+    let placements: Vec<Placement<'_>> = (0..n)
+        .map(|i| Placement {
+            after: (i > 0).then_some(0),
+            placed: &*callbacks[i],
+        })
+        .collect();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut outcomes = Vec::new();
+    for i in 0..n {
+        running.push(sink.publish_placed(&sent[i], &placements[i]));
+        // The next one goes when this one is placed, not when it is confirmed.
+        loop {
+            tokio::select! {
+                Some(p) = rx.recv() => { assert_eq!(p, i); break; }
+                Some(r) = running.next() => {
+                    resolved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    outcomes.push(r);
+                }
+            }
+        }
+    }
+    while let Some(r) = running.next().await {
+        resolved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        outcomes.push(r);
+    }
+    assert_eq!(outcomes.len(), n);
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let seen: Vec<(u64, usize)> = seen.iter().map(|s| s.lock().unwrap().unwrap()).collect();
+    assert!(seen.iter().all(|(g, _)| *g == 0), "one producer: {seen:?}");
+    let overlapped = seen.iter().enumerate().filter(|(i, (_, r))| r < i).count();
+    assert!(
+        overlapped > 0,
+        "some message was placed while an earlier one of its key was unconfirmed: {seen:?}"
+    );
+    let got = consume(&brokers, &topic, n).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|r| r.payload.as_slice()).collect();
+    let want: Vec<&[u8]> = sent.iter().map(|m| m.payload.as_ref()).collect();
+    assert_eq!(
+        payloads, want,
+        "one key's messages in the order they were placed"
+    );
+
+    // Placed after messages of an older producer generation: refused before it is placed.
+    let placed = std::sync::atomic::AtomicBool::new(false);
+    let mark = |_: u64| placed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stale = Placement {
+        after: Some(7),
+        placed: &mark,
+    };
+    match sink
+        .publish_placed(&message(&topic, Some("acct-1"), n), &stale)
+        .await
+    {
+        Err(SinkError::Retriable(r)) => assert!(r.contains("replaced"), "{r}"),
+        other => panic!("a stale placement must be refused as retriable: {other:?}"),
+    }
+    assert!(!placed.load(std::sync::atomic::Ordering::SeqCst));
+}
