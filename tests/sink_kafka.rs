@@ -37,6 +37,17 @@ fn config(brokers: &str, options: &[(&str, &str)]) -> KafkaSinkConfig {
     }
 }
 
+/// A topic for the sink to create at connect (`create_topics`), one replica.
+fn created(name: &str, partitions: i32, retention_ms: Option<i64>) -> Vec<KafkaTopicConfig> {
+    vec![KafkaTopicConfig {
+        name: name.to_owned(),
+        partitions: Some(partitions),
+        replication: Some(1),
+        retention_ms,
+        config: BTreeMap::new(),
+    }]
+}
+
 /// The shared test message, with an event id made of its key and sequence number.
 fn message(topic: &str, key: Option<&str>, seq: usize) -> Message {
     let id = format!("evt-{}-{seq}", key.unwrap_or("none"));
@@ -139,13 +150,7 @@ async fn delivers_everything_in_order_per_key_with_headers() {
     };
     let topic = common::unique("fondo.sink-kafka");
     let mut cfg = config(&brokers, &[]);
-    cfg.create_topics = vec![KafkaTopicConfig {
-        name: topic.clone(),
-        partitions: Some(3),
-        replication: Some(1),
-        retention_ms: Some(3_600_000),
-        config: BTreeMap::new(),
-    }];
+    cfg.create_topics = created(&topic, 3, Some(3_600_000));
     let sink = Arc::new(connect(&cfg).await);
     sink.healthcheck().await.expect("healthy");
     // Creating it again is fine: the topic exists.
@@ -291,13 +296,7 @@ async fn full_queue_is_backpressure_not_failure() {
     };
     let topic = common::unique("fondo.sink-kafka-q");
     let mut cfg = config(&brokers, &[("queue.buffering.max.messages", "4")]);
-    cfg.create_topics = vec![KafkaTopicConfig {
-        name: topic.clone(),
-        partitions: Some(1),
-        replication: Some(1),
-        retention_ms: None,
-        config: BTreeMap::new(),
-    }];
+    cfg.create_topics = created(&topic, 1, None);
     let sink = Arc::new(connect(&cfg).await);
     let sent = publish_per_key(&sink, &topic, 50, 2).await;
     assert_eq!(sent.len(), 100);
@@ -691,13 +690,7 @@ async fn broker_restarted_empty_is_recovered() {
     let brokers = tansu.bootstrap();
     let topic = "restarted";
     let mut cfg = config(&brokers, &[("reconnect.backoff.max.ms", "500")]);
-    cfg.create_topics = vec![KafkaTopicConfig {
-        name: topic.into(),
-        partitions: Some(1),
-        replication: Some(1),
-        retention_ms: None,
-        config: BTreeMap::new(),
-    }];
+    cfg.create_topics = created(topic, 1, None);
     let sink = Arc::new(connect(&cfg).await);
     for seq in 0..5 {
         sink.publish(&message(topic, Some("k"), seq))
@@ -785,13 +778,7 @@ async fn a_key_pipelined_on_placement_arrives_in_order() {
     };
     let topic = common::unique("fondo.sink-kafka-placed");
     let mut cfg = config(&brokers, &[]);
-    cfg.create_topics = vec![KafkaTopicConfig {
-        name: topic.clone(),
-        partitions: Some(3),
-        replication: Some(1),
-        retention_ms: Some(3_600_000),
-        config: BTreeMap::new(),
-    }];
+    cfg.create_topics = created(&topic, 3, Some(3_600_000));
     let sink = connect(&cfg).await;
 
     let n = 60;
