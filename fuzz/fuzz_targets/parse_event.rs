@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = ParseOptions {
         max_bytes: 1024 * 1024,
         id_pointer: None,
+        ..ParseOptions::default()
     };
     // As the WebSocket source parses: a client id, nothing else.
     let ws = ParseContext {
@@ -62,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
     let ptr = ParseOptions {
         max_bytes: 1024 * 1024,
         id_pointer: Some("/current/id".into()),
+        ..ParseOptions::default()
     };
     if let Ok(e) = Event::parse(raw, &ptr, &ParseContext::default()) {
         check_event(&e, data);
