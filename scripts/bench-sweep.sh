@@ -23,7 +23,9 @@
 # Writes a Markdown table to stdout and bench-results/sweep.md, and one JSON object per run to
 # bench-results/sweep.json. Environment: RATES, PATHS, DURATION, WARMUP, IDLE_S (0 skips idle),
 # PAYLOAD_BYTES (default 2048), BENCH_SKIP_BUILD=1, BENCH_KAFKA_PORT (default 19192), BRIDGE_EXTRA
-# (YAML appended to every bridge config, e.g. 'delivery: { max_in_flight: 256 }').
+# (YAML appended to every bridge config, e.g. 'delivery: { max_in_flight: 256 }'), SMAPS_DIR (keep
+# each bridge's /proc/PID/smaps and status at the end of its run there, to see where its RSS sits;
+# scripts/rss-breakdown.py summarises them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -187,6 +189,11 @@ run() {
     local rss hwm p0 p1 src p50 p99 sender=""
     rss=$(status_kb "$BRIDGE_PID" VmRSS)
     hwm=$(status_kb "$BRIDGE_PID" VmHWM)
+    if [[ -n ${SMAPS_DIR:-} ]]; then
+        mkdir -p "$SMAPS_DIR"
+        cat "/proc/$BRIDGE_PID/smaps" >"$SMAPS_DIR/smaps-$path-$rate.txt"
+        cat "/proc/$BRIDGE_PID/status" >"$SMAPS_DIR/status-$path-$rate.txt"
+    fi
     p0=$(metric_sum "$m0" fondo_bridge_published_total)
     p1=$(metric_sum "$m1" fondo_bridge_published_total)
     src=websocket

@@ -132,12 +132,21 @@ pub(super) fn event(t: &str, id: &str, seq: u32) -> Event {
 }
 
 pub(super) async fn send(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
+    send_from(d, e, SourceKind::WebSocket).await
+}
+
+async fn send_from(d: &Dispatcher, e: Event, source: SourceKind) -> crate::event::AckReceiver {
     let (ack, rx) = AckHandle::new();
-    d.submit(Envelope::new(e, ack, SourceKind::WebSocket))
+    d.submit(Envelope::new(e, ack, source))
         .await
         .map_err(|_| "submit failed")
         .unwrap();
     rx
+}
+
+/// A copy of an occurrence that was delivered before: a webhook retry, the source that repeats.
+async fn resend(d: &Dispatcher, e: Event) -> crate::event::AckReceiver {
+    send_from(d, e, SourceKind::Webhook).await
 }
 
 pub(super) fn seq_of(m: &Message) -> u64 {
@@ -573,13 +582,13 @@ async fn copies_of_one_occurrence_are_published_once() {
         100,
     );
     // Concurrently: the second waits for the first's outcome.
-    let a = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
-    let b = send(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
+    let a = resend(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
+    let b = resend(&rig.d, copy_of("occ-1", "order.create", "o1", 1)).await;
     assert_eq!(a.wait().await, AckStatus::Delivered);
     assert_eq!(b.wait().await, AckStatus::Delivered);
     // Sequentially, after delivery.
     assert_eq!(
-        send(&rig.d, copy_of("occ-1", "order.create", "o1", 1))
+        resend(&rig.d, copy_of("occ-1", "order.create", "o1", 1))
             .await
             .wait()
             .await,
@@ -590,7 +599,7 @@ async fn copies_of_one_occurrence_are_published_once() {
         rig.d
             .metrics()
             .deduplicated
-            .get_or_create(&rig.d.metrics().source("websocket"))
+            .get_or_create(&rig.d.metrics().source("webhook"))
             .get(),
         2
     );
@@ -665,7 +674,7 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
 }
 
 /// With the dedupe memory full, the newest delivered ids are still remembered: a redelivery of a
-/// recent event is not published again. (A cache with an admission policy, such as moka's
+/// recent webhook delivery is not published again. (A cache with an admission policy, such as moka's
 /// TinyLFU, may refuse a new, once-seen key when full; the dispatcher forgets the oldest first.)
 #[tokio::test]
 async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
@@ -682,7 +691,7 @@ async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
         },
     );
     for i in 0..300 {
-        let ack = send(
+        let ack = resend(
             &rig.d,
             copy_of(&format!("occ-{i}"), "order.create", &format!("o{i}"), 1),
         )
@@ -691,7 +700,7 @@ async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
     }
     assert_eq!(sink.delivered().len(), 300);
     for i in 296..300 {
-        let ack = send(
+        let ack = resend(
             &rig.d,
             copy_of(&format!("occ-{i}"), "order.create", &format!("o{i}"), 1),
         )
@@ -878,4 +887,48 @@ fn cloudevents_templates_are_checked_and_need_a_cloudevents_format() {
             "routes[0].to[0].cloudevents.type"
         ]
     );
+}
+
+/// A delivered id is remembered only where another copy of its occurrence can come. From the
+/// stream alone none can: 500 delivered stream events leave nothing behind, while 500 webhook
+/// deliveries, or stream events while both sources pair, are each remembered (and a later copy
+/// of them is acknowledged without a second publish).
+#[tokio::test]
+async fn delivered_ids_are_remembered_only_where_a_copy_can_follow() {
+    for (pair_sources, source, remembered) in [
+        (false, SourceKind::WebSocket, 0),
+        (false, SourceKind::Webhook, 500),
+        (true, SourceKind::WebSocket, 500),
+    ] {
+        let sink = Arc::new(TestSink::new("s", Faults::default()));
+        let rig = rig_with_identity(
+            vec![route("r", &["*"], "s", "t")],
+            vec![("s", sink.clone() as DynSink)],
+            None,
+            2,
+            100,
+            crate::dispatch::IdentityConfig {
+                pair_sources,
+                capacity: 10_000,
+                ..Default::default()
+            },
+        );
+        let case = format!("pair_sources={pair_sources}, {source}");
+        for i in 0..500 {
+            let e = copy_of(&format!("occ-{i}"), "order.create", "o1", i);
+            assert_eq!(
+                send_from(&rig.d, e, source).await.wait().await,
+                AckStatus::Delivered
+            );
+        }
+        assert_eq!(rig.d.ids().remembered(), remembered, "{case}");
+        // A copy of the last occurrence: a duplicate where it was remembered, published otherwise.
+        let again = copy_of("occ-499", "order.create", "o1", 499);
+        assert_eq!(
+            send_from(&rig.d, again, source).await.wait().await,
+            AckStatus::Delivered
+        );
+        let published = if remembered == 0 { 501 } else { 500 };
+        assert_eq!(sink.delivered().len(), published, "{case}");
+    }
 }
