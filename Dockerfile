@@ -95,6 +95,11 @@ RUN if ldd /usr/local/bin/fondo-bridge | grep 'not found'; then \
     fi \
     && fondo-bridge --version
 
+# The binary already keeps mimalloc from asking for transparent huge pages (its `no_thp` feature);
+# on a node whose THP setting is `always`, this has mimalloc turn THP off for the process, else each
+# 2 MiB page it touches is resident whole (19 MiB at idle becomes 34 MiB).
+ENV MIMALLOC_ALLOW_THP=0
+
 # Numeric ids, so Kubernetes' runAsNonRoot can verify them without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /var/lib/fondo-bridge
