@@ -24,8 +24,8 @@
 # bench-results/sweep.json. Environment: RATES, PATHS, DURATION, WARMUP, IDLE_S (0 skips idle),
 # PAYLOAD_BYTES (default 2048), BENCH_SKIP_BUILD=1, BENCH_KAFKA_PORT (default 19192), BRIDGE_EXTRA
 # (YAML appended to every bridge config, e.g. 'delivery: { max_in_flight: 256 }'), SMAPS_DIR (keep
-# each bridge's /proc/PID/smaps and status at the end of its run there, to see where its RSS sits;
-# scripts/rss-breakdown.py summarises them).
+# each bridge's /proc/PID/smaps, status and /metrics at the end of its run there, to see where its
+# RSS sits, scripts/rss-breakdown.py summarises the smaps, and what its latency is made of).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -193,6 +193,7 @@ run() {
         mkdir -p "$SMAPS_DIR"
         cat "/proc/$BRIDGE_PID/smaps" >"$SMAPS_DIR/smaps-$path-$rate.txt"
         cat "/proc/$BRIDGE_PID/status" >"$SMAPS_DIR/status-$path-$rate.txt"
+        printf '%s\n' "$m1" >"$SMAPS_DIR/metrics-$path-$rate.txt"
     fi
     p0=$(metric_sum "$m0" fondo_bridge_published_total)
     p1=$(metric_sum "$m1" fondo_bridge_published_total)
