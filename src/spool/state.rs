@@ -55,6 +55,15 @@ pub(super) struct State {
     pub(super) write_error: Option<String>,
 }
 
+impl State {
+    /// Whether released records still have space to give back: releases not yet written, or
+    /// retired segments not yet deleted. A full spool with none of either stays full.
+    #[cfg(test)]
+    pub(super) fn freeing(&self) -> bool {
+        !self.pending.is_empty() || !self.doomed.is_empty()
+    }
+}
+
 pub(super) struct Shared {
     pub(super) dir: PathBuf,
     pub(super) max_bytes: u64,

@@ -379,16 +379,8 @@ async fn full_spool_blocks_until_space_frees() {
     // Room for about 10 records.
     let (s, _) = open(&cfg(dir.path(), size * 10 + 100, 4096));
     let mut ids = Vec::new();
-    loop {
-        match tokio::time::timeout(
-            Duration::from_millis(200),
-            s.append("c", "o", payload(0, 1000)),
-        )
-        .await
-        {
-            Ok(r) => ids.push(r.unwrap()),
-            Err(_) => break,
-        }
+    while let Some(id) = append_unless_full(&s, "o", payload(0, 1000)).await {
+        ids.push(id);
         assert!(ids.len() <= 10, "spool did not block");
     }
     assert!(ids.len() >= 8, "{} fit", ids.len());
@@ -447,6 +439,24 @@ async fn record_that_can_never_fit_is_refused() {
 }
 fn occ(i: usize) -> String {
     format!("occ-{i:04}")
+}
+
+/// Appends, or gives up (`None`) once the append waits for space that nothing is about to free:
+/// the spool is full. Told by the spool's own state, not by a timeout, so neither a slow fsync
+/// nor releases still being written on a loaded machine are taken for a full spool.
+async fn append_unless_full(s: &Spool, occurrence: &str, payload: Bytes) -> Option<u64> {
+    let append = s.append("c", occurrence, payload);
+    tokio::pin!(append);
+    loop {
+        tokio::select! {
+            r = &mut append => return Some(r.unwrap()),
+            () = tokio::time::sleep(Duration::from_millis(2)) => {
+                if s.waiting_for_space() > 0 && !s.shared.lock().freeing() {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Copies the spool directory while the spool is open: what a `kill -9` leaves.
@@ -810,13 +820,20 @@ async fn a_full_spool_whose_records_are_released_keeps_accepting_appends() {
     let mut appended = 0;
     for round in 0..10 {
         let mut ids = Vec::new();
-        loop {
-            let id = occ(n);
-            let append = s.append("c", &id, payload(n, 1000));
-            match tokio::time::timeout(Duration::from_millis(100), append).await {
-                Ok(r) => ids.push(r.unwrap()),
-                Err(_) => break,
-            }
+        if round > 0 {
+            // Right after the releases: this append may wait while they are written and their
+            // segments deleted, but it must go through without any further release.
+            let occurrence = occ(n);
+            let first = s.append("c", &occurrence, payload(n, 1000));
+            let id = tokio::time::timeout(Duration::from_secs(10), first)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no room after the releases"))
+                .unwrap();
+            ids.push(id);
+            n += 1;
+        }
+        while let Some(id) = append_unless_full(&s, &occ(n), payload(n, 1000)).await {
+            ids.push(id);
             n += 1;
             assert!(s.disk_bytes() <= max, "{} > {max}", s.disk_bytes());
             assert!(ids.len() <= 10, "the spool did not fill up");
