@@ -60,6 +60,18 @@ pub(super) fn rig_dyn(
     )
 }
 
+/// One catch-all route to `sink` (named "s", topic "t"), keeping identities as `identity` says.
+fn catch_all_rig(sink: &Arc<TestSink>, identity: crate::dispatch::IdentityConfig) -> Rig {
+    rig_with_identity(
+        vec![route("r", &["*"], "s", "t")],
+        vec![("s", sink.clone() as DynSink)],
+        None,
+        2,
+        100,
+        identity,
+    )
+}
+
 fn rig_with_identity(
     routes: Vec<RouteConfig>,
     sinks: Vec<(&str, DynSink)>,
@@ -522,12 +534,8 @@ async fn repeated_bodies_are_published_every_time() {
             100,
         );
         if pair_sources {
-            rig = rig_with_identity(
-                vec![route("r", &["*"], "s", "t")],
-                vec![("s", sink.clone() as DynSink)],
-                None,
-                2,
-                100,
+            rig = catch_all_rig(
+                &sink,
                 crate::dispatch::IdentityConfig {
                     pair_sources: true,
                     ..Default::default()
@@ -679,12 +687,8 @@ async fn drain_waits_for_in_flight_and_closes_intake() {
 #[tokio::test]
 async fn a_full_occurrence_table_still_remembers_the_newest_ids() {
     let sink = Arc::new(TestSink::new("s", Faults::default()));
-    let rig = rig_with_identity(
-        vec![route("r", &["*"], "s", "t")],
-        vec![("s", sink.clone() as DynSink)],
-        None,
-        2,
-        100,
+    let rig = catch_all_rig(
+        &sink,
         crate::dispatch::IdentityConfig {
             capacity: 16,
             ..Default::default()
@@ -901,12 +905,8 @@ async fn delivered_ids_are_remembered_only_where_a_copy_can_follow() {
         (true, SourceKind::WebSocket, 500),
     ] {
         let sink = Arc::new(TestSink::new("s", Faults::default()));
-        let rig = rig_with_identity(
-            vec![route("r", &["*"], "s", "t")],
-            vec![("s", sink.clone() as DynSink)],
-            None,
-            2,
-            100,
+        let rig = catch_all_rig(
+            &sink,
             crate::dispatch::IdentityConfig {
                 pair_sources,
                 capacity: 10_000,
