@@ -16,7 +16,9 @@
 # (/proc/PID/stat), the events it published (its /metrics), its resident memory at the end
 # (VmRSS) and its peak (VmHWM). Latency is receive -> ack: p50 and p99 from the bridge's
 # HdrHistogram quantiles over its rolling window (`fondo_bridge_receive_to_ack_quantile_seconds`;
-# the window holds the warm-up too); for webhooks also the sender's own p50 and p99 of each
+# the window holds the warm-up and the start too), and the p99 over the sampled interval alone, from
+# the differences of the bridge's Prometheus histogram buckets (an upper bound, the bucket's bound:
+# at most 1.28x above the true value); for webhooks also the sender's own p50 and p99 of each
 # request, from every request of the run. Idle (IDLE_S seconds, default 60): the WebSocket path with
 # heartbeats every 5 s and no events.
 #
@@ -80,6 +82,31 @@ quantile() { # metrics-text source quantile -> milliseconds, or "n/a"
         index($1, "fondo_bridge_receive_to_ack_quantile_seconds{") == 1 &&
         index($1, "source=\"" s "\"") && index($1, "quantile=\"" q "\"") { v = $NF * 1000; found = 1 }
         END { if (found) printf "%.2f", v; else print "n/a" }' <<<"$1"
+}
+
+# metrics-before metrics-after source quantile -> milliseconds, or "n/a": the quantile of
+# receive -> ack over the sampled interval alone, from the differences of the Prometheus histogram's
+# buckets (an upper bound: the bucket's bound, at most 1.28x the true value). The exact quantiles
+# above cover the bridge's last 45-60 s, which hold its start when a run is shorter than that.
+interval_quantile() {
+    awk -v s="$3" -v q="$4" '
+        index($1, "fondo_bridge_receive_to_ack_seconds_bucket{") == 1 && index($1, "source=\"" s "\"") {
+            match($1, /le="[^"]*"/)
+            le = substr($1, RSTART + 4, RLENGTH - 5)
+            if (FNR == NR) before[le] = $NF
+            else { after[le] = $NF; order[++n] = le }
+        }
+        END {
+            total = after["+Inf"] - before["+Inf"]
+            if (total <= 0) { print "n/a"; exit }
+            for (i = 1; i <= n; i++) {
+                le = order[i]
+                if (after[le] - before[le] >= q * total) {
+                    if (le == "+Inf") print "inf"; else printf "%.2f", le * 1000
+                    exit
+                }
+            }
+        }' <(printf '%s\n' "$1") <(printf '%s\n' "$2")
 }
 
 config() { # path index sim_port webhook_port admin_port -> writes the config
@@ -201,6 +228,8 @@ run() {
     [[ $path == webhook-* ]] && src=webhook
     p50=$(quantile "$m1" "$src" 0.5)
     p99=$(quantile "$m1" "$src" 0.99)
+    local p99i
+    p99i=$(interval_quantile "$m0" "$m1" "$src" 0.99)
     if [[ $path == webhook-* ]]; then
         wait "$SIM_PID" || true
         SIM_PID=""
@@ -211,12 +240,12 @@ run() {
     read -r u1 s1 <<<"$c1"
     awk -v path="$path" -v rate="$rate" -v t="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
         -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v tick="$TICK" -v ev=$((p1 - p0)) \
-        -v rss="$rss" -v hwm="$hwm" -v p50="$p50" -v p99="$p99" -v sender="$sender" 'BEGIN {
+        -v rss="$rss" -v hwm="$hwm" -v p50="$p50" -v p99="$p99" -v p99i="$p99i" -v sender="$sender" 'BEGIN {
             cpu = (u + s) / tick
             printf "{\"path\":\"%s\",\"rate\":%d,\"seconds\":%.1f,\"events\":%d,\"events_per_s\":%.1f,", path, rate, t, ev, ev / t
             printf "\"core_percent\":%.2f,\"user_percent\":%.2f,\"system_percent\":%.2f,", cpu / t * 100, u / tick / t * 100, s / tick / t * 100
             printf "\"cpu_us_per_event\":%s,", (ev > 0 ? sprintf("%.1f", cpu / ev * 1e6) : "null")
-            printf "\"p50_ms\":\"%s\",\"p99_ms\":\"%s\",\"sender_latency\":\"%s\",\"rss_mib\":%.1f,\"peak_rss_mib\":%.1f}\n", p50, p99, sender, rss / 1024, hwm / 1024
+            printf "\"p50_ms\":\"%s\",\"p99_ms\":\"%s\",\"p99_interval_ms\":\"%s\",\"sender_latency\":\"%s\",\"rss_mib\":%.1f,\"peak_rss_mib\":%.1f}\n", p50, p99, p99i, sender, rss / 1024, hwm / 1024
         }'
 }
 
@@ -238,8 +267,8 @@ done
 cp "$WORK/results.jsonl" bench-results/sweep.json
 
 {
-    echo "| path | rate (events/s) | measured events/s | % of a core (user + system) | CPU µs/event | receive→ack p50 / p99 (ms) | webhook sender p50 / p99 | RSS / peak (MiB) |"
-    echo "|---|---:|---:|---|---:|---|---|---|"
+    echo "| path | rate (events/s) | measured events/s | % of a core (user + system) | CPU µs/event | receive→ack p50 / p99 (ms) | p99 over the sampled interval (ms, ≤) | webhook sender p50 / p99 | RSS / peak (MiB) |"
+    echo "|---|---:|---:|---|---:|---|---|---|---|"
     python3 - "$WORK/results.jsonl" <<'EOF'
 import json, sys
 for line in open(sys.argv[1]):
@@ -248,6 +277,6 @@ for line in open(sys.argv[1]):
     cpu = "" if r["cpu_us_per_event"] is None else f'{r["cpu_us_per_event"]:.1f}'
     sender = r["sender_latency"].replace("latency ", "") or "-"
     print(f'| {r["path"]} | {rate} | {r["events_per_s"]:.0f} | {r["core_percent"]:.2f} % ({r["user_percent"]:.2f} + {r["system_percent"]:.2f}) '
-          f'| {cpu} | {r["p50_ms"]} / {r["p99_ms"]} | {sender} | {r["rss_mib"]:.1f} / {r["peak_rss_mib"]:.1f} |')
+          f'| {cpu} | {r["p50_ms"]} / {r["p99_ms"]} | {r.get("p99_interval_ms", "-")} | {sender} | {r["rss_mib"]:.1f} / {r["peak_rss_mib"]:.1f} |')
 EOF
 } | tee bench-results/sweep.md
