@@ -54,19 +54,7 @@ CLIENT_ID=49ad7378-121c-4a53-9894-dfd14a7b4877
 say() { echo "bench-peer: $*" >&2; }
 
 # --- mq-bridge, pinned, in a cache directory -------------------------------------------------
-peer_ok() {
-    PYTHONPATH=$PEER_DIR python3 -c "
-import mq_bridge, mq_bridge_connect, importlib.metadata as m
-assert m.version('mq-bridge') == '$PEER_VERSION' and m.version('mq-bridge-connect') == '$CONNECT_VERSION'
-" >/dev/null 2>&1
-}
-if ! peer_ok; then
-    say "installing mq-bridge==$PEER_VERSION mq-bridge-connect==$CONNECT_VERSION into $PEER_DIR (~300 MB)"
-    mkdir -p "$PEER_DIR"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$PEER_DIR" --upgrade \
-        "mq-bridge==$PEER_VERSION" "mq-bridge-connect==$CONNECT_VERSION" >&2
-    peer_ok || { say "mq-bridge did not install into $PEER_DIR"; exit 1; }
-fi
+PEER_DIR=$(PEER_DIR=$PEER_DIR scripts/peer-install.sh)
 
 # --- binaries ---------------------------------------------------------------------------------
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then

@@ -9,6 +9,12 @@
 #   ws-nats       simulated WebSocket stream -> spool -> NATS JetStream (file storage, as production)
 #   ws-nats-pwc   the same with `spool.publish_while_committing: true` (published while the append
 #                 commits; see the README for what a crash can lose then)
+#   ws-nats-nospool  the same without the spool (nothing is durable before it is published)
+#   ws-nats-peer  the peer, mq-bridge 1.2.0 (installed by scripts/bench-peer.sh), on the same job:
+#                 the same simulator (token in the query), a `switch` on eventType to one subject
+#                 per type. It keeps nothing on disk and has no metrics, so fondo-probe consumes
+#                 the subjects (in its own process) and checks the count at the end; its latency is
+#                 send -> visible on the broker (`--stamp`), and events/s is the simulator's rate
 #   ws-kafka      simulated WebSocket stream -> spool -> Kafka (tansu on loopback)
 #   webhook-nats  Standard Webhooks POSTs (64 concurrent senders, paced) -> NATS JetStream
 # Every run starts a new bridge process and a new simulator process. After WARMUP seconds (default
@@ -27,12 +33,13 @@
 # PAYLOAD_BYTES (default 2048), BENCH_SKIP_BUILD=1, BENCH_KAFKA_PORT (default 19192), BRIDGE_EXTRA
 # (YAML appended to every bridge config, e.g. 'delivery: { max_in_flight: 256 }'), SMAPS_DIR (keep
 # each bridge's /proc/PID/smaps, status and /metrics at the end of its run there, to see where its
-# RSS sits, scripts/rss-breakdown.py summarises the smaps, and what its latency is made of).
+# RSS sits, scripts/rss-breakdown.py summarises the smaps, and what its latency is made of),
+# PROFILE_DIR (perf stat per thread and perf record call graphs of each bridge over its window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RATES=${RATES:-100 1000 10000}
-PATHS=${PATHS:-ws-nats,ws-nats-pwc,ws-kafka,webhook-nats}
+PATHS=${PATHS:-ws-nats,ws-nats-pwc,ws-nats-nospool,ws-nats-peer,ws-kafka,webhook-nats}
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 IDLE_S=${IDLE_S:-60}
@@ -53,6 +60,9 @@ if [[ ,$PATHS, == *,ws-kafka,* ]]; then
     export FONDO_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 else
     eval "$(BROKERS_NO_KAFKA=1 scripts/brokers.sh up)"
+fi
+if [[ ,$PATHS, == *,ws-nats-peer,* ]]; then
+    PEER_DIR=$(scripts/peer-install.sh)
 fi
 TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
@@ -126,8 +136,9 @@ config() { # path index sim_port webhook_port admin_port -> writes the config
     esac
     local spool="spool: { dir: $WORK/spool-$i }"
     [[ $path == *-pwc ]] && spool="spool: { dir: $WORK/spool-$i, publish_while_committing: true }"
+    [[ $path == *-nospool ]] && spool=""
     case $path in
-    *-nats | *-nats-pwc)
+    *-nats | *-nats-pwc | *-nats-nospool)
         sink="  broker: { type: nats, url: \"$FONDO_BRIDGE_TEST_NATS\", streams: [{ name: SWEEP$$_$i, subjects: [\"sweep$$.$i.>\"], max_age_ms: 600000 }] }"
         topic="sweep$$.$i.{entity}"
         ;;
@@ -151,8 +162,84 @@ ${BRIDGE_EXTRA:-}
 EOF
 }
 
+# rate index -> one JSON object on stdout: mq-bridge's WebSocket -> NATS route at a fixed rate.
+run_peer() {
+    local rate=$1 i=$2 sim prefix="sweeppeer$$x$i" stream="SWEEPPEER$$X$i" n t
+    sim=$(free_port)
+    n=$((rate * (WARMUP + DURATION + 2)))
+    "$PROBE" watch --broker nats --url "$FONDO_BRIDGE_TEST_NATS" --prefix "$prefix" --stream "$stream" \
+        --expect "$n" --idle-ms 15000 --timeout-s $((WARMUP + DURATION + 120)) \
+        --ready-file "$WORK/probe-$i.ready" >"$WORK/probe-$i.json" 2>"$WORK/probe-$i.log" &
+    PROBE_PID=$!
+    for _ in $(seq 1 600); do
+        [[ -f $WORK/probe-$i.ready ]] && break
+        sleep 0.05
+    done
+    [[ -f $WORK/probe-$i.ready ]] || { say "fondo-probe did not prepare NATS"; cat "$WORK/probe-$i.log" >&2; return 1; }
+    {
+        echo "routes:"
+        echo "  sweep:"
+        echo "    input:"
+        echo "      custom: { name: connect, config: { connector: websocket, url: \"ws://127.0.0.1:$sim/v2/partner/client/$CLIENT/subscribe?token=peer-token\" } }"
+        echo "    output:"
+        echo "      switch:"
+        echo "        when:"
+        for t in $("$PROBE" event-types); do
+            echo "          - if: \"eventType == '$t'\""
+            echo "            to: { nats: { url: \"$FONDO_BRIDGE_TEST_NATS\", subject: \"$prefix.$t\", stream: \"$stream\" } }"
+        done
+        echo "        default: { \"null\": null }"
+    } >"$WORK/peer-$i.yaml"
+    PYTHONPATH=$PEER_DIR python3 -c '
+import sys, mq_bridge, mq_bridge_connect
+mq_bridge_connect.register()
+mq_bridge.init_logging("warn")
+mq_bridge.Route.from_file(sys.argv[1], "sweep").run()
+' "$WORK/peer-$i.yaml" >"$WORK/bridge-$i.log" 2>&1 &
+    BRIDGE_PID=$!
+    sleep 1
+    "$BIN" simulate stream --listen "127.0.0.1:$sim" --token peer-token --query-token --rate "$rate" \
+        --count "$n" --stamp --payload-bytes "$PAYLOAD_BYTES" --heartbeat-ms 5000 --client-id "$CLIENT" \
+        --seed "$i" >"$WORK/sim-$i.log" 2>&1 &
+    SIM_PID=$!
+    sleep "$WARMUP"
+    local c0 c1 t0 t1 rss hwm
+    c0=$(cpu_ticks "$BRIDGE_PID")
+    t0=$(date +%s.%N)
+    sleep "$DURATION"
+    c1=$(cpu_ticks "$BRIDGE_PID")
+    t1=$(date +%s.%N)
+    rss=$(status_kb "$BRIDGE_PID" VmRSS)
+    hwm=$(status_kb "$BRIDGE_PID" VmHWM)
+    wait "$PROBE_PID" || true
+    PROBE_PID=""
+    stop_run
+    read -r u0 s0 <<<"$c0"
+    read -r u1 s1 <<<"$c1"
+    python3 - "$rate" "$t0" "$t1" "$((u1 - u0))" "$((s1 - s0))" "$TICK" "$rss" "$hwm" "$n" "$WORK/probe-$i.json" <<'PY'
+import json, sys
+rate, t0, t1, u, s, tick, rss, hwm, n, probe_file = sys.argv[1:11]
+rate, n, t = int(rate), int(n), float(t1) - float(t0)
+try:
+    probe = json.loads(open(probe_file).read().strip().splitlines()[-1])
+except Exception:
+    probe = {}
+cpu = (int(u) + int(s)) / float(tick)
+ev = rate * t
+on = probe.get("on_broker")
+print(json.dumps({"path": "ws-nats-peer", "rate": rate, "seconds": round(t, 1), "events": round(ev),
+    "events_per_s": float(rate), "core_percent": cpu / t * 100, "user_percent": int(u) / float(tick) / t * 100,
+    "system_percent": int(s) / float(tick) / t * 100, "cpu_us_per_event": cpu / ev * 1e6 if ev else None,
+    "p50_ms": "%.2f" % probe["latency_p50_ms"] if "latency_p50_ms" in probe else "n/a",
+    "p99_ms": "%.2f" % probe["latency_p99_ms"] if "latency_p99_ms" in probe else "n/a",
+    "p99_interval_ms": "-", "sender_latency": "", "rss_mib": int(rss) / 1024, "peak_rss_mib": int(hwm) / 1024,
+    "on_broker": on, "sent": n, "verified": on == n}))
+PY
+}
+
 # path rate index -> one JSON object on stdout. rate 0 = idle (heartbeats only).
 run() {
+    [[ $1 == ws-nats-peer ]] && { run_peer "$2" "$3"; return; }
     local path=$1 rate=$2 i=$3 sim hook admin window=$DURATION
     sim=$(free_port)
     hook=$(free_port)
@@ -209,7 +296,19 @@ run() {
     m0=$(curl -fsS "http://127.0.0.1:$admin/metrics")
     c0=$(cpu_ticks "$BRIDGE_PID")
     t0=$(date +%s.%N)
-    sleep "$window"
+    if [[ -n ${PROFILE_DIR:-} ]]; then
+        # Where the CPU goes, per thread (perf stat), and a sampled call graph (perf record). Both
+        # add some cost of their own to the bridge: compare figures from runs without them.
+        mkdir -p "$PROFILE_DIR"
+        perf stat --per-thread -e task-clock,context-switches,cpu-migrations -p "$BRIDGE_PID" \
+            -o "$PROFILE_DIR/stat-$path-$rate.txt" -- sleep "$window" &
+        local stat_pid=$!
+        perf record -q -F 997 -g -p "$BRIDGE_PID" -o "$PROFILE_DIR/perf-$path-$rate.data" \
+            -- sleep "$window" >/dev/null 2>&1 || true
+        wait "$stat_pid" || true
+    else
+        sleep "$window"
+    fi
     m1=$(curl -fsS "http://127.0.0.1:$admin/metrics")
     c1=$(cpu_ticks "$BRIDGE_PID")
     t1=$(date +%s.%N)
@@ -276,6 +375,9 @@ for line in open(sys.argv[1]):
     rate = "idle" if r["rate"] == 0 else f'{r["rate"]:,}'.replace(",", " ")
     cpu = "" if r["cpu_us_per_event"] is None else f'{r["cpu_us_per_event"]:.1f}'
     sender = r["sender_latency"].replace("latency ", "") or "-"
+    if "verified" in r:
+        # The peer: latency is the probe's send -> visible on the broker, and the count is checked.
+        sender = "on broker %s of %s%s" % (r["on_broker"], r["sent"], "" if r["verified"] else " **MISSING**")
     print(f'| {r["path"]} | {rate} | {r["events_per_s"]:.0f} | {r["core_percent"]:.2f} % ({r["user_percent"]:.2f} + {r["system_percent"]:.2f}) '
           f'| {cpu} | {r["p50_ms"]} / {r["p99_ms"]} | {r.get("p99_interval_ms", "-")} | {sender} | {r["rss_mib"]:.1f} / {r["peak_rss_mib"]:.1f} |')
 EOF
