@@ -54,7 +54,7 @@ CLIENT_ID=49ad7378-121c-4a53-9894-dfd14a7b4877
 say() { echo "bench-peer: $*" >&2; }
 
 # --- mq-bridge, pinned, in a cache directory -------------------------------------------------
-PEER_DIR=$(PEER_DIR=$PEER_DIR scripts/peer-install.sh)
+PEER_DIR=$(PEER_DIR=$PEER_DIR scripts/peer.sh install)
 
 # --- binaries ---------------------------------------------------------------------------------
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
@@ -140,32 +140,6 @@ telemetry: { log_level: warn }
 EOF
 }
 
-# mq-bridge's route for one run: a switch on eventType, one case per event type.
-peer_config() { # source broker port simport prefix stream exchange
-    local src=$1 broker=$2 port=$3 simport=$4 prefix=$5 stream=$6 exchange=$7 url t
-    url=$(broker_url "$broker")
-    echo "routes:"
-    echo "  bench:"
-    echo "    input:"
-    if [[ $src == webhook ]]; then
-        echo "      http: { url: \"127.0.0.1:$port\" }"
-    else
-        echo "      custom: { name: connect, config: { connector: websocket, url: \"ws://127.0.0.1:$simport/v2/partner/client/$CLIENT_ID/subscribe?token=$TOKEN\" } }"
-    fi
-    echo "    output:"
-    echo "      switch:"
-    echo "        when:"
-    for t in "${EVENT_TYPES[@]}"; do
-        echo "          - if: \"eventType == '$t'\""
-        case $broker in
-        nats) echo "            to: { nats: { url: \"$url\", subject: \"$prefix.$t\", stream: \"$stream\" } }" ;;
-        rabbitmq) echo "            to: { amqp: { url: \"$url\", exchange: \"$exchange\", queue: \"$prefix.$t\", no_declare_queue: true } }" ;;
-        kafka) echo "            to: { kafka: { url: \"$url\", topic: \"$prefix.$t\" } }" ;;
-        esac
-    done
-    echo "        default: { \"null\": null }"
-}
-
 # One run; prints one JSON object.
 run_one() { # side path pair i
     local side=$1 path=$2 pair=$3 i=$4
@@ -205,18 +179,9 @@ run_one() { # side path pair i
             sleep 0.1
         done
     else
-        peer_config "$src" "$broker" "$port" "$simport" "$prefix" "$stream" "$exchange" \
-            >"$WORK/peer-$i.yaml"
-        # mq-bridge-connect (its Go library) is loaded only for the WebSocket client input.
-        PYTHONPATH=$PEER_DIR python3 -c '
-import sys, logging, mq_bridge
-if sys.argv[2] == "ws":
-    import mq_bridge_connect
-    mq_bridge_connect.register()
-mq_bridge.init_logging("info")
-logging.basicConfig(level=logging.INFO)
-mq_bridge.Route.from_file(sys.argv[1], "bench").run()
-' "$WORK/peer-$i.yaml" "$src" >"$WORK/bridge-$i.log" 2>&1 &
+        scripts/peer.sh route "$src" "$broker" "$url" "$port" "$simport" "$prefix" "$stream" \
+            "$exchange" "$CLIENT_ID" "$TOKEN" "${EVENT_TYPES[@]}" >"$WORK/peer-$i.yaml"
+        PEER_DIR=$PEER_DIR scripts/peer.sh run "$WORK/peer-$i.yaml" "$src" info >"$WORK/bridge-$i.log" 2>&1 &
         pid=$!
         for _ in $(seq 1 300); do
             if [[ $src == webhook ]]; then

@@ -10,7 +10,7 @@
 #   ws-nats-pwc   the same with `spool.publish_while_committing: true` (published while the append
 #                 commits; see the README for what a crash can lose then)
 #   ws-nats-nospool  the same without the spool (nothing is durable before it is published)
-#   ws-nats-peer  the peer, mq-bridge 1.2.0 (installed by scripts/bench-peer.sh), on the same job:
+#   ws-nats-peer  the peer, mq-bridge 1.2.0 (scripts/peer.sh installs and runs it), on the same job:
 #                 the same simulator (token in the query), a `switch` on eventType to one subject
 #                 per type. It keeps nothing on disk and has no metrics, so fondo-probe consumes
 #                 the subjects (in its own process) and checks the count at the end; its latency is
@@ -62,7 +62,7 @@ else
     eval "$(BROKERS_NO_KAFKA=1 scripts/brokers.sh up)"
 fi
 if [[ ,$PATHS, == *,ws-nats-peer,* ]]; then
-    PEER_DIR=$(scripts/peer-install.sh)
+    PEER_DIR=$(scripts/peer.sh install)
 fi
 TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
@@ -164,7 +164,7 @@ EOF
 
 # rate index -> one JSON object on stdout: mq-bridge's WebSocket -> NATS route at a fixed rate.
 run_peer() {
-    local rate=$1 i=$2 sim prefix="sweeppeer$$x$i" stream="SWEEPPEER$$X$i" n t
+    local rate=$1 i=$2 sim prefix="sweeppeer$$x$i" stream="SWEEPPEER$$X$i" n
     sim=$(free_port)
     n=$((rate * (WARMUP + DURATION + 2)))
     "$PROBE" watch --broker nats --url "$FONDO_BRIDGE_TEST_NATS" --prefix "$prefix" --stream "$stream" \
@@ -176,26 +176,10 @@ run_peer() {
         sleep 0.05
     done
     [[ -f $WORK/probe-$i.ready ]] || { say "fondo-probe did not prepare NATS"; cat "$WORK/probe-$i.log" >&2; return 1; }
-    {
-        echo "routes:"
-        echo "  sweep:"
-        echo "    input:"
-        echo "      custom: { name: connect, config: { connector: websocket, url: \"ws://127.0.0.1:$sim/v2/partner/client/$CLIENT/subscribe?token=peer-token\" } }"
-        echo "    output:"
-        echo "      switch:"
-        echo "        when:"
-        for t in $("$PROBE" event-types); do
-            echo "          - if: \"eventType == '$t'\""
-            echo "            to: { nats: { url: \"$FONDO_BRIDGE_TEST_NATS\", subject: \"$prefix.$t\", stream: \"$stream\" } }"
-        done
-        echo "        default: { \"null\": null }"
-    } >"$WORK/peer-$i.yaml"
-    PYTHONPATH=$PEER_DIR python3 -c '
-import sys, mq_bridge, mq_bridge_connect
-mq_bridge_connect.register()
-mq_bridge.init_logging("warn")
-mq_bridge.Route.from_file(sys.argv[1], "sweep").run()
-' "$WORK/peer-$i.yaml" >"$WORK/bridge-$i.log" 2>&1 &
+    # shellcheck disable=SC2046 # one argument per event type
+    scripts/peer.sh route ws nats "$FONDO_BRIDGE_TEST_NATS" 0 "$sim" "$prefix" "$stream" - "$CLIENT" \
+        peer-token $("$PROBE" event-types) >"$WORK/peer-$i.yaml"
+    PEER_DIR=$PEER_DIR scripts/peer.sh run "$WORK/peer-$i.yaml" ws warn >"$WORK/bridge-$i.log" 2>&1 &
     BRIDGE_PID=$!
     sleep 1
     "$BIN" simulate stream --listen "127.0.0.1:$sim" --token peer-token --query-token --rate "$rate" \
