@@ -162,6 +162,17 @@ ${BRIDGE_EXTRA:-}
 EOF
 }
 
+# index broker -> waits up to 30 s for run <index>'s fondo-probe to have prepared the broker.
+probe_ready() {
+    for _ in $(seq 1 600); do
+        [[ -f $WORK/probe-$1.ready ]] && return 0
+        sleep 0.05
+    done
+    say "fondo-probe did not prepare $2"
+    cat "$WORK/probe-$1.log" >&2
+    return 1
+}
+
 # rate index -> one JSON object on stdout: mq-bridge's WebSocket -> NATS route at a fixed rate.
 run_peer() {
     local rate=$1 i=$2 sim prefix="sweeppeer$$x$i" stream="SWEEPPEER$$X$i" n
@@ -171,11 +182,7 @@ run_peer() {
         --expect "$n" --idle-ms 15000 --timeout-s $((WARMUP + DURATION + 120)) \
         --ready-file "$WORK/probe-$i.ready" >"$WORK/probe-$i.json" 2>"$WORK/probe-$i.log" &
     PROBE_PID=$!
-    for _ in $(seq 1 600); do
-        [[ -f $WORK/probe-$i.ready ]] && break
-        sleep 0.05
-    done
-    [[ -f $WORK/probe-$i.ready ]] || { say "fondo-probe did not prepare NATS"; cat "$WORK/probe-$i.log" >&2; return 1; }
+    probe_ready "$i" NATS || return 1
     # shellcheck disable=SC2046 # one argument per event type
     scripts/peer.sh route ws nats "$FONDO_BRIDGE_TEST_NATS" 0 "$sim" "$prefix" "$stream" - "$CLIENT" \
         peer-token $("$PROBE" event-types) >"$WORK/peer-$i.yaml"
@@ -237,11 +244,7 @@ run() {
             --expect 1000000000 --idle-ms 3600000 --ready-file "$WORK/probe-$i.ready" \
             >"$WORK/probe-$i.log" 2>&1 &
         PROBE_PID=$!
-        for _ in $(seq 1 600); do
-            [[ -f $WORK/probe-$i.ready ]] && break
-            sleep 0.05
-        done
-        [[ -f $WORK/probe-$i.ready ]] || { say "fondo-probe did not prepare Kafka"; cat "$WORK/probe-$i.log" >&2; return 1; }
+        probe_ready "$i" Kafka || return 1
     fi
     if [[ $path == ws-* ]]; then
         local count=()
